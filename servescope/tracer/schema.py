@@ -95,6 +95,7 @@ STEPS_TABLE = Table(
         _c("wait_end_ns", I64, "ns, monotonic", "model output available on the host"),
         _c("update_start_ns", I64, "ns, monotonic", "Scheduler.update_from_output() entered"),
         _c("update_end_ns", I64, "ns, monotonic", "Scheduler.update_from_output() returned; tokens of this step are emitted"),
+        _c("engine_timestamp_ns", I64, "ns, monotonic", "timestamp vLLM put on this step's output message (EngineCoreOutputs.timestamp); joins frontend_steps"),
         _c("total_scheduled_tokens", I32, "tokens", "tokens computed in this step (prompt + decode + draft)"),
         _c("num_prefill_reqs", I32, "requests", "requests computing prompt tokens (incl. chunked prefill and recompute after preemption)"),
         _c("num_prefill_tokens", I32, "tokens", "prompt tokens computed"),
@@ -116,7 +117,7 @@ FRONTEND_STEPS_TABLE = Table(
     "One row per engine output message processed by the front end's OutputProcessor "
     "(detokenization, request-output building).",
     (
-        _c("engine_timestamp_ns", I64, "ns, monotonic", "the EngineCore's timestamp of the message (EngineCoreOutputs.timestamp); equals steps.update_end_ns's message"),
+        _c("engine_timestamp_ns", I64, "ns, monotonic", "the EngineCore's timestamp of the message (EngineCoreOutputs.timestamp); joins steps.engine_timestamp_ns"),
         _c("process_start_ns", I64, "ns, monotonic", "OutputProcessor.process_outputs() entered"),
         _c("process_end_ns", I64, "ns, monotonic", "OutputProcessor.process_outputs() returned"),
         _c("num_outputs", I32, "requests", "request outputs in the message"),

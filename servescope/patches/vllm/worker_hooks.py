@@ -1,0 +1,134 @@
+"""Hooks in the model runner (inside a worker): timed regions of every step.
+
+Runner modules are heavy (and may touch CUDA), so they are never imported at plugin time:
+``WorkerWrapperBase.init_worker`` runs in the worker process before the model runner is
+built, and patches the runner classes there. Regions: execute_model, forward, sample_tokens,
+sample, draft, bookkeep (Model Runner V1 and the CPU runner); execute_model, sample_tokens,
+sample (Model Runner V2). On CUDA each region also gets GPU times from servescope's timers;
+on the CPU build host timers stand in.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from servescope.patches.patch import Patch, PatchSet
+from servescope.patches.vllm.active import active_recorder
+from servescope.patches.vllm.engine_core_hooks import step_id_of
+
+
+class WorkerState:
+    def __init__(self) -> None:
+        self.step_id: int | None = None
+        self.rank = 0
+        self.timer = None
+        self.facts_written = False
+
+
+WORKER = WorkerState()
+
+
+def _timer(rec):
+    if WORKER.timer is None:
+        from servescope.tracer.timers import make_region_timer
+
+        WORKER.timer = make_region_timer(lambda row: rec.append("worker_regions", row), WORKER.rank)
+    return WORKER.timer
+
+
+def region(name: str, starts_step: bool = False):
+    """Return a patch wrapper factory that times the wrapped method as region `name`."""
+
+    def make_wrapper(original):
+        @functools.wraps(original)
+        def timed(self, *args, **kwargs):
+            rec = active_recorder()
+            if rec is None:
+                return original(self, *args, **kwargs)
+            try:
+                timer = _timer(rec)
+                if starts_step:
+                    WORKER.step_id = step_id_of(args[0] if args else kwargs.get("scheduler_output"))
+                    timer.harvest()
+                    if not WORKER.facts_written:
+                        _write_facts(rec, self)
+                token = timer.start(WORKER.step_id, name)
+            except Exception as exc:
+                rec.error(f"region {name}", exc)
+                return original(self, *args, **kwargs)
+            try:
+                return original(self, *args, **kwargs)
+            finally:
+                try:
+                    timer.end(token)
+                except Exception as exc:
+                    rec.error(f"region {name}", exc)
+
+        return timed
+
+    return make_wrapper
+
+
+def _write_facts(rec, runner) -> None:
+    from servescope.patches.vllm.engine_facts import write_worker_facts
+
+    WORKER.facts_written = True
+    write_worker_facts(rec.run_dir, runner, WORKER.rank)
+
+
+MRV1 = "vllm.v1.worker.gpu_model_runner"
+MRV2 = "vllm.v1.worker.gpu.model_runner"
+RUNNER_PATCHES = (
+    Patch(MRV1, "GPUModelRunner.execute_model", region("execute_model", starts_step=True)),
+    Patch(MRV1, "GPUModelRunner._model_forward", region("forward")),
+    Patch(MRV1, "GPUModelRunner.sample_tokens", region("sample_tokens")),
+    Patch(MRV1, "GPUModelRunner._sample", region("sample")),
+    Patch(MRV1, "GPUModelRunner.propose_draft_token_ids", region("draft")),
+    Patch(MRV1, "GPUModelRunner._bookkeeping_sync", region("bookkeep")),
+    Patch(MRV2, "GPUModelRunner.execute_model", region("execute_model", starts_step=True), optional=True),
+    Patch(MRV2, "GPUModelRunner.sample_tokens", region("sample_tokens"), optional=True),
+    Patch(MRV2, "GPUModelRunner.sample", region("sample"), optional=True),
+)
+
+
+def in_worker_process() -> bool:
+    """Return True in a vLLM worker process (multiprocess executor), setting this worker's rank."""
+    import multiprocessing
+
+    name = multiprocessing.current_process().name
+    if not name.startswith("VllmWorker"):
+        return False
+    try:
+        WORKER.rank = int(name.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        pass
+    return True
+
+
+def patch_runners(patch_set: PatchSet) -> None:
+    """Apply the model-runner patches in this (worker) process."""
+    for p in RUNNER_PATCHES:
+        patch_set.apply(p)
+
+
+def wrap_init_worker(original):
+    @functools.wraps(original)
+    def init_worker(self, all_kwargs, *args, **kwargs):
+        rec = active_recorder()
+        if rec is not None:
+            try:
+                from servescope.patches.vllm.instrumentor import current_patch_set
+
+                kw = all_kwargs[getattr(self, "rpc_rank", 0)] if all_kwargs else {}
+                WORKER.rank = int(kw.get("rank", 0) or 0)
+                patch_set = current_patch_set()
+                if patch_set is not None:
+                    patch_runners(patch_set)
+            except Exception as exc:
+                rec.error("WorkerWrapperBase.init_worker", exc)
+        return original(self, all_kwargs, *args, **kwargs)
+
+    return init_worker
+
+
+PATCHES = (Patch("vllm.v1.worker.worker_base", "WorkerWrapperBase.init_worker", wrap_init_worker),)
