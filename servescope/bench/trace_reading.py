@@ -45,6 +45,8 @@ class Columns:
     path: Path
     values: dict[str, list]
     line_numbers: np.ndarray
+    # CSV values are all strings: numpy's int conversion then rejects "1.5" itself.
+    all_text: bool = False
 
     def __len__(self) -> int:
         return int(self.line_numbers.size)
@@ -76,7 +78,7 @@ def read_csv_columns(path: str | Path, required: list[str]) -> Columns:
             for name, i in zip(required, index):
                 values[name].append(row[i].strip())
             lines.append(reader.line_num)
-    return Columns(path, values, np.asarray(lines, dtype=np.int64))
+    return Columns(path, values, np.asarray(lines, dtype=np.int64), all_text=True)
 
 
 def read_jsonl_columns(path: str | Path, required: list[str], optional: list[str] = ()) -> Columns:
@@ -124,7 +126,7 @@ def token_lengths(columns: Columns, field: str, minimum: int = 0) -> np.ndarray:
         exact = True
     except (TypeError, ValueError, OverflowError):
         exact = False
-    if not exact or (lengths.size and not _all_exact(raw, lengths)):
+    if not exact or (lengths.size and not columns.all_text and not _all_exact(raw)):
         for value, line in zip(raw, columns.line_numbers.tolist()):
             if not _is_integral(value):
                 raise WorkloadError(
@@ -141,12 +143,10 @@ def token_lengths(columns: Columns, field: str, minimum: int = 0) -> np.ndarray:
     return lengths
 
 
-def _all_exact(raw: list, lengths: np.ndarray) -> bool:
+def _all_exact(raw: list) -> bool:
     # np.asarray(["1.5"], dtype=int64) raises, but np.asarray([1.5], dtype=int64)
     # truncates silently: JSON numbers need this second check.
-    if raw and isinstance(raw[0], str):
-        return True
-    return all(_is_integral(v) for v in raw)
+    return all(isinstance(v, str) or _is_integral(v) for v in raw)
 
 
 def seconds_column(columns: Columns, field: str, scale: float = 1.0) -> np.ndarray:
@@ -207,3 +207,23 @@ def require_rows(columns: Columns) -> None:
     """Returns None if the file has at least one data row; otherwise raises naming the file."""
     if len(columns) == 0:
         raise WorkloadError(f"{columns.path}: no requests in file")
+
+
+def block_id_lists(columns: Columns, field: str) -> list[tuple[int, ...] | None]:
+    """Returns each row's list of prefix-block ids as a tuple (None where absent); raises naming a bad one."""
+    blocks: list[tuple[int, ...] | None] = []
+    for value, line in zip(columns.values[field], columns.line_numbers.tolist()):
+        if value is None:
+            blocks.append(None)
+            continue
+        if not isinstance(value, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value
+        ):
+            raise WorkloadError(f"{columns.path}, line {line}: field '{field}' must be a list of non-negative integers")
+        blocks.append(tuple(value))
+    return blocks
+
+
+def zero_length_mask(prompt: np.ndarray, output: np.ndarray) -> np.ndarray:
+    """Returns a bool mask of rows with a 0-token prompt or output: unsendable, skipped and counted by loaders."""
+    return (prompt == 0) | (output == 0)

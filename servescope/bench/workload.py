@@ -13,6 +13,8 @@ from functools import cached_property
 
 import numpy as np
 
+from servescope.bench.arrivals import replay_arrivals, replay_window_mask
+
 
 class WorkloadError(ValueError):
     """A workload file or argument that cannot be used; the message names file, line and field."""
@@ -146,8 +148,6 @@ class Workload:
 
     def replayed(self, time_scale: float = 1.0, start_s: float = 0.0, end_s: float | None = None) -> Workload:
         """Returns the requests arriving in [start_s, end_s) of this trace, offsets rebased to start_s and multiplied by time_scale (s)."""
-        from servescope.bench.arrivals import replay_arrivals, replay_window_mask
-
         mask = replay_window_mask(self.arrival_s, start_s, end_s)
         offsets = replay_arrivals(self.arrival_s, time_scale, start_s, end_s)
         kept = [r for r, keep in zip(self.requests, mask.tolist()) if keep]

@@ -25,13 +25,15 @@ def build_manifest(run_dir: str | os.PathLike) -> dict[str, Any]:
         "model_runners": sorted({w["model_runner"] for w in workers}),
         "processes": [
             {k: p.get(k) for k in ("pid", "ppid", "role", "wall_ns", "monotonic_ns", "anchor_uncertainty_ns",
-                                    "rows_written", "rows_dropped", "internal_errors", "closed")}
+                                    "rows_written", "rows_dropped", "rows_buffered", "internal_errors", "closed")}
             for p in processes
         ],
         "health": {
             "rows_dropped": sum(sum(p.get("rows_dropped", {}).values()) for p in processes),
             "internal_errors": sum(p.get("internal_errors", 0) for p in processes),
+            # killed at shutdown (vLLM SIGKILLs a slow EngineCore): rows buffered at its last write are lost
             "processes_not_closed": [p["pid"] for p in processes if not p.get("closed")],
+            "rows_possibly_lost": sum(p.get("rows_buffered", 0) for p in processes if not p.get("closed")),
         },
         "clocks": {
             "tables": "CLOCK_MONOTONIC ns (time.monotonic_ns), one clock for every process of the host",

@@ -21,7 +21,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
@@ -102,7 +104,8 @@ def run_id_of(run_dir: str | os.PathLike) -> str:
 # ---- clock -----------------------------------------------------------------------------------
 def epoch_offset_ns(run_dir: str | os.PathLike) -> int:
     """Return wall_ns - monotonic_ns of the EngineCore's clock anchor (else of any process's)."""
-    anchored = [p for p in read_processes(run_dir) if p.get("wall_ns") is not None and p.get("monotonic_ns") is not None]
+    anchored = [p for p in read_processes(run_dir)
+                if p.get("wall_ns") is not None and p.get("monotonic_ns") is not None]
     if not anchored:
         raise RunDirError(f"{run_dir}: no processes/<pid>.json with a clock anchor (wall_ns, monotonic_ns); "
                           "cannot place the tables' monotonic times on the wall clock")
@@ -142,12 +145,11 @@ def _engine_version(manifest: dict, engine_facts: list[dict]) -> str | None:
 
 
 def run_resource(run_dir: str | os.PathLike) -> Resource:
-    """Return the Resource of a run's spans (service.name 'vllm'; OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES win)."""
+    """Return the Resource of a run's spans (service.name 'vllm'; OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES win)."""
     manifest = _read_manifest(Path(run_dir))
     facts = read_engine_facts(run_dir)
     attributes: dict[str, Any] = {
         "service.name": GEN_AI_PROVIDER,
-        "telemetry.sdk.language": "python",
         "servescope.run_id": run_id_of(run_dir),
         "servescope.version": __version__,
     }
@@ -222,6 +224,52 @@ def _metric(metrics: Any, name: str, i: int) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
+def _request_attributes(metrics: Any, i: int, rid: str, lifecycle: list[tuple], model: str | None) -> dict:
+    """The GenAI and servescope attributes of request i."""
+    max_tokens = next((row[3] for row in lifecycle if row[3] is not None), None)
+    response_id = next((row[5] for row in lifecycle if row[1] == "arrival" and row[5]), None) or rid
+    finish_reason = _text(_metric(metrics, "finish_reason", i))
+    attributes: dict[str, Any] = {
+        "gen_ai.operation.name": GEN_AI_OPERATION,
+        "gen_ai.provider.name": GEN_AI_PROVIDER,
+        "gen_ai.system": GEN_AI_PROVIDER,  # deprecated for gen_ai.provider.name; older backends key on it
+        "gen_ai.response.id": str(response_id),
+        "servescope.request_id": rid,
+    }
+    _put(attributes, "gen_ai.request.model", model)
+    _put(attributes, "gen_ai.request.max_tokens", _ns(max_tokens))
+    if finish_reason:
+        attributes["gen_ai.response.finish_reasons"] = [finish_reason]
+    _put(attributes, "gen_ai.usage.input_tokens", _ns(_metric(metrics, "prompt_tokens", i)))
+    _put(attributes, "gen_ai.usage.output_tokens", _ns(_metric(metrics, "output_tokens", i)))
+    _put(attributes, "gen_ai.server.time_to_first_token", _seconds(_metric(metrics, "ttft_s", i)))
+    _put(attributes, "gen_ai.server.time_per_output_token", _seconds(_metric(metrics, "tpot_s", i)))
+    for key in ("scheduling_delay_s", "prefill_s", "decode_s", "e2e_s", "preempted_s"):
+        _put(attributes, f"servescope.{key}", _seconds(_metric(metrics, key, i)))
+    _put(attributes, "servescope.preemptions", _ns(_metric(metrics, "preemptions", i)))
+    if _ns(_metric(metrics, "finished_ns", i)) is None:
+        attributes["servescope.unfinished"] = True
+    if finish_reason in ERROR_FINISH_REASONS:
+        attributes["error.type"] = finish_reason
+    return attributes
+
+
+def _request_events(lifecycle: list[tuple], first_token: int | None, offset_ns: int) -> list[Event]:
+    """The queued / scheduled / preempted rows and the first token, as span events in time order."""
+    events = []
+    for t, event, step, _max_tokens, out, _detail in lifecycle:
+        if event in REQUEST_EVENT_NAMES and t >= 0:
+            attributes: dict[str, Any] = {}
+            _put(attributes, "servescope.step_id", step)
+            if event == "preempted":
+                _put(attributes, "servescope.output_tokens", out)
+            events.append(Event(event, attributes, t + offset_ns))
+    if first_token is not None:
+        events.append(Event("first_token", {}, first_token + offset_ns))
+    events.sort(key=lambda e: e.timestamp)
+    return events
+
+
 def request_spans(run, metrics, *, run_id: str, offset_ns: int, resource: Resource,
                   model: str | None) -> Iterator[ReadableSpan]:
     """Yield one SERVER span per request of compute_request_metrics(run), with its lifecycle as events."""
@@ -230,68 +278,28 @@ def request_spans(run, metrics, *, run_id: str, offset_ns: int, resource: Resour
     for i in range(len(metrics.request_id)):
         rid = str(_metric(metrics, "request_id", i))
         lifecycle = rows.get(rid, [])
-        arrival = _ns(_metric(metrics, "arrival_ns", i))
-        queued = _ns(_metric(metrics, "queued_ns", i))
-        scheduled = _ns(_metric(metrics, "first_scheduled_ns", i))
-        first_token = _ns(_metric(metrics, "first_token_ns", i))
-        last_token = _ns(_metric(metrics, "last_token_ns", i))
-        finished = _ns(_metric(metrics, "finished_ns", i))
-        start = next((t for t in (arrival, queued, scheduled, first_token) if t is not None), None)
+        times = {k: _ns(_metric(metrics, k, i)) for k in
+                 ("arrival_ns", "queued_ns", "first_scheduled_ns", "first_token_ns", "last_token_ns", "finished_ns")}
+        start = next((times[k] for k in ("arrival_ns", "queued_ns", "first_scheduled_ns", "first_token_ns")
+                      if times[k] is not None), None)
         if start is None:
             start = next((row[0] for row in lifecycle if row[0] >= 0), None)
         if start is None:
             continue  # no time at all: nothing to place on a timeline
-        end = next((t for t in (finished, last_token) if t is not None), None)
+        end = next((times[k] for k in ("finished_ns", "last_token_ns") if times[k] is not None), None)
         end = max(start, end if end is not None else max([start] + [row[0] for row in lifecycle]))
 
-        finish_reason = _text(_metric(metrics, "finish_reason", i))
-        max_tokens = next((row[3] for row in lifecycle if row[3] is not None), None)
-        response_id = next((row[5] for row in lifecycle if row[1] == "arrival" and row[5]), None) or rid
-
-        attributes: dict[str, Any] = {
-            "gen_ai.operation.name": GEN_AI_OPERATION,
-            "gen_ai.provider.name": GEN_AI_PROVIDER,
-            "gen_ai.system": GEN_AI_PROVIDER,  # the attribute gen_ai.provider.name replaced, for older backends
-            "gen_ai.response.id": str(response_id),
-            "servescope.request_id": rid,
-        }
-        _put(attributes, "gen_ai.request.model", model)
-        _put(attributes, "gen_ai.request.max_tokens", _ns(max_tokens))
-        if finish_reason:
-            attributes["gen_ai.response.finish_reasons"] = [finish_reason]
-        _put(attributes, "gen_ai.usage.input_tokens", _ns(_metric(metrics, "prompt_tokens", i)))
-        _put(attributes, "gen_ai.usage.output_tokens", _ns(_metric(metrics, "output_tokens", i)))
-        _put(attributes, "gen_ai.server.time_to_first_token", _seconds(_metric(metrics, "ttft_s", i)))
-        _put(attributes, "gen_ai.server.time_per_output_token", _seconds(_metric(metrics, "tpot_s", i)))
-        for key in ("scheduling_delay_s", "prefill_s", "decode_s", "e2e_s"):
-            _put(attributes, f"servescope.{key}", _seconds(_metric(metrics, key, i)))
-        _put(attributes, "servescope.preemptions", _ns(_metric(metrics, "preemptions", i)))
-        if finished is None:
-            attributes["servescope.unfinished"] = True
-
-        events = []
-        for t, event, step, _max_tokens, out, _detail in lifecycle:
-            if event in REQUEST_EVENT_NAMES and t >= 0:
-                event_attributes: dict[str, Any] = {}
-                _put(event_attributes, "servescope.step_id", step)
-                if event == "preempted":
-                    _put(event_attributes, "servescope.output_tokens", out)
-                events.append(Event(event, event_attributes, t + offset_ns))
-        if first_token is not None:
-            events.append(Event("first_token", {}, first_token + offset_ns))
-        events.sort(key=lambda e: e.timestamp)
-
+        attributes = _request_attributes(metrics, i, rid, lifecycle, model)
         status = Status(StatusCode.UNSET)
-        if finish_reason in ERROR_FINISH_REASONS:
-            attributes["error.type"] = finish_reason
-            status = Status(StatusCode.ERROR, f"request finished with reason '{finish_reason}'")
+        if "error.type" in attributes:
+            status = Status(StatusCode.ERROR, f"request finished with reason '{attributes['error.type']}'")
         yield ReadableSpan(
             name=name,
             context=request_span_context(run_id, rid),
             parent=None,
             resource=resource,
             attributes=attributes,
-            events=events,
+            events=_request_events(lifecycle, times["first_token_ns"], offset_ns),
             links=(),
             kind=SpanKind.SERVER,
             status=status,
@@ -311,9 +319,16 @@ def _pid_of_part(part: Path) -> int | None:
         return None
 
 
-def read_table_by_process(run_dir: str | os.PathLike, table: str) -> dict[int | None, pa.Table]:
-    """Return one table's rows grouped by the pid that wrote them (steps of two EngineCores share step ids)."""
+def read_table_by_process(run_dir: str | os.PathLike, table: str,
+                          dictionary_columns: tuple[str, ...] = ()) -> dict[int | None, pa.Table]:
+    """Return one table's rows grouped by the pid that wrote them (steps of two EngineCores share step ids).
+
+    dictionary_columns are read dictionary-encoded, as Parquet stores them (one id string per
+    distinct value rather than per row: token_emissions has a row per step and request).
+    """
     schema = TABLES[table].arrow_schema
+    for column in dictionary_columns:
+        schema = schema.set(schema.get_field_index(column), pa.field(column, pa.dictionary(pa.int32(), pa.string())))
     parts: dict[int | None, list[pa.Table]] = defaultdict(list)
     for part in sorted(table_dir(run_dir, table).glob("*.parquet")):
         try:
@@ -323,22 +338,49 @@ def read_table_by_process(run_dir: str | os.PathLike, table: str) -> dict[int | 
     return {pid: pa.concat_tables(tables) for pid, tables in parts.items()}
 
 
-def _emissions_by_step(emissions: pa.Table | None) -> dict[int, list[tuple]]:
-    """Return step_id -> [(request_id, num_tokens, num_draft_tokens, num_accepted_tokens)] sorted by request id."""
-    by_step: dict[int, list[tuple]] = defaultdict(list)
-    if emissions is None or emissions.num_rows == 0:
-        return by_step
-    cols = [emissions.column(c).to_pylist()
-            for c in ("step_id", "request_id", "num_tokens", "num_draft_tokens", "num_accepted_tokens")]
-    for step, rid, n, drafted, accepted in zip(*cols):
-        if step is not None and rid is not None:
-            by_step[step].append((rid, n, drafted, accepted))
-    for links in by_step.values():
-        links.sort(key=lambda row: row[0])
-    return by_step
+class EmissionsByStep:
+    """One EngineCore's token emissions sorted by (step_id, request_id), read one step at a time."""
+
+    COLUMNS = ("request_id", "num_tokens", "num_draft_tokens", "num_accepted_tokens")
+
+    def __init__(self, emissions: pa.Table | None) -> None:
+        self._bounds: dict[int, tuple[int, int]] = {}
+        if emissions is None or emissions.num_rows == 0:
+            return
+        emissions = emissions.filter(pc.and_(pc.is_valid(emissions["step_id"]), pc.is_valid(emissions["request_id"])))
+        emissions = emissions.unify_dictionaries().combine_chunks()
+        ids = emissions["request_id"].chunk(0) if emissions.num_rows else None
+        if ids is None:
+            return
+        if pa.types.is_dictionary(ids.type):  # order by the id strings, not by dictionary position
+            rank = np.empty(len(ids.dictionary), dtype=np.int64)
+            rank[pc.array_sort_indices(ids.dictionary).to_numpy()] = np.arange(len(ids.dictionary))
+            id_key = rank[ids.indices.to_numpy(zero_copy_only=False)]
+        else:
+            id_key = pc.rank(ids, sort_keys="ascending", tiebreaker="dense").to_numpy()
+        steps = emissions["step_id"].to_numpy()
+        order = np.lexsort((id_key, steps))
+        self._table = emissions.select(list(self.COLUMNS)).take(pa.array(order))
+        sorted_steps = steps[order]
+        firsts, starts = np.unique(sorted_steps, return_index=True)
+        ends = np.append(starts[1:], len(sorted_steps))
+        self._bounds = {int(s): (int(lo), int(hi)) for s, lo, hi in zip(firsts, starts, ends)}
+
+    def count(self, step_id: int) -> int:
+        """Return how many requests the step emitted tokens for."""
+        lo, hi = self._bounds.get(step_id, (0, 0))
+        return hi - lo
+
+    def first(self, step_id: int, limit: int) -> list[tuple]:
+        """Return up to limit (request_id, num_tokens, num_draft_tokens, num_accepted_tokens) of the step."""
+        lo, hi = self._bounds.get(step_id, (0, 0))
+        if hi <= lo or limit <= 0:
+            return []
+        rows = self._table.slice(lo, min(hi - lo, limit))
+        return list(zip(*(rows[c].to_pylist() for c in self.COLUMNS)))
 
 
-def _step_links(run_id: str, emitted: list[tuple], cap: int) -> BoundedList:
+def _step_links(run_id: str, emitted: list[tuple], total: int, cap: int) -> BoundedList:
     links = BoundedList(cap)
     for rid, n, drafted, accepted in emitted[:cap]:
         attributes: dict[str, Any] = {}
@@ -346,7 +388,7 @@ def _step_links(run_id: str, emitted: list[tuple], cap: int) -> BoundedList:
         _put(attributes, "servescope.num_draft_tokens", drafted)
         _put(attributes, "servescope.num_accepted_tokens", accepted)
         links.append(Link(request_span_context(run_id, rid), attributes))
-    links.dropped = max(0, len(emitted) - cap)
+    links.dropped = max(0, total - len(links))
     return links
 
 
@@ -355,15 +397,16 @@ def step_spans(run_dir: str | os.PathLike, *, run_id: str, offset_ns: int, resou
     """Yield one servescope.step span per engine step, then its phase spans, linked to the requests it emitted for."""
     if max_links_per_step < 0:
         raise ValueError("max_links_per_step must be >= 0")
-    emissions = read_table_by_process(run_dir, "token_emissions")
-    for pid, steps in sorted(read_table_by_process(run_dir, "steps").items(), key=lambda kv: (kv[0] is None, kv[0] or 0)):
-        emitted_by_step = _emissions_by_step(emissions.get(pid))
+    emissions = read_table_by_process(run_dir, "token_emissions", dictionary_columns=("request_id",))
+    by_pid = read_table_by_process(run_dir, "steps")
+    for pid, steps in sorted(by_pid.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)):
+        emitted = EmissionsByStep(emissions.pop(pid, None))
         for row in steps.to_pylist():
-            yield from _one_step(row, pid, emitted_by_step.get(row["step_id"], []), run_id=run_id,
-                                 offset_ns=offset_ns, resource=resource, cap=max_links_per_step)
+            yield from _one_step(row, pid, emitted, run_id=run_id, offset_ns=offset_ns, resource=resource,
+                                 cap=max_links_per_step)
 
 
-def _one_step(row: dict, pid: int | None, emitted: list[tuple], *, run_id: str, offset_ns: int,
+def _one_step(row: dict, pid: int | None, emitted: EmissionsByStep, *, run_id: str, offset_ns: int,
               resource: Resource, cap: int) -> Iterable[ReadableSpan]:
     step_id = row["step_id"]
     phases = {p: (row[f"{p}_start_ns"], row[f"{p}_end_ns"]) for p in STEP_PHASES}
@@ -381,8 +424,9 @@ def _one_step(row: dict, pid: int | None, emitted: list[tuple], *, run_id: str, 
             attributes[f"servescope.step.{phase}_s"] = (t1 - t0) / 1e9
     for column in STEP_BATCH_COLUMNS:
         _put(attributes, f"servescope.step.{column}", row[column])
-    links = _step_links(run_id, emitted, cap)
-    attributes["servescope.step.linked_requests"] = len(emitted)
+    total = emitted.count(step_id)
+    links = _step_links(run_id, emitted.first(step_id, cap), total, cap)
+    attributes["servescope.step.linked_requests"] = total
     attributes["servescope.step.links_dropped"] = links.dropped
 
     context = step_span_context(run_id, pid, step_id)

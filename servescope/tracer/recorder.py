@@ -32,6 +32,7 @@ from servescope.tracer.schema import TABLES
 
 logger = logging.getLogger("servescope")
 
+FAULT_INJECTION_ENV = "SERVESCOPE_INJECT_FAULTS"  # every append raises: proves faults stay inside servescope
 DEFAULT_FLUSH_INTERVAL_S = 1.0
 DEFAULT_MAX_BUFFERED_ROWS = 1_000_000
 
@@ -51,6 +52,8 @@ class Recorder:
         self.max_buffered_rows = max_buffered_rows
         self._flush_lock = threading.Lock()
         self._reset_process_state()
+        if os.environ.get(FAULT_INJECTION_ENV):
+            self.append = self._append_raising  # type: ignore[method-assign]
 
     # ---- hot path -------------------------------------------------------------------------
     def append(self, table: str, row: tuple) -> None:
@@ -60,6 +63,9 @@ class Recorder:
             buf.append(row)
         else:
             self.dropped[table] += 1
+
+    def _append_raising(self, table: str, row: tuple) -> None:
+        raise RuntimeError(f"servescope fault injection ({FAULT_INJECTION_ENV}) on {table}")
 
     def error(self, where: str, exc: BaseException) -> None:
         """Count an exception raised inside servescope; log the first one of each site."""
@@ -191,6 +197,7 @@ class Recorder:
                     "servescope_version": __version__,
                     "rows_written": self.rows_written,
                     "rows_dropped": self.dropped,
+                    "rows_buffered": sum(len(b) for b in self._buffers.values()),
                     "internal_errors": self.internal_errors,
                     "closed": self._closed,
                 },

@@ -268,12 +268,13 @@ def wrap_execute_model(original):
 
 
 def wrap_sample_tokens(original):
-    """sample_tokens follows execute_model for the same step: extend that step's launch."""
+    """A non-blocking sample_tokens right after execute_model (async scheduling) is part of the
+    step's launch; a blocking one (synchronous step) runs inside the wait and is left there."""
 
     @functools.wraps(original)
-    def sample_tokens(self, *args, **kwargs):
-        out = original(self, *args, **kwargs)
-        if active_recorder() is not None:
+    def sample_tokens(self, grammar_output, non_block=False, *args, **kwargs):
+        out = original(self, grammar_output, non_block, *args, **kwargs)
+        if non_block and active_recorder() is not None:
             p = STATE.pending.get(STATE.last_launched_step_id)
             if p is not None and "launch" in p:
                 p["launch"] = (p["launch"][0], now_ns())

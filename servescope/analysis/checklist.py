@@ -1,0 +1,445 @@
+"""Audit an evaluation against the 8-item checklist of "On Evaluating Performance of LLM Inference Systems".
+
+Each item gets ``pass``, ``warn`` or ``fail`` and evidence strings naming what was found.
+The audit reads the runs' manifests (``engine`` {name, version, parameters}, ``model``
+{architecture, attention, moe, num_parameters}, ``workload`` {name, ...}) and, where given,
+their per-request samples. A field that is absent is reported as "not recorded" (warn),
+never guessed. Runs carry a side (``baseline`` / ``treatment``); with exactly two runs and
+no sides, the first is the baseline. docs/analysis.md lists each item's rule.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence
+
+import numpy as np
+
+Status = Literal["pass", "warn", "fail"]
+
+TITLES = {
+    1: "Implementation fairness",
+    2: "Parameter tuning",
+    3: "Model selection",
+    4: "Workload diversity",
+    5: "Practical latency bounds",
+    6: "Metric selection",
+    7: "Performance distribution",
+    8: "No obscuring normalization",
+}
+
+# vLLM engine parameters that move latency or throughput (EngineArgs names).
+PERFORMANCE_CRITICAL_PARAMETERS = (
+    "max_num_batched_tokens",
+    "max_num_seqs",
+    "enable_chunked_prefill",
+    "tensor_parallel_size",
+    "pipeline_parallel_size",
+    "data_parallel_size",
+    "gpu_memory_utilization",
+    "block_size",
+    "enable_prefix_caching",
+    "max_model_len",
+    "kv_cache_dtype",
+    "dtype",
+    "quantization",
+    "enforce_eager",
+    "async_scheduling",
+    "speculative_config",
+    "long_prefill_token_threshold",
+    "scheduling_policy",
+)
+
+MIN_REQUESTS_FOR_P99 = 100
+
+
+@dataclass(slots=True)
+class AuditedRun:
+    """One run as the audit sees it: its manifest, its side, and optional per-request samples (s, tokens)."""
+
+    label: str
+    manifest: dict[str, Any]
+    side: Literal["baseline", "treatment"] | None = None
+    ttft_s: np.ndarray | None = None
+    tbt_s: np.ndarray | None = None  # per-token gaps
+    e2e_s: np.ndarray | None = None
+    tpot_s: np.ndarray | None = None
+    scheduling_delay_s: np.ndarray | None = None
+    normalized_latency_s: np.ndarray | None = None
+    prompt_tokens: np.ndarray | None = None
+    output_tokens: np.ndarray | None = None
+
+
+@dataclass(slots=True)
+class CheckResult:
+    """One checklist item's verdict and the evidence behind it."""
+
+    item: int
+    title: str
+    status: Status
+    evidence: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.evidence = list(dict.fromkeys(self.evidence))  # repeat runs repeat findings: keep each once
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the result as a JSON-ready dict."""
+        return {"item": self.item, "title": self.title, "status": self.status, "evidence": list(self.evidence)}
+
+
+def _worst(statuses: Sequence[Status]) -> Status:
+    return "fail" if "fail" in statuses else ("warn" if "warn" in statuses else "pass")
+
+
+def _get(d: Any, *keys: str) -> Any:
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def _sides(runs: Sequence[AuditedRun]) -> tuple[list[AuditedRun], list[AuditedRun]]:
+    if any(r.side for r in runs):
+        return [r for r in runs if r.side == "baseline"], [r for r in runs if r.side == "treatment"]
+    if len(runs) == 2:
+        return [runs[0]], [runs[1]]
+    return [], []
+
+
+def _pooled(runs: Sequence[AuditedRun], attr: str) -> np.ndarray | None:
+    parts = [getattr(r, attr) for r in runs]
+    if not parts or any(p is None for p in parts):
+        return None
+    v = np.concatenate([np.asarray(p, dtype=np.float64) for p in parts])
+    return v[np.isfinite(v)]
+
+
+def _p(values: np.ndarray, q: float) -> float:
+    return float(np.percentile(values, q)) if values.size else math.nan
+
+
+def _fmt_s(x: float) -> str:
+    if not math.isfinite(x):
+        return "n/a"
+    return f"{x * 1e3:.1f} ms" if abs(x) < 1 else f"{x:.2f} s"
+
+
+# --------------------------------------------------------------------------- items
+
+
+def check_implementation_fairness(runs: Sequence[AuditedRun], *, split_reported: bool = False) -> CheckResult:
+    """Return item 1: same engine and version on both sides (else the gain must be split before credit)."""
+    evidence, statuses = [], []
+    engines = {}
+    for r in runs:
+        name, version = _get(r.manifest, "engine", "name"), _get(r.manifest, "engine", "version")
+        if name is None or version is None:
+            evidence.append(f"{r.label}: engine name/version not recorded")
+            statuses.append("warn")
+        engines[r.label] = (name, version)
+    base, treat = _sides(runs)
+    groups = [base, treat] if base and treat else [list(runs)]
+    distinct = {engines[r.label] for g in groups for r in g if None not in engines[r.label]}
+    if len(distinct) > 1:
+        shown = "; ".join(f"{r.label}: {engines[r.label][0]} {engines[r.label][1]}" for g in groups for r in g)
+        if split_reported:
+            evidence.append(f"different engines ({shown}); the difference is split into GPU time, CPU overhead and scheduling delay")
+            statuses.append("warn")
+        else:
+            evidence.append(
+                f"different engines ({shown}): split the difference into GPU kernel time, CPU overhead and "
+                "scheduling delay (servescope compare) before crediting an algorithm"
+            )
+            statuses.append("fail")
+    elif distinct:
+        name, version = next(iter(distinct))
+        evidence.append(f"all runs on {name} {version}")
+        statuses.append("pass")
+    return CheckResult(1, TITLES[1], _worst(statuses), evidence)
+
+
+def check_parameter_tuning(runs: Sequence[AuditedRun]) -> CheckResult:
+    """Return item 2: performance-critical parameters recorded on both sides, differences listed, baseline not defaulted."""
+    evidence, statuses = [], []
+    params = {}
+    for r in runs:
+        p = _get(r.manifest, "engine", "parameters")
+        if not isinstance(p, dict) or not p:
+            evidence.append(f"{r.label}: engine parameters not recorded")
+            statuses.append("warn")
+            p = None
+        else:
+            missing = [k for k in PERFORMANCE_CRITICAL_PARAMETERS if k not in p]
+            if len(missing) == len(PERFORMANCE_CRITICAL_PARAMETERS):
+                evidence.append(f"{r.label}: none of the performance-critical parameters recorded")
+                statuses.append("warn")
+        params[r.label] = p
+    base, treat = _sides(runs)
+    compared = differing = 0
+    for b in base:
+        for t in treat:
+            pb, pt = params[b.label], params[t.label]
+            if pb is None or pt is None:
+                continue
+            compared += 1
+            for name in sorted(set(pb) | set(pt)):
+                vb, vt = pb.get(name), pt.get(name)
+                if vb == vt:
+                    continue
+                differing += 1
+                critical = name in PERFORMANCE_CRITICAL_PARAMETERS
+                if vb is None:
+                    evidence.append(f"baseline ran with default {name} while treatment set it ({vt!r})")
+                    statuses.append("fail" if critical else "warn")
+                elif vt is None:
+                    evidence.append(f"treatment ran with default {name} while baseline set it ({vb!r})")
+                    statuses.append("warn")
+                else:
+                    evidence.append(f"{name}: baseline {vb!r}, treatment {vt!r}")
+                    statuses.append("warn")
+    if compared and not differing:
+        evidence.append("engine parameters identical on both sides")
+    statuses.append("pass")
+    return CheckResult(2, TITLES[2], _worst(statuses), evidence)
+
+
+def check_model_selection(runs: Sequence[AuditedRun]) -> CheckResult:
+    """Return item 3: the runs cover more than one attention type and both dense and MoE models."""
+    evidence, statuses = [], []
+    attention, moe, sizes, archs = set(), set(), set(), set()
+    for r in runs:
+        model = _get(r.manifest, "model")
+        if not isinstance(model, dict):
+            evidence.append(f"{r.label}: model not recorded")
+            statuses.append("warn")
+            continue
+        for key, bucket in (("attention", attention), ("moe", moe), ("num_parameters", sizes), ("architecture", archs)):
+            if model.get(key) is None:
+                evidence.append(f"{r.label}: model {key} not recorded")
+                statuses.append("warn")
+            else:
+                bucket.add(model[key])
+    if attention:
+        kinds = ", ".join(sorted(map(str, attention)))
+        if len(attention) == 1:
+            evidence.append(f"only one attention type ({kinds})")
+            statuses.append("warn")
+        else:
+            evidence.append(f"attention types: {kinds}")
+    if moe:
+        if moe == {True}:
+            evidence.append("MoE models only")
+            statuses.append("warn")
+        elif moe == {False}:
+            evidence.append("dense models only")
+            statuses.append("warn")
+        else:
+            evidence.append("dense and MoE models")
+    if sizes:
+        shown = ", ".join(f"{s / 1e9:.1f}B" if isinstance(s, (int, float)) else str(s) for s in sorted(sizes, key=str))
+        evidence.append(f"model sizes: {shown}")
+    if archs:
+        evidence.append(f"architectures: {', '.join(sorted(map(str, archs)))}")
+    statuses.append("pass")
+    return CheckResult(3, TITLES[3], _worst(statuses), evidence)
+
+
+def check_workload_diversity(runs: Sequence[AuditedRun]) -> CheckResult:
+    """Return item 4: more than one workload; prompt and output length distributions stated."""
+    evidence, statuses = [], []
+    names = set()
+    for r in runs:
+        name = _get(r.manifest, "workload", "name")
+        if name is None:
+            evidence.append(f"{r.label}: workload not recorded")
+            statuses.append("warn")
+        else:
+            names.add(str(name))
+    if len(names) == 1:
+        evidence.append(f"one workload only ({next(iter(names))})")
+        statuses.append("warn")
+    elif names:
+        evidence.append(f"workloads: {', '.join(sorted(names))}")
+    for r in runs:
+        for attr, what in (("prompt_tokens", "prompt"), ("output_tokens", "output")):
+            v = getattr(r, attr)
+            if v is not None and np.size(v):
+                v = np.asarray(v, dtype=np.float64)
+                evidence.append(
+                    f"{r.label}: {what} tokens P50 {_p(v, 50):.0f}, P90 {_p(v, 90):.0f}, P99 {_p(v, 99):.0f} "
+                    f"(n={v.size}); compare with production traces"
+                )
+    statuses.append("pass")
+    return CheckResult(4, TITLES[4], _worst(statuses), evidence)
+
+
+def check_latency_bounds(runs: Sequence[AuditedRun], *, slos: dict[str, float] | None = None, percentile: float = 99.0) -> CheckResult:
+    """Return item 5: absolute TTFT and TBT percentiles judged against SLOs (slos: {"ttft_s", "tbt_s"} seconds)."""
+    if not slos:
+        return CheckResult(5, TITLES[5], "warn", ["no SLO given: latency judged only relative to the baseline"])
+    evidence, statuses = [], []
+    for key, attr, label in (("ttft_s", "ttft_s", "TTFT"), ("tbt_s", "tbt_s", "TBT")):
+        bound = slos.get(key)
+        if bound is None:
+            evidence.append(f"no {label} SLO given")
+            statuses.append("warn")
+            continue
+        for r in runs:
+            v = getattr(r, attr)
+            if v is None:
+                evidence.append(f"{r.label}: {label} not measured")
+                statuses.append("warn")
+                continue
+            v = np.asarray(v, dtype=np.float64)
+            value = _p(v[np.isfinite(v)], percentile)
+            ok = value <= bound
+            evidence.append(
+                f"{r.label}: {label} P{percentile:g} {_fmt_s(value)} {'meets' if ok else 'exceeds'} SLO {_fmt_s(bound)}"
+            )
+            statuses.append("pass" if ok else "warn")
+    return CheckResult(5, TITLES[5], _worst(statuses), evidence)
+
+
+def check_metric_selection(runs: Sequence[AuditedRun]) -> CheckResult:
+    """Return item 6: standard metrics (TTFT, TBT, e2e) measurable in every run, each with its definition."""
+    evidence, statuses = [], []
+    for r in runs:
+        if r.ttft_s is None or r.e2e_s is None or r.tbt_s is None:
+            evidence.append(f"{r.label}: request metrics not computed")
+            statuses.append("warn")
+            continue
+        out = np.asarray(r.output_tokens if r.output_tokens is not None else [], dtype=np.float64)
+        if np.size(r.tbt_s) == 0 and np.any(out > 1):
+            evidence.append(f"{r.label}: no per-token emission times: TBT cannot be measured")
+            statuses.append("fail")
+    evidence.append(
+        "TTFT, TBT (per token and per chunk), TPOT = T_d / (n - 1), e2e and normalized latency as defined in docs/metrics.md"
+    )
+    statuses.append("pass")
+    return CheckResult(6, TITLES[6], _worst(statuses), evidence)
+
+
+def check_performance_distribution(runs: Sequence[AuditedRun]) -> CheckResult:
+    """Return item 7: enough requests for tail percentiles; flags comparisons whose order flips between P50 and P99."""
+    evidence, statuses = [], []
+    for r in runs:
+        if r.e2e_s is None:
+            evidence.append(f"{r.label}: request metrics not computed")
+            statuses.append("warn")
+            continue
+        n = int(np.size(r.e2e_s))
+        if n < MIN_REQUESTS_FOR_P99:
+            evidence.append(f"{r.label}: only {n} requests: its P99 is nearly its maximum")
+            statuses.append("warn")
+    base, treat = _sides(runs)
+    if base and treat:
+        for attr, label in (("ttft_s", "TTFT"), ("tbt_s", "TBT"), ("e2e_s", "e2e latency")):
+            a, b = _pooled(base, attr), _pooled(treat, attr)
+            if a is None or b is None or not a.size or not b.size:
+                continue
+            signs = {q: np.sign(_p(b, q) - _p(a, q)) for q in (50, 90, 99)}
+            if len({s for s in signs.values() if s != 0}) > 1:
+                shown = ", ".join(f"P{q} {'treatment' if s < 0 else 'baseline'} lower" for q, s in signs.items() if s)
+                evidence.append(f"{label}: the order flips across percentiles ({shown}): show the whole CDF")
+                statuses.append("warn")
+    evidence.append("P50 / P90 / P99 with counts and full CDFs are reported for every metric")
+    statuses.append("pass")
+    return CheckResult(7, TITLES[7], _worst(statuses), evidence)
+
+
+def check_normalization(runs: Sequence[AuditedRun], *, hidden_factor: float = 2.0) -> CheckResult:
+    """Return item 8: normalized latency / TPOT rankings checked against raw P99 scheduling delay / TBT."""
+    base, treat = _sides(runs)
+    if not (base and treat):
+        return CheckResult(8, TITLES[8], "pass", ["single side: normalized latency and TPOT are shown beside their raw parts"])
+    evidence, statuses = [], []
+    pairs = (
+        ("normalized_latency_s", "normalized latency", "scheduling_delay_s", "P99 scheduling delay"),
+        ("tpot_s", "TPOT", "tbt_s", "P99 TBT"),
+    )
+    for norm_attr, norm_label, raw_attr, raw_label in pairs:
+        na, nb = _pooled(base, norm_attr), _pooled(treat, norm_attr)
+        ra, rb = _pooled(base, raw_attr), _pooled(treat, raw_attr)
+        if any(v is None or not v.size for v in (na, nb, ra, rb)):
+            evidence.append(f"{norm_label} or {raw_label} not recorded for both sides")
+            statuses.append("warn")
+            continue
+        mean_a, mean_b = float(na.mean()), float(nb.mean())
+        raw_a, raw_b = _p(ra, 99), _p(rb, 99)
+        if mean_a == mean_b:
+            continue
+        first, first_raw, other, other_raw = (
+            ("treatment", raw_b, "baseline", raw_a) if mean_b < mean_a else ("baseline", raw_a, "treatment", raw_b)
+        )
+        if other_raw > 0 and first_raw >= hidden_factor * other_raw:
+            evidence.append(
+                f"{norm_label} ranks {first} first but {first}'s {raw_label} is {first_raw / other_raw:.1f}x {other}'s "
+                f"({_fmt_s(first_raw)} vs {_fmt_s(other_raw)})"
+            )
+            statuses.append("warn")
+        else:
+            evidence.append(f"{norm_label} ranks {first} first, consistent with {raw_label}")
+    statuses.append("pass")
+    return CheckResult(8, TITLES[8], _worst(statuses), evidence)
+
+
+# --------------------------------------------------------------------------- the audit
+
+
+def audit(
+    runs: Sequence[AuditedRun],
+    *,
+    slos: dict[str, float] | None = None,
+    split_reported: bool = False,
+    hidden_factor: float = 2.0,
+) -> list[CheckResult]:
+    """Return the 8 checklist items, in order, for this set of runs."""
+    if not runs:
+        raise ValueError("no runs to audit")
+    return [
+        check_implementation_fairness(runs, split_reported=split_reported),
+        check_parameter_tuning(runs),
+        check_model_selection(runs),
+        check_workload_diversity(runs),
+        check_latency_bounds(runs, slos=slos),
+        check_metric_selection(runs),
+        check_performance_distribution(runs),
+        check_normalization(runs, hidden_factor=hidden_factor),
+    ]
+
+
+def audited_run(metrics: Any, manifest: dict[str, Any], *, label: str, side: str | None = None) -> AuditedRun:
+    """Return an AuditedRun from RequestMetrics and a manifest."""
+    from servescope.analysis.slo import decode_gaps_s
+
+    tbt, _ = decode_gaps_s(metrics.token_times_ns, metrics.token_offsets)
+    return AuditedRun(
+        label=label,
+        manifest=manifest or {},
+        side=side,  # type: ignore[arg-type]
+        ttft_s=np.asarray(metrics.ttft_s),
+        tbt_s=tbt,
+        e2e_s=np.asarray(metrics.e2e_s),
+        tpot_s=np.asarray(metrics.tpot_s),
+        scheduling_delay_s=np.asarray(metrics.scheduling_delay_s),
+        normalized_latency_s=np.asarray(metrics.normalized_latency_s),
+        prompt_tokens=np.asarray(metrics.prompt_tokens),
+        output_tokens=np.asarray(metrics.output_tokens),
+    )
+
+
+def audit_run_dirs(
+    baseline_dirs: Sequence[str], treatment_dirs: Sequence[str] = (), **kwargs: Any
+) -> list[CheckResult]:
+    """Return audit() of run directories, loaded with load_run and compute_request_metrics."""
+    from servescope.analysis.request_metrics import compute_request_metrics
+    from servescope.analysis.run_data import load_run
+
+    runs = []
+    for side, dirs in (("baseline", baseline_dirs), ("treatment", treatment_dirs)):
+        for d in dirs:
+            run = load_run(d)
+            runs.append(audited_run(compute_request_metrics(run), run.manifest, label=str(d), side=side if treatment_dirs else None))
+    return audit(runs, **kwargs)

@@ -1,0 +1,374 @@
+"""Compare two runs (or two sets of repeat runs): how much faster, and why.
+
+Every latency metric is compared at its mean and at P50 / P90 / P99 (linear interpolation),
+each difference (treatment - baseline) with a bootstrap confidence interval. The end-to-end
+change is split exactly into its parts, scheduling delay + prefill + decode (per request
+``e2e = T_s + T_p + T_d``, so the means add up). The engine-step change is split into GPU
+time, CPU overhead and idle time (``iteration_breakdown``), which tells a faster algorithm
+(less GPU work) from a faster implementation (less host time with the GPU idle) from better
+scheduling. Configuration differences come from ``manifest["engine"]``.
+
+Bootstrap: two-level, so repeat runs count as repeats: each replicate draws the side's runs
+with replacement, then from each drawn run as many samples as it has (at most
+``max_bootstrap_samples``, which widens the interval, never narrows it), and recomputes the
+statistic; the interval is the percentile interval of the replicate differences.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from servescope.analysis.slo import decode_gaps_s, run_duration_s
+from servescope.analysis.stalls import StepArrays, step_arrays
+
+LATENCY_METRICS = ("ttft", "tbt", "e2e", "scheduling_delay", "prefill", "decode", "normalized_latency")
+ITERATION_PARTS = ("iteration", "gpu", "cpu_overhead", "idle")
+STATS = ("mean", "p50", "p90", "p99")
+PERCENTILE_METHOD = "linear"
+
+
+@dataclass(slots=True)
+class RunSamples:
+    """One run's samples for a comparison: latencies (s) per request or token, per-step times (s)."""
+
+    label: str
+    latency_s: dict[str, np.ndarray]  # LATENCY_METRICS -> samples (tbt: per-token gaps)
+    iteration_s: dict[str, np.ndarray]  # ITERATION_PARTS -> one value per engine step
+    output_tokens_per_s: float
+    requests_per_s: float
+    gpu_time_source: str  # "gpu_events" | "host_wait" | "mixed" | "none"
+    engine: dict[str, Any] = field(default_factory=dict)  # manifest["engine"] without parameters
+    parameters: dict[str, Any] = field(default_factory=dict)  # manifest["engine"]["parameters"]
+
+
+# --------------------------------------------------------------------------- per-step breakdown
+
+
+def iteration_breakdown(steps: StepArrays) -> dict[str, np.ndarray]:
+    """Return per-step seconds: iteration (emission to emission) = gpu + cpu_overhead + idle.
+
+    iteration: this step's update_end minus the previous step's (same EngineCore); the first
+    step of an engine counts from its schedule_start. idle: time before the step's schedule
+    began with no step in flight. gpu: the step's GPU time (CUDA events) or, without them, its
+    host wait for the model output, at most the non-idle time. cpu_overhead: the rest, host
+    time during which the GPU had no work of this step.
+    """
+    n = steps.step_id.size
+    first = np.ones(n, dtype=bool)
+    first[1:] = steps.engine_index[1:] != steps.engine_index[:-1]
+    prev_end = np.empty(n, dtype=np.int64)
+    if n:
+        prev_end[1:] = steps.update_end_ns[:-1]
+        prev_end[first] = steps.schedule_start_ns[first]
+    iteration = np.maximum(steps.update_end_ns - prev_end, 0) / 1e9
+    idle = np.where(first, 0, np.maximum(steps.schedule_start_ns - prev_end, 0)) / 1e9
+    idle = np.minimum(idle, iteration)
+    gpu = np.minimum(steps.gpu_or_wait_ns / 1e9, iteration - idle)
+    return {"iteration": iteration, "gpu": gpu, "cpu_overhead": iteration - idle - gpu, "idle": idle}
+
+
+def _gpu_source(steps: StepArrays) -> str:
+    measured = ~np.isnan(steps.gpu_ns)
+    if steps.gpu_ns.size == 0:
+        return "none"
+    return "gpu_events" if measured.all() else ("host_wait" if not measured.any() else "mixed")
+
+
+def run_samples(metrics: Any, run: Any, label: str | None = None) -> RunSamples:
+    """Return one run's comparison samples from RequestMetrics and RunData (steps, worker_regions, manifest)."""
+    tbt, _ = decode_gaps_s(metrics.token_times_ns, metrics.token_offsets)
+    latency = {"tbt": tbt}
+    for name in LATENCY_METRICS:
+        if name != "tbt":
+            latency[name] = np.asarray(getattr(metrics, f"{name}_s"), dtype=np.float64)
+    steps = step_arrays(run.steps, getattr(run, "worker_regions", None))
+    duration = run_duration_s(metrics.arrival_ns, metrics.token_times_ns)
+    finished = int(np.count_nonzero(np.isfinite(latency["e2e"])))
+    manifest = getattr(run, "manifest", None) or {}
+    engine = dict(manifest.get("engine") or {})
+    parameters = dict(engine.pop("parameters", None) or {})
+    return RunSamples(
+        label=label or str(manifest.get("run_id", "")),
+        latency_s=latency,
+        iteration_s=iteration_breakdown(steps),
+        output_tokens_per_s=float(np.sum(metrics.output_tokens)) / duration if duration > 0 else math.nan,
+        requests_per_s=finished / duration if duration > 0 else math.nan,
+        gpu_time_source=_gpu_source(steps),
+        engine=engine,
+        parameters=parameters,
+    )
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def _stats(values: np.ndarray) -> np.ndarray:
+    """Return [mean, p50, p90, p99] of finite values (NaN if none)."""
+    v = values[np.isfinite(values)]
+    if v.size == 0:
+        return np.full(len(STATS), math.nan)
+    return np.concatenate([[v.mean()], np.percentile(v, [50, 90, 99], method=PERCENTILE_METHOD)])
+
+
+def _finite_runs(runs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    return [np.asarray(r, dtype=np.float64)[np.isfinite(r)] for r in runs]
+
+
+def _bootstrap_stats(runs: list[np.ndarray], rng: np.random.Generator, n_boot: int, max_samples: int) -> np.ndarray:
+    """Return (n_boot, len(STATS)) replicate statistics: runs drawn with replacement, then samples."""
+    runs = [r for r in runs if r.size]
+    out = np.full((n_boot, len(STATS)), math.nan)
+    if not runs:
+        return out
+    sizes = np.array([r.size for r in runs])
+    pooled = np.concatenate(runs)
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    draw = np.minimum(sizes, max_samples)
+    for b in range(n_boot):
+        chosen = rng.integers(0, len(runs), size=len(runs))
+        run_of_draw = np.repeat(chosen, draw[chosen])
+        idx = offsets[run_of_draw] + (rng.random(run_of_draw.size) * sizes[run_of_draw]).astype(np.int64)
+        out[b] = _stats(pooled[idx])
+    return out
+
+
+def compare_samples(
+    baseline: Sequence[np.ndarray],
+    treatment: Sequence[np.ndarray],
+    *,
+    n_boot: int = 200,
+    confidence: float = 0.95,
+    max_bootstrap_samples: int = 20_000,
+    seed: int = 0,
+) -> dict[str, dict[str, float | list[float]]]:
+    """Return per statistic (mean, p50, p90, p99): baseline, treatment, diff, relative diff and CI [lo, hi] in the samples' unit."""
+    rng = np.random.default_rng(seed)
+    base_runs, treat_runs = _finite_runs(baseline), _finite_runs(treatment)
+    base = _stats(np.concatenate(base_runs) if base_runs else np.zeros(0))
+    treat = _stats(np.concatenate(treat_runs) if treat_runs else np.zeros(0))
+    diffs = _bootstrap_stats(treat_runs, rng, n_boot, max_bootstrap_samples) - _bootstrap_stats(
+        base_runs, rng, n_boot, max_bootstrap_samples
+    )
+    alpha = (1.0 - confidence) / 2.0
+    out = {}
+    for k, stat in enumerate(STATS):
+        d = diffs[:, k][np.isfinite(diffs[:, k])]
+        ci = [float(np.quantile(d, alpha)), float(np.quantile(d, 1 - alpha))] if d.size else [math.nan, math.nan]
+        diff = float(treat[k] - base[k])
+        out[stat] = {
+            "baseline": float(base[k]),
+            "treatment": float(treat[k]),
+            "diff": diff,
+            "relative": diff / base[k] if base[k] not in (0.0,) and math.isfinite(base[k]) else math.nan,
+            "ci": ci,
+        }
+    return out
+
+
+def _run_level(values_a: list[float], values_b: list[float], rng, n_boot: int, confidence: float) -> dict[str, Any]:
+    a = np.asarray(values_a, dtype=np.float64)
+    b = np.asarray(values_b, dtype=np.float64)
+    out: dict[str, Any] = {"baseline": float(a.mean()), "treatment": float(b.mean()), "diff": float(b.mean() - a.mean())}
+    out["relative"] = out["diff"] / out["baseline"] if out["baseline"] else math.nan
+    if a.size >= 2 and b.size >= 2:
+        reps = rng.choice(b, (n_boot, b.size)).mean(axis=1) - rng.choice(a, (n_boot, a.size)).mean(axis=1)
+        alpha = (1.0 - confidence) / 2.0
+        out["ci"] = [float(np.quantile(reps, alpha)), float(np.quantile(reps, 1 - alpha))]
+    else:
+        out["ci"] = [math.nan, math.nan]
+        out["note"] = "one run per side: no interval on throughput (repeat the runs)"
+    return out
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def parameter_differences(baseline: dict[str, Any], treatment: dict[str, Any]) -> list[dict[str, Any]]:
+    """Return [{name, baseline, treatment}] for every engine parameter that differs or is set on one side only."""
+    missing = "not set"
+    out = []
+    for name in sorted(set(baseline) | set(treatment)):
+        a = baseline.get(name, missing)
+        b = treatment.get(name, missing)
+        if a != b:
+            out.append({"name": name, "baseline": a, "treatment": b})
+    return out
+
+
+def _side_config(side: Sequence[RunSamples]) -> tuple[dict, dict, list[str]]:
+    notes = []
+    first = side[0]
+    for other in side[1:]:
+        if other.parameters != first.parameters or other.engine != first.engine:
+            notes.append(f"repeat runs of one side differ in configuration ({first.label} vs {other.label})")
+    return first.engine, first.parameters, notes
+
+
+# --------------------------------------------------------------------------- the comparison
+
+
+def compare(
+    baseline: RunSamples | Sequence[RunSamples],
+    treatment: RunSamples | Sequence[RunSamples],
+    *,
+    n_boot: int = 200,
+    confidence: float = 0.95,
+    max_bootstrap_samples: int = 20_000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Return the comparison of treatment against baseline (latencies in s, throughput in tokens/s and requests/s).
+
+    Keys: latency (per metric and statistic), throughput, iteration (per-step parts), e2e_split,
+    configuration, attribution (shares) and statement (plain language).
+    """
+    base = [baseline] if isinstance(baseline, RunSamples) else list(baseline)
+    treat = [treatment] if isinstance(treatment, RunSamples) else list(treatment)
+    if not base or not treat:
+        raise ValueError("each side needs at least one run")
+    kw = dict(n_boot=n_boot, confidence=confidence, max_bootstrap_samples=max_bootstrap_samples)
+    latency = {
+        m: compare_samples([r.latency_s[m] for r in base], [r.latency_s[m] for r in treat], seed=seed + i, **kw)
+        for i, m in enumerate(LATENCY_METRICS)
+    }
+    iteration = {
+        p: compare_samples([r.iteration_s[p] for r in base], [r.iteration_s[p] for r in treat], seed=seed + 100 + i, **kw)
+        for i, p in enumerate(ITERATION_PARTS)
+    }
+    rng = np.random.default_rng(seed + 1000)
+    throughput = {
+        "output_tokens_per_s": _run_level([r.output_tokens_per_s for r in base], [r.output_tokens_per_s for r in treat], rng, n_boot, confidence),
+        "requests_per_s": _run_level([r.requests_per_s for r in base], [r.requests_per_s for r in treat], rng, n_boot, confidence),
+    }
+    e2e_split = {part: latency[part]["mean"]["diff"] for part in ("scheduling_delay", "prefill", "decode")}
+    e2e_split["e2e"] = latency["e2e"]["mean"]["diff"]
+    base_engine, base_params, notes = _side_config(base)
+    treat_engine, treat_params, more = _side_config(treat)
+    notes += more
+    configuration = {
+        "baseline_engine": base_engine,
+        "treatment_engine": treat_engine,
+        "same_engine": (base_engine.get("name"), base_engine.get("version")) == (treat_engine.get("name"), treat_engine.get("version")),
+        "parameter_differences": parameter_differences(base_params, treat_params),
+        "parameters_recorded": {"baseline": bool(base_params), "treatment": bool(treat_params)},
+    }
+    gpu_sources = sorted({r.gpu_time_source for r in base + treat})
+    attribution = _attribution(latency, iteration, e2e_split)
+    result = {
+        "runs": {"baseline": [r.label for r in base], "treatment": [r.label for r in treat]},
+        "percentile_method": PERCENTILE_METHOD,
+        "confidence": confidence,
+        "latency": latency,
+        "throughput": throughput,
+        "iteration": iteration,
+        "iteration_gpu_time_source": gpu_sources,
+        "e2e_split": e2e_split,
+        "configuration": configuration,
+        "attribution": attribution,
+        "notes": notes,
+    }
+    result["statement"] = _statement(result)
+    return result
+
+
+def _attribution(latency, iteration, e2e_split) -> dict[str, float]:
+    """Shares of the e2e change (scheduling vs execution) and of the busy step-time change (GPU vs host)."""
+    d_sched = e2e_split["scheduling_delay"]
+    d_exec = e2e_split["prefill"] + e2e_split["decode"]
+    d_gpu = iteration["gpu"]["mean"]["diff"]
+    d_cpu = iteration["cpu_overhead"]["mean"]["diff"]
+
+    def share(part, other):
+        total = part + other
+        if not math.isfinite(total) or total == 0 or part * other < 0:
+            return math.nan  # opposite signs: no meaningful share, the statement reports both
+        return part / total
+
+    return {
+        "scheduling_share_of_e2e_change": share(d_sched, d_exec),
+        "execution_share_of_e2e_change": share(d_exec, d_sched),
+        "gpu_share_of_step_change": share(d_gpu, d_cpu),
+        "host_share_of_step_change": share(d_cpu, d_gpu),
+    }
+
+
+def _ms(x: float) -> str:
+    return "n/a" if not math.isfinite(x) else f"{x * 1e3:+.2f} ms"
+
+
+def _pct(x: float) -> str:
+    return "n/a" if not math.isfinite(x) else f"{x * 100:+.1f}%"
+
+
+def _ci_ms(ci: list[float]) -> str:
+    if not all(math.isfinite(c) for c in ci):
+        return "no interval"
+    sig = "" if (ci[0] > 0 or ci[1] < 0) else ", not distinguishable from zero"
+    return f"CI [{ci[0] * 1e3:+.2f}, {ci[1] * 1e3:+.2f}] ms{sig}"
+
+
+def _statement(result: dict[str, Any]) -> str:
+    """Return the plain-language reading of a comparison."""
+    lat, it, split, att = result["latency"], result["iteration"], result["e2e_split"], result["attribution"]
+    conf = int(round(result["confidence"] * 100))
+    e2e = lat["e2e"]["mean"]
+    lines = [
+        f"Mean end-to-end latency changed by {_ms(e2e['diff'])} ({_pct(e2e['relative'])}; {conf}% {_ci_ms(e2e['ci'])}); "
+        f"P99 by {_ms(lat['e2e']['p99']['diff'])}.",
+        f"Of the mean change, scheduling delay accounts for {_ms(split['scheduling_delay'])}, prefill for "
+        f"{_ms(split['prefill'])} and decode for {_ms(split['decode'])}"
+        + (
+            f" (scheduling {att['scheduling_share_of_e2e_change'] * 100:.0f}%, execution "
+            f"{att['execution_share_of_e2e_change'] * 100:.0f}%)."
+            if math.isfinite(att["scheduling_share_of_e2e_change"])
+            else " (scheduling and execution moved in opposite directions)."
+        ),
+        f"TTFT P99 changed by {_ms(lat['ttft']['p99']['diff'])}, TBT P99 by {_ms(lat['tbt']['p99']['diff'])}.",
+    ]
+    g, c, idle = it["gpu"]["mean"], it["cpu_overhead"]["mean"], it["idle"]["mean"]
+    source = ", ".join(result["iteration_gpu_time_source"])
+    step = (
+        f"Per engine step, GPU time changed by {_ms(g['diff'])} ({_pct(g['relative'])}) and CPU overhead "
+        f"(host time with the GPU idle) by {_ms(c['diff'])} ({_pct(c['relative'])}); idle time by {_ms(idle['diff'])} "
+        f"[GPU time from: {source}]."
+    )
+    if math.isfinite(att["gpu_share_of_step_change"]):
+        step += (
+            f" So {att['gpu_share_of_step_change'] * 100:.0f}% of the change in busy step time is GPU work "
+            f"(algorithm, kernels) and {att['host_share_of_step_change'] * 100:.0f}% host overhead (implementation)."
+        )
+    elif math.isfinite(g["diff"]) and math.isfinite(c["diff"]) and (g["diff"] != 0 or c["diff"] != 0):
+        step += " GPU work and host overhead moved in opposite directions: neither explains the change alone."
+    lines.append(step)
+    tok = result["throughput"]["output_tokens_per_s"]
+    lines.append(f"Output throughput changed by {tok['diff']:+.1f} tokens/s ({_pct(tok['relative'])}).")
+    cfg = result["configuration"]
+    if not cfg["same_engine"]:
+        b, t = cfg["baseline_engine"], cfg["treatment_engine"]
+        lines.append(
+            f"The sides ran different engines ({b.get('name', '?')} {b.get('version', '?')} vs "
+            f"{t.get('name', '?')} {t.get('version', '?')}): credit an algorithm only with the GPU-time part."
+        )
+    if cfg["parameter_differences"]:
+        names = ", ".join(d["name"] for d in cfg["parameter_differences"][:8])
+        more = len(cfg["parameter_differences"]) - 8
+        lines.append(f"Engine parameters differ: {names}" + (f" and {more} more." if more > 0 else "."))
+    return " ".join(lines)
+
+
+def compare_run_dirs(baseline_dirs: Sequence[str], treatment_dirs: Sequence[str], **kwargs: Any) -> dict[str, Any]:
+    """Return compare() of run directories (loads each with load_run and compute_request_metrics)."""
+    from servescope.analysis.request_metrics import compute_request_metrics
+    from servescope.analysis.run_data import load_run
+
+    def side(dirs):
+        out = []
+        for d in dirs:
+            run = load_run(d)
+            out.append(run_samples(compute_request_metrics(run), run, label=str(d)))
+        return out
+
+    return compare(side(baseline_dirs), side(treatment_dirs), **kwargs)

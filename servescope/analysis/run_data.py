@@ -1,0 +1,106 @@
+"""A run directory loaded into memory: its manifest and the tables the analysis reads.
+
+``load_run(RUN)`` reads every Parquet part of each table (``tracer/rundir.py``) and
+keeps them as pyarrow tables with the columns of ``tracer/schema.py``, with one
+exception made for size: the request-id column of the two per-token tables
+(``token_emissions.request_id``, ``client_chunks.client_request_id``) is kept
+dictionary-encoded (``dictionary<int32, string>``), as Parquet stores it. A run of
+100 million tokens would otherwise hold 100 million copies of ~50-character ids
+(about 5 GB). Compute functions accept dictionary arrays; ``.cast(pa.string())``
+gives plain strings where one is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from servescope.tracer import rundir
+from servescope.tracer.schema import TABLES
+
+# Table name -> the id column read dictionary-encoded (one row per token or chunk).
+DICTIONARY_ID_COLUMNS = {
+    "token_emissions": "request_id",
+    "client_chunks": "client_request_id",
+}
+
+
+@dataclass
+class RunData:
+    """One run directory in memory: manifest.json and the recorded tables."""
+
+    path: Path
+    manifest: dict
+    request_events: pa.Table
+    token_emissions: pa.Table
+    steps: pa.Table
+    frontend_steps: pa.Table
+    worker_regions: pa.Table
+    client_requests: pa.Table
+    client_chunks: pa.Table
+
+
+LOADED_TABLES = (
+    "request_events",
+    "token_emissions",
+    "steps",
+    "frontend_steps",
+    "worker_regions",
+    "client_requests",
+    "client_chunks",
+)
+
+
+def load_run(run_dir: str | os.PathLike) -> RunData:
+    """Return the run directory's manifest and tables; raise rundir.RunDirError if unreadable."""
+    path = rundir.check_run_dir(run_dir)
+    tables = {}
+    for name in LOADED_TABLES:
+        id_column = DICTIONARY_ID_COLUMNS.get(name)
+        tables[name] = (
+            rundir.read_table(path, name)
+            if id_column is None
+            else _read_table_with_dictionary_ids(path, name, id_column)
+        )
+    return RunData(path=path, manifest=_read_manifest(path), **tables)
+
+
+def _read_manifest(path: Path) -> dict:
+    """Return manifest.json as a dict, {} when the run has none."""
+    manifest_path = path / "manifest.json"
+    if not manifest_path.exists():
+        return {}
+    try:
+        manifest = rundir.read_json(manifest_path)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise rundir.RunDirError(f"{manifest_path}: unreadable manifest ({exc})") from exc
+    if not isinstance(manifest, dict):
+        raise rundir.RunDirError(f"{manifest_path}: manifest is not a JSON object")
+    return manifest
+
+
+def _read_table_with_dictionary_ids(path: Path, table: str, id_column: str) -> pa.Table:
+    """Return all parts of a table as rundir.read_table does, with id_column dictionary-encoded.
+
+    rundir.read_table reads with the plain schema; this differs only in the schema it
+    passes, so Parquet's dictionary pages become Arrow dictionaries without ever
+    materialising one string per row.
+    """
+    schema = TABLES[table].arrow_schema
+    index = schema.get_field_index(id_column)
+    schema = schema.set(index, pa.field(id_column, pa.dictionary(pa.int32(), pa.string())))
+    parts = sorted(rundir.table_dir(path, table).glob("*.parquet"))
+    tables = []
+    for part in parts:
+        try:
+            tables.append(pq.read_table(part, schema=schema))
+        except Exception as exc:  # a part cut short by a killed process
+            raise rundir.RunDirError(f"{part}: unreadable Parquet part ({exc})") from exc
+    if not tables:
+        return schema.empty_table()
+    return pa.concat_tables(tables)

@@ -1,0 +1,233 @@
+"""The analysis of one run as JSON (docs/json-contract.md), and as text for ``servescope analyze RUN``.
+
+``analyze_run`` loads the run directory, computes every request's metrics
+(request_metrics.py) and their distributions (distributions.py), and returns a
+JSON-ready dict: ``run`` (size, duration, throughput), ``conventions`` (how each
+number was computed), ``summary`` (a distribution per metric) and ``requests``
+(one object per request, by arrival). Undefined values are ``None`` (JSON null),
+never NaN. ``summary_text`` renders it as a compact table.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from servescope.analysis.distributions import P999_MIN_COUNT, summarize
+from servescope.analysis.request_metrics import MISSING_NS, NS_PER_S, RequestMetrics, compute_request_metrics
+from servescope.analysis.run_data import RunData, load_run
+
+# Per-request metrics summarised over requests, in report order.
+PER_REQUEST_METRICS = (
+    "ttft_s",
+    "scheduling_delay_s",
+    "prefill_s",
+    "decode_s",
+    "e2e_s",
+    "ttst_s",
+    "tpot_s",
+    "normalized_latency_s",
+    "preemptions",
+)
+# Summarised over every token gap (per token) and every chunk gap (per chunk).
+TBT_METRICS = ("tbt_per_token_s", "tbt_per_chunk_s")
+# Per-request arrays returned by fluidity.fluidity_for_requests.
+FLUIDITY_METRICS = ("fluidity_index", "deadline_misses", "deadlines")
+
+CONVENTIONS = {
+    "clock": "engine host CLOCK_MONOTONIC (time.monotonic_ns), one clock for every process; "
+             "engine-side times: front-end arrival, EngineCore scheduling and token emission",
+    "time_unit": "seconds (*_s); in the text table, milliseconds",
+    "arrival": "a = the front end's 'arrival' event; where it was not recorded, the scheduler's "
+               "'queued' event (counted in run.arrival_from_queue)",
+    "scheduling_delay": "T_s = s - a, s = first 'scheduled' event",
+    "prefill": "T_p = t_0 - s (includes chunked-prefill iterations and preemptions before t_0)",
+    "decode": "T_d = t_{n-1} - t_0",
+    "e2e": "t_{n-1} - a (TTLT)",
+    "ttst": "t_1 - t_0; null when fewer than 2 output tokens",
+    "tpot": "T_d / (n - 1), vLLM's convention (the paper writes T_d / N_d); null when n < 2",
+    "normalized_latency": "(T_s + T_p + T_d) / N_d = e2e / N_d; shown beside T_s and TBT, which it hides",
+    "tbt_per_token": "g_i = t_i - t_{i-1}, one per output token after the first; tokens emitted by "
+                     "the same engine step get 0 after the first; summary over all tokens of all requests",
+    "tbt_per_chunk": "one gap per emission step that carried >= 1 token for the request (a streaming "
+                     "client's inter-token latency); summary over all chunks of all requests",
+    "preempted_s": "from each 'preempted' event to the request's next 'scheduled' (else 'finished'); "
+                   "null when a preemption was still open at the end of the recording",
+    "percentiles": "linear interpolation between order statistics (numpy 'linear', Hyndman-Fan type 7); "
+                   f"undefined (null) values excluded, count = samples used; p999 only when count >= {P999_MIN_COUNT}",
+    "throughput": "duration_s = first arrival to last token or 'finished' event; output_tokens_per_s = "
+                  "output tokens / duration_s; requests_per_s = finished requests / duration_s",
+    "missing": "null where a metric is undefined for a request (no output token, fewer than 2 "
+               "tokens, event not recorded)",
+}
+
+
+def analyze_run(run_dir: str | os.PathLike, *, tbt_slo_s: float | None = None,
+                ttft_slo_s: float | None = None) -> dict:
+    """Return the run's JSON contract (run, conventions, summary, requests); times in seconds.
+
+    With tbt_slo_s (the decode deadline D_d), every request also gets its fluidity
+    index, deadline misses and deadlines (fluidity.py), with ttft_slo_s as its
+    prefill deadline (fluidity.py's default when None).
+    """
+    if ttft_slo_s is not None and tbt_slo_s is None:
+        raise ValueError("ttft_slo_s is the fluidity index's prefill deadline: give tbt_slo_s too")
+    run = load_run(run_dir)
+    metrics = compute_request_metrics(run)
+    fluidity = None
+    if tbt_slo_s is not None:
+        from servescope.analysis.fluidity import fluidity_for_requests
+
+        fluidity = fluidity_for_requests(metrics, tbt_deadline_s=tbt_slo_s, ttft_deadline_s=ttft_slo_s)
+    tbt = {"tbt_per_token_s": metrics.all_tbt_per_token_s(),
+           "tbt_per_chunk_s": metrics.all_tbt_per_chunk_s()}
+
+    summary = {name: summarize(getattr(metrics, name)) for name in PER_REQUEST_METRICS}
+    summary.update({name: summarize(gaps) for name, gaps in tbt.items()})
+    result = {
+        "run": run_info(run, metrics),
+        "conventions": dict(CONVENTIONS),
+        "summary": summary,
+    }
+    if fluidity is not None:
+        summary.update({name: summarize(fluidity[name]) for name in FLUIDITY_METRICS})
+        misses, deadlines = np.nansum(fluidity["deadline_misses"]), np.nansum(fluidity["deadlines"])
+        result["fluidity"] = {
+            "tbt_deadline_s": tbt_slo_s,
+            "ttft_deadline_s": ttft_slo_s,
+            "service_miss_rate": float(misses / deadlines) if deadlines else 0.0,
+        }
+    result["requests"] = request_records(metrics, tbt, fluidity, result["run"]["start_ns"])
+    return result
+
+
+def run_info(run: RunData, metrics: RequestMetrics) -> dict:
+    """Return the run's size, time span (ns, monotonic), duration (s) and throughput (per s)."""
+    arrivals = metrics.arrival_ns[metrics.arrival_ns != MISSING_NS]
+    ends = np.concatenate([metrics.last_token_ns, metrics.finished_ns])
+    ends = ends[ends != MISSING_NS]
+    start = int(arrivals.min()) if len(arrivals) else None
+    end = int(ends.max()) if len(ends) else None
+    duration = (end - start) / NS_PER_S if start is not None and end is not None and end > start else None
+    finished = int((metrics.finished_ns != MISSING_NS).sum())
+    output_tokens = int(metrics.output_tokens.sum())
+    return {
+        "path": str(run.path),
+        "requests": len(metrics),
+        "finished_requests": finished,
+        "arrival_from_queue": int(metrics.arrival_from_queue.sum()),
+        "prompt_tokens": int(metrics.prompt_tokens[metrics.prompt_tokens >= 0].sum()),
+        "output_tokens": output_tokens,
+        "start_ns": start,
+        "end_ns": end,
+        "duration_s": duration,
+        "output_tokens_per_s": output_tokens / duration if duration else None,
+        "requests_per_s": finished / duration if duration else None,
+    }
+
+
+def request_records(metrics: RequestMetrics, tbt: dict[str, np.ndarray], fluidity: dict | None,
+                    start_ns: int | None) -> list[dict]:
+    """Return one JSON-ready dict per request (by arrival): metrics in s, TBT lists in s, null for undefined."""
+    arrival_s = np.full(len(metrics), np.nan)
+    if start_ns is not None:
+        known = metrics.arrival_ns != MISSING_NS
+        arrival_s[known] = (metrics.arrival_ns[known] - start_ns) / NS_PER_S
+    columns = {
+        "request_id": metrics.request_id.tolist(),
+        "prompt_tokens": [c if c >= 0 else None for c in metrics.prompt_tokens.tolist()],
+        "output_tokens": metrics.output_tokens.tolist(),
+        "arrival_s": _json_floats(arrival_s),
+        "arrival_from_queue": metrics.arrival_from_queue.tolist(),
+        "finish_reason": metrics.finish_reason.tolist(),
+        **{name: _json_floats(getattr(metrics, name)) for name in PER_REQUEST_METRICS},
+        "preempted_s": _json_floats(metrics.preempted_s),
+    }
+    if fluidity is not None:
+        columns.update({name: _json_floats(fluidity[name]) for name in FLUIDITY_METRICS})
+    ragged = {
+        "tbt_per_token_s": (tbt["tbt_per_token_s"].tolist(), metrics.tbt_per_token_offsets().tolist()),
+        "tbt_per_chunk_s": (tbt["tbt_per_chunk_s"].tolist(), metrics.tbt_per_chunk_offsets().tolist()),
+    }
+    records = []
+    for i in range(len(metrics)):
+        record = {name: values[i] for name, values in columns.items()}
+        for name, (values, offsets) in ragged.items():
+            record[name] = values[offsets[i]:offsets[i + 1]]
+        records.append(record)
+    return records
+
+
+def _json_floats(values: np.ndarray) -> list:
+    """Return the values as Python numbers, None for NaN."""
+    return [None if isinstance(v, float) and math.isnan(v) else v for v in np.asarray(values).tolist()]
+
+
+# Text table: metric -> (label, unit, scale from the JSON unit to the shown one).
+TEXT_ROWS = {
+    "ttft_s": ("TTFT", "ms", 1e3),
+    "scheduling_delay_s": ("scheduling delay T_s", "ms", 1e3),
+    "prefill_s": ("prefill T_p", "ms", 1e3),
+    "decode_s": ("decode T_d", "ms", 1e3),
+    "e2e_s": ("end-to-end (TTLT)", "ms", 1e3),
+    "ttst_s": ("TTST", "ms", 1e3),
+    "tpot_s": ("TPOT = T_d/(n-1)", "ms", 1e3),
+    "normalized_latency_s": ("normalized latency", "ms/tok", 1e3),
+    "tbt_per_token_s": ("TBT per token", "ms", 1e3),
+    "tbt_per_chunk_s": ("TBT per chunk", "ms", 1e3),
+    "preemptions": ("preemptions / request", "count", 1.0),
+    "fluidity_index": ("fluidity index", "0..1", 1.0),
+    "deadline_misses": ("deadline misses / request", "count", 1.0),
+    "deadlines": ("deadlines / request", "count", 1.0),
+}
+TEXT_STATS = ("count", "mean", "p50", "p90", "p99", "p999", "max")
+
+
+def summary_text(result: dict) -> str:
+    """Return analyze_run's result as a compact text table (times in ms) with its conventions."""
+    run = result["run"]
+    lines = [f"servescope analysis of {run['path']}", _run_line(run), ""]
+    rows = [("metric", "unit", *TEXT_STATS)]
+    for name, summary in result["summary"].items():
+        label, unit, scale = TEXT_ROWS.get(name, (name, "", 1.0))
+        rows.append((label, unit, str(summary["count"]),
+                     *(_number(summary.get(stat), scale) for stat in TEXT_STATS[1:])))
+    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
+    for row in rows:
+        cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])]
+        cells += [cell.rjust(width) for cell, width in zip(row[2:], widths[2:])]
+        lines.append("  ".join(cells).rstrip())
+    if "fluidity" in result:
+        f = result["fluidity"]
+        lines += ["", f"fluidity: TBT deadline {_number(f['tbt_deadline_s'], 1e3)} ms, TTFT deadline "
+                      f"{_number(f['ttft_deadline_s'], 1e3)} ms, service-level miss rate "
+                      f"{f['service_miss_rate']:.4f}"]
+    conventions = result["conventions"]
+    lines += [
+        "",
+        "Conventions: " + conventions["clock"] + ".",
+        "  TPOT = " + conventions["tpot"] + ".",
+        "  TBT per token = " + conventions["tbt_per_token"] + ".",
+        "  TBT per chunk = " + conventions["tbt_per_chunk"] + ".",
+        "  Percentiles: " + conventions["percentiles"] + ".",
+    ]
+    if run["arrival_from_queue"]:
+        lines.append(f"  {run['arrival_from_queue']} requests have no front-end arrival: "
+                     "their arrival is the scheduler's 'queued' event.")
+    return "\n".join(lines)
+
+
+def _run_line(run: dict) -> str:
+    parts = [f"{run['requests']} requests ({run['finished_requests']} finished)",
+             f"{run['output_tokens']} output tokens"]
+    if run["duration_s"]:
+        parts += [f"duration {run['duration_s']:.3f} s",
+                  f"{run['output_tokens_per_s']:.1f} output tok/s",
+                  f"{run['requests_per_s']:.2f} finished req/s"]
+    return ", ".join(parts)
+
+
+def _number(value, scale: float) -> str:
+    return "-" if value is None else f"{value * scale:.2f}"

@@ -1,0 +1,60 @@
+"""Real vLLM engines (the CPU build) for the tests: started once per session and shared."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+TESTS = Path(__file__).parent
+ENGINE_TIMEOUT_S = 600
+
+TINY_LLAMA = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 128,
+    "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+    "vocab_size": 2048, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+    "tie_word_embeddings": False, "torch_dtype": "bfloat16", "bos_token_id": 1, "eos_token_id": 2,
+}
+
+
+def engine_env(**extra: str) -> dict[str, str]:
+    """Return the environment for a CPU-build vLLM child process."""
+    env = dict(os.environ)
+    env.update({"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    env.pop("SERVESCOPE_RUN_DIR", None)
+    env.update(extra)
+    return env
+
+
+def write_tiny_model(directory: Path) -> Path:
+    """Write the tiny dummy-weight Llama config used by the engine tests; return its directory."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(TINY_LLAMA))
+    return directory
+
+
+@dataclass
+class OfflineRun:
+    run_dir: Path
+    outputs: dict[str, list[int]]
+    num_requests: int
+    max_tokens: int
+    log: str
+
+
+def record_offline_run(tmp: Path, model_dir: Path, *, num_requests: int = 24, max_tokens: int = 16,
+                       traced: bool = True, **env: str) -> OfflineRun:
+    """Run tests/engine_scripts/offline_generate.py (under `servescope run` when traced)."""
+    run_dir, out_json = tmp / "run", tmp / "outputs.json"
+    script = [sys.executable, str(TESTS / "engine_scripts" / "offline_generate.py"), str(model_dir),
+              str(out_json), str(num_requests), str(max_tokens)]
+    command = ([sys.executable, "-m", "servescope.cli", "run", "--out", str(run_dir), "--"] + script
+               if traced else script)
+    proc = subprocess.run(command, env=engine_env(**env), capture_output=True, text=True, timeout=ENGINE_TIMEOUT_S)
+    log = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        raise AssertionError(f"engine run failed ({proc.returncode}):\n{log[-6000:]}")
+    return OfflineRun(run_dir, json.loads(out_json.read_text()), num_requests, max_tokens, log)

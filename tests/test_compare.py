@@ -1,0 +1,178 @@
+from types import SimpleNamespace
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from servescope.analysis.compare import (
+    ITERATION_PARTS,
+    LATENCY_METRICS,
+    RunSamples,
+    compare,
+    compare_samples,
+    iteration_breakdown,
+    parameter_differences,
+    run_samples,
+)
+from servescope.analysis.stalls import step_arrays
+from servescope.tracer.schema import TABLES
+
+MS = 1_000_000
+
+
+def synthetic(label, *, sched=0.05, prefill=0.1, decode=1.0, gpu=0.010, cpu=0.005, idle=0.001, n=2000, steps=5000,
+              seed=0, engine=("vllm", "0.26.0"), params=None, tok_s=1000.0):
+    rng = np.random.default_rng(seed)
+    s = rng.exponential(sched, n)
+    p = rng.exponential(prefill, n)
+    d = rng.exponential(decode, n)
+    lat = {
+        "scheduling_delay": s,
+        "prefill": p,
+        "decode": d,
+        "e2e": s + p + d,
+        "ttft": s + p,
+        "tbt": rng.exponential(decode / 50, n * 50),
+        "normalized_latency": (s + p + d) / 50,
+    }
+    g = rng.normal(gpu, gpu * 0.05, steps)
+    c = rng.normal(cpu, max(cpu, 1e-4) * 0.05, steps)
+    i = np.full(steps, idle)
+    return RunSamples(
+        label=label,
+        latency_s=lat,
+        iteration_s={"gpu": g, "cpu_overhead": c, "idle": i, "iteration": g + c + i},
+        output_tokens_per_s=tok_s + rng.normal(0, 5),
+        requests_per_s=tok_s / 50,
+        gpu_time_source="gpu_events",
+        engine={"name": engine[0], "version": engine[1]},
+        parameters=dict(params or {"max_num_seqs": 256}),
+    )
+
+
+def test_iteration_breakdown_adds_up_and_finds_idle_and_host_time():
+    rows = []
+    t = 0
+    plan = [  # (gap before schedule ms, step length ms, wait ms)
+        (0, 10, 8),
+        (0, 10, 8),
+        (50, 10, 2),  # engine idle 50 ms, then a host-heavy step
+        (-3, 10, 9),  # async: scheduled before the previous step's update ended
+    ]
+    for k, (gap, length, wait) in enumerate(plan):
+        start = t + gap * MS
+        end = start + length * MS
+        rows.append(dict(step_id=k, engine_index=0, schedule_start_ns=start, wait_start_ns=end - wait * MS - MS,
+                         wait_end_ns=end - MS, update_end_ns=end))
+        t = end
+    schema = TABLES["steps"].arrow_schema
+    steps = pa.Table.from_pylist([{c: r.get(c) for c in schema.names} for r in rows], schema=schema)
+    parts = iteration_breakdown(step_arrays(steps))
+    np.testing.assert_allclose(parts["iteration"], [0.010, 0.010, 0.060, 0.007])
+    np.testing.assert_allclose(parts["idle"], [0, 0, 0.050, 0])
+    np.testing.assert_allclose(parts["gpu"], [0.008, 0.008, 0.002, 0.007])  # wait capped by the 7 ms iteration
+    np.testing.assert_allclose(parts["cpu_overhead"], [0.002, 0.002, 0.008, 0.0], atol=1e-12)
+    np.testing.assert_allclose(parts["gpu"] + parts["cpu_overhead"] + parts["idle"], parts["iteration"])
+
+
+def test_compare_samples_ci_covers_a_shift_and_zero_when_equal():
+    rng = np.random.default_rng(1)
+    a = rng.exponential(1.0, 5000)
+    b = a + 0.5
+    res = compare_samples([a], [b], n_boot=300)
+    assert res["mean"]["diff"] == pytest.approx(0.5)
+    lo, hi = res["mean"]["ci"]
+    assert lo < 0.5 < hi and lo > 0.3
+    same = compare_samples([rng.exponential(1.0, 5000)], [rng.exponential(1.0, 5000)], n_boot=300)
+    for stat in ("mean", "p50", "p90"):
+        lo, hi = same[stat]["ci"]
+        assert lo < 0 < hi
+
+
+def test_repeat_runs_that_disagree_widen_the_interval():
+    rng = np.random.default_rng(2)
+    base = [rng.normal(1.0, 0.01, 2000), rng.normal(2.0, 0.01, 2000)]
+    treat = [rng.normal(1.0, 0.01, 2000), rng.normal(2.0, 0.01, 2000)]
+    spread = compare_samples(base, treat, n_boot=300)["mean"]["ci"]
+    pooled = compare_samples([np.concatenate(base)], [np.concatenate(treat)], n_boot=300)["mean"]["ci"]
+    assert spread[1] - spread[0] > 10 * (pooled[1] - pooled[0])
+
+
+def test_host_overhead_gain_is_attributed_to_implementation():
+    base = synthetic("A", gpu=0.010, cpu=0.005, seed=1)
+    treat = synthetic("B", gpu=0.010, cpu=0.002, seed=2, tok_s=1200.0)
+    res = compare(base, treat, n_boot=100)
+    assert res["iteration"]["cpu_overhead"]["mean"]["diff"] == pytest.approx(-0.003, abs=2e-4)
+    assert abs(res["iteration"]["gpu"]["mean"]["diff"]) < 2e-4
+    host = res["attribution"]["host_share_of_step_change"]
+    assert host > 0.9
+    assert "CPU overhead (host time with the GPU idle) by -3.0" in res["statement"]
+    assert res["throughput"]["output_tokens_per_s"]["diff"] == pytest.approx(200, abs=30)
+    assert set(res["latency"]) == set(LATENCY_METRICS) and set(res["iteration"]) == set(ITERATION_PARTS)
+
+
+def test_gpu_gain_and_scheduling_split():
+    base = synthetic("A", gpu=0.020, cpu=0.002, sched=0.5, seed=3)
+    treat = synthetic("B", gpu=0.010, cpu=0.002, sched=0.1, seed=4)
+    res = compare(base, treat, n_boot=100)
+    assert res["attribution"]["gpu_share_of_step_change"] > 0.95
+    split = res["e2e_split"]
+    assert split["scheduling_delay"] + split["prefill"] + split["decode"] == pytest.approx(split["e2e"])
+    assert split["scheduling_delay"] == pytest.approx(res["latency"]["scheduling_delay"]["mean"]["diff"])
+    assert "GPU work (algorithm, kernels)" in res["statement"]
+
+
+def test_configuration_differences_and_engine_mismatch_in_statement():
+    base = synthetic("A", params={"max_num_seqs": 256, "max_num_batched_tokens": 2048}, seed=5)
+    treat = synthetic("B", engine=("sglang", "0.4.1"), params={"max_num_seqs": 512, "enable_chunked_prefill": True}, seed=6)
+    res = compare(base, treat, n_boot=50)
+    assert res["configuration"]["parameter_differences"] == [
+        {"name": "enable_chunked_prefill", "baseline": "not set", "treatment": True},
+        {"name": "max_num_batched_tokens", "baseline": 2048, "treatment": "not set"},
+        {"name": "max_num_seqs", "baseline": 256, "treatment": 512},
+    ]
+    assert not res["configuration"]["same_engine"]
+    assert "different engines (vllm 0.26.0 vs sglang 0.4.1)" in res["statement"]
+    assert "Engine parameters differ: enable_chunked_prefill, max_num_batched_tokens, max_num_seqs." in res["statement"]
+    assert res["throughput"]["output_tokens_per_s"]["note"].startswith("one run per side")
+
+
+def test_repeat_runs_give_a_throughput_interval_and_config_drift_note():
+    base = [synthetic("A1", seed=7), synthetic("A2", seed=8, params={"max_num_seqs": 128})]
+    treat = [synthetic("B1", seed=9, tok_s=1500), synthetic("B2", seed=10, tok_s=1500)]
+    res = compare(base, treat, n_boot=100)
+    lo, hi = res["throughput"]["output_tokens_per_s"]["ci"]
+    assert lo < 500 < hi
+    assert any("repeat runs of one side differ" in n for n in res["notes"])
+
+
+def test_parameter_differences_empty_when_equal():
+    assert parameter_differences({"a": 1}, {"a": 1}) == []
+
+
+def test_run_samples_from_metrics_and_tables():
+    schema = TABLES["steps"].arrow_schema
+    rows = [dict(step_id=k, engine_index=0, schedule_start_ns=k * 10 * MS, wait_start_ns=k * 10 * MS + MS,
+                 wait_end_ns=k * 10 * MS + 9 * MS, update_end_ns=(k + 1) * 10 * MS) for k in range(4)]
+    steps = pa.Table.from_pylist([{c: r.get(c) for c in schema.names} for r in rows], schema=schema)
+    metrics = SimpleNamespace(
+        token_times_ns=np.array([10, 20, 30, 40, 30, 40], dtype=np.int64) * MS,
+        token_offsets=np.array([0, 4, 6]),
+        arrival_ns=np.array([0, 5 * MS], dtype=np.int64),
+        output_tokens=np.array([4, 2]),
+        ttft_s=np.array([0.01, 0.025]),
+        e2e_s=np.array([0.04, 0.035]),
+        scheduling_delay_s=np.array([0.0, 0.005]),
+        prefill_s=np.array([0.01, 0.02]),
+        decode_s=np.array([0.03, 0.01]),
+        normalized_latency_s=np.array([0.01, 0.0175]),
+    )
+    run = SimpleNamespace(steps=steps, worker_regions=None,
+                          manifest={"engine": {"name": "vllm", "version": "0.26.0", "parameters": {"max_num_seqs": 8}}})
+    rs = run_samples(metrics, run, label="r")
+    np.testing.assert_allclose(rs.latency_s["tbt"], [0.01, 0.01, 0.01, 0.01])
+    assert rs.output_tokens_per_s == pytest.approx(6 / 0.04)
+    assert rs.requests_per_s == pytest.approx(2 / 0.04)
+    assert rs.parameters == {"max_num_seqs": 8} and rs.engine == {"name": "vllm", "version": "0.26.0"}
+    assert rs.gpu_time_source == "host_wait"
+    np.testing.assert_allclose(rs.iteration_s["gpu"], [0.008] * 4)
