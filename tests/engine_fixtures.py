@@ -12,14 +12,6 @@ from pathlib import Path
 TESTS = Path(__file__).parent
 ENGINE_TIMEOUT_S = 600
 
-TINY_LLAMA = {
-    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 128,
-    "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-    "vocab_size": 2048, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-    "tie_word_embeddings": False, "torch_dtype": "bfloat16", "bos_token_id": 1, "eos_token_id": 2,
-}
-
-
 def engine_env(**extra: str) -> dict[str, str]:
     """Return the environment for a CPU-build vLLM child process."""
     env = dict(os.environ)
@@ -30,10 +22,10 @@ def engine_env(**extra: str) -> dict[str, str]:
 
 
 def write_tiny_model(directory: Path) -> Path:
-    """Write the tiny dummy-weight Llama config used by the engine tests; return its directory."""
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(json.dumps(TINY_LLAMA))
-    return directory
+    """Write the tiny dummy-weight Llama (config + synthetic tokenizer) the engine tests use."""
+    from servescope.bench.model_kit import init_model_dir
+
+    return init_model_dir(directory, "tiny")
 
 
 @dataclass

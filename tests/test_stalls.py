@@ -4,6 +4,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from servescope.analysis import stalls as stalls_module
 from servescope.analysis.stalls import (
     CAUSES,
     count_events_in_windows,
@@ -220,13 +221,14 @@ def test_segment_medians_match_numpy():
     lengths = rng.integers(0, 9, size=300)
     values = rng.integers(0, 10**9, size=lengths.sum())
     offsets = np.concatenate([[0], np.cumsum(lengths)])
-    got = segment_medians(values, offsets)
-    for r in range(300):
-        seg = values[offsets[r] : offsets[r + 1]]
-        if seg.size:
-            assert got[r] == np.median(seg)
-        else:
-            assert np.isnan(got[r])
+    for use_numba in ([True, False] if stalls_module._medians_compiled is not None else [False]):
+        got = segment_medians(values, offsets, use_numba=use_numba)
+        for r in range(300):
+            seg = values[offsets[r] : offsets[r + 1]]
+            if seg.size:
+                assert got[r] == np.median(seg)
+            else:
+                assert np.isnan(got[r])
 
 
 def test_count_events_in_windows_matches_brute_force():

@@ -271,18 +271,22 @@ def _token_arrays(emissions: pa.Table, universe: pa.Array, rank: np.ndarray) -> 
 
 def _request_index(ids: pa.ChunkedArray, universe: pa.Array, rank: np.ndarray) -> np.ndarray:
     """Return, per row, the request's position in arrival order (int32; -1 for a null id)."""
-    out = []
-    for chunk in ids.chunks:
-        if pa.types.is_dictionary(chunk.type):
-            # Map the chunk's small dictionary, then look its indices up: no per-row hashing.
-            per_entry = _rank_of(pc.index_in(chunk.dictionary, value_set=universe), rank)
-            index = per_entry[_filled(chunk.indices, 0)]
-            if chunk.null_count:
-                index[np.asarray(pc.is_null(chunk))] = -1
-        else:
-            index = _rank_of(pc.index_in(chunk, value_set=universe), rank)
-        out.append(index)
-    return np.concatenate(out) if out else np.empty(0, np.int32)
+    if not pa.types.is_dictionary(ids.type):
+        return _rank_of(pc.index_in(ids, value_set=universe), rank)
+    # Look every chunk's (small) dictionary up in one pass, then map each row through
+    # its chunk's dictionary indices: no string is hashed per row.
+    dictionaries = [chunk.dictionary for chunk in ids.chunks]
+    entry_rank = _rank_of(pc.index_in(pa.chunked_array(dictionaries, pa.string()), value_set=universe), rank)
+    out = np.empty(len(ids), dtype=np.int32)
+    row = entry = 0
+    for chunk, dictionary in zip(ids.chunks, dictionaries):
+        np.take(entry_rank[entry:entry + len(dictionary)], _filled(chunk.indices, 0),
+                out=out[row:row + len(chunk)])
+        if chunk.null_count:
+            out[row:row + len(chunk)][np.asarray(pc.is_null(chunk))] = -1
+        row += len(chunk)
+        entry += len(dictionary)
+    return out
 
 
 def _rank_of(universe_index, rank: np.ndarray) -> np.ndarray:

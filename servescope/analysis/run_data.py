@@ -87,9 +87,9 @@ def _read_manifest(path: Path) -> dict:
 def _read_table_with_dictionary_ids(path: Path, table: str, id_column: str) -> pa.Table:
     """Return all parts of a table as rundir.read_table does, with id_column dictionary-encoded.
 
-    rundir.read_table reads with the plain schema; this differs only in the schema it
-    passes, so Parquet's dictionary pages become Arrow dictionaries without ever
-    materialising one string per row.
+    Parquet's dictionary pages become Arrow dictionaries (one per row group) without
+    one string ever being materialised per row. A part whose columns differ from the
+    schema (an older writer) goes through pq.read_table's schema mapping instead.
     """
     schema = TABLES[table].arrow_schema
     index = schema.get_field_index(id_column)
@@ -98,9 +98,12 @@ def _read_table_with_dictionary_ids(path: Path, table: str, id_column: str) -> p
     tables = []
     for part in parts:
         try:
-            tables.append(pq.read_table(part, schema=schema))
+            data = pq.ParquetFile(part, read_dictionary=[id_column]).read()
+            if not data.schema.equals(schema):
+                data = pq.read_table(part, schema=schema)
         except Exception as exc:  # a part cut short by a killed process
             raise rundir.RunDirError(f"{part}: unreadable Parquet part ({exc})") from exc
+        tables.append(data)
     if not tables:
         return schema.empty_table()
     return pa.concat_tables(tables)
