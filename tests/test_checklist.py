@@ -150,3 +150,22 @@ def test_missing_tbt_with_multi_token_outputs_fails_metric_selection():
 def test_no_runs_is_an_error():
     with pytest.raises(ValueError):
         audit([])
+
+
+def test_audit_run_dirs_reads_manifests_and_metrics(tmp_path):
+    from runbuilder import RunBuilder
+
+    from servescope.analysis.checklist import audit_run_dirs
+
+    dirs = []
+    for name, params in (("base", {"max_num_seqs": 8}), ("treat", {"max_num_seqs": 8, "max_num_batched_tokens": 4096})):
+        b = RunBuilder(tmp_path, name, manifest(params=params))
+        for i in range(3):
+            b.request(f"r{i}", arrival_ns=0, scheduled_ns=1000, prompt_tokens=16,
+                      emissions=[(k, 10_000 * (k + 1), 1) for k in range(5)], finished_ns=50_000)
+        dirs.append(b.write())
+    res = by_item(audit_run_dirs([dirs[0]], [dirs[1]]))
+    assert res[2].status == "fail"
+    assert "baseline ran with default max_num_batched_tokens while treatment set it (4096)" in res[2].evidence
+    assert res[6].status == "pass"
+    assert any("only 3 requests" in e for e in res[7].evidence)

@@ -176,3 +176,57 @@ def test_run_samples_from_metrics_and_tables():
     assert rs.parameters == {"max_num_seqs": 8} and rs.engine == {"name": "vllm", "version": "0.26.0"}
     assert rs.gpu_time_source == "host_wait"
     np.testing.assert_allclose(rs.iteration_s["gpu"], [0.008] * 4)
+
+
+def _builder_run(root, name, step_ms, host_ms, engine_version="0.26.0", params=None):
+    """Two requests decoding on one engine: each step waits step_ms for the model and spends host_ms on the host."""
+    from runbuilder import RunBuilder
+
+    manifest = {"engine": {"name": "vllm", "version": engine_version, "parameters": params or {"max_num_seqs": 8}}}
+    b = RunBuilder(root, name, manifest)
+    t = 0
+    ends = []
+    for k in range(20):
+        start = t
+        wait_start = start + host_ms * MS
+        end = wait_start + step_ms * MS
+        b.row("steps", step_id=k, engine_index=0, schedule_start_ns=start, wait_start_ns=wait_start,
+              wait_end_ns=end, update_end_ns=end)
+        ends.append(end)
+        t = end
+    for rid, first in (("a", 0), ("b", 2)):
+        b.request(rid, arrival_ns=0, scheduled_ns=MS, prompt_tokens=32,
+                  emissions=[(k, ends[k], 1) for k in range(first, 20)], finished_ns=ends[-1])
+    return b.write()
+
+
+def test_compare_run_dirs_splits_a_host_overhead_gain(tmp_path):
+    from servescope.analysis.compare import compare_run_dirs
+
+    base = _builder_run(tmp_path, "base", step_ms=10, host_ms=6)
+    treat = _builder_run(tmp_path, "treat", step_ms=10, host_ms=2, params={"max_num_seqs": 8, "async_scheduling": True})
+    res = compare_run_dirs([base], [treat], n_boot=50)
+    assert res["iteration"]["cpu_overhead"]["mean"]["diff"] == pytest.approx(-0.004)
+    assert res["iteration"]["gpu"]["mean"]["diff"] == pytest.approx(0.0)
+    assert res["attribution"]["host_share_of_step_change"] == pytest.approx(1.0)
+    assert res["latency"]["tbt"]["p50"]["diff"] == pytest.approx(-0.004)
+    assert res["configuration"]["parameter_differences"] == [
+        {"name": "async_scheduling", "baseline": "not set", "treatment": True}
+    ]
+    assert res["iteration_gpu_time_source"] == ["host_wait"]
+
+
+@pytest.mark.engine
+def test_iteration_breakdown_adds_up_on_a_real_offline_run(offline_run):
+    from servescope.analysis.request_metrics import compute_request_metrics
+    from servescope.analysis.run_data import load_run
+
+    run = load_run(offline_run.run_dir)
+    samples = run_samples(compute_request_metrics(run), run, label="real")
+    parts = samples.iteration_s
+    assert parts["iteration"].size == run.steps.num_rows
+    np.testing.assert_allclose(parts["gpu"] + parts["cpu_overhead"] + parts["idle"], parts["iteration"], atol=1e-12)
+    assert np.all(parts["gpu"] >= 0) and np.all(parts["cpu_overhead"] >= 0) and np.all(parts["idle"] >= 0)
+    assert samples.engine.get("name") == "vllm" and samples.parameters
+    res = compare(samples, samples, n_boot=20)
+    assert res["configuration"]["same_engine"] and res["configuration"]["parameter_differences"] == []

@@ -276,7 +276,18 @@ def test_fluidity_for_requests_fixed_and_predicted_ttft_deadlines():
     assert fixed["deadlines"].tolist() == [e[2] for e in expect]
     model = fl.PrefillModel((0.0, 0.005, 0.0))  # 0.5 s per 100 prompt tokens
     pred = fluidity_for_requests(m, tbt_deadline_s=0.25, prefill_model=model, ttft_slack_s=0.5)
-    np.testing.assert_allclose(pred["ttft_deadline_s"], [1.0, 1.5, 2.0, 2.5])
+    np.testing.assert_allclose(pred["ttft_deadline_s"], [1.0, math.nan, 2.0, 2.5])  # no TTFT: no deadline
     assert pred["deadline_misses"].tolist()[2:] == [0, 0]  # TTFT 2.0 <= 2.0 met; slack 1.5 absorbs the 0.5 gaps
-    with pytest.raises(ValueError):
-        fluidity_for_requests(m, tbt_deadline_s=0.25)
+    ignored = fluidity_for_requests(m, tbt_deadline_s=0.25)  # no TTFT deadline: g_0 not judged
+    expect = [fluidity_index(g, math.nan, 0.25) for g in ([0.5, 0.25, 0.0, 1.0], [], [2.0], [1.0, 0.5, 0.5])]
+    assert ignored["deadline_misses"].tolist() == [e[1] for e in expect] == [3, 0, 0, 4]
+    assert np.isnan(ignored["ttft_deadline_s"]).all()
+
+
+def test_unknown_ttft_or_prompt_length_leaves_the_first_gap_unjudged():
+    m = _metrics([[0.25, 0.25], [0.25]], [0.5, 0.5])
+    m.ttft_s[0] = math.nan  # e.g. no arrival event recorded
+    m.prompt_tokens[1] = -1  # not recorded
+    out = fluidity_for_requests(m, tbt_deadline_s=0.25, prefill_model=fl.PrefillModel((0.0, 0.0, 0.0)))
+    assert np.isnan(out["ttft_deadline_s"]).all()
+    assert out["deadlines"].tolist() == [2, 1] and out["deadline_misses"].tolist() == [0, 0]

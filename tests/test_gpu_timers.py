@@ -159,6 +159,34 @@ def test_calibration_is_stable_and_methods_agree():
     assert abs(c2.offset_ns - wall_minus_mono) < 1_000_000_000
 
 
+def test_clock_tracker_keeps_the_map_current(mats):
+    from servescope.kernels.clock_calibration import ClockTracker, calibrate
+
+    tracker = ClockTracker(interval_s=0.25)
+    first = tracker.latest
+    assert first.method == "handshake", first
+    t_end = time.monotonic() + 2.0
+    while time.monotonic() < t_end:
+        tracker.maybe_recalibrate()
+        time.sleep(0.05)
+    assert len(tracker.history) >= 6 and tracker.failures == 0, tracker.as_dict()
+    # a recalibration while the compute stream is saturated: bounded, and done on the high-priority stream
+    a, b = mats
+    for _ in range(40):
+        a @ b
+    tracker._last_attempt_ns = 0
+    t0 = time.perf_counter()
+    busy_ok = tracker.maybe_recalibrate()
+    busy_s = time.perf_counter() - t0
+    torch.cuda.synchronize()
+    assert busy_s < 0.01, busy_s  # one ready wait (2 ms) + launches at most
+    fresh = calibrate(method="handshake")
+    err = tracker.offset_at(fresh.taken_at_monotonic_ns) - fresh.offset_ns
+    assert abs(err) <= fresh.uncertainty_ns + tracker.latest.uncertainty_ns + 3_000, (err, tracker.as_dict())
+    print(f"tracker error {err} ns, frozen error {first.offset_ns - fresh.offset_ns} ns, "
+          f"rate {tracker.rate_ppm:.2f} ppm, busy recalibration {busy_s * 1e3:.2f} ms accepted={busy_ok}")
+
+
 def test_stamp_backends_and_storages_agree():
     from servescope.kernels.globaltimer import GlobalTimerStamps
 

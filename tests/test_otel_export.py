@@ -389,6 +389,16 @@ def test_unreachable_endpoint_is_named_and_the_run_dir_is_untouched(run_dir, pro
     assert run_dir_snapshot(run_dir) == before
 
 
+def test_a_wrong_path_is_reported_with_the_receivers_answer(run_dir):
+    with OtlpHttpReceiver() as receiver:
+        url = f"{receiver.endpoint}/not/traces"
+        with pytest.raises(OtlpExportError, match="404") as raised:
+            export_run(run_dir, endpoint=url)
+    assert url in str(raised.value)
+    assert receiver.requests == []
+    assert not (run_dir / "otlp").exists()
+
+
 def test_unsupported_protocol_is_refused(run_dir):
     with pytest.raises(ValueError, match="http/json"):
         export_run(run_dir, endpoint="http://127.0.0.1:4318", protocol="http/json")
@@ -399,6 +409,15 @@ def test_run_without_clock_anchor_is_refused(run_dir):
         p.unlink()
     with pytest.raises(RunDirError, match="clock anchor"):
         export_run(run_dir)
+
+
+def test_clock_anchors_copied_into_the_manifest_are_enough(run_dir):
+    processes = [json.loads(p.read_text()) for p in sorted((run_dir / "processes").glob("*.json"))]
+    for p in (run_dir / "processes").glob("*.json"):
+        p.unlink()
+    write_json(run_dir / "manifest.json", {"run_id": RUN_ID, "processes": processes})
+    _, spans, _ = export_over_http(run_dir)
+    assert request_spans(spans)["req-a"].start_time_unix_nano == OFFSET + T0
 
 
 # ---- OTLP-JSON lines -----------------------------------------------------------------------------

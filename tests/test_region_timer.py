@@ -7,7 +7,13 @@ import sys
 import numpy as np
 import pytest
 
-from servescope.kernels.clock_calibration import ClockCalibration, drift_ppm, estimate_offset
+from servescope.kernels.clock_calibration import (
+    ClockCalibration,
+    ClockTracker,
+    drift_ppm,
+    estimate_offset,
+    fit_offset_line,
+)
 from servescope.kernels.graph_stamps import BEGIN, END, NO_TAG, StampEntry, StampPairer, read_new_entries
 from servescope.tracer.nvml_sampler import NvmlSampler
 from servescope.tracer.region_timer import RegionTimer
@@ -180,6 +186,14 @@ def test_exceptions_never_escape():
 
 
 # ---- CUDA path with fake events -------------------------------------------------------------------
+def test_construction_during_capture_falls_back_to_host():
+    gpu = FakeGpu()
+    gpu.capturing = True
+    rows = []
+    t = RegionTimer(rows.append, mode="cuda", events=gpu)
+    assert t.mode == "host" and "captur" in t.reason and gpu.created == 0
+
+
 def test_harvest_resolves_only_completed_regions_in_order():
     timer, gpu, rows = cuda_timer()
     for i in range(3):
@@ -403,6 +417,93 @@ def test_calibration_maps_and_drift():
     assert a.to_monotonic_ns(51_000) == 50_000
     assert drift_ppm(a, b) == pytest.approx(0.1)
     assert a.as_dict()["offset_ns"] == 1_000
+
+
+class DriftingClocks:
+    """A host clock the test advances and a GPU clock that loses 22 ppm against it."""
+
+    def __init__(self, offset=1_795_529_300_681_519_960, rate=-22e-6, fail=False, noise=300):
+        self.t = 55_000_000_000
+        self.t0 = self.t
+        self.offset0, self.rate = offset, rate
+        self.rng = np.random.default_rng(7)
+        self.noise = noise
+        self.fail = fail
+        self.calls = 0
+
+    def true_offset(self, t):
+        return self.offset0 + round(self.rate * (t - self.t0))
+
+    def gpu_at(self, t):
+        return t + self.true_offset(t)
+
+    def calibrate(self, n):
+        self.calls += 1
+        if self.fail:
+            raise RuntimeError("kernel never ran")
+        err = int(self.rng.integers(-self.noise, self.noise + 1))
+        return ClockCalibration(self.true_offset(self.t) + err, 1_400, "handshake", "intersection", n, 2_000, self.t)
+
+
+def test_tracker_fits_drift_and_maps_accurately():
+    clocks = DriftingClocks()
+    tr = ClockTracker(interval_s=1.0, calibrate_fn=clocks.calibrate, now_ns=lambda: clocks.t)
+    frozen = tr.latest
+    assert not tr.maybe_recalibrate()  # too soon
+    for _ in range(8):
+        clocks.t += 1_000_000_000
+        assert tr.maybe_recalibrate()
+    assert tr.rate_ppm == pytest.approx(-22, abs=1.0)
+    clocks.t += 500_000_000  # half an interval after the last calibration
+    g = clocks.gpu_at(clocks.t)
+    assert abs(tr.to_monotonic_ns(g) - clocks.t) < 1_000
+    assert abs(frozen.to_monotonic_ns(g) - clocks.t) > 150_000  # one start-up calibration is 187 us off by now
+    assert abs(tr.offset_at(clocks.t) - clocks.true_offset(clocks.t)) < 1_000
+    assert len(tr.history) == 8 and tr.as_dict()["rate_ppm"] == pytest.approx(-22, abs=1.0)
+
+
+def test_tracker_rejects_imprecise_and_survives_failures():
+    clocks = DriftingClocks()
+    tr = ClockTracker(interval_s=1.0, calibrate_fn=clocks.calibrate, now_ns=lambda: clocks.t,
+                      max_uncertainty_ns=10_000)
+    wide = ClockCalibration(0, 1_000_000, "sync", "tightest", 8, 2_000_000, clocks.t)
+    assert not tr.add(wide) and tr.rejected == 1 and tr.latest.offset_ns != 0
+    clocks.fail = True
+    clocks.t += 2_000_000_000
+    assert not tr.maybe_recalibrate() and tr.failures == 1
+    calls = clocks.calls
+    clocks.t += 10_000_000
+    assert not tr.maybe_recalibrate() and clocks.calls == calls  # waits another interval before retrying
+    clocks.fail = False
+    clocks.t += 1_000_000_000
+    assert tr.maybe_recalibrate() and len(tr.history) == 2
+
+
+def test_offset_line_needs_a_time_span():
+    c = lambda off, t: ClockCalibration(off, 1, "x", "intersection", 1, 1, t)  # noqa: E731
+    assert fit_offset_line([c(100, 0), c(200, 100_000_000)]) == (100_000_000, 200, 0.0)  # 0.1 s: no rate
+    t_ref, off, rate = fit_offset_line([c(0, 0), c(-22_000, 1_000_000_000), c(-44_000, 2_000_000_000)])
+    assert (t_ref, off) == (2_000_000_000, -44_000) and rate == pytest.approx(-22e-6)
+
+
+def test_timer_recalibrates_from_harvest_only_with_stamps():
+    class Clock:
+        calls = 0
+
+        def maybe_recalibrate(self):
+            self.calls += 1
+            return False
+
+        def to_monotonic_ns(self, g):
+            return g
+
+    clock = Clock()
+    timer, gpu, rows = cuda_timer(use_globaltimer=True, stamps=FakeStamps(), calibration=clock)
+    timer.harvest()
+    assert clock.calls == 1
+    plain, _, _ = cuda_timer(calibration=clock)
+    plain.harvest()
+    assert clock.calls == 1
 
 
 # ---- NVML sampler ---------------------------------------------------------------------------------

@@ -241,3 +241,61 @@ def test_count_events_in_windows_matches_brute_force():
     got = count_events_in_windows(ev_seg, ev_val, q_seg, q_lo, q_hi)
     want = [int(np.sum((ev_seg == s) & (ev_val > lo) & (ev_val <= hi))) for s, lo, hi in zip(q_seg, q_lo, q_hi)]
     assert got.tolist() == want
+
+
+def test_find_stalls_on_a_written_run_directory(tmp_path):
+    from runbuilder import RunBuilder
+
+    from servescope.analysis.request_metrics import compute_request_metrics
+    from servescope.analysis.run_data import load_run
+
+    step_rows, ends = _steps()
+    builder = RunBuilder(tmp_path)
+    for row in step_rows:
+        builder.row("steps", **row)
+    for row in _regions():
+        builder.row("worker_regions", **row)
+    builder.request(
+        "A", arrival_ns=T0 - 5 * MS, scheduled_ns=T0, prompt_tokens=16,
+        emissions=[(k, ends[k], 1) for k in (0, 1, 2, 3, 4, 5, 8, 9)],
+        preemptions=[(ends[5] + MS, ends[6] + MS)],  # no step id: located by time
+        finished_ns=ends[9],
+    )
+    builder.request(
+        "B", arrival_ns=T0, scheduled_ns=T0 + MS, prompt_tokens=2048,
+        emissions=[(3, ends[3], 2, 2, 1), (4, ends[4], 2, 3, 1), (5, ends[5], 4, 3, 3)],
+        finished_ns=ends[5],
+    )
+    run = load_run(builder.write(parts=2))
+    metrics = compute_request_metrics(run)
+    stalls = find_stalls(metrics, run, threshold_s=0.05)
+    assert sorted(zip(stalls.request_id, stalls.token_index, stalls.cause)) == [
+        ("A", 3, "prefill_interference"),
+        ("A", 4, "long_forward"),
+        ("A", 5, "cpu_overhead"),
+        ("A", 6, "preemption"),
+        ("B", 2, "rejected_draft"),
+        ("B", 4, "cpu_overhead"),
+    ]
+
+
+@pytest.mark.engine
+def test_stalls_and_fluidity_on_a_real_offline_run(offline_run):
+    from servescope.analysis.fluidity import fluidity_for_requests
+    from servescope.analysis.request_metrics import compute_request_metrics
+    from servescope.analysis.run_data import load_run
+
+    run = load_run(offline_run.run_dir)
+    metrics = compute_request_metrics(run)
+    stalls = find_stalls(metrics, run, median_multiple=2.0)
+    assert len(stalls) > 0  # 24 requests x 16 tokens with prefills interleaved: some gaps are 2x the median
+    index = {rid: i for i, rid in enumerate(metrics.request_id)}
+    for rid, token, gap, thr, cause, steps in zip(stalls.request_id, stalls.token_index, stalls.gap_s,
+                                                   stalls.threshold_s, stalls.cause, stalls.num_steps):
+        assert 1 <= token < metrics.output_tokens[index[rid]]
+        assert gap > thr > 0
+        assert cause in CAUSES and steps >= 1
+    assert set(stalls.gpu_time_source) <= {"host_wait", "gpu_events", "mixed"}
+    fluid = fluidity_for_requests(metrics, tbt_deadline_s=0.05, ttft_deadline_s=5.0)
+    assert np.all((fluid["fluidity_index"] >= 0) & (fluid["fluidity_index"] <= 1))
+    assert np.all(fluid["deadlines"] >= metrics.output_tokens)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -217,6 +218,7 @@ def measure(run_dir: Path) -> dict:
     t1 = time.perf_counter()
     metrics = compute_request_metrics(run)
     t2 = time.perf_counter()
+    del run  # the tables are not needed once metrics exist (analyze_run drops them too)
     summaries = {name: summarize(getattr(metrics, name)) for name in PER_REQUEST_METRICS}
     summaries["tbt_per_token_s"] = summarize(metrics.all_tbt_per_token_s())
     summaries["tbt_per_chunk_s"] = summarize(metrics.all_tbt_per_chunk_s())
@@ -230,6 +232,8 @@ def measure(run_dir: Path) -> dict:
         "summaries_s": round(t3 - t2, 2),
         "total_s": round(t3 - t0, 2),
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "cpus": os.cpu_count(),
+        "load_average_1min": round(os.getloadavg()[0], 2),  # other work on the machine skews times
         "tbt_per_token_p99_ms": summaries["tbt_per_token_s"]["p99"] * 1e3,
     }
 
@@ -267,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
               f"emission rows {result['emission_rows']:,}")
         print(f"load {result['load_s']} s  metrics {result['metrics_s']} s  "
               f"summaries {result['summaries_s']} s  total {result['total_s']} s  "
-              f"peak RSS {result['peak_rss_bytes'] / 2**30:.2f} GiB")
+              f"peak RSS {result['peak_rss_bytes'] / 2**30:.2f} GiB  "
+              f"(load average {result['load_average_1min']} on {result['cpus']} CPUs)")
         print(json.dumps(result))
     finally:
         if args.dir is None:

@@ -120,6 +120,15 @@ def _p(values: np.ndarray, q: float) -> float:
     return float(np.percentile(values, q)) if values.size else math.nan
 
 
+def _fmt_count(x: Any) -> str:
+    if not isinstance(x, (int, float)) or isinstance(x, bool):
+        return str(x)
+    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(x) >= scale:
+            return f"{x / scale:.1f}{suffix}"
+    return f"{x:g}"
+
+
 def _fmt_s(x: float) -> str:
     if not math.isfinite(x):
         return "n/a"
@@ -175,6 +184,12 @@ def check_parameter_tuning(runs: Sequence[AuditedRun]) -> CheckResult:
             if len(missing) == len(PERFORMANCE_CRITICAL_PARAMETERS):
                 evidence.append(f"{r.label}: none of the performance-critical parameters recorded")
                 statuses.append("warn")
+            else:
+                recorded = len(PERFORMANCE_CRITICAL_PARAMETERS) - len(missing)
+                evidence.append(
+                    f"{r.label}: {recorded} of {len(PERFORMANCE_CRITICAL_PARAMETERS)} performance-critical parameters recorded"
+                    + (f" (not recorded: {', '.join(missing)})" if missing else "")
+                )
         params[r.label] = p
     base, treat = _sides(runs)
     compared = differing = 0
@@ -238,7 +253,7 @@ def check_model_selection(runs: Sequence[AuditedRun]) -> CheckResult:
         else:
             evidence.append("dense and MoE models")
     if sizes:
-        shown = ", ".join(f"{s / 1e9:.1f}B" if isinstance(s, (int, float)) else str(s) for s in sorted(sizes, key=str))
+        shown = ", ".join(_fmt_count(s) for s in sorted(sizes, key=lambda v: (not isinstance(v, (int, float)), v if isinstance(v, (int, float)) else str(v))))
         evidence.append(f"model sizes: {shown}")
     if archs:
         evidence.append(f"architectures: {', '.join(sorted(map(str, archs)))}")

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from servescope.analysis.request_metrics import MISSING_NS
 from servescope.analysis.slo import decode_gaps_s, run_duration_s
 from servescope.analysis.stalls import StepArrays, step_arrays
 
@@ -86,8 +87,12 @@ def run_samples(metrics: Any, run: Any, label: str | None = None) -> RunSamples:
         if name != "tbt":
             latency[name] = np.asarray(getattr(metrics, f"{name}_s"), dtype=np.float64)
     steps = step_arrays(run.steps, getattr(run, "worker_regions", None))
-    duration = run_duration_s(metrics.arrival_ns, metrics.token_times_ns)
-    finished = int(np.count_nonzero(np.isfinite(latency["e2e"])))
+    finished_ns = getattr(metrics, "finished_ns", None)
+    duration = run_duration_s(metrics.arrival_ns, metrics.token_times_ns, finished_ns)
+    if finished_ns is not None:
+        finished = int(np.count_nonzero(np.asarray(finished_ns) != MISSING_NS))
+    else:
+        finished = int(np.count_nonzero(np.isfinite(latency["e2e"])))
     manifest = getattr(run, "manifest", None) or {}
     engine = dict(manifest.get("engine") or {})
     parameters = dict(engine.pop("parameters", None) or {})
@@ -310,6 +315,14 @@ def _ci_ms(ci: list[float]) -> str:
     return f"CI [{ci[0] * 1e3:+.2f}, {ci[1] * 1e3:+.2f}] ms{sig}"
 
 
+def _shares_text(share_a: float, share_b: float, diff_a: float, diff_b: float, names: tuple[str, str]) -> str:
+    if math.isfinite(share_a):
+        return f" ({names[0]} {share_a * 100:.0f}%, {names[1]} {share_b * 100:.0f}%)."
+    if diff_a * diff_b < 0:
+        return f" ({names[0]} and {names[1]} moved in opposite directions)."
+    return "."
+
+
 def _statement(result: dict[str, Any]) -> str:
     """Return the plain-language reading of a comparison."""
     lat, it, split, att = result["latency"], result["iteration"], result["e2e_split"], result["attribution"]
@@ -320,11 +333,12 @@ def _statement(result: dict[str, Any]) -> str:
         f"P99 by {_ms(lat['e2e']['p99']['diff'])}.",
         f"Of the mean change, scheduling delay accounts for {_ms(split['scheduling_delay'])}, prefill for "
         f"{_ms(split['prefill'])} and decode for {_ms(split['decode'])}"
-        + (
-            f" (scheduling {att['scheduling_share_of_e2e_change'] * 100:.0f}%, execution "
-            f"{att['execution_share_of_e2e_change'] * 100:.0f}%)."
-            if math.isfinite(att["scheduling_share_of_e2e_change"])
-            else " (scheduling and execution moved in opposite directions)."
+        + _shares_text(
+            att["scheduling_share_of_e2e_change"],
+            att["execution_share_of_e2e_change"],
+            split["scheduling_delay"],
+            split["prefill"] + split["decode"],
+            ("scheduling", "execution"),
         ),
         f"TTFT P99 changed by {_ms(lat['ttft']['p99']['diff'])}, TBT P99 by {_ms(lat['tbt']['p99']['diff'])}.",
     ]
@@ -340,7 +354,7 @@ def _statement(result: dict[str, Any]) -> str:
             f" So {att['gpu_share_of_step_change'] * 100:.0f}% of the change in busy step time is GPU work "
             f"(algorithm, kernels) and {att['host_share_of_step_change'] * 100:.0f}% host overhead (implementation)."
         )
-    elif math.isfinite(g["diff"]) and math.isfinite(c["diff"]) and (g["diff"] != 0 or c["diff"] != 0):
+    elif g["diff"] * c["diff"] < 0:
         step += " GPU work and host overhead moved in opposite directions: neither explains the change alone."
     lines.append(step)
     tok = result["throughput"]["output_tokens_per_s"]

@@ -270,15 +270,24 @@ def fluidity_for_requests(
     prefill_model: PrefillModel | None = None,
     ttft_slack_s: float = 0.0,
 ) -> dict[str, np.ndarray]:
-    """Return per-request fluidity_index, deadline_misses, deadlines and ttft_deadline_s (seconds) of RequestMetrics."""
+    """Return per-request fluidity_index, deadline_misses, deadlines and ttft_deadline_s (seconds) of RequestMetrics.
+
+    The first token's deadline is ttft_deadline_s when given, else prefill_model's prediction
+    for the prompt plus ttft_slack_s; with neither, or where a request's TTFT or prompt length
+    is unknown, it is NaN: the TTFT gap is not judged and slack starts at the first decode gap.
+    """
     n = len(metrics.request_id)
     if ttft_deadline_s is not None:
         ttft_deadlines = np.full(n, float(ttft_deadline_s))
     elif prefill_model is not None:
-        ttft_deadlines = prefill_model.predict(np.asarray(metrics.prompt_tokens, dtype=np.float64)) + float(ttft_slack_s)
+        prompt = np.asarray(metrics.prompt_tokens, dtype=np.float64)
+        prompt[prompt < 0] = math.nan  # not recorded
+        ttft_deadlines = prefill_model.predict(prompt) + float(ttft_slack_s)
     else:
-        raise ValueError("give ttft_deadline_s (fixed TTFT deadline) or prefill_model (D_p = P(prompt) + slack)")
-    gaps = request_gaps_s(metrics.token_times_ns, metrics.token_offsets, metrics.ttft_s)
+        ttft_deadlines = np.full(n, math.nan)
+    ttft_s = np.asarray(metrics.ttft_s, dtype=np.float64)
+    ttft_deadlines = np.where(np.isnan(ttft_s), math.nan, ttft_deadlines)
+    gaps = request_gaps_s(metrics.token_times_ns, metrics.token_offsets, np.nan_to_num(ttft_s))
     fluidity, misses, deadlines = fluidity_batch(gaps, metrics.token_offsets, ttft_deadlines, tbt_deadline_s)
     return {
         "fluidity_index": fluidity,

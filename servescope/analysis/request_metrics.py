@@ -27,6 +27,7 @@ UNKNOWN_COUNT = -1  # a token count that was not recorded (prompt_tokens)
 # preemption ends at the next 'scheduled', even one in the same nanosecond.
 EVENT_ORDER = ("arrival", "queued", "preempted", "scheduled", "finished")
 ARRIVAL, QUEUED, PREEMPTED, SCHEDULED, FINISHED = range(len(EVENT_ORDER))
+_BLOCK = 1 << 23  # rows per block where a whole-table temporary would cost memory
 
 
 @dataclass
@@ -93,15 +94,20 @@ class RequestMetrics:
 
 def ragged_gaps_s(times_ns: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """Return the gaps between consecutive times inside each segment, in seconds, flattened."""
-    if len(times_ns) < 2:
+    n = len(times_ns)
+    if n < 2:
         return np.empty(0)
-    gaps = np.diff(times_ns)
-    starts = offsets[1:-1]  # a gap ending at a segment's first entry crosses segments
-    crossing = starts[(starts > 0) & (starts < len(times_ns))] - 1
-    keep = np.ones(len(gaps), dtype=bool)
-    keep[crossing] = False
-    gaps = gaps[keep]
-    return gaps / NS_PER_S
+    keep = np.ones(n - 1, dtype=bool)
+    starts = offsets[1:-1]  # the gap ending at a segment's first entry crosses segments
+    keep[starts[(starts > 0) & (starts < n)] - 1] = False
+    out = np.empty(int(keep.sum()))
+    written = 0
+    for start in range(0, n - 1, _BLOCK):  # blocks: no n-sized int64 temporaries
+        stop = min(start + _BLOCK, n - 1)
+        gaps = (times_ns[start + 1:stop + 1] - times_ns[start:stop])[keep[start:stop]]
+        np.divide(gaps, NS_PER_S, out=out[written:written + len(gaps)])
+        written += len(gaps)
+    return out
 
 
 def ragged_gap_offsets(offsets: np.ndarray) -> np.ndarray:
@@ -218,26 +224,18 @@ def _token_arrays(emissions: pa.Table, universe: pa.Array, rank: np.ndarray) -> 
     """Return emission rows grouped by request (in rank order) and by time within one: the ragged arrays."""
     n = len(universe)
     req = _request_index(emissions.column("request_id"), universe, rank)
-    time_ns = _filled(emissions.column("time_ns"), MISSING_NS)
-    num_tokens = _filled(emissions.column("num_tokens"), 0)
-    valid = (req >= 0) & (time_ns != MISSING_NS) & (num_tokens > 0)
-    all_valid = bool(valid.all())
-    if not all_valid:
-        req = req[valid]
-    counts = np.bincount(req, minlength=n)
+    _drop_unusable_emissions(emissions, req)
+    counts = np.bincount(req[req >= 0], minlength=n)
     chunk_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    rows = _group_by_request(req, n)
+    destination = _grouped_destination(req, int(chunk_offsets[-1]))
     del req
-    if not all_valid:
-        rows = np.flatnonzero(valid)[rows]
-    chunk_times_ns = time_ns[rows]
-    del time_ns
-    chunk_num_tokens = num_tokens[rows].astype(np.int32, copy=False)
-    del num_tokens
-    chunk_step_ids = _filled(emissions.column("step_id"), -1)[rows]
-    del rows
+    kept = int(chunk_offsets[-1])
+    chunk_times_ns = _scatter(emissions.column("time_ns"), destination, kept, MISSING_NS)
+    chunk_num_tokens = _scatter(emissions.column("num_tokens"), destination, kept, 0)
+    chunk_step_ids = _scatter(emissions.column("step_id"), destination, kept, -1)
+    del destination
 
-    # Within a request, emission rows are in file order; an engine writes them in step
+    # Within a request, emission rows keep file order; an engine writes them in step
     # order, so they are time-ordered unless parts were concatenated out of order.
     out_of_order = chunk_times_ns[1:] < chunk_times_ns[:-1]
     boundaries = chunk_offsets[1:-1]
@@ -269,6 +267,43 @@ def _token_arrays(emissions: pa.Table, universe: pa.Array, rank: np.ndarray) -> 
     }
 
 
+def _drop_unusable_emissions(emissions: pa.Table, req: np.ndarray) -> None:
+    """Set req to -1 for rows without a time or with no tokens (num_tokens null or <= 0)."""
+    time_ns, num_tokens = emissions.column("time_ns"), emissions.column("num_tokens")
+    if len(req) == 0 or not (time_ns.null_count or num_tokens.null_count
+                             or pc.min(num_tokens).as_py() <= 0):
+        return
+    unusable = pc.or_(pc.is_null(time_ns), pc.invert(pc.fill_null(pc.greater(num_tokens, 0), False)))
+    req[np.asarray(unusable)] = -1
+
+
+def _grouped_destination(req: np.ndarray, n_kept: int) -> np.ndarray:
+    """Return each row's position once rows are grouped by request, file order kept inside one (int32, -1: dropped)."""
+    order = np.argsort(req, kind="stable")  # dropped rows (-1) first
+    order = order[len(order) - n_kept:]
+    destination = np.full(len(req), -1, dtype=np.int32 if len(req) < 2**31 else np.int64)
+    for start in range(0, n_kept, _BLOCK):  # blocks: no n-sized arange temporary
+        stop = min(start + _BLOCK, n_kept)
+        destination[order[start:stop]] = np.arange(start, stop, dtype=destination.dtype)
+    return destination
+
+
+def _scatter(column: pa.ChunkedArray, destination: np.ndarray, size: int, fill) -> np.ndarray:
+    """Return the column's values moved to their destination rows, straight from its Arrow chunks."""
+    out = np.empty(size, dtype=column.type.to_pandas_dtype())
+    row = 0
+    for chunk in column.chunks:
+        values = _filled(chunk, fill)
+        where = destination[row:row + len(chunk)]
+        kept = where >= 0
+        if kept.all():
+            out[where] = values
+        else:
+            out[where[kept]] = values[kept]
+        row += len(chunk)
+    return out
+
+
 def _request_index(ids: pa.ChunkedArray, universe: pa.Array, rank: np.ndarray) -> np.ndarray:
     """Return, per row, the request's position in arrival order (int32; -1 for a null id)."""
     if not pa.types.is_dictionary(ids.type):
@@ -296,11 +331,6 @@ def _rank_of(universe_index, rank: np.ndarray) -> np.ndarray:
     found = index >= 0
     out[found] = rank[index[found]]
     return out
-
-
-def _group_by_request(req: np.ndarray, n: int) -> np.ndarray:
-    """Return the row order that groups rows by request index, keeping file order within one."""
-    return np.argsort(req, kind="stable")
 
 
 def _first_per_request(req: np.ndarray, values: np.ndarray, mask: np.ndarray, n: int, fill) -> np.ndarray:

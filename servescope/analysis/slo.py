@@ -25,6 +25,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from servescope.analysis.fluidity import PrefillModel, fluidity_for_requests
+from servescope.analysis.request_metrics import MISSING_NS, ragged_gap_offsets, ragged_gaps_s
 
 LatencyMetric = Literal["ttft", "tbt", "tpot", "e2e"]
 TbtConvention = Literal["per_token", "per_chunk"]
@@ -118,14 +119,7 @@ def decode_gaps_s(token_times_ns: np.ndarray, token_offsets: np.ndarray) -> tupl
     """Return (per-token gaps t_i - t_{i-1} in seconds for i >= 1, CSR offsets per request)."""
     times = np.asarray(token_times_ns, dtype=np.int64)
     offs = np.asarray(token_offsets, dtype=np.int64)
-    if times.size == 0:
-        return np.zeros(0), np.zeros(offs.size, dtype=np.int64)
-    diffs = np.diff(times).astype(np.float64) / 1e9  # diffs[k] = t[k+1] - t[k]
-    is_first = np.zeros(times.size, dtype=bool)
-    is_first[offs[:-1][np.diff(offs) > 0]] = True
-    gaps = diffs[~is_first[1:]]
-    per_request = np.maximum(np.diff(offs) - 1, 0)
-    return gaps, np.concatenate([[0], np.cumsum(per_request)])
+    return ragged_gaps_s(times, offs), ragged_gap_offsets(offs)
 
 
 def chunk_gaps_s(chunk_times_ns: np.ndarray, chunk_offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -140,13 +134,18 @@ def goodput_rps(meets_all: np.ndarray, duration_s: float) -> float:
     return float(np.count_nonzero(meets_all)) / duration_s
 
 
-def run_duration_s(arrival_ns: np.ndarray, token_times_ns: np.ndarray) -> float:
-    """Return seconds from the first arrival to the last token emission of the run."""
+def run_duration_s(arrival_ns: np.ndarray, token_times_ns: np.ndarray, finished_ns: np.ndarray | None = None) -> float:
+    """Return seconds from the first arrival to the last token emission or finish (MISSING_NS ignored)."""
     arrivals = np.asarray(arrival_ns, dtype=np.int64)
-    times = np.asarray(token_times_ns, dtype=np.int64)
-    if arrivals.size == 0 or times.size == 0:
+    arrivals = arrivals[arrivals != MISSING_NS]
+    ends = [np.asarray(token_times_ns, dtype=np.int64)]
+    if finished_ns is not None:
+        ends.append(np.asarray(finished_ns, dtype=np.int64))
+    ends = np.concatenate(ends)
+    ends = ends[ends != MISSING_NS]
+    if arrivals.size == 0 or ends.size == 0:
         return math.nan
-    return float(times.max() - arrivals.min()) / 1e9
+    return float(ends.max() - arrivals.min()) / 1e9
 
 
 # --------------------------------------------------------------------------- over a run
@@ -224,7 +223,7 @@ def evaluate_slos(
     for ok in per_request.values():
         meets_all &= ok
     if duration_s is None:
-        duration_s = run_duration_s(metrics.arrival_ns, metrics.token_times_ns)
+        duration_s = run_duration_s(metrics.arrival_ns, metrics.token_times_ns, getattr(metrics, "finished_ns", None))
     return SLOReport(
         slo_names=[s.name for s in slos],
         per_request_pass=per_request,

@@ -76,6 +76,8 @@ def analyze_run(run_dir: str | os.PathLike, *, tbt_slo_s: float | None = None,
         raise ValueError("ttft_slo_s is the fluidity index's prefill deadline: give tbt_slo_s too")
     run = load_run(run_dir)
     metrics = compute_request_metrics(run)
+    info = run_info(run, metrics)
+    del run  # the tables: metrics hold everything needed from here on
     fluidity = None
     if tbt_slo_s is not None:
         from servescope.analysis.fluidity import fluidity_for_requests
@@ -87,7 +89,7 @@ def analyze_run(run_dir: str | os.PathLike, *, tbt_slo_s: float | None = None,
     summary = {name: summarize(getattr(metrics, name)) for name in PER_REQUEST_METRICS}
     summary.update({name: summarize(gaps) for name, gaps in tbt.items()})
     result = {
-        "run": run_info(run, metrics),
+        "run": info,
         "conventions": dict(CONVENTIONS),
         "summary": summary,
     }

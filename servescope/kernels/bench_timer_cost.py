@@ -105,6 +105,65 @@ def host_costs() -> dict:
     res["graph_stamp_launch_us"] = per_call_us(lambda: gs.stamp(0))
     res["set_context_launch_us"] = per_call_us(lambda: gs.set_context(1))
     gs.drain()
+    try:
+        res.update(driver_floor(pool))
+    except Exception as exc:
+        res["driver_floor"] = f"failed: {exc!r}"
+    return res
+
+
+STAMP_PTX = """
+.version 7.0
+.target sm_70
+.address_size 64
+.visible .entry servescope_stamp_ptx(.param .u64 out, .param .u64 slot)
+{
+    .reg .b64 %rd<6>;
+    ld.param.u64 %rd1, [out];
+    ld.param.u64 %rd2, [slot];
+    mov.u64 %rd3, %globaltimer;
+    shl.b64 %rd4, %rd2, 3;
+    add.s64 %rd5, %rd1, %rd4;
+    st.global.u64 [%rd5], %rd3;
+    ret;
+}
+"""
+
+
+def driver_floor(pool) -> dict:
+    """Return where the host cost of a record or launch goes: torch's Python layer vs the CUDA driver call."""
+    import ctypes
+
+    res = {}
+    cuda = ctypes.CDLL("libcuda.so.1")
+    cuda.cuEventRecord.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    stream = torch.cuda.current_stream()
+    raw = ctypes.c_void_p(stream.cuda_stream)
+    res["torch_current_stream_us"] = per_call_us(torch.cuda.current_stream)
+    it = iter(pool * 5)
+    res["event_record_given_stream_us"] = per_call_us(lambda: next(it).record(stream))
+    handles = [ctypes.c_void_p(e.cuda_event) for e in pool]
+    it2 = iter(handles * 5)
+    rec = cuda.cuEventRecord
+    res["driver_cuEventRecord_ctypes_us"] = per_call_us(lambda: rec(next(it2), raw))
+    mod, fn = ctypes.c_void_p(), ctypes.c_void_p()
+    ptx = ctypes.create_string_buffer(STAMP_PTX.encode())
+    assert cuda.cuModuleLoadData(ctypes.byref(mod), ptx) == 0
+    assert cuda.cuModuleGetFunction(ctypes.byref(fn), mod, b"servescope_stamp_ptx") == 0
+    buf = torch.zeros(16, dtype=torch.int64, pin_memory=True)
+    out, slot = ctypes.c_uint64(buf.data_ptr()), ctypes.c_uint64(3)
+    params = (ctypes.c_void_p * 2)(ctypes.cast(ctypes.byref(out), ctypes.c_void_p),
+                                   ctypes.cast(ctypes.byref(slot), ctypes.c_void_p))
+    launch = cuda.cuLaunchKernel
+    launch.argtypes = [ctypes.c_void_p] + [ctypes.c_uint] * 7 + [ctypes.c_void_p] * 3
+
+    def go():
+        return launch(fn, 1, 1, 1, 1, 1, 1, 0, raw, params, None)
+
+    assert go() == 0
+    torch.cuda.synchronize()
+    res["driver_ptx_stamp_wrote"] = int(buf[3]) > 0
+    res["driver_cuLaunchKernel_stamp_ctypes_us"] = per_call_us(go)
     return res
 
 
@@ -254,9 +313,51 @@ def clocks() -> dict:
             "seconds_per_calibration": round((time.perf_counter() - t0 - 1.0) / 5, 4),
         }
     res["calibration"] = cals
+    res["tracker"] = tracker_experiment()
     res["handshake_minus_sync_offset_ns"] = cals["handshake"]["offset_ns"][-1] - cals["sync"]["offset_ns"][-1]
     wall_minus_mono = time.time_ns() - time.monotonic_ns()
     res["globaltimer_minus_wall_ms"] = (cals["handshake"]["offset_ns"][-1] - wall_minus_mono) / 1e6
+    return res
+
+
+def tracker_experiment() -> dict:
+    """Return a ClockTracker's map error after ~3 s vs a single start-up calibration, and recalibration costs."""
+    from servescope.kernels.clock_calibration import ClockTracker, calibrate
+
+    tracker = ClockTracker(interval_s=0.5)
+    first = tracker.latest
+    idle = []
+    t_end = time.monotonic() + 3.0
+    while time.monotonic() < t_end:
+        t0 = time.perf_counter_ns()
+        if tracker.maybe_recalibrate():
+            idle.append((time.perf_counter_ns() - t0) / 1e6)
+        time.sleep(0.02)
+    fresh = calibrate(method="handshake")
+    res = {
+        "seconds": 3.0,
+        "tracked_error_ns": tracker.offset_at(fresh.taken_at_monotonic_ns) - fresh.offset_ns,
+        "single_startup_calibration_error_ns": first.offset_ns - fresh.offset_ns,
+        "fresh_uncertainty_ns": fresh.uncertainty_ns,
+        "rate_ppm": round(tracker.rate_ppm, 3),
+        "recalibration_idle_ms_median": statistics.median(idle) if idle else None,
+        "recalibration_idle_ms_max": max(idle) if idle else None,
+    }
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn_like(a)
+    busy, accepted = [], 0
+    for _ in range(5):
+        for _ in range(40):  # ~56 ms of matmuls queued on the compute stream
+            a @ b
+        time.sleep(0.005)
+        tracker._last_attempt_ns = 0
+        t0 = time.perf_counter_ns()
+        accepted += bool(tracker.maybe_recalibrate())
+        busy.append((time.perf_counter_ns() - t0) / 1e6)
+        torch.cuda.synchronize()
+    res["recalibration_busy_gpu_ms"] = [round(x, 3) for x in busy]
+    res["recalibration_busy_gpu_accepted"] = f"{accepted}/5"
+    res["tracker"] = tracker.as_dict()
     return res
 
 

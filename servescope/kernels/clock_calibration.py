@@ -13,6 +13,9 @@ Two ways to take brackets, both on a private stream (they never wait for other s
   sees the stamp. A bracket is a PCIe round trip, a few microseconds.
 * ``sync``: read the clock, enqueue a stamp, synchronize the private stream, read the clock.
   A bracket includes the kernel launch and the synchronize wake-up (tens of microseconds).
+
+The offset is not constant: on the H100 globaltimer lost ~22 us per second against
+CLOCK_MONOTONIC (-22 ppm). ``ClockTracker`` recalibrates periodically and fits that drift.
 """
 
 from __future__ import annotations
@@ -103,44 +106,72 @@ def sync_brackets(samples: int = 32, stamps=None) -> list[tuple[int, int, int]]:
     return out
 
 
-def handshake_brackets(samples: int = 32, timeout_ns: int = 20_000_000) -> list[tuple[int, int, int]]:
-    """Return brackets from a spinning kernel released by a host write into pinned memory (PCIe round trip)."""
-    import torch
+class HandshakeCalibrator:
+    """Takes handshake brackets on a private high-priority stream, reusing pinned buffers across calls."""
 
-    if triton is None:
-        raise RuntimeError("handshake calibration needs Triton")
-    ready = torch.zeros(samples, dtype=torch.int64, pin_memory=True)
-    flag = torch.zeros(samples, dtype=torch.int64, pin_memory=True)
-    out = torch.zeros(samples, dtype=torch.int64, pin_memory=True)
-    rv, fv, ov = ready.numpy(), flag.numpy(), out.numpy()
-    side = torch.cuda.Stream()
-    brackets = []
-    deadline_s = timeout_ns / 1e9 * 5
-    with torch.cuda.stream(side):
-        for i in range(samples):
-            triton_handshake_kernel[(1,)](ready, flag, out, i, timeout_ns, num_warps=1)
-            t_end = time.monotonic() + deadline_s
-            while rv[i] == 0 and time.monotonic() < t_end:
-                pass
-            h0 = time.monotonic_ns()
-            fv[i] = 1
-            while ov[i] == 0 and time.monotonic() < t_end:
-                pass
-            h1 = time.monotonic_ns()
-            if rv[i] != 0 and ov[i] > 0:
-                brackets.append((h0, int(ov[i]), h1))
-    side.synchronize()
-    return brackets
+    def __init__(self, slots: int = 1024, timeout_ns: int = 20_000_000) -> None:
+        import torch
+
+        if triton is None:
+            raise RuntimeError("handshake calibration needs Triton")
+        self.slots = slots
+        self.timeout_ns = timeout_ns
+        self.ready = torch.zeros(slots, dtype=torch.int64, pin_memory=True)
+        self.flag = torch.zeros(slots, dtype=torch.int64, pin_memory=True)
+        self.out = torch.zeros(slots, dtype=torch.int64, pin_memory=True)
+        self._rv, self._fv, self._ov = self.ready.numpy(), self.flag.numpy(), self.out.numpy()
+        self.stream = torch.cuda.Stream(priority=-1)
+        self._next = 0
+        self._torch = torch
+
+    def brackets(self, samples: int, ready_wait_s: float = 0.1, result_wait_s: float = 0.1,
+                 stop_on_miss: bool = False) -> list[tuple[int, int, int]]:
+        """Return up to `samples` (host_before, gpu, host_after) ns brackets; waits are bounded per sample.
+
+        stop_on_miss: end the round at the first kernel that was not running within ready_wait_s
+        (the GPU is full), so a round costs at most one ready_wait_s of waiting.
+        """
+        rv, fv, ov = self._rv, self._fv, self._ov
+        out = []
+        with self._torch.cuda.stream(self.stream):
+            for _ in range(samples):
+                i = self._next  # slots are used round-robin, so a late kernel never meets a reset slot
+                self._next = (i + 1) % self.slots
+                rv[i] = fv[i] = ov[i] = 0
+                triton_handshake_kernel[(1,)](self.ready, self.flag, self.out, i, self.timeout_ns, num_warps=1)
+                t_end = time.monotonic() + ready_wait_s
+                while rv[i] == 0 and time.monotonic() < t_end:
+                    pass
+                running = rv[i] != 0
+                h0 = time.monotonic_ns()
+                fv[i] = 1  # always released, so the kernel never spins long
+                if not running:  # not scheduled yet: it will find its flag set and exit
+                    if stop_on_miss:
+                        break
+                    continue
+                t_end = time.monotonic() + result_wait_s
+                while ov[i] == 0 and time.monotonic() < t_end:
+                    pass
+                h1 = time.monotonic_ns()
+                if ov[i] > 0:
+                    out.append((h0, int(ov[i]), h1))
+        return out
+
+
+def handshake_brackets(samples: int = 32) -> list[tuple[int, int, int]]:
+    """Return brackets from a spinning kernel released by a host write into pinned memory (PCIe round trip)."""
+    return HandshakeCalibrator(slots=max(samples, 16)).brackets(samples)
 
 
 def calibrate(samples: int = 32, method: str = "auto", resolution_ns: int = DEFAULT_RESOLUTION_NS,
-              stamps=None) -> ClockCalibration:
+              stamps=None, handshake: HandshakeCalibrator | None = None, **waits) -> ClockCalibration:
     """Return the globaltimer - monotonic offset (ns) from `samples` brackets (method: auto | handshake | sync)."""
     brackets: list = []
     used = method
     if method in ("auto", "handshake"):
         try:
-            brackets = handshake_brackets(samples)
+            hs = handshake if handshake is not None else HandshakeCalibrator(slots=max(samples, 16))
+            brackets = hs.brackets(samples, **waits)
             used = "handshake"
         except Exception:
             if method == "handshake":
@@ -154,3 +185,110 @@ def calibrate(samples: int = 32, method: str = "auto", resolution_ns: int = DEFA
         used = "sync"
     offset, unc, estimator, tightest = estimate_offset(brackets, resolution_ns)
     return ClockCalibration(offset, unc, used, estimator, len(brackets), tightest, time.monotonic_ns())
+
+
+class ClockTracker:
+    """Keeps the globaltimer -> monotonic map current over a long run: recalibrates, fits the drift.
+
+    globaltimer and CLOCK_MONOTONIC run at slightly different rates (about -22 ppm measured on
+    the H100: 22 us per second), so one calibration at start-up goes stale within seconds.
+    ``maybe_recalibrate()`` (call it off the hot path, e.g. from harvest) takes a short calibration
+    when the last is older than interval_s; ``to_monotonic_ns`` uses a least-squares line through
+    the offsets of the last `history` calibrations (offset + rate * (t - t_ref)).
+    Calibrations less precise than max_uncertainty_ns are rejected (counted).
+    """
+
+    def __init__(self, interval_s: float = 1.0, samples: int = 8, history: int = 8,
+                 max_uncertainty_ns: int = 50_000, calibrate_fn=None, first=None, stamps=None,
+                 now_ns=time.monotonic_ns) -> None:
+        self.interval_ns = int(interval_s * 1e9)
+        self.history_len = history
+        self.max_uncertainty_ns = max_uncertainty_ns
+        self._now = now_ns
+        self._samples = samples
+        hs = None
+        given_fn = calibrate_fn is not None
+        if calibrate_fn is None:
+            try:
+                hs = HandshakeCalibrator()
+            except Exception:
+                hs = None
+
+            def calibrate_fn(n):  # periodic: bounded waits, no fallback that could wait on the GPU
+                if hs is not None:
+                    return calibrate(samples=n, method="handshake", handshake=hs,
+                                     ready_wait_s=0.002, result_wait_s=0.001, stop_on_miss=True)
+                return calibrate(samples=n, method="sync", stamps=stamps)
+
+        self._calibrate = calibrate_fn
+        self.history: list[ClockCalibration] = []
+        self.rejected = 0
+        self.failures = 0
+        self._model = (0, 0, 0.0)  # (t_ref_ns, offset_at_t_ref_ns, rate: ns of offset per ns)
+        if first is None:  # the first calibration may take its time: full waits, sync fallback
+            first = (calibrate_fn(max(samples, 32)) if given_fn
+                     else calibrate(samples=max(samples, 32), handshake=hs, stamps=stamps))
+        self.add(first)
+        self._last_attempt_ns = first.taken_at_monotonic_ns
+
+    @property
+    def latest(self) -> ClockCalibration:
+        """The most recent accepted calibration."""
+        return self.history[-1]
+
+    @property
+    def rate_ppm(self) -> float:
+        """The fitted drift of globaltimer against monotonic, parts per million."""
+        return self._model[2] * 1e6
+
+    def add(self, cal: ClockCalibration) -> bool:
+        """Accept a calibration into the fit unless it is too imprecise; return whether accepted."""
+        if self.history and cal.uncertainty_ns > self.max_uncertainty_ns:
+            self.rejected += 1
+            return False
+        self.history = (self.history + [cal])[-self.history_len:]
+        self._model = fit_offset_line(self.history)
+        return True
+
+    def maybe_recalibrate(self) -> bool:
+        """Take a short calibration if the last attempt is older than interval_s; return whether one was accepted."""
+        now = self._now()
+        if now - self._last_attempt_ns < self.interval_ns:
+            return False
+        self._last_attempt_ns = now
+        try:
+            return self.add(self._calibrate(self._samples))
+        except Exception:
+            self.failures += 1
+            return False
+
+    def offset_at(self, monotonic_ns: int) -> int:
+        """Return the fitted globaltimer - monotonic offset (ns) at a monotonic time (ns)."""
+        t_ref, off, rate = self._model
+        return off + round(rate * (monotonic_ns - t_ref))
+
+    def to_monotonic_ns(self, globaltimer_ns: int) -> int:
+        """Return the host monotonic ns of a globaltimer stamp (ns), drift corrected."""
+        t_ref, off, rate = self._model
+        approx = globaltimer_ns - off
+        return globaltimer_ns - (off + round(rate * (approx - t_ref)))
+
+    def as_dict(self) -> dict:
+        """Return the tracker's state (latest calibration, fitted rate, counts) as a JSON-ready dict."""
+        return {"latest": self.latest.as_dict(), "rate_ppm": round(self.rate_ppm, 3),
+                "calibrations": len(self.history), "rejected": self.rejected, "failures": self.failures}
+
+
+def fit_offset_line(cals: Sequence[ClockCalibration]) -> tuple[int, int, float]:
+    """Return (t_ref_ns, offset_at_t_ref_ns, rate) of the least-squares line offset(t) through calibrations."""
+    last = cals[-1]
+    if len(cals) < 2 or cals[-1].taken_at_monotonic_ns - cals[0].taken_at_monotonic_ns < 200_000_000:
+        return last.taken_at_monotonic_ns, last.offset_ns, 0.0
+    t_ref = last.taken_at_monotonic_ns
+    ts = [c.taken_at_monotonic_ns - t_ref for c in cals]
+    ys = [c.offset_ns - last.offset_ns for c in cals]
+    n = len(ts)
+    tm, ym = sum(ts) / n, sum(ys) / n
+    var = sum((t - tm) ** 2 for t in ts)
+    rate = sum((t - tm) * (y - ym) for t, y in zip(ts, ys)) / var
+    return t_ref, last.offset_ns + round(ym - rate * tm), rate

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from servescope import __version__
-from servescope.tracer.rundir import read_engine_facts, read_json, read_processes, write_json
+from servescope.tracer.rundir import ensure_run_id, read_engine_facts, read_json, read_processes, write_json
 
 
 def build_manifest(run_dir: str | os.PathLike) -> dict[str, Any]:
@@ -18,6 +18,7 @@ def build_manifest(run_dir: str | os.PathLike) -> dict[str, Any]:
     workers = [f for f in facts if "model_runner" in f]
     processes = read_processes(run_dir)
     manifest: dict[str, Any] = {
+        "run_id": ensure_run_id(run_dir),
         "servescope": {"version": __version__},
         "engine": dict(engines[0]["engine"]) if engines else {},
         "model": engines[0]["model"] if engines else {},

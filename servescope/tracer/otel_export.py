@@ -199,7 +199,8 @@ def send_spans(spans: Iterable[ReadableSpan], exporter: SpanExporter, *, url: st
                     log.messages.append(repr(exc))
                     result = SpanExportResult.FAILURE
                 if result is not SpanExportResult.SUCCESS:
-                    cause = log.messages[-1] if log.messages else "the exporter reported a failure"
+                    distinct = list(dict.fromkeys(m.strip().rstrip(".") for m in log.messages))
+                    cause = "; ".join(distinct[-3:]) or "the exporter reported a failure"
                     raise OtlpExportError(
                         f"OTLP export to {url} ({protocol}) failed after {sent} spans were sent: {cause}. "
                         "Is a Collector listening there? The run directory is unchanged; exporting again "

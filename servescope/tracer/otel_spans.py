@@ -95,17 +95,27 @@ def run_id_of(run_dir: str | os.PathLike) -> str:
     manifest = _read_manifest(Path(run_dir))
     if manifest.get("run_id"):
         return str(manifest["run_id"])
-    anchors = sorted((p.get("pid"), p.get("wall_ns"), p.get("monotonic_ns")) for p in read_processes(run_dir))
+    anchors = sorted((p.get("pid"), p.get("wall_ns"), p.get("monotonic_ns")) for p in _anchored_processes(run_dir))
     if not anchors:
         raise RunDirError(f"{run_dir}: no run_id in manifest.json and no processes/*.json to derive one from")
     return _digest(*anchors).hex()[:32]
 
 
 # ---- clock -----------------------------------------------------------------------------------
+def _anchored_processes(run_dir: str | os.PathLike) -> list[dict]:
+    """The process records with a clock anchor: processes/*.json, else the copies in manifest.json."""
+    records = read_processes(run_dir) or _read_manifest(Path(run_dir)).get("processes") or []
+    return [p for p in records if isinstance(p, dict) and p.get("wall_ns") is not None
+            and p.get("monotonic_ns") is not None]
+
+
 def epoch_offset_ns(run_dir: str | os.PathLike) -> int:
-    """Return wall_ns - monotonic_ns of the EngineCore's clock anchor (else of any process's)."""
-    anchored = [p for p in read_processes(run_dir)
-                if p.get("wall_ns") is not None and p.get("monotonic_ns") is not None]
+    """Return wall_ns - monotonic_ns of the EngineCore's clock anchor (else of any process's).
+
+    Anchors come from processes/<pid>.json, or from manifest.json's copy of them when the
+    process files are gone.
+    """
+    anchored = _anchored_processes(run_dir)
     if not anchored:
         raise RunDirError(f"{run_dir}: no processes/<pid>.json with a clock anchor (wall_ns, monotonic_ns); "
                           "cannot place the tables' monotonic times on the wall clock")

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from servescope import __version__
 from servescope.tracer.clock import clock_anchor
-from servescope.tracer.rundir import table_dir, write_json
+from servescope.tracer.rundir import ensure_run_id, table_dir, write_json
 from servescope.tracer.schema import TABLES
 
 logger = logging.getLogger("servescope")
@@ -48,6 +48,7 @@ class Recorder:
         max_buffered_rows: int = DEFAULT_MAX_BUFFERED_ROWS,
     ) -> None:
         self.run_dir = Path(run_dir)
+        self.run_id = ensure_run_id(self.run_dir)
         self.flush_interval_s = flush_interval_s
         self.max_buffered_rows = max_buffered_rows
         self._flush_lock = threading.Lock()

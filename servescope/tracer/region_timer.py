@@ -16,8 +16,11 @@ timer; ``errors`` counts them.
 
 GPU clock stamps (optional, CUDA + Triton or CuPy):
 
-* ``use_globaltimer=True``: each region also gets globaltimer stamps enqueued next to its events,
-  mapped to the host clock, as gpu_start_ns/gpu_end_ns (about +10 us host time per stamp).
+* ``use_globaltimer=True``: each region also gets globaltimer stamps enqueued around its events,
+  mapped to the host clock, as gpu_start_ns/gpu_end_ns (one stamp kernel launch per end).
+  The map is a ``ClockTracker``: calibrated at construction, recalibrated from ``harvest()``
+  every ``recalibrate_s`` (bounded ~0.1-0.5 ms of host time), drift fitted (globaltimer drifts
+  ~22 ppm against CLOCK_MONOTONIC on the H100). Pass ``calibration`` to use a fixed map.
 * ``forward_stamps=True``: ``forward_begin()``/``forward_end()`` stamp the start and end of the
   model forward. Call them around the forward *also while it is being captured*: captured into a
   CUDA graph they run on every replay, which events cannot do (events only go around a replay).
@@ -92,6 +95,7 @@ class RegionTimer:
         forward_stamps: bool = False,
         forward_region: str = "forward_gpu",
         calibration=None,
+        recalibrate_s: float = 1.0,
         events=None,
         stamps=None,
         graph_stamps=None,
@@ -103,7 +107,8 @@ class RegionTimer:
         self.errors = 0  # exceptions caught inside the timer
         self.skipped_capture = 0  # regions started while the stream was capturing
         self.reason: str | None = None  # why the timer runs in a lesser mode than asked
-        self.calibration = calibration  # clock_calibration.ClockCalibration or None
+        self.clock = calibration  # maps globaltimer ns -> monotonic ns (to_monotonic_ns); None: unmapped
+        self.recalibrate_s = recalibrate_s
         self.calibration_at_close = None
         self._pending: deque = deque()
         self._free: list = []
@@ -124,6 +129,9 @@ class RegionTimer:
                 return
         try:
             self._events = events if events is not None else TorchCudaEvents()
+            if self._events.is_capturing():
+                self.reason = "constructed while a CUDA graph was being captured; host timing"
+                return
             if hasattr(self._events, "prepare"):
                 self._events.prepare()
             self._free = [self._events.new_pair() for _ in range(pool_size)]
@@ -154,10 +162,10 @@ class RegionTimer:
 
                 self._graph_stamps = graph_stamps
                 self._pairer = StampPairer()
-            if self.calibration is None:
-                from servescope.kernels.clock_calibration import calibrate
+            if self.clock is None:
+                from servescope.kernels.clock_calibration import ClockTracker
 
-                self.calibration = calibrate(stamps=stamps)
+                self.clock = ClockTracker(interval_s=self.recalibrate_s, stamps=stamps)
         except Exception as exc:
             self.errors += 1
             self.reason = f"globaltimer stamps unavailable ({exc!r}); CUDA events only"
@@ -232,6 +240,10 @@ class RegionTimer:
         try:
             if self._is_capturing():
                 return 0
+            if self._stamps is not None or self._graph_stamps is not None:
+                recal = getattr(self.clock, "maybe_recalibrate", None)
+                if recal is not None:
+                    recal()
             pending = self._pending
             while pending:
                 if not pending[0][4][1].query():
@@ -260,7 +272,7 @@ class RegionTimer:
                 pass
             self.errors += 1  # broken pair: keep it out of the pool
         try:
-            cal = self.calibration
+            cal = self.clock
             if s0 is not None and cal is not None:
                 gs = cal.to_monotonic_ns(self._stamps.read_one(s0))
                 ge = cal.to_monotonic_ns(self._stamps.read_one(s1))
@@ -274,7 +286,7 @@ class RegionTimer:
         gs = self._graph_stamps
         if gs is None:
             return 0
-        cal = self.calibration
+        cal = self.clock
         n = 0
         for tag, b, e in self._pairer.feed(gs.drain()):
             start = cal.to_monotonic_ns(b) if cal is not None else None
@@ -307,16 +319,23 @@ class RegionTimer:
                 from servescope.kernels.clock_calibration import calibrate
 
                 self.calibration_at_close = calibrate(stamps=self._stamps)
+                if hasattr(self.clock, "add"):
+                    self.clock.add(self.calibration_at_close)
             except Exception:
                 self.errors += 1
         self.mode = "host"
         self._free = []
 
+    @property
+    def calibration(self):
+        """The latest ClockCalibration behind gpu_start_ns/gpu_end_ns, or None."""
+        return getattr(self.clock, "latest", self.clock)
+
     def stats(self) -> dict:
         """Return the timer's counters and clock calibration (for the process record)."""
         pairer = self._pairer
         gs = self._graph_stamps
-        cal, cal2 = self.calibration, self.calibration_at_close
+        cal, cal2 = self.clock, self.calibration_at_close
         return {
             "mode": self.mode,
             "reason": self.reason,
@@ -329,6 +348,6 @@ class RegionTimer:
             "forward_unpaired": pairer.unpaired if pairer else 0,
             "forward_untagged": pairer.untagged if pairer else 0,
             "forward_lost": getattr(gs, "lost", 0) if gs else 0,
-            "calibration": cal.as_dict() if cal is not None else None,
+            "clock": cal.as_dict() if cal is not None else None,
             "calibration_at_close": cal2.as_dict() if cal2 is not None else None,
         }

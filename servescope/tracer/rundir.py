@@ -72,6 +72,29 @@ def read_engine_facts(run_dir: str | os.PathLike) -> list[dict]:
     return [read_json(p) for p in sorted((Path(run_dir) / "engine").glob("*.json"))]
 
 
+def ensure_run_id(run_dir: str | os.PathLike) -> str:
+    """Return the run's id, creating RUN/run.json with a fresh one if no process did yet."""
+    import uuid
+
+    path = Path(run_dir) / "run.json"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            with os.fdopen(fd, "w") as f:
+                json.dump({"run_id": uuid.uuid4().hex}, f)
+        except FileExistsError:
+            pass
+    for _ in range(100):  # another process may be writing it right now
+        try:
+            return read_json(path)["run_id"]
+        except (json.JSONDecodeError, KeyError):
+            import time
+
+            time.sleep(0.01)
+    raise RunDirError(f"{path}: unreadable run id")
+
+
 def check_run_dir(run_dir: str | os.PathLike) -> Path:
     """Return the run directory as a Path, or raise RunDirError naming what is wrong."""
     path = Path(run_dir)
