@@ -63,7 +63,10 @@ def test_different_engines_fail_unless_the_split_is_reported():
     assert by_item(audit(runs))[1].status == "fail"
     split = by_item(audit(runs, split_reported=True))[1]
     assert split.status == "warn" and "sglang 0.4.1" in split.evidence[0]
-    same_name_other_version = [AuditedRun("A", manifest(), "baseline"), AuditedRun("B", manifest(version="0.27.0"), "treatment")]
+    same_name_other_version = [
+        AuditedRun("A", manifest(), "baseline"),
+        AuditedRun("B", manifest(version="0.27.0"), "treatment"),
+    ]
     assert by_item(audit(same_name_other_version))[1].status == "fail"
 
 
@@ -112,15 +115,26 @@ def test_normalized_latency_hiding_a_scheduling_delay_is_flagged():
     runs = [AuditedRun("A", manifest(), "baseline", **a), AuditedRun("B", manifest(), "treatment", **b)]
     item = by_item(audit(runs))[8]
     assert item.status == "warn"
-    assert any(e.startswith("normalized latency ranks treatment first but treatment's P99 scheduling delay is 4.0x baseline's") for e in item.evidence)
+    assert any(
+        e.startswith("normalized latency ranks treatment first but treatment's P99 scheduling delay is 4.0x baseline's")
+        for e in item.evidence
+    )
     tpot = samples(seed=4, tpot_scale=0.01, tbt_scale=0.08)
-    runs = [AuditedRun("A", manifest(), "baseline", **samples(seed=4)), AuditedRun("B", manifest(), "treatment", **tpot)]
+    runs = [
+        AuditedRun("A", manifest(), "baseline", **samples(seed=4)),
+        AuditedRun("B", manifest(), "treatment", **tpot),
+    ]
     item = by_item(audit(runs))[8]
-    assert item.status == "warn" and any(e.startswith("TPOT ranks treatment first but treatment's P99 TBT") for e in item.evidence)
+    assert item.status == "warn" and any(
+        e.startswith("TPOT ranks treatment first but treatment's P99 TBT") for e in item.evidence
+    )
 
 
 def test_latency_bounds_against_slos():
-    runs = [AuditedRun("A", manifest(), "baseline", **samples(ttft_scale=0.2)), AuditedRun("B", manifest(), "treatment", **samples(ttft_scale=10.0))]
+    runs = [
+        AuditedRun("A", manifest(), "baseline", **samples(ttft_scale=0.2)),
+        AuditedRun("B", manifest(), "treatment", **samples(ttft_scale=10.0)),
+    ]
     item = by_item(audit(runs, slos={"ttft_s": 2.0, "tbt_s": 1.0}))[5]
     assert item.status == "warn"
     assert any(e.startswith("B: TTFT P99") and "exceeds SLO 2.00 s" in e for e in item.evidence)
@@ -161,8 +175,14 @@ def test_audit_run_dirs_reads_manifests_and_metrics(tmp_path):
     for name, params in (("base", {"max_num_seqs": 8}), ("treat", {"max_num_seqs": 8, "max_num_batched_tokens": 4096})):
         b = RunBuilder(tmp_path, name, manifest(params=params))
         for i in range(3):
-            b.request(f"r{i}", arrival_ns=0, scheduled_ns=1000, prompt_tokens=16,
-                      emissions=[(k, 10_000 * (k + 1), 1) for k in range(5)], finished_ns=50_000)
+            b.request(
+                f"r{i}",
+                arrival_ns=0,
+                scheduled_ns=1000,
+                prompt_tokens=16,
+                emissions=[(k, 10_000 * (k + 1), 1) for k in range(5)],
+                finished_ns=50_000,
+            )
         dirs.append(b.write())
     res = by_item(audit_run_dirs([dirs[0]], [dirs[1]]))
     assert res[2].status == "fail"

@@ -20,8 +20,22 @@ from servescope.tracer.schema import TABLES
 MS = 1_000_000
 
 
-def synthetic(label, *, sched=0.05, prefill=0.1, decode=1.0, gpu=0.010, cpu=0.005, idle=0.001, n=2000, steps=5000,
-              seed=0, engine=("vllm", "0.26.0"), params=None, tok_s=1000.0):
+def synthetic(
+    label,
+    *,
+    sched=0.05,
+    prefill=0.1,
+    decode=1.0,
+    gpu=0.010,
+    cpu=0.005,
+    idle=0.001,
+    n=2000,
+    steps=5000,
+    seed=0,
+    engine=("vllm", "0.26.0"),
+    params=None,
+    tok_s=1000.0,
+):
     rng = np.random.default_rng(seed)
     s = rng.exponential(sched, n)
     p = rng.exponential(prefill, n)
@@ -62,8 +76,16 @@ def test_iteration_breakdown_adds_up_and_finds_idle_and_host_time():
     for k, (gap, length, wait) in enumerate(plan):
         start = t + gap * MS
         end = start + length * MS
-        rows.append(dict(step_id=k, engine_index=0, schedule_start_ns=start, wait_start_ns=end - wait * MS - MS,
-                         wait_end_ns=end - MS, update_end_ns=end))
+        rows.append(
+            dict(
+                step_id=k,
+                engine_index=0,
+                schedule_start_ns=start,
+                wait_start_ns=end - wait * MS - MS,
+                wait_end_ns=end - MS,
+                update_end_ns=end,
+            )
+        )
         t = end
     schema = TABLES["steps"].arrow_schema
     steps = pa.Table.from_pylist([{c: r.get(c) for c in schema.names} for r in rows], schema=schema)
@@ -124,7 +146,9 @@ def test_gpu_gain_and_scheduling_split():
 
 def test_configuration_differences_and_engine_mismatch_in_statement():
     base = synthetic("A", params={"max_num_seqs": 256, "max_num_batched_tokens": 2048}, seed=5)
-    treat = synthetic("B", engine=("sglang", "0.4.1"), params={"max_num_seqs": 512, "enable_chunked_prefill": True}, seed=6)
+    treat = synthetic(
+        "B", engine=("sglang", "0.4.1"), params={"max_num_seqs": 512, "enable_chunked_prefill": True}, seed=6
+    )
     res = compare(base, treat, n_boot=50)
     assert res["configuration"]["parameter_differences"] == [
         {"name": "enable_chunked_prefill", "baseline": "not set", "treatment": True},
@@ -152,8 +176,17 @@ def test_parameter_differences_empty_when_equal():
 
 def test_run_samples_from_metrics_and_tables():
     schema = TABLES["steps"].arrow_schema
-    rows = [dict(step_id=k, engine_index=0, schedule_start_ns=k * 10 * MS, wait_start_ns=k * 10 * MS + MS,
-                 wait_end_ns=k * 10 * MS + 9 * MS, update_end_ns=(k + 1) * 10 * MS) for k in range(4)]
+    rows = [
+        dict(
+            step_id=k,
+            engine_index=0,
+            schedule_start_ns=k * 10 * MS,
+            wait_start_ns=k * 10 * MS + MS,
+            wait_end_ns=k * 10 * MS + 9 * MS,
+            update_end_ns=(k + 1) * 10 * MS,
+        )
+        for k in range(4)
+    ]
     steps = pa.Table.from_pylist([{c: r.get(c) for c in schema.names} for r in rows], schema=schema)
     metrics = SimpleNamespace(
         token_times_ns=np.array([10, 20, 30, 40, 30, 40], dtype=np.int64) * MS,
@@ -167,8 +200,11 @@ def test_run_samples_from_metrics_and_tables():
         decode_s=np.array([0.03, 0.01]),
         normalized_latency_s=np.array([0.01, 0.0175]),
     )
-    run = SimpleNamespace(steps=steps, worker_regions=None,
-                          manifest={"engine": {"name": "vllm", "version": "0.26.0", "parameters": {"max_num_seqs": 8}}})
+    run = SimpleNamespace(
+        steps=steps,
+        worker_regions=None,
+        manifest={"engine": {"name": "vllm", "version": "0.26.0", "parameters": {"max_num_seqs": 8}}},
+    )
     rs = run_samples(metrics, run, label="r")
     np.testing.assert_allclose(rs.latency_s["tbt"], [0.01, 0.01, 0.01, 0.01])
     assert rs.output_tokens_per_s == pytest.approx(6 / 0.04)
@@ -190,13 +226,26 @@ def _builder_run(root, name, step_ms, host_ms, engine_version="0.26.0", params=N
         start = t
         wait_start = start + host_ms * MS
         end = wait_start + step_ms * MS
-        b.row("steps", step_id=k, engine_index=0, schedule_start_ns=start, wait_start_ns=wait_start,
-              wait_end_ns=end, update_end_ns=end)
+        b.row(
+            "steps",
+            step_id=k,
+            engine_index=0,
+            schedule_start_ns=start,
+            wait_start_ns=wait_start,
+            wait_end_ns=end,
+            update_end_ns=end,
+        )
         ends.append(end)
         t = end
     for rid, first in (("a", 0), ("b", 2)):
-        b.request(rid, arrival_ns=0, scheduled_ns=MS, prompt_tokens=32,
-                  emissions=[(k, ends[k], 1) for k in range(first, 20)], finished_ns=ends[-1])
+        b.request(
+            rid,
+            arrival_ns=0,
+            scheduled_ns=MS,
+            prompt_tokens=32,
+            emissions=[(k, ends[k], 1) for k in range(first, 20)],
+            finished_ns=ends[-1],
+        )
     return b.write()
 
 

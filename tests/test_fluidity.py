@@ -163,6 +163,8 @@ def test_batch_rejects_bad_offsets_and_nonpositive_deadline():
         fluidity_batch(np.zeros(3), np.array([0, 2]), 1.0, 0.1)
     with pytest.raises(ValueError):
         fluidity_batch(np.zeros(3), np.array([0, 3]), 1.0, 0.0)
+    with pytest.raises(ValueError):
+        fluidity_batch(np.array([0.1, np.nan]), np.array([0, 2]), 1.0, 0.1)
 
 
 # --------------------------------------------------------------------------- aggregates

@@ -10,6 +10,7 @@ from servescope.analysis.stalls import (
     count_events_in_windows,
     detect_stalls,
     find_stalls,
+    range_max,
     segment_medians,
     step_gpu_time_ns,
 )
@@ -46,10 +47,17 @@ def _steps(engine=0, plan=STEP_PLAN, t0=T0):
         end = t + dur * MS
         rows.append(
             dict(
-                step_id=k, engine_index=engine, schedule_start_ns=t, schedule_end_ns=t + MS,
-                execute_start_ns=t + MS, execute_end_ns=t + 2 * MS,
-                wait_start_ns=end - (wait + 1) * MS, wait_end_ns=end - MS,
-                update_start_ns=end - MS, update_end_ns=end, num_prefill_tokens=prefill,
+                step_id=k,
+                engine_index=engine,
+                schedule_start_ns=t,
+                schedule_end_ns=t + MS,
+                execute_start_ns=t + MS,
+                execute_end_ns=t + 2 * MS,
+                wait_start_ns=end - (wait + 1) * MS,
+                wait_end_ns=end - MS,
+                update_start_ns=end - MS,
+                update_end_ns=end,
+                num_prefill_tokens=prefill,
             )
         )
         ends.append(end)
@@ -64,11 +72,41 @@ def _regions(plan=STEP_PLAN):
         for rank, scale in ((0, 1.0), (1, 0.5)):
             g = gpu * MS * scale
             rows += [
-                dict(step_id=k, rank=rank, region="execute_model", host_start_ns=base, host_end_ns=base + 10, gpu_ns=int(0.9 * g)),
-                dict(step_id=k, rank=rank, region="forward", host_start_ns=base + 2, host_end_ns=base + 8, gpu_ns=int(0.8 * g)),
-                dict(step_id=k, rank=rank, region="sample_tokens", host_start_ns=base + 12, host_end_ns=base + 20, gpu_ns=int(0.1 * g)),
-                dict(step_id=k, rank=rank, region="sample", host_start_ns=base + 13, host_end_ns=base + 19, gpu_ns=int(0.05 * g)),
-                dict(step_id=k, rank=rank, region="bookkeep", host_start_ns=base + 21, host_end_ns=base + 22, gpu_ns=None),
+                dict(
+                    step_id=k,
+                    rank=rank,
+                    region="execute_model",
+                    host_start_ns=base,
+                    host_end_ns=base + 10,
+                    gpu_ns=int(0.9 * g),
+                ),
+                dict(
+                    step_id=k,
+                    rank=rank,
+                    region="forward",
+                    host_start_ns=base + 2,
+                    host_end_ns=base + 8,
+                    gpu_ns=int(0.8 * g),
+                ),
+                dict(
+                    step_id=k,
+                    rank=rank,
+                    region="sample_tokens",
+                    host_start_ns=base + 12,
+                    host_end_ns=base + 20,
+                    gpu_ns=int(0.1 * g),
+                ),
+                dict(
+                    step_id=k,
+                    rank=rank,
+                    region="sample",
+                    host_start_ns=base + 13,
+                    host_end_ns=base + 19,
+                    gpu_ns=int(0.05 * g),
+                ),
+                dict(
+                    step_id=k, rank=rank, region="bookkeep", host_start_ns=base + 21, host_end_ns=base + 22, gpu_ns=None
+                ),
             ]
     return rows
 
@@ -221,7 +259,7 @@ def test_segment_medians_match_numpy():
     lengths = rng.integers(0, 9, size=300)
     values = rng.integers(0, 10**9, size=lengths.sum())
     offsets = np.concatenate([[0], np.cumsum(lengths)])
-    for use_numba in ([True, False] if stalls_module._medians_compiled is not None else [False]):
+    for use_numba in [True, False] if stalls_module._medians_compiled is not None else [False]:
         got = segment_medians(values, offsets, use_numba=use_numba)
         for r in range(300):
             seg = values[offsets[r] : offsets[r + 1]]
@@ -256,13 +294,19 @@ def test_find_stalls_on_a_written_run_directory(tmp_path):
     for row in _regions():
         builder.row("worker_regions", **row)
     builder.request(
-        "A", arrival_ns=T0 - 5 * MS, scheduled_ns=T0, prompt_tokens=16,
+        "A",
+        arrival_ns=T0 - 5 * MS,
+        scheduled_ns=T0,
+        prompt_tokens=16,
         emissions=[(k, ends[k], 1) for k in (0, 1, 2, 3, 4, 5, 8, 9)],
         preemptions=[(ends[5] + MS, ends[6] + MS)],  # no step id: located by time
         finished_ns=ends[9],
     )
     builder.request(
-        "B", arrival_ns=T0, scheduled_ns=T0 + MS, prompt_tokens=2048,
+        "B",
+        arrival_ns=T0,
+        scheduled_ns=T0 + MS,
+        prompt_tokens=2048,
         emissions=[(3, ends[3], 2, 2, 1), (4, ends[4], 2, 3, 1), (5, ends[5], 4, 3, 3)],
         finished_ns=ends[5],
     )
@@ -290,8 +334,9 @@ def test_stalls_and_fluidity_on_a_real_offline_run(offline_run):
     stalls = find_stalls(metrics, run, median_multiple=2.0)
     assert len(stalls) > 0  # 24 requests x 16 tokens with prefills interleaved: some gaps are 2x the median
     index = {rid: i for i, rid in enumerate(metrics.request_id)}
-    for rid, token, gap, thr, cause, steps in zip(stalls.request_id, stalls.token_index, stalls.gap_s,
-                                                   stalls.threshold_s, stalls.cause, stalls.num_steps):
+    for rid, token, gap, thr, cause, steps in zip(
+        stalls.request_id, stalls.token_index, stalls.gap_s, stalls.threshold_s, stalls.cause, stalls.num_steps
+    ):
         assert 1 <= token < metrics.output_tokens[index[rid]]
         assert gap > thr > 0
         assert cause in CAUSES and steps >= 1
@@ -299,3 +344,13 @@ def test_stalls_and_fluidity_on_a_real_offline_run(offline_run):
     fluid = fluidity_for_requests(metrics, tbt_deadline_s=0.05, ttft_deadline_s=5.0)
     assert np.all((fluid["fluidity_index"] >= 0) & (fluid["fluidity_index"] <= 1))
     assert np.all(fluid["deadlines"] >= metrics.output_tokens)
+
+
+def test_range_max_matches_brute_force():
+    rng = np.random.default_rng(13)
+    values = rng.random(1000)
+    lo = rng.integers(0, 1000, size=2000)
+    hi = np.minimum(lo + rng.integers(0, 300, size=2000), 1000)
+    got = range_max(values, lo, hi)
+    want = [values[a:b].max() if b > a else 0.0 for a, b in zip(lo, hi)]
+    assert got.tolist() == want

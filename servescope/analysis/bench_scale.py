@@ -210,7 +210,7 @@ def measure(run_dir: Path) -> dict:
     """Return seconds spent loading, computing metrics and summarising, and peak RSS in bytes."""
     from servescope.analysis.distributions import summarize
     from servescope.analysis.request_metrics import compute_request_metrics
-    from servescope.analysis.run_data import load_run
+    from servescope.analysis.run_data import load_run, release_unused_memory
     from servescope.analysis.summary import PER_REQUEST_METRICS
 
     t0 = time.perf_counter()
@@ -219,6 +219,7 @@ def measure(run_dir: Path) -> dict:
     metrics = compute_request_metrics(run)
     t2 = time.perf_counter()
     del run  # the tables are not needed once metrics exist (analyze_run drops them too)
+    release_unused_memory()
     summaries = {name: summarize(getattr(metrics, name)) for name in PER_REQUEST_METRICS}
     summaries["tbt_per_token_s"] = summarize(metrics.all_tbt_per_token_s())
     summaries["tbt_per_chunk_s"] = summarize(metrics.all_tbt_per_chunk_s())

@@ -154,7 +154,9 @@ def check_implementation_fairness(runs: Sequence[AuditedRun], *, split_reported:
     if len(distinct) > 1:
         shown = "; ".join(f"{r.label}: {engines[r.label][0]} {engines[r.label][1]}" for g in groups for r in g)
         if split_reported:
-            evidence.append(f"different engines ({shown}); the difference is split into GPU time, CPU overhead and scheduling delay")
+            evidence.append(
+                f"different engines ({shown}); the difference is split into GPU time, CPU overhead and scheduling delay"
+            )
             statuses.append("warn")
         else:
             evidence.append(
@@ -170,7 +172,7 @@ def check_implementation_fairness(runs: Sequence[AuditedRun], *, split_reported:
 
 
 def check_parameter_tuning(runs: Sequence[AuditedRun]) -> CheckResult:
-    """Return item 2: performance-critical parameters recorded on both sides, differences listed, baseline not defaulted."""
+    """Return item 2: critical engine parameters recorded per side, differences listed, baseline not defaulted."""
     evidence, statuses = [], []
     params = {}
     for r in runs:
@@ -187,7 +189,8 @@ def check_parameter_tuning(runs: Sequence[AuditedRun]) -> CheckResult:
             else:
                 recorded = len(PERFORMANCE_CRITICAL_PARAMETERS) - len(missing)
                 evidence.append(
-                    f"{r.label}: {recorded} of {len(PERFORMANCE_CRITICAL_PARAMETERS)} performance-critical parameters recorded"
+                    f"{r.label}: {recorded} of {len(PERFORMANCE_CRITICAL_PARAMETERS)} "
+                    "performance-critical parameters recorded"
                     + (f" (not recorded: {', '.join(missing)})" if missing else "")
                 )
         params[r.label] = p
@@ -235,7 +238,8 @@ def check_model_selection(runs: Sequence[AuditedRun]) -> CheckResult:
                 evidence.append(f"{r.label}: model {key} not recorded")
                 statuses.append("warn")
             else:
-                bucket.add(model[key])
+                value = model[key]
+                bucket.add(value if isinstance(value, (str, int, float, bool)) else repr(value))
     if attention:
         kinds = ", ".join(sorted(map(str, attention)))
         if len(attention) == 1:
@@ -253,7 +257,8 @@ def check_model_selection(runs: Sequence[AuditedRun]) -> CheckResult:
         else:
             evidence.append("dense and MoE models")
     if sizes:
-        shown = ", ".join(_fmt_count(s) for s in sorted(sizes, key=lambda v: (not isinstance(v, (int, float)), v if isinstance(v, (int, float)) else str(v))))
+        numeric = sorted(v for v in sizes if isinstance(v, (int, float)))
+        shown = ", ".join([_fmt_count(v) for v in numeric] + sorted(str(v) for v in sizes if v not in numeric))
         evidence.append(f"model sizes: {shown}")
     if archs:
         evidence.append(f"architectures: {', '.join(sorted(map(str, archs)))}")
@@ -290,7 +295,9 @@ def check_workload_diversity(runs: Sequence[AuditedRun]) -> CheckResult:
     return CheckResult(4, TITLES[4], _worst(statuses), evidence)
 
 
-def check_latency_bounds(runs: Sequence[AuditedRun], *, slos: dict[str, float] | None = None, percentile: float = 99.0) -> CheckResult:
+def check_latency_bounds(
+    runs: Sequence[AuditedRun], *, slos: dict[str, float] | None = None, percentile: float = 99.0
+) -> CheckResult:
     """Return item 5: absolute TTFT and TBT percentiles judged against SLOs (slos: {"ttft_s", "tbt_s"} seconds)."""
     if not slos:
         return CheckResult(5, TITLES[5], "warn", ["no SLO given: latency judged only relative to the baseline"])
@@ -330,7 +337,8 @@ def check_metric_selection(runs: Sequence[AuditedRun]) -> CheckResult:
             evidence.append(f"{r.label}: no per-token emission times: TBT cannot be measured")
             statuses.append("fail")
     evidence.append(
-        "TTFT, TBT (per token and per chunk), TPOT = T_d / (n - 1), e2e and normalized latency as defined in docs/metrics.md"
+        "TTFT, TBT (per token and per chunk), TPOT = T_d / (n - 1), e2e and normalized latency "
+        "as defined in docs/metrics.md"
     )
     statuses.append("pass")
     return CheckResult(6, TITLES[6], _worst(statuses), evidence)
@@ -368,7 +376,9 @@ def check_normalization(runs: Sequence[AuditedRun], *, hidden_factor: float = 2.
     """Return item 8: normalized latency / TPOT rankings checked against raw P99 scheduling delay / TBT."""
     base, treat = _sides(runs)
     if not (base and treat):
-        return CheckResult(8, TITLES[8], "pass", ["single side: normalized latency and TPOT are shown beside their raw parts"])
+        return CheckResult(
+            8, TITLES[8], "pass", ["single side: normalized latency and TPOT are shown beside their raw parts"]
+        )
     evidence, statuses = [], []
     pairs = (
         ("normalized_latency_s", "normalized latency", "scheduling_delay_s", "P99 scheduling delay"),
@@ -456,5 +466,9 @@ def audit_run_dirs(
     for side, dirs in (("baseline", baseline_dirs), ("treatment", treatment_dirs)):
         for d in dirs:
             run = load_run(d)
-            runs.append(audited_run(compute_request_metrics(run), run.manifest, label=str(d), side=side if treatment_dirs else None))
+            runs.append(
+                audited_run(
+                    compute_request_metrics(run), run.manifest, label=str(d), side=side if treatment_dirs else None
+                )
+            )
     return audit(runs, **kwargs)

@@ -150,7 +150,7 @@ def compare_samples(
     max_bootstrap_samples: int = 20_000,
     seed: int = 0,
 ) -> dict[str, dict[str, float | list[float]]]:
-    """Return per statistic (mean, p50, p90, p99): baseline, treatment, diff, relative diff and CI [lo, hi] in the samples' unit."""
+    """Return per statistic (mean, p50, p90, p99): both sides, diff, relative diff and CI [lo, hi], samples' unit."""
     rng = np.random.default_rng(seed)
     base_runs, treat_runs = _finite_runs(baseline), _finite_runs(treatment)
     base = _stats(np.concatenate(base_runs) if base_runs else np.zeros(0))
@@ -177,7 +177,11 @@ def compare_samples(
 def _run_level(values_a: list[float], values_b: list[float], rng, n_boot: int, confidence: float) -> dict[str, Any]:
     a = np.asarray(values_a, dtype=np.float64)
     b = np.asarray(values_b, dtype=np.float64)
-    out: dict[str, Any] = {"baseline": float(a.mean()), "treatment": float(b.mean()), "diff": float(b.mean() - a.mean())}
+    out: dict[str, Any] = {
+        "baseline": float(a.mean()),
+        "treatment": float(b.mean()),
+        "diff": float(b.mean() - a.mean()),
+    }
     out["relative"] = out["diff"] / out["baseline"] if out["baseline"] else math.nan
     if a.size >= 2 and b.size >= 2:
         reps = rng.choice(b, (n_boot, b.size)).mean(axis=1) - rng.choice(a, (n_boot, a.size)).mean(axis=1)
@@ -240,13 +244,19 @@ def compare(
         for i, m in enumerate(LATENCY_METRICS)
     }
     iteration = {
-        p: compare_samples([r.iteration_s[p] for r in base], [r.iteration_s[p] for r in treat], seed=seed + 100 + i, **kw)
+        p: compare_samples(
+            [r.iteration_s[p] for r in base], [r.iteration_s[p] for r in treat], seed=seed + 100 + i, **kw
+        )
         for i, p in enumerate(ITERATION_PARTS)
     }
     rng = np.random.default_rng(seed + 1000)
     throughput = {
-        "output_tokens_per_s": _run_level([r.output_tokens_per_s for r in base], [r.output_tokens_per_s for r in treat], rng, n_boot, confidence),
-        "requests_per_s": _run_level([r.requests_per_s for r in base], [r.requests_per_s for r in treat], rng, n_boot, confidence),
+        "output_tokens_per_s": _run_level(
+            [r.output_tokens_per_s for r in base], [r.output_tokens_per_s for r in treat], rng, n_boot, confidence
+        ),
+        "requests_per_s": _run_level(
+            [r.requests_per_s for r in base], [r.requests_per_s for r in treat], rng, n_boot, confidence
+        ),
     }
     e2e_split = {part: latency[part]["mean"]["diff"] for part in ("scheduling_delay", "prefill", "decode")}
     e2e_split["e2e"] = latency["e2e"]["mean"]["diff"]
@@ -256,7 +266,8 @@ def compare(
     configuration = {
         "baseline_engine": base_engine,
         "treatment_engine": treat_engine,
-        "same_engine": (base_engine.get("name"), base_engine.get("version")) == (treat_engine.get("name"), treat_engine.get("version")),
+        "same_engine": (base_engine.get("name"), base_engine.get("version"))
+        == (treat_engine.get("name"), treat_engine.get("version")),
         "parameter_differences": parameter_differences(base_params, treat_params),
         "parameters_recorded": {"baseline": bool(base_params), "treatment": bool(treat_params)},
     }
@@ -329,7 +340,8 @@ def _statement(result: dict[str, Any]) -> str:
     conf = int(round(result["confidence"] * 100))
     e2e = lat["e2e"]["mean"]
     lines = [
-        f"Mean end-to-end latency changed by {_ms(e2e['diff'])} ({_pct(e2e['relative'])}; {conf}% {_ci_ms(e2e['ci'])}); "
+        f"Mean end-to-end latency changed by {_ms(e2e['diff'])} "
+        f"({_pct(e2e['relative'])}; {conf}% {_ci_ms(e2e['ci'])}); "
         f"P99 by {_ms(lat['e2e']['p99']['diff'])}.",
         f"Of the mean change, scheduling delay accounts for {_ms(split['scheduling_delay'])}, prefill for "
         f"{_ms(split['prefill'])} and decode for {_ms(split['decode'])}"

@@ -156,9 +156,10 @@ def fluidity_counts(
     n = offs.size - 1
     d_first = _as_per_request(ttft_deadlines_s, n, "ttft_deadlines_s")
     d_decode = _as_per_request(tbt_deadline_s, n, "tbt_deadline_s")
-    has_decode = np.diff(offs) > 1
-    if np.any(~(d_decode[has_decode] > 0)):
-        raise ValueError("tbt_deadline_s must be > 0 for every request with more than one gap")
+    if not np.all(d_decode > 0):  # also rejects NaN: a missed TTFT is counted in periods of D_d too
+        raise ValueError("tbt_deadline_s must be > 0 for every request")
+    if not np.all(np.isfinite(gaps)):
+        raise ValueError("gaps_flat_s must be finite")
     if use_numba is None:
         use_numba = _counts_compiled is not None
     if use_numba:
@@ -166,9 +167,9 @@ def fluidity_counts(
             raise RuntimeError("numba is not available")
         misses = np.zeros(n, dtype=np.int64)
         deadlines = np.zeros(n, dtype=np.int64)
-        _counts_compiled(gaps, offs, d_first, np.where(d_decode > 0, d_decode, 1.0), misses, deadlines)
+        _counts_compiled(gaps, offs, d_first, d_decode, misses, deadlines)
         return misses, deadlines
-    return _counts_lockstep(gaps, offs, d_first, np.where(d_decode > 0, d_decode, 1.0))
+    return _counts_lockstep(gaps, offs, d_first, d_decode)
 
 
 def fluidity_batch(

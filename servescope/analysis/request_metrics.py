@@ -225,7 +225,9 @@ def _token_arrays(emissions: pa.Table, universe: pa.Array, rank: np.ndarray) -> 
     n = len(universe)
     req = _request_index(emissions.column("request_id"), universe, rank)
     _drop_unusable_emissions(emissions, req)
-    counts = np.bincount(req[req >= 0], minlength=n)
+    dropped = req < 0
+    counts = np.bincount(req[~dropped] if dropped.any() else req, minlength=n)
+    del dropped
     chunk_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     destination = _grouped_destination(req, int(chunk_offsets[-1]))
     del req
@@ -247,15 +249,15 @@ def _token_arrays(emissions: pa.Table, universe: pa.Array, rank: np.ndarray) -> 
             chunk_times_ns[fix], chunk_num_tokens[fix], chunk_step_ids[fix])
     del out_of_order
 
-    tokens_per_request = np.zeros(n, dtype=np.int64)
-    emitting = counts > 0
-    if emitting.any():
+    if chunk_num_tokens.sum(dtype=np.int64) == len(chunk_num_tokens):
+        # One token per row (every row has >= 1): token arrays are the chunk arrays, no copy.
+        token_offsets, token_times_ns = chunk_offsets, chunk_times_ns
+    else:
+        tokens_per_request = np.zeros(n, dtype=np.int64)
+        emitting = counts > 0
         tokens_per_request[emitting] = np.add.reduceat(
             chunk_num_tokens, chunk_offsets[:-1][emitting], dtype=np.int64)
-    token_offsets = np.concatenate([[0], np.cumsum(tokens_per_request)]).astype(np.int64)
-    if len(chunk_num_tokens) == token_offsets[-1]:  # one token per row: same array, no copy
-        token_times_ns = chunk_times_ns
-    else:
+        token_offsets = np.concatenate([[0], np.cumsum(tokens_per_request)]).astype(np.int64)
         token_times_ns = np.repeat(chunk_times_ns, chunk_num_tokens)
     return {
         "token_times_ns": token_times_ns,

@@ -105,7 +105,9 @@ def percentile_value(values: np.ndarray, percentile: float) -> float:
     return float(np.percentile(v, percentile, method="inverted_cdf"))
 
 
-def per_request_gap_pass(gaps_flat_s: np.ndarray, offsets: np.ndarray, threshold_s: float, percentile: float) -> np.ndarray:
+def per_request_gap_pass(
+    gaps_flat_s: np.ndarray, offsets: np.ndarray, threshold_s: float, percentile: float
+) -> np.ndarray:
     """Return per request whether its own P-th percentile gap is <= threshold_s (True when it has no gaps)."""
     gaps = np.asarray(gaps_flat_s, dtype=np.float64)
     offs = np.asarray(offsets, dtype=np.int64)
@@ -206,7 +208,9 @@ def evaluate_slos(
                 defined = ~np.isnan(values)
                 ok = ~defined | (values <= slo.threshold_s)
                 if np.any(~defined):
-                    notes.append(f"{int(np.count_nonzero(~defined))} requests without TPOT (one output token) pass {name}")
+                    notes.append(
+                        f"{int(np.count_nonzero(~defined))} requests without TPOT (one output token) pass {name}"
+                    )
                 values = values[defined]
             else:
                 ok = values <= slo.threshold_s  # a request that never produced a token fails

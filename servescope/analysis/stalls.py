@@ -316,17 +316,55 @@ def _evidence_text(table: pa.Table) -> pa.Array:
 
     join = pc.binary_join_element_wise
     return join(
-        "gap ", s("gap_s", 1), " ms over ", s("num_steps"), " steps: ",
-        s("prefill_tokens"), " prefill tokens, ", s("preemptions"), " preemptions, GPU busy ",
-        s("gpu_busy_s", 1), " ms, GPU idle ", s("exposed_host_s", 1), " ms (",
-        table["gpu_time_source"], "), longest step ", s("max_step_gpu_s", 1), " ms, drafts ",
-        s("accepted_tokens"), "/", s("draft_tokens"), " accepted",
+        "gap ",
+        s("gap_s", 1),
+        " ms over ",
+        s("num_steps"),
+        " steps: ",
+        s("prefill_tokens"),
+        " prefill tokens, ",
+        s("preemptions"),
+        " preemptions, GPU busy ",
+        s("gpu_busy_s", 1),
+        " ms, GPU idle ",
+        s("exposed_host_s", 1),
+        " ms (",
+        table["gpu_time_source"],
+        "), longest step ",
+        s("max_step_gpu_s", 1),
+        " ms, drafts ",
+        s("accepted_tokens"),
+        "/",
+        s("draft_tokens"),
+        " accepted",
         "",
     ).combine_chunks()
 
 
 def _range_sum(prefix: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return prefix[hi] - prefix[lo]
+
+
+def range_max(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Return max(values[lo:hi]) per query (0 for an empty range), by a sparse table up to the longest range."""
+    v = np.asarray(values, dtype=np.float64)
+    lo = np.asarray(lo, dtype=np.int64)
+    length = np.asarray(hi, dtype=np.int64) - lo
+    out = np.zeros(lo.size)
+    nonempty = length > 0
+    if not nonempty.any():
+        return out
+    level = np.zeros(lo.size, dtype=np.int64)
+    level[nonempty] = np.floor(np.log2(length[nonempty])).astype(np.int64)
+    table = v  # table at level k: max of values[i : i + 2**k]
+    for k in range(int(level.max()) + 1):
+        if k:
+            half = 1 << (k - 1)
+            table = np.maximum(table[:-half], table[half:])
+        sel = nonempty & (level == k)
+        if sel.any():
+            out[sel] = np.maximum(table[lo[sel]], table[lo[sel] + length[sel] - (1 << k)])
+    return out
 
 
 def attribute_stalls(
@@ -364,13 +402,7 @@ def attribute_stalls(
     prefill = _range_sum(np.concatenate([[0], np.cumsum(steps.prefill_tokens)]), lo, hi)
     gpu_busy_s = _range_sum(np.concatenate([zero, np.cumsum(busy)]), lo, hi) / 1e9
     n_measured = _range_sum(np.concatenate([[0], np.cumsum(measured)]), lo, hi)
-    if busy.size:
-        padded = np.concatenate([busy, [0.0]])
-        pairs = np.stack([lo, hi], axis=1).ravel()
-        maxima = np.maximum.reduceat(padded, pairs)[::2] if pairs.size else np.zeros(0)
-        max_step_s = np.where(num_steps > 0, maxima, 0.0) / 1e9
-    else:
-        max_step_s = np.zeros(n)
+    max_step_s = range_max(busy, lo, hi) / 1e9
     gpu_busy_s = np.minimum(gpu_busy_s, gap_s)
     exposed = np.maximum(gap_s - gpu_busy_s, 0.0)
 
@@ -449,7 +481,9 @@ def find_stalls(
     chunk_steps = np.asarray(metrics.chunk_step_ids, dtype=np.int64)
     chunk_tokens = np.asarray(metrics.chunk_num_tokens, dtype=np.int64)
     request_ids = np.asarray(metrics.request_id)
-    rows, thresholds = detect_stalls(chunk_times, chunk_offsets, threshold_s=threshold_s, median_multiple=median_multiple)
+    rows, thresholds = detect_stalls(
+        chunk_times, chunk_offsets, threshold_s=threshold_s, median_multiple=median_multiple
+    )
     request = np.searchsorted(chunk_offsets, rows, side="right") - 1
     first_token = np.cumsum(chunk_tokens) - chunk_tokens  # global index of each row's first token
     token_index = first_token[rows] - first_token[chunk_offsets[request]]

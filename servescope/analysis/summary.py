@@ -17,7 +17,7 @@ import numpy as np
 
 from servescope.analysis.distributions import P999_MIN_COUNT, summarize
 from servescope.analysis.request_metrics import MISSING_NS, NS_PER_S, RequestMetrics, compute_request_metrics
-from servescope.analysis.run_data import RunData, load_run
+from servescope.analysis.run_data import RunData, load_run, release_unused_memory
 
 # Per-request metrics summarised over requests, in report order.
 PER_REQUEST_METRICS = (
@@ -33,7 +33,7 @@ PER_REQUEST_METRICS = (
 )
 # Summarised over every token gap (per token) and every chunk gap (per chunk).
 TBT_METRICS = ("tbt_per_token_s", "tbt_per_chunk_s")
-# Per-request arrays returned by fluidity.fluidity_for_requests.
+# Per-request arrays of fluidity.fluidity_for_requests that are summarised (all are listed per request).
 FLUIDITY_METRICS = ("fluidity_index", "deadline_misses", "deadlines")
 
 CONVENTIONS = {
@@ -78,9 +78,10 @@ def analyze_run(run_dir: str | os.PathLike, *, tbt_slo_s: float | None = None,
     metrics = compute_request_metrics(run)
     info = run_info(run, metrics)
     del run  # the tables: metrics hold everything needed from here on
+    release_unused_memory()
     fluidity = None
     if tbt_slo_s is not None:
-        from servescope.analysis.fluidity import fluidity_for_requests
+        from servescope.analysis.fluidity import fluidity_for_requests, service_level_miss_rate
 
         fluidity = fluidity_for_requests(metrics, tbt_deadline_s=tbt_slo_s, ttft_deadline_s=ttft_slo_s)
     tbt = {"tbt_per_token_s": metrics.all_tbt_per_token_s(),
@@ -95,11 +96,10 @@ def analyze_run(run_dir: str | os.PathLike, *, tbt_slo_s: float | None = None,
     }
     if fluidity is not None:
         summary.update({name: summarize(fluidity[name]) for name in FLUIDITY_METRICS})
-        misses, deadlines = np.nansum(fluidity["deadline_misses"]), np.nansum(fluidity["deadlines"])
         result["fluidity"] = {
             "tbt_deadline_s": tbt_slo_s,
             "ttft_deadline_s": ttft_slo_s,
-            "service_miss_rate": float(misses / deadlines) if deadlines else 0.0,
+            "service_miss_rate": service_level_miss_rate(fluidity["deadline_misses"], fluidity["deadlines"]),
         }
     result["requests"] = request_records(metrics, tbt, fluidity, result["run"]["start_ns"])
     return result
@@ -148,7 +148,7 @@ def request_records(metrics: RequestMetrics, tbt: dict[str, np.ndarray], fluidit
         "preempted_s": _json_floats(metrics.preempted_s),
     }
     if fluidity is not None:
-        columns.update({name: _json_floats(fluidity[name]) for name in FLUIDITY_METRICS})
+        columns.update({name: _json_floats(values) for name, values in fluidity.items()})
     ragged = {
         "tbt_per_token_s": (tbt["tbt_per_token_s"].tolist(), metrics.tbt_per_token_offsets().tolist()),
         "tbt_per_chunk_s": (tbt["tbt_per_chunk_s"].tolist(), metrics.tbt_per_chunk_offsets().tolist()),

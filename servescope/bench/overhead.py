@@ -75,7 +75,8 @@ def compare_arms(results: list[dict]) -> dict:
 
 def run_overhead(model: str, *, engine_args: dict, load: str = "offline", method: str = "toggle",
                  repeats: int = 3, num_requests: int = 64, prompt_len: int = 256, output_len: int = 64,
-                 rate: float = 4.0, out_dir: str | os.PathLike, env: dict | None = None) -> dict:
+                 rate: float = 4.0, out_dir: str | os.PathLike, env: dict | None = None,
+                 profile_requests: int = 0) -> dict:
     """Run the off/on comparison; write and return out_dir/overhead.json."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -85,15 +86,16 @@ def run_overhead(model: str, *, engine_args: dict, load: str = "offline", method
             str(prompt_len), "--output-len", str(output_len), "--rate", str(rate)]
     child_env = dict(os.environ if env is None else env)
     child_env.pop("SERVESCOPE_RUN_DIR", None)
-    results = []
+    results, profiled = [], None
     if method == "toggle":
         if load != "offline":
             raise ValueError("toggle measures offline load only; use method='restart' for served load")
         child_env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         out = out_dir / "arms.json"
-        subprocess.run(base + ["--arms", ",".join(arms), "--run-dir", str(out_dir / "run-on"), "--out", str(out)],
-                       env=child_env, check=True)
-        results = json.loads(out.read_text())["results"]
+        subprocess.run(base + ["--arms", ",".join(arms), "--run-dir", str(out_dir / "run-on"), "--out", str(out),
+                               "--profile-requests", str(profile_requests)], env=child_env, check=True)
+        data = json.loads(out.read_text())
+        results, profiled = data["results"], data.get("profiled")
     else:
         for i, arm in enumerate(arms):
             out = Path(tempfile.mkstemp(suffix=".json", dir=out_dir)[1])
@@ -104,6 +106,6 @@ def run_overhead(model: str, *, engine_args: dict, load: str = "offline", method
             results += json.loads(out.read_text())["results"]
     report = {"model": model, "engine_args": engine_args, "load": load, "method": method,
               "num_requests": num_requests, "prompt_len": prompt_len, "output_len": output_len,
-              "rate": rate if load == "served" else None, **compare_arms(results)}
+              "rate": rate if load == "served" else None, **compare_arms(results), "profiled": profiled}
     (out_dir / "overhead.json").write_text(json.dumps(report, indent=2))
     return report

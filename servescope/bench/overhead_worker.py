@@ -70,6 +70,54 @@ async def _served_arm(engine, prompts, params, rate: float, seed: int) -> dict:
     return {"start_ns": start, "end_ns": time.monotonic_ns(), "requests": results}
 
 
+def _union_ns(intervals: list[tuple[int, int]]) -> int:
+    total, end = 0, None
+    for s0, s1 in sorted(intervals):
+        if end is None or s0 > end:
+            total += s1 - s0
+            end = s1
+        elif s1 > end:
+            total += s1 - end
+            end = s1
+    return total
+
+
+def _profiled_batch(engine, prompts, params, run_dir) -> dict:
+    """Run one traced batch under torch.profiler; return the profiler's GPU busy time and servescope's
+    region GPU times for the same steps (ns)."""
+    import torch
+    from torch.autograd import DeviceType
+
+    from servescope.patches.vllm.engine_core_hooks import STATE
+    from servescope.tracer.recorder import get_recorder
+    from servescope.tracer.rundir import read_table
+
+    first_step = STATE.next_step_id
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                            torch.profiler.ProfilerActivity.CUDA]) as prof:
+        _offline_arm(engine, prompts, params)
+        torch.cuda.synchronize()
+    last_step = STATE.next_step_id - 1
+    spans = [(int(e.time_range.start * 1000), int(e.time_range.end * 1000)) for e in prof.events()
+             if e.device_type == DeviceType.CUDA]
+    from servescope.patches.vllm.worker_hooks import WORKER
+
+    if WORKER.timer is not None:
+        WORKER.timer.harvest()
+    get_recorder().flush()
+    regions = read_table(run_dir, "worker_regions").to_pylist()
+    in_window = [r for r in regions if r["step_id"] is not None and first_step <= r["step_id"] <= last_step]
+    by_region: dict[str, list[int]] = {}
+    for r in in_window:
+        if r["gpu_ns"] is not None:
+            by_region.setdefault(r["region"], []).append(r["gpu_ns"])
+    return {"steps": [first_step, last_step], "profiler_gpu_busy_ns": _union_ns(spans),
+            "profiler_gpu_kernel_sum_ns": sum(b - a for a, b in spans), "profiler_gpu_events": len(spans),
+            "servescope_gpu_ns_by_region": {k: sum(v) for k, v in by_region.items()},
+            "servescope_regions_with_gpu_time": {k: len(v) for k, v in by_region.items()},
+            "servescope_regions_in_window": len(in_window)}
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
@@ -83,6 +131,8 @@ def main(argv=None) -> None:
     ap.add_argument("--rate", type=float, default=4.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--run-dir", default=None, help="record into this run dir when an arm is 'on'")
+    ap.add_argument("--profile-requests", type=int, default=0,
+                    help="then run one traced batch of this many requests under torch.profiler and compare")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
 
@@ -113,6 +163,9 @@ def main(argv=None) -> None:
             results.append({"arm": arm, **r})
         if "on" in arms:
             set_enabled(True)
+        if args.profile_requests and "on" in arms:
+            profiled = _profiled_batch(engine, _prompts(args.profile_requests, args.prompt_len, vocab, 77), params,
+                                       args.run_dir)
     else:
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -129,7 +182,8 @@ def main(argv=None) -> None:
 
         asyncio.run(run())
     with open(args.out, "w") as f:
-        json.dump({"args": vars(args), "results": results}, f)
+        json.dump({"args": vars(args), "results": results,
+                   "profiled": profiled if args.profile_requests else None}, f)
 
 
 if __name__ == "__main__":

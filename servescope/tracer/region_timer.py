@@ -17,9 +17,9 @@ timer; ``errors`` counts them.
 GPU clock stamps (optional, CUDA + Triton or CuPy):
 
 * ``use_globaltimer=True``: each region also gets globaltimer stamps enqueued around its events,
-  mapped to the host clock, as gpu_start_ns/gpu_end_ns (one stamp kernel launch per end).
+  mapped to the host clock, as gpu_start_ns/gpu_end_ns (one stamp launch at start, one at end).
   The map is a ``ClockTracker``: calibrated at construction, recalibrated from ``harvest()``
-  every ``recalibrate_s`` (bounded ~0.1-0.5 ms of host time), drift fitted (globaltimer drifts
+  every ``recalibrate_s`` (~0.5 ms of host time on the H100, bounded), drift fitted (globaltimer drifts
   ~22 ppm against CLOCK_MONOTONIC on the H100). Pass ``calibration`` to use a fixed map.
 * ``forward_stamps=True``: ``forward_begin()``/``forward_end()`` stamp the start and end of the
   model forward. Call them around the forward *also while it is being captured*: captured into a

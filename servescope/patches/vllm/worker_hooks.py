@@ -23,6 +23,7 @@ class WorkerState:
         self.rank = 0
         self.timer = None
         self.facts_written = False
+        self.in_execute_model = False  # Model Runner V2 forward hooks record only inside a real step
 
 
 WORKER = WorkerState()
@@ -76,6 +77,51 @@ def _write_facts(rec, runner) -> None:
     write_worker_facts(rec.run_dir, runner, WORKER.rank)
 
 
+def _forward_pre_hook(module, args, kwargs=None):
+    rec = active_recorder()
+    if rec is not None and WORKER.in_execute_model:
+        try:
+            WORKER.forward_token = _timer(rec).start(WORKER.step_id, "forward")
+        except Exception as exc:
+            rec.error("forward hook", exc)
+
+
+def _forward_hook(module, args, *rest):
+    token = getattr(WORKER, "forward_token", None)
+    if token is not None:
+        WORKER.forward_token = None
+        try:
+            WORKER.timer.end(token)
+        except Exception:
+            pass
+
+
+def wrap_mrv2_execute_model(original):
+    """Model Runner V2: time execute_model; eager and piecewise forwards are timed by module hooks
+    on runner.model (installed once), full CUDA graphs by the run_fullgraph region."""
+    timed = region("execute_model", starts_step=True)(original)
+
+    @functools.wraps(original)
+    def execute_model(self, *args, **kwargs):
+        if active_recorder() is None:
+            return original(self, *args, **kwargs)
+        model = getattr(self, "model", None)
+        if model is not None and not getattr(model, "_servescope_hooks", False):
+            try:
+                model.register_forward_pre_hook(_forward_pre_hook)
+                model.register_forward_hook(_forward_hook)
+                model._servescope_hooks = True
+            except Exception:
+                pass
+        WORKER.in_execute_model = True
+        try:
+            return timed(self, *args, **kwargs)
+        finally:
+            WORKER.in_execute_model = False
+
+    return execute_model
+
+
 MRV1 = "vllm.v1.worker.gpu_model_runner"
 MRV2 = "vllm.v1.worker.gpu.model_runner"
 RUNNER_PATCHES = (
@@ -85,7 +131,9 @@ RUNNER_PATCHES = (
     Patch(MRV1, "GPUModelRunner._sample", region("sample")),
     Patch(MRV1, "GPUModelRunner.propose_draft_token_ids", region("draft")),
     Patch(MRV1, "GPUModelRunner._bookkeeping_sync", region("bookkeep")),
-    Patch(MRV2, "GPUModelRunner.execute_model", region("execute_model", starts_step=True), optional=True),
+    Patch(MRV2, "GPUModelRunner.execute_model", wrap_mrv2_execute_model, optional=True),
+    Patch("vllm.v1.worker.gpu.cudagraph_utils", "ModelCudaGraphManager.run_fullgraph", region("forward"),
+          optional=True),
     Patch(MRV2, "GPUModelRunner.sample_tokens", region("sample_tokens"), optional=True),
     Patch(MRV2, "GPUModelRunner.sample", region("sample"), optional=True),
 )

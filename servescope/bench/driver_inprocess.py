@@ -1,0 +1,92 @@
+"""The in-process driver: vLLM's AsyncLLM built in this process, no HTTP in between.
+
+``drive_inprocess(engine_args, plan, run_dir)`` calls ``servescope.instrument(run_dir)``
+first, so this process's front end (arrival, output processing) and the EngineCore and
+workers vLLM starts all record into run_dir; then it builds an ``AsyncLLM`` from the same
+engine arguments ``vllm serve`` takes (``--model DIR --load-format dummy ...``) and sends the
+plan's requests as token-id prompts with ``ignore_eos`` and ``max_tokens`` through
+``run_load``, the same arrival loop the HTTP driver uses. Each ``generate()`` output
+(``RequestOutputKind.DELTA``: the tokens of one engine step) is a chunk in the client
+tables, so client minus engine time here is the front end alone, without HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+from servescope.bench.client import DEFAULT_REQUEST_TIMEOUT_S, CompletionRequest, RequestResult, record_result
+from servescope.bench.driver_http import LoadPlan, run_load
+from servescope.bench.progress import LiveStats
+from servescope.tracer.recorder import Recorder, open_recorder
+
+
+def async_engine_args(engine_args: list[str]):
+    """Return vLLM AsyncEngineArgs parsed from `vllm serve`-style arguments (e.g. ['--model', DIR, ...])."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = AsyncEngineArgs.add_cli_args(FlexibleArgumentParser(prog="servescope bench --in-process"))
+    return AsyncEngineArgs.from_cli_args(parser.parse_args(list(engine_args)))
+
+
+def build_async_llm(engine_args: list[str]):
+    """Return a started vLLM AsyncLLM for the engine arguments (call after servescope.instrument)."""
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    return AsyncLLM.from_engine_args(async_engine_args(engine_args))
+
+
+def make_send(engine, recorder: Recorder | None, request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S):
+    """Return a send(request) coroutine function that generates through engine (an AsyncLLM) and records the client rows."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+    from vllm.sampling_params import RequestOutputKind
+
+    async def send(request: CompletionRequest) -> RequestResult:
+        result = RequestResult(request.client_request_id, len(request.prompt_token_ids), request.max_tokens,
+                               request.scheduled_send_ns, engine_request_id=request.client_request_id)
+        params = SamplingParams(max_tokens=request.max_tokens, ignore_eos=True, detokenize=False,
+                                output_kind=RequestOutputKind.DELTA)
+        prompt = TokensPrompt(prompt_token_ids=request.prompt_token_ids)
+        result.send_ns = time.monotonic_ns()
+        try:
+            async with asyncio.timeout(request_timeout_s):
+                async for output in engine.generate(prompt, params, request.client_request_id):
+                    now = time.monotonic_ns()
+                    tokens = sum(len(o.token_ids) for o in output.outputs)
+                    if tokens:
+                        result.chunk_times_ns.append(now)
+                        result.chunk_tokens.append(tokens)
+            if not result.chunk_times_ns:
+                result.status, result.error = "error", "generate() ended without an output token"
+        except asyncio.CancelledError:  # generate() aborts the request in the engine
+            result.status, result.error = "cancelled", "cancelled before the request finished"
+            result.end_ns = time.monotonic_ns()
+            record_result(recorder, result)
+            raise
+        except TimeoutError:
+            result.status, result.error = "timeout", f"no complete answer within {request_timeout_s:g} s"
+        except Exception as exc:  # an engine error for this request
+            result.status, result.error = "error", f"{type(exc).__name__}: {exc}"[:500]
+        result.end_ns = time.monotonic_ns()
+        record_result(recorder, result)
+        return result
+
+    return send
+
+
+async def drive_inprocess(engine_args: list[str], plan: LoadPlan, run_dir: str | os.PathLike, *,
+                          request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S, stats: LiveStats | None = None,
+                          ) -> list[RequestResult]:
+    """Build an instrumented AsyncLLM in this process, run the plan on it, shut it down; return the results."""
+    import servescope
+
+    servescope.instrument(str(run_dir))
+    recorder = open_recorder(run_dir)  # the recorder instrument() opened: engine front end and client rows
+    engine = build_async_llm(engine_args)
+    try:
+        return await run_load(plan, make_send(engine, recorder, request_timeout_s), stats)
+    finally:
+        engine.shutdown()
