@@ -89,6 +89,78 @@ def export(
         _fail(str(exc))
 
 
+model_app = typer.Typer(help="Dummy-weight models for engines without a model hub.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("init")
+def model_init(
+    directory: Path = typer.Argument(..., help="Directory to write (config.json + tokenizer)."),
+    arch: str = typer.Option("tiny", "--arch", help="tiny | llama3-8b | llama2-7b | olmoe-1b-7b | llama3-1b"),
+    no_tokenizer: bool = typer.Option(False, "--no-tokenizer", help="Write config.json only."),
+) -> None:
+    """Write a model directory that vLLM serves with --load-format dummy, no hub needed."""
+    from servescope.bench.model_kit import ARCHS, init_model_dir
+
+    if arch not in ARCHS:
+        _fail(f"unknown --arch {arch!r}; choose from {', '.join(ARCHS)}")
+    path = init_model_dir(directory, arch, with_tokenizer=not no_tokenizer)
+    typer.echo(f"servescope: wrote {arch} to {path} (serve it with --load-format dummy)")
+
+
+@app.command()
+def overhead(
+    model: Path = typer.Option(..., "--model", help="Model directory (servescope model init)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory for overhead.json and the traced runs."),
+    load: str = typer.Option("offline", "--load", help="offline (one batch) or served (Poisson arrivals)."),
+    method: str = typer.Option("toggle", "--method",
+                               help="toggle: one engine, tracing switched off/on (offline); restart: an engine per arm."),
+    repeats: int = typer.Option(3, "--repeats", min=1, help="Repeats of each arm (alternating off, on)."),
+    num_requests: int = typer.Option(64, "--num-requests", min=1),
+    prompt_len: int = typer.Option(256, "--prompt-len", min=1),
+    output_len: int = typer.Option(64, "--output-len", min=1),
+    rate: float = typer.Option(4.0, "--rate", help="Requests/s for --load served."),
+    engine_args: str = typer.Option("{}", "--engine-args", help="JSON dict of vLLM engine arguments."),
+) -> None:
+    """Measure what tracing costs: the same workload with tracing off and on, alternating."""
+    from servescope.bench.overhead import run_overhead
+
+    try:
+        args = json.loads(engine_args)
+    except json.JSONDecodeError as exc:
+        _fail(f"--engine-args is not JSON: {exc}")
+    if load == "served" and method == "toggle":
+        method = "restart"
+    report = run_overhead(str(model), engine_args=args, load=load, method=method, repeats=repeats,
+                          num_requests=num_requests, prompt_len=prompt_len, output_len=output_len, rate=rate,
+                          out_dir=out)
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Tracing off vs on ({load}, {method}, {repeats} repeats each; medians)")
+    for col in ("metric", "off", "on", "change", "off spread"):
+        table.add_column(col)
+    for k, v in report["change"].items():
+        table.add_row(k, f"{v['off_median']:.4g}", f"{v['on_median']:.4g}",
+                      f"{100 * (v['relative_change'] or 0):+.2f}%", f"{100 * (v['off_spread'] or 0):.2f}%")
+    Console().print(table)
+    typer.echo(f"servescope: wrote {out / 'overhead.json'}")
+
+
+def _register_subcommands() -> None:
+    from servescope.analysis import commands as analysis_commands
+
+    analysis_commands.register(app)
+    for module in ("servescope.analysis.report_commands", "servescope.bench.commands"):
+        try:
+            __import__(module, fromlist=["register"]).register(app)
+        except ImportError:  # not built yet in this checkout
+            pass
+
+
+_register_subcommands()
+
+
 def main() -> None:
     """Entry point of the `servescope` console script."""
     app()

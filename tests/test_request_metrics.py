@@ -313,3 +313,27 @@ def test_plain_string_ids_give_the_same_metrics_as_dictionary_ids(tmp_path):
     plain, dictionary = compute_request_metrics(run), compute_request_metrics(load_run(path))
     for name, value in vars(dictionary).items():
         np.testing.assert_array_equal(getattr(plain, name), value, err_msg=name)
+
+
+def test_a_synthetic_engine_run_reads_back_consistently(tmp_path, monkeypatch):
+    from servescope.analysis import bench_scale
+
+    monkeypatch.setattr(bench_scale, "ROWS_PER_PART", 5_000)  # many parts, requests split across them
+    size = bench_scale.synthesize_run(tmp_path / "run", 2_000, 120_000, concurrency=64,
+                                      tokens_per_chunk=2.0, preempted_fraction=0.05, seed=7)
+    run = load_run(tmp_path / "run")
+    m = compute_request_metrics(run)
+    assert len(m) == 2_000 and m.output_tokens.sum() == 120_000
+    assert len(m.chunk_times_ns) == size["emission_rows"] == run.token_emissions.num_rows
+    # Each request's token count equals what its 'finished' event says the engine emitted.
+    events = run.request_events.to_pydict()
+    finished = {rid: out for rid, ev, out in zip(events["request_id"], events["event"], events["output_tokens"])
+                if ev == "finished"}
+    assert {rid: int(n) for rid, n in zip(m.request_id, m.output_tokens)} == finished
+    assert m.preemptions.sum() == events["event"].count("preempted") > 0
+    # Time order inside every request, and the flat arrays equal the per-request ones.
+    flat, offsets = m.all_tbt_per_token_s(), m.tbt_per_token_offsets()
+    assert (flat >= 0).all()
+    for i in range(len(m)):
+        np.testing.assert_array_equal(flat[offsets[i]:offsets[i + 1]], m.tbt_per_token(i))
+    assert np.all(np.diff(m.arrival_ns) >= 0)

@@ -246,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=1_000_000)
     p.add_argument("--tokens", type=int, default=100_000_000, help="output tokens in all")
     p.add_argument("--tokens-per-chunk", type=float, default=1.0,
-                   help="mean output tokens per emission row (1: no speculation, the worst case)")
+                   help="mean tokens per speculative step, 1 + Poisson(k - 1) per request "
+                        "(default 1: no speculation, one row per token, the worst case)")
     p.add_argument("--concurrency", type=int, default=256, help="requests decoding at once")
     p.add_argument("--dir", type=Path, help="run directory to write (default: a temporary one, removed after)")
     p.add_argument("--reuse", action="store_true", help="measure --dir as it is, do not synthesise")

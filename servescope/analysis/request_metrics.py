@@ -30,7 +30,7 @@ ARRIVAL, QUEUED, PREEMPTED, SCHEDULED, FINISHED = range(len(EVENT_ORDER))
 _BLOCK = 1 << 23  # rows per block where a whole-table temporary would cost memory
 
 
-@dataclass
+@dataclass(eq=False)
 class RequestMetrics:
     """Per-request timestamps (ns), token counts and latency metrics (s), sorted by arrival."""
 
@@ -229,9 +229,9 @@ def _token_arrays(emissions: pa.Table, universe: pa.Array, rank: np.ndarray) -> 
     counts = np.bincount(req[~dropped] if dropped.any() else req, minlength=n)
     del dropped
     chunk_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    destination = _grouped_destination(req, int(chunk_offsets[-1]))
-    del req
     kept = int(chunk_offsets[-1])
+    destination = _grouped_destination(req, kept)
+    del req
     chunk_times_ns = _scatter(emissions.column("time_ns"), destination, kept, MISSING_NS)
     chunk_num_tokens = _scatter(emissions.column("num_tokens"), destination, kept, 0)
     chunk_step_ids = _scatter(emissions.column("step_id"), destination, kept, -1)

@@ -18,6 +18,7 @@ import numpy as np
 from servescope.analysis.distributions import P999_MIN_COUNT, summarize
 from servescope.analysis.request_metrics import MISSING_NS, NS_PER_S, RequestMetrics, compute_request_metrics
 from servescope.analysis.run_data import RunData, load_run, release_unused_memory
+from servescope.analysis.slo import run_duration_s
 
 # Per-request metrics summarised over requests, in report order.
 PER_REQUEST_METRICS = (
@@ -65,12 +66,14 @@ CONVENTIONS = {
 
 
 def analyze_run(run_dir: str | os.PathLike, *, tbt_slo_s: float | None = None,
-                ttft_slo_s: float | None = None) -> dict:
+                ttft_slo_s: float | None = None, include_requests: bool = True) -> dict:
     """Return the run's JSON contract (run, conventions, summary, requests); times in seconds.
 
     With tbt_slo_s (the decode deadline D_d), every request also gets its fluidity
-    index, deadline misses and deadlines (fluidity.py), with ttft_slo_s as its
-    prefill deadline (fluidity.py's default when None).
+    index, deadline misses and deadlines (fluidity.py); ttft_slo_s is the first
+    token's deadline (None: the TTFT gap is not judged, fluidity.py's convention).
+    include_requests=False leaves out "requests" (one Python float per token: what
+    costs time and memory on a large run) when only the summary is wanted.
     """
     if ttft_slo_s is not None and tbt_slo_s is None:
         raise ValueError("ttft_slo_s is the fluidity index's prefill deadline: give tbt_slo_s too")
@@ -101,18 +104,16 @@ def analyze_run(run_dir: str | os.PathLike, *, tbt_slo_s: float | None = None,
             "ttft_deadline_s": ttft_slo_s,
             "service_miss_rate": service_level_miss_rate(fluidity["deadline_misses"], fluidity["deadlines"]),
         }
-    result["requests"] = request_records(metrics, tbt, fluidity, result["run"]["start_ns"])
+    if include_requests:
+        result["requests"] = request_records(metrics, tbt, fluidity, info["start_ns"])
     return result
 
 
 def run_info(run: RunData, metrics: RequestMetrics) -> dict:
-    """Return the run's size, time span (ns, monotonic), duration (s) and throughput (per s)."""
+    """Return the run's size, start (ns, monotonic), duration (s) and throughput (per s)."""
     arrivals = metrics.arrival_ns[metrics.arrival_ns != MISSING_NS]
-    ends = np.concatenate([metrics.last_token_ns, metrics.finished_ns])
-    ends = ends[ends != MISSING_NS]
-    start = int(arrivals.min()) if len(arrivals) else None
-    end = int(ends.max()) if len(ends) else None
-    duration = (end - start) / NS_PER_S if start is not None and end is not None and end > start else None
+    duration = run_duration_s(metrics.arrival_ns, metrics.last_token_ns, metrics.finished_ns)
+    duration = duration if duration > 0 else None  # NaN: nothing recorded
     finished = int((metrics.finished_ns != MISSING_NS).sum())
     output_tokens = int(metrics.output_tokens.sum())
     return {
@@ -122,8 +123,7 @@ def run_info(run: RunData, metrics: RequestMetrics) -> dict:
         "arrival_from_queue": int(metrics.arrival_from_queue.sum()),
         "prompt_tokens": int(metrics.prompt_tokens[metrics.prompt_tokens >= 0].sum()),
         "output_tokens": output_tokens,
-        "start_ns": start,
-        "end_ns": end,
+        "start_ns": int(arrivals.min()) if len(arrivals) else None,
         "duration_s": duration,
         "output_tokens_per_s": output_tokens / duration if duration else None,
         "requests_per_s": finished / duration if duration else None,

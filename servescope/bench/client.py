@@ -52,12 +52,17 @@ class EndpointError(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class CompletionRequest:
-    """One request to send: its client id, prompt token ids, max_tokens, and when it was due (ns, monotonic)."""
+    """One request to send: its client id, prompt token ids, max_tokens, and when it was due (ns, monotonic).
+
+    ``prompt_text``, when set, is sent instead of the token ids (the prompt the ids encode),
+    for servers that take no token-id prompts or to send exactly what a text client sends.
+    """
 
     client_request_id: str
     prompt_token_ids: list[int]
     max_tokens: int
     scheduled_send_ns: int | None = None
+    prompt_text: str | None = None
 
 
 @dataclass(slots=True)
@@ -156,7 +161,7 @@ class StreamingClient:
         """Return the JSON body of one streamed, token-id completion request."""
         return {
             "model": self.model,
-            "prompt": request.prompt_token_ids,
+            "prompt": request.prompt_token_ids if request.prompt_text is None else request.prompt_text,
             "max_tokens": request.max_tokens,
             "stream": True,
             "ignore_eos": True,

@@ -18,6 +18,7 @@ import itertools
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Awaitable, Callable
 
 import numpy as np
@@ -159,6 +160,6 @@ async def drive_http(endpoint: str, plan: LoadPlan, run_dir: str | os.PathLike, 
     base_url = base_url_of(endpoint)
     if model is None:
         model = (await served_model(base_url))["id"]  # raises EndpointError naming the URL
-    recorder = open_recorder(run_dir)
+    recorder = open_recorder(Path(run_dir).absolute())
     async with StreamingClient(base_url, model, recorder=recorder, request_timeout_s=request_timeout_s) as client:
         return await run_load(plan, client.complete, stats)

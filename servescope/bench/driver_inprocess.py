@@ -13,8 +13,10 @@ tables, so client minus engine time here is the front end alone, without HTTP.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import time
+from pathlib import Path
 
 from servescope.bench.client import DEFAULT_REQUEST_TIMEOUT_S, CompletionRequest, RequestResult, record_result
 from servescope.bench.driver_http import LoadPlan, run_load
@@ -83,10 +85,13 @@ async def drive_inprocess(engine_args: list[str], plan: LoadPlan, run_dir: str |
     """Build an instrumented AsyncLLM in this process, run the plan on it, shut it down; return the results."""
     import servescope
 
+    run_dir = Path(run_dir).absolute()  # the path vLLM's plugin opens too: one recorder, not two
     servescope.instrument(str(run_dir))
-    recorder = open_recorder(run_dir)  # the recorder instrument() opened: engine front end and client rows
     engine = build_async_llm(engine_args)
+    recorder = open_recorder(run_dir)  # the recorder the front end records into, after vLLM loaded its plugins
     try:
         return await run_load(plan, make_send(engine, recorder, request_timeout_s), stats)
     finally:
         engine.shutdown()
+        del engine
+        gc.collect()  # AsyncLLM.__del__ shuts down again: let it run now, not at interpreter exit

@@ -84,6 +84,12 @@ def uninstrument() -> None:
     """Remove every patch in this process, flush and close the recorder."""
     global _patch_set
     set_enabled(False)
+    if worker_hooks.WORKER.timer is not None:  # resolve the GPU regions still in flight
+        try:
+            worker_hooks.WORKER.timer.close()
+        except Exception:
+            pass
+        worker_hooks.WORKER.timer = None
     if _patch_set is not None:
         _patch_set.remove_all()
         _patch_set = None
