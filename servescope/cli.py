@@ -52,8 +52,8 @@ def analyze(
     from servescope.tracer.rundir import RunDirError
 
     try:
-        result = analyze_run(run_dir, tbt_slo_s=tbt_slo, ttft_slo_s=ttft_slo)
-    except RunDirError as exc:
+        result = analyze_run(run_dir, tbt_slo_s=tbt_slo, ttft_slo_s=ttft_slo, include_requests=as_json)
+    except (RunDirError, ValueError) as exc:
         _fail(str(exc))
     if as_json:
         json.dump(result, sys.stdout, allow_nan=False)

@@ -368,6 +368,7 @@ def test_interrupted_probe_is_not_reused(tmp_path):
     oracle = CountingOracle()
     search_capacity_runs(tmp_path, oracle, slos, start_rate=1.0, load_key="k", granularity=0.05)
     assert oracle.rates[0] == 1.0  # the unfinished probe at 1.0 req/s ran again
+    assert (tmp_path / "probes" / "k" / "rate-1.stale-1" / "probe.json").exists()  # and its directory was kept
 
 
 # --------------------------------------------------------------------------- sweep and server arguments

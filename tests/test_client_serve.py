@@ -194,21 +194,23 @@ def vllm_client_argv(server, model_dir: Path, seed: int, result_file: Path) -> l
             "--result-dir", str(result_file.parent), "--result-filename", result_file.name]
 
 
-def servescope_round(server, model_dir: Path, seed: int, run_dir: Path) -> tuple[list[float], list[float]]:
-    """Run servescope's client for one round; return TTFTs and per-chunk ITLs (ms) as recorded in run_dir."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+def servescope_plan(tokenizer, seed: int) -> tuple:
+    """Return one round's load plan and the text of each of its prompts (the tokenizer's decode of the ids)."""
     workload = Workload("cross-check", [Request(0.0, PROMPT_TOKENS, OUTPUT_TOKENS)] * ROUND_REQUESTS, "test",
                         has_arrival_times=False)
     prompts = SyntheticPrompts(tokenizer.vocab_size, tokenizer.all_special_ids, seed=seed)
     plan = plan_load(workload, prompts, concurrency=CONCURRENCY, id_prefix=f"xcheck{seed}")
+    texts = {f"xcheck{seed}-{i}": tokenizer.decode(ids) for i, ids in enumerate(plan.prompts)}
+    return plan, texts
+
+
+def servescope_round(server, model_dir: Path, plan, texts: dict, run_dir: Path) -> tuple[list[float], list[float]]:
+    """Run servescope's client for one round; return TTFTs and per-chunk ITLs (ms) as recorded in run_dir."""
 
     async def go():
         recorder = open_recorder(run_dir.absolute())
         async with StreamingClient(server.url, str(model_dir), recorder=recorder, request_timeout_s=120) as client:
-            return await run_load(plan, lambda r: client.complete(
-                replace(r, prompt_text=tokenizer.decode(r.prompt_token_ids))))
+            return await run_load(plan, lambda r: client.complete(replace(r, prompt_text=texts[r.client_request_id])))
 
     results = asyncio.run(go())
     close_recorder()
@@ -226,14 +228,18 @@ def test_vllm_benchmark_client_and_servescope_client_agree(server, tiny_model_di
         child = subprocess.Popen([sys.executable, "-c", VLLM_CLIENT, json.dumps(rounds)], stdin=subprocess.PIPE,
                                  stdout=subprocess.PIPE, stderr=log_file, text=True, env=engine_env())
     lines = ChildLines(child, log)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    plans = [servescope_plan(tokenizer, 2000 + r) for r in range(ROUNDS)]  # nothing to prepare once a round runs
     try:
         assert lines.next() == "ready"
         samples = {client: {"ttft": [], "itl": []} for client in ("servescope", "vllm")}
-        for r in range(ROUNDS):
+        for r, (plan, texts) in enumerate(plans):
             child.stdin.write("go\n")
             child.stdin.flush()
             assert lines.next() == "sending"
-            ttft, itl = servescope_round(server, tiny_model_dir, 2000 + r, tmp_path / f"servescope-{r}")
+            ttft, itl = servescope_round(server, tiny_model_dir, plan, texts, tmp_path / f"servescope-{r}")
             theirs = json.loads(lines.next())
             assert not any(theirs["errors"]), theirs["errors"][:3]
             samples["servescope"]["ttft"].append(ttft)

@@ -112,3 +112,69 @@ def test_faults_inside_servescope_leave_vllm_outputs_unchanged(offline_run, faul
     m = load_manifest(faulty_offline_run.run_dir)
     assert m["health"]["internal_errors"] > 0
     assert read_table(faulty_offline_run.run_dir, "token_emissions").num_rows == 0
+
+
+def _recompute_request(events, rows):
+    """Per-request metrics straight from metrics.md, with plain Python over the raw rows."""
+    a = events["arrival"]["time_ns"]
+    s = events["scheduled"]["time_ns"]
+    token_times = [r["time_ns"] for r in sorted(rows, key=lambda r: r["time_ns"]) for _ in range(r["num_tokens"])]
+    chunk_times = sorted(r["time_ns"] for r in rows)
+    n = len(token_times)
+    t0, tl = token_times[0], token_times[-1]
+    return {
+        "ttft_s": (t0 - a) / 1e9, "scheduling_delay_s": (s - a) / 1e9, "prefill_s": (t0 - s) / 1e9,
+        "decode_s": (tl - t0) / 1e9, "e2e_s": (tl - a) / 1e9, "ttst_s": (token_times[1] - t0) / 1e9,
+        "tpot_s": (tl - t0) / 1e9 / (n - 1), "normalized_latency_s": (tl - a) / 1e9 / n,
+        "tbt_per_token_s": [(y - x) / 1e9 for x, y in zip(token_times, token_times[1:])],
+        "tbt_per_chunk_s": [(y - x) / 1e9 for x, y in zip(chunk_times, chunk_times[1:])],
+        "output_tokens": n, "prompt_tokens": events["arrival"]["prompt_tokens"],
+    }
+
+
+def test_analyze_json_equals_an_independent_recomputation(offline_run):
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "servescope.cli", "analyze", str(offline_run.run_dir), "--json"],
+                          capture_output=True, text=True, check=True)
+    result = json.loads(proc.stdout)
+    events, emissions = _events(offline_run.run_dir), _emissions(offline_run.run_dir)
+    assert {r["request_id"] for r in result["requests"]} == set(events)
+    for req in result["requests"]:
+        expected = _recompute_request(events[req["request_id"]], emissions[req["request_id"]])
+        for key, value in expected.items():
+            assert req[key] == pytest.approx(value, rel=1e-9, abs=1e-9), (req["request_id"], key)
+        assert req["scheduling_delay_s"] + req["prefill_s"] + req["decode_s"] == pytest.approx(req["e2e_s"], abs=1e-9)
+        assert sum(req["tbt_per_token_s"]) == pytest.approx(sum(req["tbt_per_chunk_s"]), abs=1e-9)
+        assert req["preemptions"] == 0
+    ttfts = sorted(r["ttft_s"] for r in result["requests"])
+    summary = result["summary"]["ttft_s"]
+    assert summary["count"] == len(ttfts) and summary["max"] == pytest.approx(ttfts[-1])
+    import numpy as np
+
+    assert summary["p50"] == pytest.approx(float(np.percentile(ttfts, 50)))
+    assert summary["p99"] == pytest.approx(float(np.percentile(ttfts, 99)))
+    all_tbt = [g for r in result["requests"] for g in r["tbt_per_token_s"]]
+    assert result["summary"]["tbt_per_token_s"]["count"] == len(all_tbt)
+    assert result["summary"]["tbt_per_token_s"]["p90"] == pytest.approx(float(np.percentile(all_tbt, 90)))
+
+
+def test_analyze_prints_a_readable_summary(offline_run):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "servescope.cli", "analyze", str(offline_run.run_dir)],
+                          capture_output=True, text=True, check=True)
+    for word in ("ttft", "scheduling", "tbt", "p99"):
+        assert word in proc.stdout.lower()
+
+
+def test_analyze_names_a_missing_run_directory(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "servescope.cli", "analyze", str(tmp_path / "nope")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "nope" in proc.stderr

