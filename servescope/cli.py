@@ -147,6 +147,20 @@ def overhead(
     typer.echo(f"servescope: wrote {out / 'overhead.json'}")
 
 
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Run directory to record into (created)."),
+    requests: int = typer.Option(200, "--requests", min=1, help="Requests from the start of the trace."),
+    rate: float = typer.Option(3.0, "--rate", help="Replay rate, requests/s (the trace's gaps are scaled)."),
+    tbt_slo: float = typer.Option(0.1, "--tbt-slo", help="TBT deadline for the fluidity index, seconds."),
+) -> None:
+    """The main job: replay the Azure 2023 conversation trace against vLLM (CPU build, tiny dummy model),
+    record it, analyse it, audit it and write the report."""
+    from servescope.demo import run_demo
+
+    run_demo(out, requests=requests, rate_per_s=rate, tbt_slo_s=tbt_slo, echo=typer.echo)
+
+
 def _register_subcommands() -> None:
     from servescope.analysis import commands as analysis_commands
 

@@ -8,18 +8,22 @@ request at its offset whatever the server does; closed loop keeps ``concurrency`
 in flight and sends the next when one ends. It stops sending after the plan's last request
 or after ``duration_s``, waits for the requests in flight (each bounded by its own timeout),
 and on cancellation (Ctrl-C) cancels them, so each still records its row as ``cancelled``.
+While it runs, the objects that existed before are frozen out of the garbage collector
+(``frozen_gc_heap``), so a full collection cannot pause the client mid-measurement.
 ``drive_http`` runs a plan against an OpenAI-compatible endpoint with ``StreamingClient``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import itertools
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Iterator
 
 import numpy as np
 
@@ -102,8 +106,29 @@ def _request(plan: LoadPlan, index: int, scheduled_ns: int) -> CompletionRequest
     return CompletionRequest(f"{plan.id_prefix}-{index}", plan.prompts[index], plan.max_tokens[index], scheduled_ns)
 
 
+@contextlib.contextmanager
+def frozen_gc_heap() -> Iterator[None]:
+    """Collect, then freeze the objects that exist now, for the block: no long GC pause while timing.
+
+    A garbage collection of the oldest generation walks every object of the process (a
+    vLLM or transformers import makes millions), and pauses the event loop for 100 ms and
+    more, which the client would measure as latency. vLLM's benchmark client does the same.
+    """
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 async def run_load(plan: LoadPlan, send: Send, stats: LiveStats | None = None) -> list[RequestResult]:
     """Send the plan's requests through send on its schedule; return every ended request's result."""
+    with frozen_gc_heap():
+        return await _run_load(plan, send, stats)
+
+
+async def _run_load(plan: LoadPlan, send: Send, stats: LiveStats | None) -> list[RequestResult]:
     stats = stats if stats is not None else LiveStats()
     results: list[RequestResult] = []
     tasks: set[asyncio.Task] = set()
