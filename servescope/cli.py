@@ -27,6 +27,9 @@ def _fail(message: str) -> None:
 def run(
     ctx: typer.Context,
     out: Path = typer.Option(..., "--out", "-o", help="Run directory to record into (created)."),
+    export_spans: bool = typer.Option(True, "--export/--no-export",
+                                      help="Afterwards, export OpenTelemetry spans (OTEL_EXPORTER_OTLP_* endpoint, "
+                                           "else OTLP-JSON lines in RUN/otlp/)."),
 ) -> None:
     """Run COMMAND (after --) and record every vLLM process it starts into the run directory."""
     command = list(ctx.args)
@@ -34,7 +37,7 @@ def run(
         _fail("no command given: servescope run --out RUN -- python script.py")
     from servescope.launcher import run_command
 
-    code = run_command(command, out)
+    code = run_command(command, out, export_spans=export_spans)
     typer.echo(f"servescope: recorded into {out} (command exit code {code}); next: servescope analyze {out}",
                err=True)
     raise typer.Exit(code)

@@ -178,3 +178,13 @@ def test_analyze_names_a_missing_run_directory(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "servescope.cli", "analyze", str(tmp_path / "nope")],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "nope" in proc.stderr
+
+
+def test_servescope_run_leaves_otlp_json_spans_without_an_endpoint(offline_run):
+    from otlp_receiver import otlp_json_to_request, spans_of
+
+    lines = (offline_run.run_dir / "otlp" / "spans.jsonl").read_text().splitlines()
+    spans = spans_of([otlp_json_to_request(line) for line in lines if line.strip()])
+    names = [s.name for s in spans]
+    assert sum(n.startswith("text_completion") for n in names) == offline_run.num_requests
+    assert names.count("servescope.step") == read_table(offline_run.run_dir, "steps").num_rows

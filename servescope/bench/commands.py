@@ -605,7 +605,7 @@ def bench(
 
 def capacity(
     workload: str = typer.Option(..., "--workload", "-w", help=WORKLOAD_HELP),
-    out: Path = typer.Option(..., "--out", "-o", help="Directory of the search: probes/<rate>/ runs, capacity.json."),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory of the search: probes/<load key>/rate-R/ runs, capacity.json."),
     slo: str = typer.Option(..., "--slo", help="fluidity | tbt-ttft | ttft-tpot"),
     tbt: Optional[float] = typer.Option(None, "--tbt", help="TBT bound or fluidity decode deadline D_d, seconds."),
     ttft: Optional[float] = typer.Option(None, "--ttft", help="TTFT bound (fluidity: prefill deadline), seconds."),
@@ -645,6 +645,8 @@ def capacity(
             raise BenchError("give --endpoint URL or --engine-args '...', exactly one")
         if measure is None:
             measure = "client" if endpoint is not None and server_run is None else "engine"
+        if measure not in ("engine", "client"):
+            raise BenchError(f"--measure is 'engine' or 'client', not {measure!r}")
         if measure == "engine" and endpoint is not None and server_run is None:
             raise BenchError("engine-side metrics of an --endpoint need --server-run DIR (where its server records)")
         _load_workload(BenchSpec(workload, count, seed))  # bad workload: fail before starting anything

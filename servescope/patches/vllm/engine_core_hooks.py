@@ -14,6 +14,7 @@ from typing import Any
 
 from servescope.patches.patch import Patch
 from servescope.patches.vllm.active import active_recorder
+from servescope.patches.vllm.observe import observe_after, observe_before
 from servescope.tracer.clock import now_ns
 
 STEP_ATTR = "_servescope_step_id"
@@ -114,67 +115,32 @@ def _on_schedule(rec, scheduler, out, t0: int, t1: int) -> None:
 
 
 # ---- Scheduler.add_request / _preempt_request / finish_requests / make_spec_decoding_stats
-def wrap_add_request(original):
-    @functools.wraps(original)
-    def add_request(self, request, *args, **kwargs):
-        rec = active_recorder()
-        if rec is None:
-            return original(self, request, *args, **kwargs)
-        is_new = request.request_id not in self.requests
-        out = original(self, request, *args, **kwargs)
-        if is_new:
-            try:
-                params = request.sampling_params
-                rec.append(
-                    "request_events",
-                    (request.request_id, "queued", now_ns(), None, request.num_prompt_tokens,
-                     getattr(params, "max_tokens", None) if params is not None else None, None, None),
-                )
-            except Exception as exc:
-                rec.error("Scheduler.add_request", exc)
-        return out
-
-    return add_request
+def _record_queued(rec, scheduler, result, request, *args, **kwargs) -> None:
+    if scheduler.requests.get(request.request_id) is not request:  # a streaming update of a known request
+        return
+    params = request.sampling_params
+    rec.append("request_events", (request.request_id, "queued", now_ns(), None, request.num_prompt_tokens,
+                                  getattr(params, "max_tokens", None), None, None))
 
 
-def wrap_preempt_request(original):
-    @functools.wraps(original)
-    def _preempt_request(self, request, *args, **kwargs):
-        rec = active_recorder()
-        if rec is not None:
-            try:
-                STATE.preempted_while_scheduling += 1
-                rec.append(
-                    "request_events",
-                    (request.request_id, "preempted", now_ns(), STATE.scheduling_step_id, None, None,
-                     request.num_output_tokens, None),
-                )
-            except Exception as exc:
-                rec.error("Scheduler._preempt_request", exc)
-        return original(self, request, *args, **kwargs)
-
-    return _preempt_request
+def _record_preempted(rec, scheduler, request, *args, **kwargs) -> None:
+    STATE.preempted_while_scheduling += 1
+    rec.append("request_events", (request.request_id, "preempted", now_ns(), STATE.scheduling_step_id, None, None,
+                                  request.num_output_tokens, None))
 
 
-def wrap_finish_requests(original):
+def _record_aborted(rec, scheduler, finished, request_ids, finished_status, *args, **kwargs) -> None:
     """Aborts (client gone, LLM.abort) end a request outside update_from_output."""
+    t = now_ns()
+    reason = getattr(finished_status, "name", str(finished_status)).lower()
+    for request in finished or ():
+        rec.append("request_events", (request.request_id, "finished", t, None, None, None,
+                                      request.num_output_tokens, reason))
 
-    @functools.wraps(original)
-    def finish_requests(self, request_ids, finished_status, *args, **kwargs):
-        out = original(self, request_ids, finished_status, *args, **kwargs)
-        rec = active_recorder()
-        if rec is not None and out:
-            try:
-                t = now_ns()
-                reason = getattr(finished_status, "name", str(finished_status)).lower()
-                for request in out:
-                    rec.append("request_events", (request.request_id, "finished", t, None, None, None,
-                                                  request.num_output_tokens, reason))
-            except Exception as exc:
-                rec.error("Scheduler.finish_requests", exc)
-        return out
 
-    return finish_requests
+wrap_add_request = observe_after("Scheduler.add_request", _record_queued)
+wrap_preempt_request = observe_before("Scheduler._preempt_request", _record_preempted)
+wrap_finish_requests = observe_after("Scheduler.finish_requests", _record_aborted)
 
 
 def wrap_make_spec_decoding_stats(original):

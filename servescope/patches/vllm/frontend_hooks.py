@@ -6,32 +6,22 @@ import functools
 
 from servescope.patches.patch import Patch
 from servescope.patches.vllm.active import active_recorder
+from servescope.patches.vllm.observe import observe_before
 from servescope.tracer.clock import now_ns, wall_seconds_to_monotonic_ns
 
 
-def wrap_add_request(original):
+def _record_arrival(rec, output_processor, request, *args, **kwargs) -> None:
     """OutputProcessor.add_request sees every request the front end accepted, with vLLM's arrival time."""
+    arrival = getattr(request, "arrival_time", None)
+    t = wall_seconds_to_monotonic_ns(arrival) if arrival else now_ns()
+    prompt = getattr(request, "prompt_token_ids", None)
+    params = getattr(request, "sampling_params", None)
+    rec.append("request_events", (request.request_id, "arrival", t, None, len(prompt) if prompt is not None else None,
+                                  getattr(params, "max_tokens", None), None,
+                                  getattr(request, "external_req_id", None) or request.request_id))
 
-    @functools.wraps(original)
-    def add_request(self, request, *args, **kwargs):
-        rec = active_recorder()
-        if rec is not None:
-            try:
-                arrival = getattr(request, "arrival_time", None)
-                t = wall_seconds_to_monotonic_ns(arrival) if arrival else now_ns()
-                prompt = getattr(request, "prompt_token_ids", None)
-                params = getattr(request, "sampling_params", None)
-                rec.append(
-                    "request_events",
-                    (request.request_id, "arrival", t, None, len(prompt) if prompt is not None else None,
-                     getattr(params, "max_tokens", None), None,
-                     getattr(request, "external_req_id", None) or request.request_id),
-                )
-            except Exception as exc:
-                rec.error("OutputProcessor.add_request", exc)
-        return original(self, request, *args, **kwargs)
 
-    return add_request
+wrap_add_request = observe_before("OutputProcessor.add_request", _record_arrival)
 
 
 def wrap_process_outputs(original):

@@ -1,0 +1,64 @@
+"""Host cost of servescope's per-step work, hook by hook, on this machine's CPU.
+
+    python benchmarks/hook_cost.py [--batch 32] [--steps 20000]
+
+Calls the EngineCore hooks' bodies (what runs after vLLM's own Scheduler.schedule and
+update_from_output return) and the worker region timer on stand-ins shaped like vLLM's
+SchedulerOutput / EngineCoreOutputs for a decode batch of --batch requests, with a real
+Recorder appending into memory (no flush), and prints microseconds per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from types import SimpleNamespace
+
+from servescope.patches.vllm import engine_core_hooks as ech
+from servescope.tracer.host_region_timer import HostRegionTimer
+from servescope.tracer.recorder import Recorder
+
+
+def per_call_us(fn, n: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t0) / n * 1e6
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=20000)
+    args = ap.parse_args()
+    rec = Recorder(tempfile.mkdtemp(), max_buffered_rows=10**9)
+    ids = [f"{i}-abcdef12" for i in range(args.batch)]
+    cached = SimpleNamespace(req_ids=ids, resumed_req_ids=set(), num_output_tokens=[5] * args.batch)
+    out = SimpleNamespace(num_scheduled_tokens={r: 1 for r in ids}, scheduled_new_reqs=[], scheduled_cached_reqs=cached,
+                          total_num_scheduled_tokens=args.batch, scheduled_spec_decode_tokens={})
+    scheduler = SimpleNamespace(kv_cache_manager=SimpleNamespace(usage=0.1), running=ids, waiting=[],
+                                vllm_config=None)
+    ech.STATE.facts_written = True
+    outputs = {0: SimpleNamespace(timestamp=time.monotonic(), outputs=[
+        SimpleNamespace(request_id=r, new_token_ids=[7], finish_reason=None) for r in ids])}
+
+    def schedule_then_update():
+        ech._on_schedule(rec, scheduler, out, 1, 2)
+        ech._on_update(rec, out, outputs, 3, 4)
+
+    timer = HostRegionTimer(lambda row: rec.append("worker_regions", row))
+
+    def five_regions():
+        for name in ("execute_model", "forward", "sample_tokens", "sample", "bookkeep"):
+            timer.end(timer.start(1, name))
+
+    step_us = per_call_us(schedule_then_update, args.steps)
+    region_us = per_call_us(five_regions, args.steps)
+    print(f"batch {args.batch}: EngineCore hooks (schedule + update bodies) {step_us:.1f} us/step; "
+          f"5 host-timed worker regions {region_us:.1f} us/step; "
+          f"per emitted token {step_us / args.batch:.2f} us")
+
+
+if __name__ == "__main__":
+    main()
