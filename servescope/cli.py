@@ -49,13 +49,23 @@ def analyze(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document {requests, summary}."),
     tbt_slo: Optional[float] = typer.Option(None, "--tbt-slo", help="TBT deadline in seconds (adds fluidity)."),
     ttft_slo: Optional[float] = typer.Option(None, "--ttft-slo", help="TTFT deadline in seconds for fluidity."),
+    prefill_model: Optional[Path] = typer.Option(None, "--prefill-model",
+                                                 help="Fluidity's TTFT deadline = predicted prefill (servescope "
+                                                      "calibrate-prefill) + --ttft-slack."),
+    ttft_slack: float = typer.Option(0.0, "--ttft-slack", help="Slack added to the predicted prefill, seconds."),
 ) -> None:
     """Print the run's per-request metrics and their distributions."""
     from servescope.analysis.summary import analyze_run, summary_text
     from servescope.tracer.rundir import RunDirError
 
     try:
-        result = analyze_run(run_dir, tbt_slo_s=tbt_slo, ttft_slo_s=ttft_slo, include_requests=as_json)
+        model = None
+        if prefill_model is not None:
+            from servescope.analysis.prefill_calibration import load_prefill_model
+
+            model = load_prefill_model(prefill_model)
+        result = analyze_run(run_dir, tbt_slo_s=tbt_slo, ttft_slo_s=ttft_slo, include_requests=as_json,
+                             prefill_model=model, ttft_slack_s=ttft_slack)
     except (RunDirError, ValueError) as exc:
         _fail(str(exc))
     if as_json:
@@ -63,6 +73,25 @@ def analyze(
         sys.stdout.write("\n")
     else:
         typer.echo(summary_text(result))
+
+
+@app.command("calibrate-prefill")
+def calibrate_prefill_command(
+    runs: List[Path] = typer.Argument(..., help="Calibration runs (e.g. servescope bench --concurrency 1)."),
+    out: Path = typer.Option(..., "--out", "-o", help="JSON file to write the prefill model to."),
+) -> None:
+    """Fit the isolated-prefill time model (fluidity's first-token deadline) on recorded runs."""
+    from servescope.analysis.prefill_calibration import calibrate_prefill, save_prefill_model
+    from servescope.tracer.rundir import RunDirError
+
+    try:
+        model = calibrate_prefill([str(r) for r in runs])
+    except (RunDirError, ValueError) as exc:
+        _fail(str(exc))
+    save_prefill_model(model, out)
+    c0, c1, c2 = model.coefficients_s
+    typer.echo(f"servescope: prefill_s = {c0:.4g} + {c1:.4g} * L + {c2:.4g} * L^2 from {model.num_samples} isolated "
+               f"prefills (rms residual {model.rms_residual_s * 1e3:.3g} ms); wrote {out}")
 
 
 @app.command()

@@ -23,3 +23,9 @@ def offline_run(tmp_path_factory, tiny_model_dir):
 def faulty_offline_run(tmp_path_factory, tiny_model_dir):
     """The same run with every recorder append raising inside servescope."""
     return record_offline_run(tmp_path_factory.mktemp("faulty"), tiny_model_dir, SERVESCOPE_INJECT_FAULTS="1")
+
+
+@pytest.fixture(scope="session")
+def large_budget_offline_run(tmp_path_factory, tiny_model_dir):
+    """The same workload with a 4x larger chunked-prefill token budget (max_num_batched_tokens 512)."""
+    return record_offline_run(tmp_path_factory.mktemp("budget512"), tiny_model_dir, token_budget=512)

@@ -279,3 +279,23 @@ def test_iteration_breakdown_adds_up_on_a_real_offline_run(offline_run):
     assert samples.engine.get("name") == "vllm" and samples.parameters
     res = compare(samples, samples, n_boot=20)
     assert res["configuration"]["same_engine"] and res["configuration"]["parameter_differences"] == []
+
+
+@pytest.mark.engine
+def test_two_real_configurations_are_compared_and_audited(offline_run, large_budget_offline_run):
+    """Chunked-prefill token budget 128 vs 512 on the CPU engine: the comparison names the
+    parameter that differs, its parts add up, and the audit flags the untuned side."""
+    from servescope.analysis.checklist import audit_run_dirs
+    from servescope.analysis.compare import compare_run_dirs
+
+    result = compare_run_dirs([str(offline_run.run_dir)], [str(large_budget_offline_run.run_dir)])
+    diffs = {d["name"]: (d["baseline"], d["treatment"]) for d in result["configuration"]["parameter_differences"]}
+    assert diffs["max_num_batched_tokens"] == (128, 512)
+    assert result["configuration"]["same_engine"]
+    split = result["e2e_split"]
+    assert split["scheduling_delay"] + split["prefill"] + split["decode"] == pytest.approx(split["e2e"], abs=1e-9)
+    assert result["statement"]
+    verdicts = {r.item: r for r in audit_run_dirs([str(offline_run.run_dir)], [str(large_budget_offline_run.run_dir)])}
+    tuning = verdicts[2]
+    assert str(getattr(tuning.status, "value", tuning.status)) in ("warn", "fail")
+    assert any("max_num_batched_tokens" in e for e in tuning.evidence)

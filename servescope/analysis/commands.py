@@ -56,14 +56,17 @@ def register(app: typer.Typer) -> None:
     def audit(
         runs: List[Path] = typer.Argument(..., help="Run directories (the baseline side, or all runs)."),
         treat: Optional[List[Path]] = typer.Option(None, "--treat", help="Treatment runs, if comparing."),
+        ttft_slo: Optional[float] = typer.Option(None, "--ttft-slo", help="P99 TTFT bound of the application, s."),
+        tbt_slo: Optional[float] = typer.Option(None, "--tbt-slo", help="P99 TBT bound of the application, s."),
         as_json: bool = typer.Option(False, "--json", help="Print the verdicts as JSON."),
     ) -> None:
         """Audit runs against the eight-item checklist of 'On Evaluating Performance of LLM Inference Systems'."""
         from servescope.analysis.checklist import audit_run_dirs
         from servescope.tracer.rundir import RunDirError
 
+        slos = {k: v for k, v in (("ttft_s", ttft_slo), ("tbt_s", tbt_slo)) if v is not None} or None
         try:
-            results = audit_run_dirs([str(r) for r in runs], [str(t) for t in (treat or [])])
+            results = audit_run_dirs([str(r) for r in runs], [str(t) for t in (treat or [])], slos=slos)
         except RunDirError as exc:
             typer.secho(f"servescope: {exc}", fg="red", err=True)
             raise typer.Exit(2)

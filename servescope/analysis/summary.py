@@ -66,17 +66,20 @@ CONVENTIONS = {
 
 
 def analyze_run(run_dir: str | os.PathLike, *, tbt_slo_s: float | None = None,
-                ttft_slo_s: float | None = None, include_requests: bool = True) -> dict:
+                ttft_slo_s: float | None = None, include_requests: bool = True,
+                prefill_model=None, ttft_slack_s: float = 0.0) -> dict:
     """Return the run's JSON contract (run, conventions, summary, requests); times in seconds.
 
     With tbt_slo_s (the decode deadline D_d), every request also gets its fluidity
     index, deadline misses and deadlines (fluidity.py); ttft_slo_s is the first
     token's deadline (None: the TTFT gap is not judged, fluidity.py's convention).
+    prefill_model (fluidity.PrefillModel) makes each request's first-token deadline its predicted
+    isolated prefill time plus ttft_slack_s, as metrics.md defines D_p (ttft_slo_s, when given, wins).
     include_requests=False leaves out "requests" (one Python float per token: what
     costs time and memory on a large run) when only the summary is wanted.
     """
-    if ttft_slo_s is not None and tbt_slo_s is None:
-        raise ValueError("ttft_slo_s is the fluidity index's prefill deadline: give tbt_slo_s too")
+    if (ttft_slo_s is not None or prefill_model is not None) and tbt_slo_s is None:
+        raise ValueError("a TTFT deadline or prefill model is part of the fluidity index: give tbt_slo_s too")
     run = load_run(run_dir)
     metrics = compute_request_metrics(run)
     info = run_info(run, metrics)
@@ -86,7 +89,8 @@ def analyze_run(run_dir: str | os.PathLike, *, tbt_slo_s: float | None = None,
     if tbt_slo_s is not None:
         from servescope.analysis.fluidity import fluidity_for_requests, service_level_miss_rate
 
-        fluidity = fluidity_for_requests(metrics, tbt_deadline_s=tbt_slo_s, ttft_deadline_s=ttft_slo_s)
+        fluidity = fluidity_for_requests(metrics, tbt_deadline_s=tbt_slo_s, ttft_deadline_s=ttft_slo_s,
+                                         prefill_model=prefill_model, ttft_slack_s=ttft_slack_s)
     tbt = {"tbt_per_token_s": metrics.all_tbt_per_token_s(),
            "tbt_per_chunk_s": metrics.all_tbt_per_chunk_s()}
 
@@ -102,6 +106,8 @@ def analyze_run(run_dir: str | os.PathLike, *, tbt_slo_s: float | None = None,
         result["fluidity"] = {
             "tbt_deadline_s": tbt_slo_s,
             "ttft_deadline_s": ttft_slo_s,
+            "prefill_model_s": list(prefill_model.coefficients_s) if prefill_model is not None else None,
+            "ttft_slack_s": ttft_slack_s if prefill_model is not None else None,
             "service_miss_rate": service_level_miss_rate(fluidity["deadline_misses"], fluidity["deadlines"]),
         }
     if include_requests:

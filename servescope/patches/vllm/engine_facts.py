@@ -71,9 +71,17 @@ ENGINE_PARAMETERS = {
 }
 
 
+SPECULATIVE_FIELDS = ("speculative_method", "num_speculative_tokens", "speculative_model",
+                      "rejection_sample_method", "synthetic_acceptance_length")
+
+
 def engine_parameters(vllm_config: Any) -> dict[str, Any]:
     """Return every performance-critical engine parameter in effect, as plain JSON values."""
-    return {name: _plain(_get(vllm_config, path)) for name, path in ENGINE_PARAMETERS.items()}
+    params = {name: _plain(_get(vllm_config, path)) for name, path in ENGINE_PARAMETERS.items()}
+    # one value that says "speculation off" (None) or how it is configured, for comparisons and the audit
+    params["speculative_config"] = ({k: params[k] for k in SPECULATIVE_FIELDS}
+                                    if _get(vllm_config, "speculative_config") is not None else None)
+    return params
 
 
 def model_facts(vllm_config: Any) -> dict[str, Any]:
