@@ -156,6 +156,11 @@ def test_analyze_json_equals_an_independent_recomputation(offline_run):
 
     assert summary["p50"] == pytest.approx(float(np.percentile(ttfts, 50)))
     assert summary["p99"] == pytest.approx(float(np.percentile(ttfts, 99)))
+    iterations = result["iterations"]
+    assert iterations["steps"] == read_table(offline_run.run_dir, "steps").num_rows
+    assert sum(k["steps"] for k in iterations["by_kind"].values()) == iterations["steps"]
+    assert {"prefill", "decode", "mixed"} <= set(iterations["by_kind"])
+    assert "speculative" not in result
     all_tbt = [g for r in result["requests"] for g in r["tbt_per_token_s"]]
     assert result["summary"]["tbt_per_token_s"]["count"] == len(all_tbt)
     assert result["summary"]["tbt_per_token_s"]["p90"] == pytest.approx(float(np.percentile(all_tbt, 90)))

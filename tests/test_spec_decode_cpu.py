@@ -36,3 +36,9 @@ def test_ngram_acceptance_matches_vllm_counters(tmp_path, tiny_model_dir):
     for step_id in {r["step_id"] for r in spec_rows}:
         verified = sum(r["num_draft_tokens"] for r in spec_rows if r["step_id"] == step_id)
         assert steps[step_id]["num_spec_tokens"] >= verified
+
+    from servescope.analysis.summary import analyze_run
+
+    summary = analyze_run(run_dir, include_requests=False)["speculative"]
+    assert summary["accepted_per_position"] == theirs["vllm:spec_decode_num_accepted_tokens_per_pos"]
+    assert summary["draft_tokens"] == theirs["vllm:spec_decode_num_draft_tokens"]

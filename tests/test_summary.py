@@ -110,7 +110,7 @@ def fake_fluidity(monkeypatch, calls):
     """Install a stand-in servescope.analysis.fluidity that records how it was called."""
     module = types.ModuleType("servescope.analysis.fluidity")
 
-    def fluidity_for_requests(metrics, *, tbt_deadline_s, ttft_deadline_s=None):
+    def fluidity_for_requests(metrics, *, tbt_deadline_s, ttft_deadline_s=None, prefill_model=None, ttft_slack_s=0.0):
         calls.append((list(metrics.request_id), tbt_deadline_s, ttft_deadline_s))
         n = len(metrics.request_id)
         return {"fluidity_index": np.linspace(1.0, 0.5, n), "deadline_misses": np.arange(n),

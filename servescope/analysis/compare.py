@@ -24,6 +24,7 @@ import numpy as np
 
 from servescope.analysis.request_metrics import MISSING_NS
 from servescope.analysis.slo import decode_gaps_s, run_duration_s
+from servescope.analysis.iterations import iteration_breakdown
 from servescope.analysis.stalls import StepArrays, step_arrays
 
 LATENCY_METRICS = ("ttft", "tbt", "e2e", "scheduling_delay", "prefill", "decode", "normalized_latency")
@@ -47,29 +48,6 @@ class RunSamples:
 
 
 # --------------------------------------------------------------------------- per-step breakdown
-
-
-def iteration_breakdown(steps: StepArrays) -> dict[str, np.ndarray]:
-    """Return per-step seconds: iteration (emission to emission) = gpu + cpu_overhead + idle.
-
-    iteration: this step's update_end minus the previous step's (same EngineCore); the first
-    step of an engine counts from its schedule_start. idle: time before the step's schedule
-    began with no step in flight. gpu: the step's GPU time (CUDA events) or, without them, its
-    host wait for the model output, at most the non-idle time. cpu_overhead: the rest, host
-    time during which the GPU had no work of this step.
-    """
-    n = steps.step_id.size
-    first = np.ones(n, dtype=bool)
-    first[1:] = steps.engine_index[1:] != steps.engine_index[:-1]
-    prev_end = np.empty(n, dtype=np.int64)
-    if n:
-        prev_end[1:] = steps.update_end_ns[:-1]
-        prev_end[first] = steps.schedule_start_ns[first]
-    iteration = np.maximum(steps.update_end_ns - prev_end, 0) / 1e9
-    idle = np.where(first, 0, np.maximum(steps.schedule_start_ns - prev_end, 0)) / 1e9
-    idle = np.minimum(idle, iteration)
-    gpu = np.minimum(steps.gpu_or_wait_ns / 1e9, iteration - idle)
-    return {"iteration": iteration, "gpu": gpu, "cpu_overhead": iteration - idle - gpu, "idle": idle}
 
 
 def _gpu_source(steps: StepArrays) -> str:

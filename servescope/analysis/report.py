@@ -22,7 +22,7 @@ import numpy as np
 from servescope import __version__
 from servescope.analysis import report_html as h
 from servescope.analysis.checklist import AuditedRun, audit, audited_run
-from servescope.analysis.compare import iteration_breakdown
+from servescope.analysis.iterations import iteration_breakdown
 from servescope.analysis.distributions import P999_MIN_COUNT, summarize
 from servescope.analysis.report_figures import (
     RUN_COLORS,

@@ -80,9 +80,12 @@ def analyze_run(run_dir: str | os.PathLike, *, tbt_slo_s: float | None = None,
     """
     if (ttft_slo_s is not None or prefill_model is not None) and tbt_slo_s is None:
         raise ValueError("a TTFT deadline or prefill model is part of the fluidity index: give tbt_slo_s too")
+    from servescope.analysis.iterations import iteration_summary, speculative_summary
+
     run = load_run(run_dir)
     metrics = compute_request_metrics(run)
     info = run_info(run, metrics)
+    iterations, speculative = iteration_summary(run), speculative_summary(run)
     del run  # the tables: metrics hold everything needed from here on
     release_unused_memory()
     fluidity = None
@@ -100,7 +103,10 @@ def analyze_run(run_dir: str | os.PathLike, *, tbt_slo_s: float | None = None,
         "run": info,
         "conventions": dict(CONVENTIONS),
         "summary": summary,
+        "iterations": iterations,
     }
+    if speculative is not None:
+        result["speculative"] = speculative
     if fluidity is not None:
         summary.update({name: summarize(fluidity[name]) for name in FLUIDITY_METRICS})
         result["fluidity"] = {
@@ -212,6 +218,13 @@ def summary_text(result: dict) -> str:
         lines += ["", f"fluidity: TBT deadline {_number(f['tbt_deadline_s'], 1e3)} ms, TTFT deadline "
                       f"{_number(f['ttft_deadline_s'], 1e3)} ms, service-level miss rate "
                       f"{f['service_miss_rate']:.4f}"]
+    lines += _iteration_lines(result.get("iterations") or {})
+    spec = result.get("speculative")
+    if spec:
+        lines += ["", f"speculative decoding: {spec['drafts']} drafts, {spec['draft_tokens']} draft tokens, "
+                      f"{spec['accepted_tokens']} accepted (rate {spec['acceptance_rate']:.3f}, mean acceptance "
+                      f"length {spec['mean_acceptance_length']:.2f} incl. bonus); per position "
+                      + ", ".join(f"{p:.2f}" for p in spec["acceptance_per_position"])]
     conventions = result["conventions"]
     lines += [
         "",
@@ -225,6 +238,21 @@ def summary_text(result: dict) -> str:
         lines.append(f"  {run['arrival_from_queue']} requests have no front-end arrival: "
                      "their arrival is the scheduler's 'queued' event.")
     return "\n".join(lines)
+
+
+def _iteration_lines(iterations: dict) -> list[str]:
+    """Return the per-kind iteration table: steps, P50 of iteration / GPU / CPU overhead / idle (ms)."""
+    if not iterations.get("by_kind"):
+        return []
+    lines = ["", f"engine iterations ({iterations['steps']} steps; GPU time from {iterations['gpu_time_source']}), "
+                 "P50 ms:", f"{'kind':<9}{'steps':>7}{'iteration':>11}{'gpu':>9}{'cpu overhead':>14}{'idle':>8}"
+                 f"{'schedule':>10}{'update':>8}"]
+    for kind, k in iterations["by_kind"].items():
+        p50 = {name: _number(k[name]["p50"], 1e3) for name in
+               ("iteration_s", "gpu_s", "cpu_overhead_s", "idle_s", "schedule_s", "update_s")}
+        lines.append(f"{kind:<9}{k['steps']:>7}{p50['iteration_s']:>11}{p50['gpu_s']:>9}{p50['cpu_overhead_s']:>14}"
+                     f"{p50['idle_s']:>8}{p50['schedule_s']:>10}{p50['update_s']:>8}")
+    return lines
 
 
 def _run_line(run: dict) -> str:

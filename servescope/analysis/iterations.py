@@ -1,0 +1,111 @@
+"""Engine iterations: where each step's time went (GPU, CPU overhead, idle), by kind of step.
+
+Kinds: ``prefill`` (only prompt work), ``decode`` (only decode work), ``mixed`` (both in one
+batch: chunked prefill beside decodes), ``empty`` (nothing scheduled).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from servescope.analysis.distributions import summarize
+from servescope.analysis.stalls import StepArrays, step_arrays
+
+KINDS = ("prefill", "decode", "mixed", "empty")
+PHASES = {  # host CPU phases of a step in the EngineCore: name -> (start column, end column)
+    "schedule_s": ("schedule_start_ns", "schedule_end_ns"),
+    "launch_s": ("execute_start_ns", "execute_end_ns"),
+    "wait_s": ("wait_start_ns", "wait_end_ns"),
+    "update_s": ("update_start_ns", "update_end_ns"),
+}
+
+
+def iteration_breakdown(steps: StepArrays) -> dict[str, np.ndarray]:
+    """Return per-step seconds: iteration (emission to emission) = gpu + cpu_overhead + idle.
+
+    iteration: this step's update_end minus the previous step's (same EngineCore); the first
+    step of an engine counts from its schedule_start. idle: time before the step's schedule
+    began with no step in flight. gpu: the step's GPU time (CUDA events) or, without them, its
+    host wait for the model output, at most the non-idle time. cpu_overhead: the rest, host
+    time during which the GPU had no work of this step.
+    """
+    n = steps.step_id.size
+    first = np.ones(n, dtype=bool)
+    first[1:] = steps.engine_index[1:] != steps.engine_index[:-1]
+    prev_end = np.empty(n, dtype=np.int64)
+    if n:
+        prev_end[1:] = steps.update_end_ns[:-1]
+        prev_end[first] = steps.schedule_start_ns[first]
+    iteration = np.maximum(steps.update_end_ns - prev_end, 0) / 1e9
+    idle = np.where(first, 0, np.maximum(steps.schedule_start_ns - prev_end, 0)) / 1e9
+    idle = np.minimum(idle, iteration)
+    gpu = np.minimum(steps.gpu_or_wait_ns / 1e9, iteration - idle)
+    return {"iteration": iteration, "gpu": gpu, "cpu_overhead": iteration - idle - gpu, "idle": idle}
+
+
+def step_kinds(prefill_reqs: np.ndarray, decode_reqs: np.ndarray) -> np.ndarray:
+    """Return each step's kind (prefill, decode, mixed, empty) as an array of strings."""
+    kind = np.full(prefill_reqs.shape, "empty", dtype=object)
+    kind[(prefill_reqs > 0) & (decode_reqs == 0)] = "prefill"
+    kind[(prefill_reqs == 0) & (decode_reqs > 0)] = "decode"
+    kind[(prefill_reqs > 0) & (decode_reqs > 0)] = "mixed"
+    return kind
+
+
+def iteration_summary(run: Any) -> dict:
+    """Return distributions over steps (s) of iteration time, GPU time, CPU overhead, idle and the host
+    phases, for all steps and per kind, plus the GPU-time source and the CPU-overhead share."""
+    table = run.steps
+    if table.num_rows == 0:
+        return {"steps": 0}
+    steps = step_arrays(table, getattr(run, "worker_regions", None))
+    parts = iteration_breakdown(steps)
+    order = np.lexsort((table.column("step_id").to_numpy(zero_copy_only=False),
+                        table.column("engine_index").to_numpy(zero_copy_only=False)))
+
+    def column(name: str) -> np.ndarray:
+        values = table.column(name).to_numpy(zero_copy_only=False)
+        return np.asarray(values, dtype=np.float64)[order]
+
+    kind = step_kinds(column("num_prefill_reqs"), column("num_decode_reqs"))
+    series = {f"{k}_s": v for k, v in parts.items()}
+    series.update({name: (column(b) - column(a)) / 1e9 for name, (a, b) in PHASES.items()})
+    with np.errstate(invalid="ignore", divide="ignore"):
+        series["cpu_overhead_share"] = np.where(parts["iteration"] > 0, parts["cpu_overhead"] / parts["iteration"],
+                                                np.nan)
+    measured = ~np.isnan(steps.gpu_ns)
+    out = {"steps": int(kind.size), "gpu_time_source": "cuda_events" if measured.all() else
+           ("host_wait" if not measured.any() else "mixed"),
+           "all": {name: summarize(v) for name, v in series.items()}, "by_kind": {}}
+    for k in KINDS:
+        pick = kind == k
+        if pick.any():
+            out["by_kind"][k] = {"steps": int(pick.sum()),
+                                 **{name: summarize(v[pick]) for name, v in series.items()}}
+    return out
+
+
+def speculative_summary(run: Any) -> dict | None:
+    """Return drafted / accepted totals, acceptance rate, mean acceptance length (bonus included) and
+    per-position acceptance from token_emissions; None when the run did not speculate."""
+    emissions = run.token_emissions
+    if emissions.num_rows == 0:
+        return None
+    drafted = np.nan_to_num(np.asarray(emissions.column("num_draft_tokens").to_numpy(zero_copy_only=False),
+                                       dtype=np.float64)).astype(np.int64)
+    accepted = np.nan_to_num(np.asarray(emissions.column("num_accepted_tokens").to_numpy(zero_copy_only=False),
+                                        dtype=np.float64)).astype(np.int64)
+    rows = drafted > 0
+    if not rows.any():
+        return None
+    k = int(drafted.max())
+    positions = np.arange(k)
+    accepted_at = (accepted[rows][:, None] > positions[None, :]).sum(axis=0)
+    drafted_at = (drafted[rows][:, None] > positions[None, :]).sum(axis=0)
+    return {"drafts": int(rows.sum()), "draft_tokens": int(drafted.sum()), "accepted_tokens": int(accepted.sum()),
+            "acceptance_rate": float(accepted.sum() / drafted.sum()),
+            "mean_acceptance_length": float((accepted[rows] + 1).mean()),
+            "accepted_per_position": accepted_at.tolist(), "drafted_per_position": drafted_at.tolist(),
+            "acceptance_per_position": (accepted_at / np.maximum(drafted_at, 1)).tolist()}
