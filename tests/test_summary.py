@@ -131,7 +131,8 @@ def test_slo_adds_fluidity_per_request_and_summarised(tmp_path, monkeypatch):
     assert [r["deadlines"] for r in result["requests"]] == [4, 4, 4]
     assert result["summary"]["fluidity_index"]["mean"] == pytest.approx(0.75)
     assert result["summary"]["deadline_misses"]["max"] == 2
-    assert result["fluidity"] == {"tbt_deadline_s": 0.05, "ttft_deadline_s": 0.5, "service_miss_rate": 0.25}
+    assert result["fluidity"] == {"tbt_deadline_s": 0.05, "ttft_deadline_s": 0.5, "service_miss_rate": 0.25,
+                                  "prefill_model_s": None, "ttft_slack_s": None}
     json.dumps(result, allow_nan=False)
     assert "fluidity index" in summary_text(result)
 
