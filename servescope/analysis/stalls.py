@@ -55,7 +55,8 @@ def step_gpu_time_ns(worker_regions: pa.Table | None) -> tuple[np.ndarray, np.nd
     """
     if worker_regions is None or worker_regions.num_rows == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0)
-    timed = worker_regions.filter(pc.is_valid(worker_regions["gpu_ns"]))
+    # regions outside a step (vLLM's warm-up, dummy batches) carry no step_id
+    timed = worker_regions.filter(pc.and_(pc.is_valid(worker_regions["gpu_ns"]), pc.is_valid(worker_regions["step_id"])))
     if timed.num_rows == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0)
     step = timed["step_id"].to_numpy(zero_copy_only=False).astype(np.int64)

@@ -90,6 +90,9 @@ def uninstrument() -> None:
         except Exception:
             pass
         worker_hooks.WORKER.timer = None
+    if worker_hooks.WORKER.nvml is not None:
+        worker_hooks.WORKER.nvml.stop()
+        worker_hooks.WORKER.nvml = None
     if _patch_set is not None:
         _patch_set.remove_all()
         _patch_set = None

@@ -24,6 +24,7 @@ class WorkerState:
         self.timer = None
         self.facts_written = False
         self.in_execute_model = False  # Model Runner V2 forward hooks record only inside a real step
+        self.nvml = None
 
 
 WORKER = WorkerState()
@@ -34,7 +35,23 @@ def _timer(rec):
         from servescope.tracer.timers import make_region_timer
 
         WORKER.timer = make_region_timer(lambda row: rec.append("worker_regions", row), WORKER.rank)
+        if WORKER.rank == 0 and getattr(WORKER.timer, "mode", "host") == "cuda":
+            _start_nvml_sampler(rec)
     return WORKER.timer
+
+
+def _start_nvml_sampler(rec) -> None:
+    """Sample the GPUs' clocks, power, utilization and memory into gpu_samples (rank 0 only; every
+    SERVESCOPE_NVML_INTERVAL_S seconds, default 0.1; 0 turns it off)."""
+    import os
+
+    interval = float(os.environ.get("SERVESCOPE_NVML_INTERVAL_S", "0.1"))
+    if interval <= 0:
+        return
+    from servescope.tracer.nvml_sampler import NvmlSampler
+
+    WORKER.nvml = NvmlSampler(lambda row: rec.append("gpu_samples", row), interval_s=interval)
+    WORKER.nvml.start()
 
 
 def region(name: str, starts_step: bool = False):
