@@ -173,20 +173,8 @@ def run_resource(run_dir: str | os.PathLike) -> Resource:
 
 
 # ---- value helpers ---------------------------------------------------------------------------
-def _ns(value: Any) -> int | None:
-    """A time or count read from a table or metrics array, or None where it is missing."""
-    if value is None:
-        return None
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        return None
-    if math.isnan(f) or f < 0:
-        return None
-    return int(value)
-
-
 def _seconds(value: Any) -> float | None:
+    """A number read from a table or metrics array, or None where it is missing or not finite."""
     if value is None:
         return None
     try:
@@ -194,6 +182,12 @@ def _seconds(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return f if math.isfinite(f) else None
+
+
+def _ns(value: Any) -> int | None:
+    """A time or count read from a table or metrics array, or None where it is missing."""
+    f = _seconds(value)
+    return None if f is None or f < 0 else int(value)
 
 
 def _text(value: Any) -> str | None:
