@@ -11,6 +11,7 @@ on the CPU build host timers stand in.
 from __future__ import annotations
 
 import functools
+import os
 
 from servescope.patches.patch import Patch, PatchSet
 from servescope.patches.vllm.active import active_recorder
@@ -139,6 +140,45 @@ def wrap_mrv2_execute_model(original):
     return execute_model
 
 
+GPU_STAMPS_ENV = "SERVESCOPE_GPU_STAMPS"  # 1: globaltimer stamps, also inside captured CUDA graphs
+
+
+def wrap_mrv2_load_model(original):
+    """With SERVESCOPE_GPU_STAMPS=1 on CUDA, build the GPU timer right after the model loads, before
+    vLLM captures its CUDA graphs, and hook the model's forward with globaltimer stamps: captured
+    into every graph, they give the forward's GPU start and end on the host clock even inside FULL
+    graphs (rows of region ``forward_gpu``), and every timed region gets GPU start / end too."""
+
+    @functools.wraps(original)
+    def load_model(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        rec = active_recorder()
+        if rec is not None and os.environ.get(GPU_STAMPS_ENV) == "1":
+            try:
+                _install_forward_stamps(rec, self.model)
+            except Exception as exc:
+                rec.error("GPUModelRunner.load_model", exc)
+        return out
+
+    return load_model
+
+
+def _install_forward_stamps(rec, model) -> None:
+    import torch
+
+    from servescope.tracer.region_timer import RegionTimer
+
+    if not torch.cuda.is_available() or WORKER.timer is not None:
+        return
+    timer = RegionTimer(lambda row: rec.append("worker_regions", row), rank=WORKER.rank, mode="cuda",
+                        use_globaltimer=True, forward_stamps=True)
+    WORKER.timer = timer
+    if WORKER.rank == 0:
+        _start_nvml_sampler(rec)
+    model.register_forward_pre_hook(lambda module, args: timer.forward_begin())
+    model.register_forward_hook(lambda module, args, output: timer.forward_end())
+
+
 MRV1 = "vllm.v1.worker.gpu_model_runner"
 MRV2 = "vllm.v1.worker.gpu.model_runner"
 RUNNER_PATCHES = (
@@ -149,6 +189,7 @@ RUNNER_PATCHES = (
     Patch(MRV1, "GPUModelRunner.propose_draft_token_ids", region("draft")),
     Patch(MRV1, "GPUModelRunner._bookkeeping_sync", region("bookkeep")),
     Patch(MRV2, "GPUModelRunner.execute_model", wrap_mrv2_execute_model, optional=True),
+    Patch(MRV2, "GPUModelRunner.load_model", wrap_mrv2_load_model, optional=True),
     Patch("vllm.v1.worker.gpu.cudagraph_utils", "ModelCudaGraphManager.run_fullgraph", region("forward"),
           optional=True),
     Patch(MRV2, "GPUModelRunner.sample_tokens", region("sample_tokens"), optional=True),
