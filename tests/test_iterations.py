@@ -58,3 +58,22 @@ def test_no_speculation_gives_none(tmp_path):
     b = RunBuilder(tmp_path)
     b.request("a", arrival_ns=0, queued_ns=0, scheduled_ns=0, emissions=[(0, MS, 1)], finished_ns=MS, prompt_tokens=4)
     assert speculative_summary(load_run(b.write())) is None
+
+
+def test_gpu_bubbles_from_stamped_regions(tmp_path):
+    import numpy as np
+
+    from servescope.analysis.iterations import gpu_bubbles_s
+
+    b = RunBuilder(tmp_path)
+    for step, (g0, g1) in enumerate([(100, 200), (230, 300), (300, 420)]):  # GPU times, us
+        b.row("worker_regions", step_id=step, rank=0, region="execute_model", host_start_ns=step * 1000,
+              host_end_ns=step * 1000 + 10, gpu_ns=(g1 - g0) * 1000, gpu_start_ns=g0 * 1000, gpu_end_ns=g1 * 1000)
+    b.row("worker_regions", step_id=1, rank=0, region="sample", host_start_ns=1001, host_end_ns=1002,
+          gpu_ns=5000, gpu_start_ns=310_000, gpu_end_ns=315_000)  # ends after... still inside step 1's span
+    b.request("a", arrival_ns=0, queued_ns=0, scheduled_ns=0, emissions=[(0, 1, 1)], finished_ns=1, prompt_tokens=1)
+    run = load_run(b.write())
+    bubbles = gpu_bubbles_s(run.worker_regions, np.array([0, 1, 2, 7]))
+    assert np.isnan(bubbles[0]) and np.isnan(bubbles[3])
+    assert bubbles[1] == pytest.approx(30e-6)
+    assert bubbles[2] == pytest.approx(0.0)  # step 1's last GPU end (315 us) is after step 2's start: no gap

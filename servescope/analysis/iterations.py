@@ -45,6 +45,37 @@ def iteration_breakdown(steps: StepArrays) -> dict[str, np.ndarray]:
     return {"iteration": iteration, "gpu": gpu, "cpu_overhead": iteration - idle - gpu, "idle": idle}
 
 
+def gpu_bubbles_s(worker_regions, step_ids: np.ndarray) -> np.ndarray:
+    """Return per step (in step_ids order) the GPU idle gap before it, in s: its first GPU start minus
+    the previous step's last GPU end on the host clock (globaltimer stamps); NaN where not measured."""
+    out = np.full(step_ids.size, np.nan)
+    if worker_regions is None or worker_regions.num_rows == 0:
+        return out
+    import pyarrow.compute as pc
+
+    stamped = worker_regions.filter(pc.and_(pc.is_valid(worker_regions["gpu_start_ns"]),
+                                            pc.is_valid(worker_regions["step_id"])))
+    if stamped.num_rows == 0:
+        return out
+    step = stamped["step_id"].to_numpy(zero_copy_only=False).astype(np.int64)
+    start = stamped["gpu_start_ns"].to_numpy(zero_copy_only=False).astype(np.int64)
+    end = stamped["gpu_end_ns"].to_numpy(zero_copy_only=False).astype(np.int64)
+    order = np.argsort(step, kind="stable")
+    step, start, end = step[order], start[order], end[order]
+    first = np.r_[True, step[1:] != step[:-1]]
+    groups = np.flatnonzero(first)
+    ids = step[groups]
+    first_start = np.minimum.reduceat(start, groups)
+    last_end = np.maximum.reduceat(end, groups)
+    bubble = np.full(ids.size, np.nan)
+    consecutive = ids[1:] == ids[:-1] + 1
+    bubble[1:][consecutive] = np.maximum(first_start[1:][consecutive] - last_end[:-1][consecutive], 0) / 1e9
+    where = np.searchsorted(ids, step_ids)
+    found = (where < ids.size) & (ids[np.minimum(where, ids.size - 1)] == step_ids)
+    out[found] = bubble[where[found]]
+    return out
+
+
 def step_kinds(prefill_reqs: np.ndarray, decode_reqs: np.ndarray) -> np.ndarray:
     """Return each step's kind (prefill, decode, mixed, empty) as an array of strings."""
     kind = np.full(prefill_reqs.shape, "empty", dtype=object)
@@ -72,6 +103,9 @@ def iteration_summary(run: Any) -> dict:
     kind = step_kinds(column("num_prefill_reqs"), column("num_decode_reqs"))
     series = {f"{k}_s": v for k, v in parts.items()}
     series.update({name: (column(b) - column(a)) / 1e9 for name, (a, b) in PHASES.items()})
+    bubbles = gpu_bubbles_s(getattr(run, "worker_regions", None), steps.step_id)
+    if not np.isnan(bubbles).all():  # only with GPU stamps (SERVESCOPE_GPU_STAMPS=1)
+        series["gpu_bubble_s"] = bubbles
     with np.errstate(invalid="ignore", divide="ignore"):
         series["cpu_overhead_share"] = np.where(parts["iteration"] > 0, parts["cpu_overhead"] / parts["iteration"],
                                                 np.nan)
