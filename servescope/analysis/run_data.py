@@ -18,10 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from servescope.tracer import rundir
-from servescope.tracer.schema import TABLES
 
 # Table name -> the id column read dictionary-encoded (one row per token or chunk).
 DICTIONARY_ID_COLUMNS = {
@@ -59,14 +57,8 @@ LOADED_TABLES = (
 def load_run(run_dir: str | os.PathLike) -> RunData:
     """Return the run directory's manifest and tables; raise rundir.RunDirError if unreadable."""
     path = rundir.check_run_dir(run_dir)
-    tables = {}
-    for name in LOADED_TABLES:
-        id_column = DICTIONARY_ID_COLUMNS.get(name)
-        tables[name] = (
-            rundir.read_table(path, name)
-            if id_column is None
-            else _read_table_with_dictionary_ids(path, name, id_column)
-        )
+    tables = {name: rundir.read_table(path, name, dictionary_column=DICTIONARY_ID_COLUMNS.get(name))
+              for name in LOADED_TABLES}
     return RunData(path=path, manifest=_read_manifest(path), **tables)
 
 
@@ -94,26 +86,3 @@ def _read_manifest(path: Path) -> dict:
     return manifest
 
 
-def _read_table_with_dictionary_ids(path: Path, table: str, id_column: str) -> pa.Table:
-    """Return all parts of a table as rundir.read_table does, with id_column dictionary-encoded.
-
-    Parquet's dictionary pages become Arrow dictionaries (one per row group) without
-    one string ever being materialised per row. A part whose columns differ from the
-    schema (an older writer) goes through pq.read_table's schema mapping instead.
-    """
-    schema = TABLES[table].arrow_schema
-    index = schema.get_field_index(id_column)
-    schema = schema.set(index, pa.field(id_column, pa.dictionary(pa.int32(), pa.string())))
-    parts = sorted(rundir.table_dir(path, table).glob("*.parquet"))
-    tables = []
-    for part in parts:
-        try:
-            data = pq.ParquetFile(part, read_dictionary=[id_column]).read()
-            if not data.schema.equals(schema):
-                data = pq.read_table(part, schema=schema)
-        except Exception as exc:  # a part cut short by a killed process
-            raise rundir.RunDirError(f"{part}: unreadable Parquet part ({exc})") from exc
-        tables.append(data)
-    if not tables:
-        return schema.empty_table()
-    return pa.concat_tables(tables)

@@ -51,7 +51,6 @@ class Recorder:
         self.run_id = ensure_run_id(self.run_dir)
         self.flush_interval_s = flush_interval_s
         self.max_buffered_rows = max_buffered_rows
-        self._flush_lock = threading.Lock()
         self._reset_process_state()
         if os.environ.get(FAULT_INJECTION_ENV):
             self.append = self._append_raising  # type: ignore[method-assign]

@@ -33,16 +33,29 @@ def table_dir(run_dir: str | os.PathLike, table: str) -> Path:
     return Path(run_dir) / "tables" / table
 
 
-def read_table(run_dir: str | os.PathLike, table: str) -> pa.Table:
-    """Return all parts of one table, concatenated (an empty table if none were written)."""
+def read_table(run_dir: str | os.PathLike, table: str, *, dictionary_column: str | None = None) -> pa.Table:
+    """Return all parts of one table, concatenated (an empty table if none were written).
+
+    dictionary_column: read this string column dictionary-encoded (Parquet's dictionary pages
+    become Arrow dictionaries, no string materialised per row: what keeps per-token tables small).
+    """
     schema = TABLES[table].arrow_schema
+    if dictionary_column is not None:
+        index = schema.get_field_index(dictionary_column)
+        schema = schema.set(index, pa.field(dictionary_column, pa.dictionary(pa.int32(), pa.string())))
     parts = sorted(table_dir(run_dir, table).glob("*.parquet"))
     tables = []
     for part in parts:
         try:
-            tables.append(pq.read_table(part, schema=schema))
+            if dictionary_column is None:
+                data = pq.read_table(part, schema=schema)
+            else:
+                data = pq.ParquetFile(part, read_dictionary=[dictionary_column]).read()
+                if not data.schema.equals(schema):  # an older writer: let Parquet map the schema
+                    data = pq.read_table(part, schema=schema)
         except Exception as exc:  # a part cut short by a killed process
             raise RunDirError(f"{part}: unreadable Parquet part ({exc})") from exc
+        tables.append(data)
     if not tables:
         return schema.empty_table()
     return pa.concat_tables(tables)
