@@ -143,3 +143,23 @@ def speculative_summary(run: Any) -> dict | None:
             "mean_acceptance_length": float((accepted[rows] + 1).mean()),
             "accepted_per_position": accepted_at.tolist(), "drafted_per_position": drafted_at.tolist(),
             "acceptance_per_position": (accepted_at / np.maximum(drafted_at, 1)).tolist()}
+
+
+def region_times_ms(worker_regions) -> dict[str, dict[str, dict]]:
+    """Return per worker region the P50 / P99 / count of its GPU time and its host time, in ms."""
+    out: dict[str, dict[str, dict]] = {"gpu": {}, "host": {}}
+    if worker_regions is None or worker_regions.num_rows == 0:
+        return out
+    region = np.asarray(worker_regions.column("region").to_pylist(), dtype=object)
+    gpu = np.asarray(worker_regions.column("gpu_ns").to_numpy(zero_copy_only=False), dtype=np.float64) / 1e6
+    host_start = np.asarray(worker_regions.column("host_start_ns").to_numpy(zero_copy_only=False), dtype=np.float64)
+    host = (np.asarray(worker_regions.column("host_end_ns").to_numpy(zero_copy_only=False), dtype=np.float64)
+            - host_start) / 1e6
+    for name in sorted(set(region)):
+        pick = region == name
+        for kind, values in (("gpu", gpu[pick]), ("host", host[pick])):
+            values = values[~np.isnan(values)]
+            if values.size:
+                out[kind][name] = {"p50": float(np.median(values)), "p99": float(np.percentile(values, 99)),
+                                   "n": int(values.size)}
+    return out

@@ -32,22 +32,6 @@ def vllm_spec_counters(engine) -> dict[str, float]:
     return out
 
 
-def acceptance_from_records(run_dir: str, k: int) -> dict:
-    """Return acceptance statistics computed from servescope's token_emissions table."""
-    from servescope.tracer.rundir import read_table
-
-    t = read_table(run_dir, "token_emissions").to_pydict()
-    drafted = np.array([d if d is not None else 0 for d in t["num_draft_tokens"]])
-    accepted = np.array([a if a is not None else 0 for a in t["num_accepted_tokens"]])
-    spec_rows = drafted > 0
-    per_position = [float(np.mean(accepted[spec_rows] > i)) for i in range(k)] if spec_rows.any() else []
-    return {"drafts": int(spec_rows.sum()), "draft_tokens": int(drafted.sum()),
-            "accepted_tokens": int(accepted.sum()),
-            "acceptance_rate": float(accepted.sum() / drafted.sum()) if drafted.sum() else None,
-            "mean_acceptance_length": float((accepted[spec_rows] + 1).mean()) if spec_rows.any() else None,
-            "per_position_acceptance": per_position}
-
-
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--target", required=True)
@@ -91,16 +75,12 @@ def main(argv=None) -> None:
         engine.step()
     counters = vllm_spec_counters(engine)
     servescope.uninstrument()
-    from servescope.tracer.rundir import read_table
+    from servescope.analysis.iterations import region_times_ms, speculative_summary
+    from servescope.analysis.run_data import load_run
 
-    regions = read_table(args.run_dir, "worker_regions").to_pydict()
-    gpu = {}
-    for name, g in zip(regions["region"], regions["gpu_ns"]):
-        if g is not None:
-            gpu.setdefault(name, []).append(g / 1e6)
-    result = {"servescope": acceptance_from_records(args.run_dir, args.k), "vllm_counters": counters,
-              "gpu_ms_per_step": {k: {"p50": float(np.median(v)), "p99": float(np.percentile(v, 99)), "n": len(v)}
-                                  for k, v in gpu.items()}}
+    run = load_run(args.run_dir)
+    result = {"servescope": speculative_summary(run), "vllm_counters": counters,
+              "gpu_ms_per_step": region_times_ms(run.worker_regions)["gpu"]}
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
     print(json.dumps(result, indent=1))

@@ -75,6 +75,7 @@ def run_one(config: str, rate: float, models_dir: Path, run_dir: Path, num_reque
 
 def summarize_run(run_dir: Path) -> dict:
     """Return the study's numbers for one run."""
+    from servescope.analysis.iterations import region_times_ms
     from servescope.analysis.summary import analyze_run
     from servescope.tracer.rundir import read_table
 
@@ -84,25 +85,12 @@ def summarize_run(run_dir: Path) -> dict:
                                  "scheduling_delay_s", "fluidity_index")}
     out["fluidity"] = result.get("fluidity")
     out["run"] = result.get("run")
-    e = read_table(run_dir, "token_emissions").to_pydict()
-    drafted = np.array([d or 0 for d in e["num_draft_tokens"]])
-    accepted = np.array([a or 0 for a in e["num_accepted_tokens"]])
-    if drafted.sum():
-        rows = drafted > 0
-        k = int(drafted.max())
-        out["acceptance"] = {"rate": float(accepted.sum() / drafted.sum()),
-                             "mean_length": float((accepted[rows] + 1).mean()),
-                             "per_position": [float((accepted[rows] > i).mean()) for i in range(k)]}
-    regions = read_table(run_dir, "worker_regions").to_pydict()
-    gpu: dict[str, list] = {}
-    host: dict[str, list] = {}
-    for name, g, h0, h1 in zip(regions["region"], regions["gpu_ns"], regions["host_start_ns"], regions["host_end_ns"]):
-        if g is not None:
-            gpu.setdefault(name, []).append(g / 1e6)
-        if h0 is not None:
-            host.setdefault(name, []).append((h1 - h0) / 1e6)
-    out["gpu_ms"] = {k: {"p50": float(np.median(v)), "p99": float(np.percentile(v, 99))} for k, v in gpu.items()}
-    out["host_ms"] = {k: {"p50": float(np.median(v)), "p99": float(np.percentile(v, 99))} for k, v in host.items()}
+    spec = result.get("speculative")
+    if spec:
+        out["acceptance"] = {"rate": spec["acceptance_rate"], "mean_length": spec["mean_acceptance_length"],
+                             "per_position": spec["acceptance_per_position"]}
+    times = region_times_ms(read_table(run_dir, "worker_regions"))
+    out["gpu_ms"], out["host_ms"] = times["gpu"], times["host"]
     steps = read_table(run_dir, "steps").to_pydict()
     if steps["step_id"]:
         cpu = [(a - b) + (d - c) for a, b, c, d in zip(steps["schedule_end_ns"], steps["schedule_start_ns"],
