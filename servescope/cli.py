@@ -121,6 +121,23 @@ def export(
         _fail(str(exc))
 
 
+@app.command()
+def split(
+    run_dir: Path = typer.Argument(..., help="A run directory whose driver recorded phases (RUN/phases.json)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where the phase runs go (default RUN/phases/)."),
+) -> None:
+    """Cut a run recorded in phases (a warm-up, several loads on one engine) into one run directory per phase."""
+    from servescope.tracer.phases import split_run
+    from servescope.tracer.rundir import RunDirError
+
+    try:
+        paths = split_run(run_dir, out)
+    except RunDirError as exc:
+        _fail(str(exc))
+    for name, path in paths.items():
+        typer.echo(f"{name}: {path}")
+
+
 model_app = typer.Typer(help="Dummy-weight models for engines without a model hub.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 

@@ -7,7 +7,8 @@ Cases (each one engine, each result a JSON file in OUT):
            engine, 3 repeats each, then one batch under torch.profiler to compare GPU times.
   eager:   the same with enforce_eager.
   moe:     olmoe-1b-7b (Model Runner V1), toggled off/on.
-  spec:    llama3-8b + draft_model llama3-1b, synthetic acceptance 2.5, traced; acceptance vs vLLM's counters.
+  spec:    llama3-8b + draft_model llama3-1b (k=4, synthetic acceptance 2.5), toggled off/on, then one
+           batch under torch.profiler: draft + verify + rejection-sampling GPU times vs the profiler's.
 """
 
 from __future__ import annotations
@@ -26,13 +27,17 @@ CASES = {
     "graphs": dict(model="llama3-8b", engine_args={"max_model_len": 2048}, profile=64),
     "eager": dict(model="llama3-8b", engine_args={"max_model_len": 2048, "enforce_eager": True}, profile=32),
     "moe": dict(model="olmoe-1b-7b", engine_args={"max_model_len": 2048}, profile=0),
+    "spec": dict(model="llama3-8b", profile=16, engine_args={"max_model_len": 2048, "speculative_config": {
+        "method": "draft_model", "model": "{models}/llama3-1b", "num_speculative_tokens": 4,
+        "rejection_sample_method": "synthetic", "synthetic_acceptance_length": 2.5}}),
 }
 
 
 def run_case(name: str, models_dir: Path, out: Path, repeats: int, num_requests: int) -> dict:
     case = CASES[name]
     t0 = time.time()
-    report = run_overhead(str(models_dir / case["model"]), engine_args=case["engine_args"], load="offline",
+    engine_args = json.loads(json.dumps(case["engine_args"]).replace("{models}", str(models_dir)))
+    report = run_overhead(str(models_dir / case["model"]), engine_args=engine_args, load="offline",
                           method="toggle", repeats=repeats, num_requests=num_requests, prompt_len=512,
                           output_len=128, out_dir=out / name, profile_requests=case["profile"])
     report["case"] = name

@@ -31,11 +31,10 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from servescope.launcher import child_environment
-from servescope.tracer.rundir import read_table, table_dir, write_json
-from servescope.tracer.schema import TABLES
+from servescope.tracer.phases import window_mask, write_table_part
+from servescope.tracer.rundir import read_table, write_json
 
 HOST = "127.0.0.1"
 MODULE = "vllm.entrypoints.openai.api_server"
@@ -261,8 +260,7 @@ def copy_engine_records(server_run: str | os.PathLike, run_dir: str | os.PathLik
     for name, column in (("steps", "schedule_start_ns"), ("frontend_steps", "process_start_ns"),
                          ("worker_regions", "host_start_ns"), ("gpu_samples", "time_ns")):
         table = read_table(server_run, name)
-        times = table.column(column)
-        keep = pc.and_(pc.greater_equal(times, start_ns), pc.less_equal(times, end_ns))
+        keep = window_mask(table, column, start_ns, end_ns)
         copied[name] = _write_copy(run_dir, name, table.filter(pc.fill_null(keep, False)))
     for facts in (server_run / "engine").glob("*.json"):  # what the engine processes learned of their config
         (run_dir / "engine").mkdir(parents=True, exist_ok=True)
@@ -272,12 +270,4 @@ def copy_engine_records(server_run: str | os.PathLike, run_dir: str | os.PathLik
 
 
 def _write_copy(run_dir: Path, name: str, table: pa.Table) -> int:
-    if len(table) == 0:
-        return 0
-    directory = table_dir(run_dir, name)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"server-copy-{os.getpid()}-{time.monotonic_ns()}.parquet"
-    tmp = path.with_name("." + path.name + ".tmp")
-    pq.write_table(table.cast(TABLES[name].arrow_schema), tmp)
-    os.replace(tmp, path)
-    return len(table)
+    return write_table_part(run_dir, name, table, f"server-copy-{os.getpid()}-{time.monotonic_ns()}")

@@ -1,16 +1,32 @@
 """The speculative-decoding case study (Section 4 of Agrawal et al., 2025), reproduced with servescope.
 
     python -m servescope.bench.spec_study --models-dir DIR --out OUT \
-        [--configs ar,draft-k4-a2.5,...] [--rates 1,4] [--num-requests 64] [--repeats 1]
+        [--configs ar,ar-sync-v1,draft-k4-a2.5,ngram-k4-a2.5] [--rates 0.25,1,4,16] \
+        [--concurrency 8] [--repeats 3] [--num-requests 48] [--phase-seconds 40] [--warmup 16]
 
-Each (configuration, rate, repeat) is one recorded run: vLLM's AsyncLLM in a fresh process
-(servescope's in-process driver), the Azure 2023 conversation trace replayed at its own arrival
-times scaled to the rate, prompts and outputs capped to fit the model. Configurations:
-``ar`` (autoregressive), ``draft-k{K}-a{L}`` (draft_model with K speculative tokens and
-vLLM's synthetic rejection sampler at mean acceptance length L), ``ngram-k{K}``.
-Afterwards every run is analysed (TBT per token and per chunk, TPOT P50 vs P99, TTFT,
-fluidity at a 50 ms TBT deadline, acceptance, per-step GPU times) into OUT/study.json;
-`servescope report OUT/runs/*` draws the figures.
+One engine per configuration: vLLM's AsyncLLM in a fresh process (servescope's in-process
+driver), recorded into OUT/engines/<config>/. On it run, one after another (drive_phases):
+a warm-up (closed loop, other prompts, not measured), then ``--repeats`` rounds of one
+replay per rate (the Azure 2023 conversation trace at its own arrival times scaled to the
+rate; at most ``--phase-seconds`` of arrivals, so low rates send fewer requests) and one
+closed-loop load at ``--concurrency``. Every phase has its own prompts (another seed), so no
+phase hits the prefix cache of an earlier one. Afterwards each engine run is split into one
+run directory per phase (OUT/runs/<config>/<phase>/), which every servescope command reads.
+
+Configurations:
+  ``ar``               autoregressive, vLLM's defaults for the target;
+  ``ar-sync-v1``       autoregressive with async scheduling off and Model Runner V1: what vLLM
+                       falls back to for draft_model, so the fair baseline for it;
+  ``draft-k{K}-a{L}``  draft_model with K speculative tokens, vLLM's synthetic rejection sampler
+                       at mean acceptance length L;
+  ``ngram-k{K}``       prompt lookup; ``ngram-k{K}-a{L}`` with the synthetic sampler.
+
+OUT/study.json holds, per phase: TTFT, TPOT, TBT per token and per chunk, e2e, scheduling
+delay, fluidity at a 50 ms TBT deadline, throughput, acceptance from servescope's records next
+to vLLM's own counters over the same phase, per-step GPU region times and EngineCore CPU per
+step; per (configuration, load): the median and range over repeats; per configuration: the
+speedup over each baseline and the crossover load where speculation stops helping.
+``servescope report OUT/runs/<config>/<phase> ...`` draws the figures.
 """
 
 from __future__ import annotations
@@ -18,6 +34,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
+import os
 import re
 import subprocess
 import sys
@@ -26,55 +44,104 @@ from pathlib import Path
 import numpy as np
 
 TBT_DEADLINE_S = 0.05
-
-
 TARGET, DRAFT, MAX_MODEL_LEN = "llama3-8b", "llama3-1b", 4096
+PROMPT_CAP, OUTPUT_CAP = 2048, 256
+BASELINES = ("ar", "ar-sync-v1")
+# The (config, load) metrics compared across configurations: (name in a phase summary, percentile key).
+COMPARED = {"e2e_p50_s": ("e2e_s", "p50"), "tpot_p50_s": ("tpot_s", "p50"), "tpot_p99_s": ("tpot_s", "p99"),
+            "ttft_p50_s": ("ttft_s", "p50"), "ttft_p99_s": ("ttft_s", "p99"),
+            "tbt_chunk_p99_s": ("tbt_per_chunk_s", "p99")}
 
 
-def speculative_config(name: str, models_dir: Path) -> dict | None:
-    """Return vLLM's speculative_config for a configuration name (None for autoregressive)."""
+def engine_setup(name: str, models_dir: Path) -> tuple[list[str], dict[str, str]]:
+    """Return (extra vLLM engine arguments, extra environment) for a configuration name."""
     if name == "ar":
-        return None
+        return [], {}
+    if name == "ar-sync-v1":
+        return ["--no-async-scheduling"], {"VLLM_USE_V2_MODEL_RUNNER": "0"}
     m = re.fullmatch(r"draft-k(\d+)-a([\d.]+)", name)
     if m:
-        return {"method": "draft_model", "model": str(models_dir / DRAFT), "num_speculative_tokens": int(m[1]),
+        spec = {"method": "draft_model", "model": str(models_dir / DRAFT), "num_speculative_tokens": int(m[1]),
                 "rejection_sample_method": "synthetic", "synthetic_acceptance_length": float(m[2])}
-    m = re.fullmatch(r"ngram-k(\d+)", name)
+        return ["--speculative-config", json.dumps(spec)], {}
+    m = re.fullmatch(r"ngram-k(\d+)(?:-a([\d.]+))?", name)
     if m:
-        return {"method": "ngram", "num_speculative_tokens": int(m[1]), "prompt_lookup_min": 2,
+        spec = {"method": "ngram", "num_speculative_tokens": int(m[1]), "prompt_lookup_min": 2,
                 "prompt_lookup_max": 4}
-    raise ValueError(f"unknown configuration {name!r}")
+        if m[2]:
+            spec.update(rejection_sample_method="synthetic", synthetic_acceptance_length=float(m[2]))
+        return ["--speculative-config", json.dumps(spec)], {}
+    raise ValueError(f"unknown configuration {name!r} (ar, ar-sync-v1, draft-k<K>-a<L>, ngram-k<K>[-a<L>])")
 
 
-def run_one(config: str, rate: float, models_dir: Path, run_dir: Path, num_requests: int, seed: int) -> None:
-    """Record one run (called in its own process)."""
+def load_names(rates: list[float], concurrency: int | None) -> list[str]:
+    """Return the study's load names: 'r<rate>' per rate, 'c<concurrency>' for the closed loop."""
+    return [f"r{rate:g}" for rate in rates] + ([f"c{concurrency}"] if concurrency else [])
+
+
+def phase_plans(args: argparse.Namespace, vocab_size: int) -> list:
+    """Return the warm-up and the measured phases of one engine, in the order they run."""
     from servescope.bench.driver_http import plan_load
-    from servescope.bench.driver_inprocess import drive_inprocess
+    from servescope.bench.driver_inprocess import PhasePlan
     from servescope.bench.prompts import SyntheticPrompts
     from servescope.bench.workloads import load_workload
+
+    trace = load_workload("azure-conv-2023")
+
+    def workload(count: int):
+        return trace.first(count).capped(min(PROMPT_CAP, args.max_model_len // 2), OUTPUT_CAP)
+
+    def facts(w, **load) -> dict:
+        return {"name": w.name, "requests": len(w), "caps": {"prompt_tokens": PROMPT_CAP, "output_tokens": OUTPUT_CAP},
+                "temperature": args.temperature, **load}
+
+    seed = iter(range(1000 * args.seed + 1, 1000 * args.seed + 1000))  # fresh prompts per phase
+    w = workload(args.warmup)
+    phases = [PhasePlan("warmup", plan_load(w, SyntheticPrompts(vocab_size, seed=next(seed)), concurrency=8,
+                                            id_prefix="warmup"), facts(w, concurrency=8), measured=False,
+                        temperature=args.temperature)] if args.warmup else []
+    for rep in range(args.repeats):
+        for rate in args.rates:
+            w = workload(min(args.num_requests, max(4, math.ceil(rate * args.phase_seconds))))
+            span = float(w.arrival_s[-1] - w.arrival_s[0]) or 1.0
+            time_scale = (len(w) - 1) / span / rate  # stretch the trace's gaps to the target rate
+            name = f"r{rate:g}-rep{rep}"
+            plan = plan_load(w, SyntheticPrompts(vocab_size, seed=next(seed)), time_scale=time_scale, id_prefix=name)
+            phases.append(PhasePlan(name, plan, facts(w, target_rate_per_s=rate, time_scale=time_scale, repeat=rep),
+                                    temperature=args.temperature))
+        if args.concurrency:
+            w = workload(args.num_requests)
+            name = f"c{args.concurrency}-rep{rep}"
+            plan = plan_load(w, SyntheticPrompts(vocab_size, seed=next(seed)), concurrency=args.concurrency,
+                             id_prefix=name)
+            phases.append(PhasePlan(name, plan, facts(w, concurrency=args.concurrency, repeat=rep),
+                                    temperature=args.temperature))
+    return phases
+
+
+def run_engine(config: str, args: argparse.Namespace, run_dir: Path) -> None:
+    """Record every phase of one configuration on one engine (called in its own process)."""
+    from servescope.bench.driver_inprocess import drive_phases
     from servescope.tracer.manifest import write_manifest
     from servescope.tracer.rundir import write_json
 
-    workload = load_workload("azure-conv-2023").first(num_requests).capped(min(2048, MAX_MODEL_LEN // 2), 256)
-    span = float(workload.arrival_s[-1] - workload.arrival_s[0]) or 1.0
-    time_scale = span and (len(workload) - 1) / span / rate  # stretch the trace's gaps to the target rate
-    vocab = json.loads((models_dir / TARGET / "config.json").read_text())["vocab_size"]
-    plan = plan_load(workload, SyntheticPrompts(vocab_size=vocab, seed=seed), time_scale=time_scale, seed=seed)
-    args = ["--model", str(models_dir / TARGET), "--load-format", "dummy", "--skip-tokenizer-init",
-            "--max-model-len", str(MAX_MODEL_LEN)]
-    spec = speculative_config(config, models_dir)
-    if spec is not None:
-        args += ["--speculative-config", json.dumps(spec)]
-    write_json(run_dir / "workload.json", {"name": workload.name, "requests": len(workload), "target_rate_per_s": rate,
-                                           "time_scale": time_scale,
-                                           "caps": {"prompt_tokens": 2048, "output_tokens": 256},
-                                           "study": {"configuration": config, "seed": seed}})
-    asyncio.run(drive_inprocess(args, plan, run_dir))
+    extra_args, _ = engine_setup(config, args.models_dir)
+    engine_args = ["--model", str(args.models_dir / args.target), "--load-format", "dummy",
+                   "--skip-tokenizer-init", "--max-model-len", str(args.max_model_len), *extra_args]
+    vocab = json.loads((args.models_dir / args.target / "config.json").read_text())["vocab_size"]
+    write_json(run_dir / "workload.json", {"name": "azure-conv-2023", "study": {"configuration": config,
+                                                                                "seed": args.seed}})
+
+    def progress(phase, results) -> None:
+        print(json.dumps({"config": config, "phase": phase.name, "results": phase.extra["results"],
+                          "seconds": round((phase.end_ns - phase.start_ns) / 1e9, 1)}), flush=True)
+
+    asyncio.run(drive_phases(engine_args, phase_plans(args, vocab), run_dir, on_phase=progress))
     write_manifest(run_dir)
 
 
-def summarize_run(run_dir: Path) -> dict:
-    """Return the study's numbers for one run."""
+def summarize_phase(run_dir: Path, vllm_counters: dict) -> dict:
+    """Return the study's numbers for one phase's run directory."""
     from servescope.analysis.iterations import region_times_ms
     from servescope.analysis.summary import analyze_run
     from servescope.tracer.rundir import read_table
@@ -88,7 +155,9 @@ def summarize_run(run_dir: Path) -> dict:
     spec = result.get("speculative")
     if spec:
         out["acceptance"] = {"rate": spec["acceptance_rate"], "mean_length": spec["mean_acceptance_length"],
-                             "per_position": spec["acceptance_per_position"]}
+                             "per_position": spec["acceptance_per_position"],
+                             "proposal_share": proposal_share(read_table(run_dir, "token_emissions")),
+                             "agrees_with_vllm": acceptance_agreement(spec, vllm_counters)}
     times = region_times_ms(read_table(run_dir, "worker_regions"))
     out["gpu_ms"], out["host_ms"] = times["gpu"], times["host"]
     steps = read_table(run_dir, "steps").to_pydict()
@@ -99,43 +168,164 @@ def summarize_run(run_dir: Path) -> dict:
     return out
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser()
+def proposal_share(token_emissions) -> float | None:
+    """Return the share of decode emissions (a request's rows after its first) that verified a draft."""
+    rows = token_emissions.to_pydict()
+    requests = len(set(rows["request_id"]))
+    decode_rows = len(rows["request_id"]) - requests
+    with_drafts = sum(1 for n in rows["num_draft_tokens"] if n)
+    return with_drafts / decode_rows if decode_rows > 0 else None
+
+
+def acceptance_agreement(spec: dict, counters: dict) -> dict:
+    """Return servescope's drafted / accepted totals beside vLLM's counters over the same phase."""
+    pairs = {"drafts": "vllm:spec_decode_num_drafts", "draft_tokens": "vllm:spec_decode_num_draft_tokens",
+             "accepted_tokens": "vllm:spec_decode_num_accepted_tokens",
+             "accepted_per_position": "vllm:spec_decode_num_accepted_tokens_per_pos"}
+    out = {key: {"servescope": spec.get(key), "vllm": counters.get(name)} for key, name in pairs.items()}
+    out["equal"] = all(_as_ints(v["servescope"]) == _as_ints(v["vllm"]) for v in out.values())
+    return out
+
+
+def _as_ints(value):
+    return [round(v) for v in value] if isinstance(value, list) else (None if value is None else round(value))
+
+
+def aggregate(points: dict[str, dict]) -> dict[str, dict[str, dict]]:
+    """Return config -> load -> metric -> {median, min, max, repeats} over the repeats of each load."""
+    grouped: dict = {}
+    for p in points.values():
+        if "error" in p:
+            continue
+        grouped.setdefault(p["config"], {}).setdefault(p["load"], []).append(p)
+    out: dict = {}
+    for config, loads in grouped.items():
+        for load, reps in loads.items():
+            metrics = {name: [_get(r, *path) for r in reps] for name, path in COMPARED.items()}
+            metrics["output_tokens_per_s"] = [_get(r, "run", "output_tokens_per_s") for r in reps]
+            metrics["fluidity_miss_rate"] = [_get(r, "fluidity", "service_miss_rate") for r in reps]
+            out.setdefault(config, {})[load] = {name: _spread(values) for name, values in metrics.items()}
+    return out
+
+
+def _get(d, *keys):
+    for k in keys:
+        d = d.get(k) if isinstance(d, dict) else None
+    return d
+
+
+def _spread(values: list) -> dict:
+    v = [x for x in values if x is not None]
+    if not v:
+        return {"median": None, "min": None, "max": None, "repeats": 0}
+    return {"median": float(np.median(v)), "min": float(min(v)), "max": float(max(v)), "repeats": len(v)}
+
+
+def speedups(agg: dict, rates: list[float]) -> dict:
+    """Return config -> baseline -> metric -> per-rate speedup (baseline median / config median; > 1 helps)
+    and the crossover rate: the lowest load where speculation stops helping, interpolated in log(rate)."""
+    out: dict = {}
+    for config, loads in agg.items():
+        if config in BASELINES:
+            continue
+        for baseline in BASELINES:
+            if baseline not in agg:
+                continue
+            for metric in ("e2e_p50_s", "tpot_p50_s"):
+                ratio = []
+                for rate in rates:
+                    ours, theirs = _get(loads, f"r{rate:g}", metric, "median"), _get(agg[baseline], f"r{rate:g}",
+                                                                                    metric, "median")
+                    ratio.append(theirs / ours if ours and theirs else None)
+                out.setdefault(config, {}).setdefault(baseline, {})[metric] = {
+                    "rates": rates, "speedup": ratio, "crossover_rate": crossover(rates, ratio)}
+    return out
+
+
+def crossover(rates: list[float], speedup: list[float | None]) -> float | str | None:
+    """Return the rate at which speedup first falls to 1 (log-linear between measured rates),
+    'never helps' if it is below 1 at the lowest rate, 'beyond the highest rate' if it stays above."""
+    known = [(r, s) for r, s in zip(rates, speedup) if s is not None]
+    if not known:
+        return None
+    if known[0][1] < 1:
+        return "never helps"
+    for (r0, s0), (r1, s1) in zip(known, known[1:]):
+        if s1 < 1 <= s0:
+            f = (s0 - 1) / (s0 - s1)
+            return float(math.exp(math.log(r0) + f * (math.log(r1) - math.log(r0))))
+    return "beyond the highest rate"
+
+
+def study_one_config(config: str, args: argparse.Namespace, points: dict) -> None:
+    """Run one configuration's engine in a child process, split its phases, summarise them into points."""
+    from servescope.tracer.phases import read_phases, split_run
+
+    run_dir = args.out / "engines" / config
+    _, env = engine_setup(config, args.models_dir)
+    child = [sys.executable, "-m", "servescope.bench.spec_study", *args.passthrough, "--engine", config, str(run_dir)]
+    proc = subprocess.run(child, env={**os.environ, **env})
+    phases = {p.name: p for p in read_phases(run_dir)} if run_dir.exists() else {}
+    if proc.returncode != 0 or not phases:
+        points[f"{config}/engine"] = {"config": config, "error": f"engine process exited {proc.returncode} "
+                                                                  f"after {len(phases)} phases"}
+    if not phases:
+        return
+    paths = split_run(run_dir, args.out / "runs" / config)
+    for name, phase in phases.items():
+        if not phase.measured:
+            continue
+        key = f"{config}/{name}"
+        load = name.rsplit("-rep", 1)[0]
+        try:
+            points[key] = {"config": config, "load": load, "repeat": phase.workload.get("repeat"),
+                           "run_dir": str(paths[name]), "vllm_counters": phase.extra.get("vllm_counters"),
+                           **summarize_phase(paths[name], phase.extra.get("vllm_counters") or {})}
+        except Exception as exc:  # one unreadable phase does not lose the others
+            points[key] = {"config": config, "load": load, "error": repr(exc)}
+
+
+def parse_args(argv) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m servescope.bench.spec_study")
     ap.add_argument("--models-dir", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--configs", default="ar,draft-k4-a2.5")
-    ap.add_argument("--rates", default="1,4")
-    ap.add_argument("--num-requests", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--one", nargs=3, metavar=("CONFIG", "RATE", "RUN_DIR"), help=argparse.SUPPRESS)
+    ap.add_argument("--configs", default="ar,ar-sync-v1,draft-k4-a2.5,ngram-k4-a2.5")
+    ap.add_argument("--rates", default="0.25,1,4,16", help="replay rates, requests/s")
+    ap.add_argument("--concurrency", type=int, default=8, help="closed-loop load's concurrency (0: none)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--num-requests", type=int, default=48, help="requests per phase at most")
+    ap.add_argument("--phase-seconds", type=float, default=40.0, help="a replay sends at most this many seconds of arrivals")
+    ap.add_argument("--warmup", type=int, default=16, help="warm-up requests before the measured phases (0: none)")
+    ap.add_argument("--temperature", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--target", default=TARGET, help="target model's directory name in --models-dir")
     ap.add_argument("--draft", default=DRAFT, help="draft model's directory name in --models-dir")
-    ap.add_argument("--max-model-len", type=int, default=4096)
+    ap.add_argument("--max-model-len", type=int, default=MAX_MODEL_LEN)
+    ap.add_argument("--engine", nargs=2, metavar=("CONFIG", "RUN_DIR"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    globals().update(TARGET=args.target, DRAFT=args.draft, MAX_MODEL_LEN=args.max_model_len)
-    if args.one:
-        config, rate, run_dir = args.one
-        run_one(config, float(rate), args.models_dir, Path(run_dir), args.num_requests, args.seed)
+    args.passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
+    args.rates = sorted(float(r) for r in args.rates.split(",") if r)
+    args.configs = [c for c in args.configs.split(",") if c]
+    for config in args.configs:
+        engine_setup(config, args.models_dir)  # an unknown name fails before any engine starts
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    globals().update(DRAFT=args.draft)
+    if args.engine:
+        config, run_dir = args.engine
+        run_engine(config, args, Path(run_dir))
         return
-    study = {}
-    for config in args.configs.split(","):
-        for rate in args.rates.split(","):
-            for rep in range(args.repeats):
-                name = f"{config}-r{rate}-{rep}"
-                run_dir = args.out / "runs" / name
-                proc = subprocess.run([sys.executable, "-m", "servescope.bench.spec_study", "--models-dir",
-                                       str(args.models_dir), "--out", str(args.out), "--num-requests",
-                                       str(args.num_requests), "--seed", str(rep), "--target", args.target,
-                                       "--draft", args.draft, "--max-model-len", str(args.max_model_len),
-                                       "--one", config, rate, str(run_dir)])
-                try:
-                    study[name] = {"config": config, "rate": float(rate), "repeat": rep, "exit": proc.returncode,
-                                   **summarize_run(run_dir)}
-                except Exception as exc:
-                    study[name] = {"config": config, "rate": float(rate), "repeat": rep, "error": repr(exc)}
-                print(json.dumps({name: {k: study[name].get(k) for k in ("exit", "error", "acceptance")}}), flush=True)
-                (args.out / "study.json").write_text(json.dumps(study, indent=1, default=str))
+    points: dict = {}
+    for config in args.configs:
+        study_one_config(config, args, points)
+        agg = aggregate(points)
+        study = {"setup": {k: v for k, v in vars(args).items() if k not in ("passthrough", "engine")},
+                 "points": points, "aggregate": agg, "speedup": speedups(agg, args.rates)}
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "study.json").write_text(json.dumps(study, indent=1, default=str))
 
 
 if __name__ == "__main__":
