@@ -2,7 +2,8 @@
 # The speculative-decoding study on the H100, one call of the device tool per configuration list.
 # Needs vLLM staged as ../shared/gpu/README.md says (carry .gpu-stage/p3 after p1 and p2).
 #   bash benchmarks/h100_spec_study.sh CONFIGS [spec_study options...]
-# Writes $OUT/study-<CONFIGS>/ (study.json, runs/<config>/<phase>/, engines/<config>/).
+# Writes $OUT/study-<CONFIGS>/study.json and $OUT/study-<CONFIGS>.tar.gz (study.json, runs/<config>/<phase>/,
+# engines/<config>/).
 set -u
 configs=$1; shift
 bash .gpu-stage/p3/setup-on-gpu.sh || exit 3
@@ -14,3 +15,4 @@ python3 -m servescope.bench.spec_study --models-dir "$PWD/.gpu-stage/p3/models" 
     --rates 0.25,1,4,16 --concurrency 8 --repeats 3 --num-requests 48 --phase-seconds 30 --warmup 16 "$@" \
     2>&1 | grep -E '^\{|Traceback|Error|error' | tail -60
 rm -rf "$out"/engines/*/tables  # the phase runs hold every row; keep the engine's manifest and phases.json
+tar -C "$out" -czf "$out.tar.gz" . && rm -rf "$out"/runs "$out"/engines  # the device tool brings back flat files

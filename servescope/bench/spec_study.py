@@ -264,10 +264,13 @@ def study_one_config(config: str, args: argparse.Namespace, points: dict) -> Non
     run_dir = args.out / "engines" / config
     _, env = engine_setup(config, args.models_dir)
     child = [sys.executable, "-m", "servescope.bench.spec_study", *args.passthrough, "--engine", config, str(run_dir)]
-    proc = subprocess.run(child, env={**os.environ, **env})
+    try:
+        code = subprocess.run(child, env={**os.environ, **env}, timeout=args.engine_timeout).returncode
+    except subprocess.TimeoutExpired:  # keep the phases that finished
+        code = f"killed after {args.engine_timeout} s"
     phases = {p.name: p for p in read_phases(run_dir)} if run_dir.exists() else {}
-    if proc.returncode != 0 or not phases:
-        points[f"{config}/engine"] = {"config": config, "error": f"engine process exited {proc.returncode} "
+    if code != 0 or not phases:
+        points[f"{config}/engine"] = {"config": config, "error": f"engine process: exit {code} "
                                                                   f"after {len(phases)} phases"}
     if not phases:
         return
@@ -301,6 +304,8 @@ def parse_args(argv) -> argparse.Namespace:
     ap.add_argument("--target", default=TARGET, help="target model's directory name in --models-dir")
     ap.add_argument("--draft", default=DRAFT, help="draft model's directory name in --models-dir")
     ap.add_argument("--max-model-len", type=int, default=MAX_MODEL_LEN)
+    ap.add_argument("--engine-timeout", type=float, default=None,
+                    help="stop a configuration's engine after this many seconds, keeping its finished phases")
     ap.add_argument("--engine", nargs=2, metavar=("CONFIG", "RUN_DIR"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     args.passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
