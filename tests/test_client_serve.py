@@ -15,13 +15,9 @@ tokenizer) is started for the module and shared:
 
 from __future__ import annotations
 
-import asyncio
 import json
-import queue
 import subprocess
 import sys
-import threading
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,20 +28,16 @@ from typer.testing import CliRunner
 from engine_fixtures import engine_env
 from servescope.analysis.request_metrics import compute_request_metrics
 from servescope.analysis.run_data import load_run
-from servescope.bench.client import StreamingClient, client_request_metrics, client_vs_engine, engine_request_ids
+from servescope.bench.client import client_request_metrics, client_vs_engine, engine_request_ids
+from servescope.bench.client_crosscheck import CrossCheckLoad, cross_check
 from servescope.bench.commands import BenchSpec, build_slos, evaluate_run, register, run_bench
-from servescope.bench.driver_http import plan_load, run_load
-from servescope.bench.prompts import SyntheticPrompts
 from servescope.bench.server import start_server, wait_for_engine_records
-from servescope.bench.workload import Request, Workload
-from servescope.tracer.recorder import close_recorder, open_recorder
 from servescope.tracer.rundir import read_json, read_table
 
 pytestmark = pytest.mark.engine
 
 SERVER_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 ENGINE_ARGS = ["--load-format", "dummy", "--max-model-len", "1024"]
-CHILD_TIMEOUT_S = 180
 
 
 @pytest.fixture(scope="module")
@@ -114,164 +106,20 @@ def test_every_request_is_in_client_and_engine_tables_with_equal_tokens(server, 
 
 # --------------------------------------------------------------------------- 2. cross-check with vLLM's client
 
-# Each round runs vLLM's client and servescope's client at the same time against the one
-# server (each keeps CONCURRENCY requests in flight, ROUND_REQUESTS requests), so both see
-# the same server and the same background load from whatever else runs on this machine.
-# Both send the same kind of request: vLLM's 'random' dataset prompt of PROMPT_TOKENS tokens
-# as text (servescope's client sends the same tokenizer's decode of random ids: sending token
-# ids instead skips the server's tokenizer and measured ~5 ms less TTFT here, a difference of
-# the requests, not of the clients), ignore_eos, OUTPUT_TOKENS tokens.
-ROUNDS = 4
-ROUND_REQUESTS = 48
-CONCURRENCY = 4
-PROMPT_TOKENS = 64
-OUTPUT_TOKENS = 32
-PERCENTILES = (50, 90)  # P99 of 192 TTFTs rests on two samples: it measures luck, not the client
-# Tolerance: |servescope - vLLM| of a pooled percentile <= max(2 x noise, floor), where noise
-# is the larger of the two clients' ranges (max - min) of that percentile over the rounds: the
-# run-to-run noise measured in this very test. 2x: the pooled difference of two clients with
-# identical behaviour still varies by up to about one range between rounds on a quiet machine
-# (where ranges are small); the floor (1 ms TTFT, 0.5 ms ITL: event-loop and scheduler
-# granularity on 2 shared cores) keeps a lucky, tiny range from failing the check.
-FLOOR_MS = {"ttft": 1.0, "itl": 0.5}
-
-VLLM_CLIENT = r"""
-import contextlib, json, sys
-import vllm.benchmarks.serve as serve
-from vllm.utils.argparse_utils import FlexibleArgumentParser
-
-report = sys.stdout
-original_benchmark = serve.benchmark
-
-async def benchmark_announced(*args, **kwargs):  # tell the test the requests start now
-    report.write("sending\n"); report.flush()
-    return await original_benchmark(*args, **kwargs)
-
-serve.benchmark = benchmark_announced
-rounds = json.loads(sys.argv[1])
-report.write("ready\n"); report.flush()
-for argv, result_file in rounds:
-    sys.stdin.readline()
-    parser = FlexibleArgumentParser()
-    serve.add_cli_args(parser)
-    with contextlib.redirect_stdout(sys.stderr):
-        serve.main(parser.parse_args(argv))
-    with open(result_file) as f:
-        result = json.load(f)
-    report.write(json.dumps({"ttfts": result["ttfts"], "itls": result["itls"], "errors": result["errors"]}) + "\n")
-    report.flush()
-"""
-
-
-class ChildLines:
-    """Lines of a child's stdout, read by a thread, waited for with a time limit."""
-
-    def __init__(self, proc: subprocess.Popen, log: Path):
-        self.proc, self.log, self.lines = proc, log, queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.lines.put(line.strip())
-        self.lines.put(None)
-
-    def next(self) -> str:
-        try:
-            line = self.lines.get(timeout=CHILD_TIMEOUT_S)
-        except queue.Empty:
-            line = None
-        if line is None:
-            raise AssertionError(f"vLLM's client stopped; its log:\n{self.log.read_text()[-4000:]}")
-        return line
-
-
-def vllm_client_argv(server, model_dir: Path, seed: int, result_file: Path) -> list[str]:
-    return ["--backend", "vllm", "--base-url", server.url, "--model", str(model_dir), "--tokenizer", str(model_dir),
-            "--dataset-name", "random", "--random-input-len", str(PROMPT_TOKENS),
-            "--random-output-len", str(OUTPUT_TOKENS), "--num-prompts", str(ROUND_REQUESTS),
-            "--max-concurrency", str(CONCURRENCY), "--ignore-eos", "--disable-tqdm", "--seed", str(seed),
-            "--ready-check-timeout-sec", "0", "--save-result", "--save-detailed",
-            "--result-dir", str(result_file.parent), "--result-filename", result_file.name]
-
-
-def servescope_plan(tokenizer, seed: int) -> tuple:
-    """Return one round's load plan and the text of each of its prompts (the tokenizer's decode of the ids)."""
-    workload = Workload("cross-check", [Request(0.0, PROMPT_TOKENS, OUTPUT_TOKENS)] * ROUND_REQUESTS, "test",
-                        has_arrival_times=False)
-    prompts = SyntheticPrompts(tokenizer.vocab_size, tokenizer.all_special_ids, seed=seed)
-    plan = plan_load(workload, prompts, concurrency=CONCURRENCY, id_prefix=f"xcheck{seed}")
-    texts = {f"xcheck{seed}-{i}": tokenizer.decode(ids) for i, ids in enumerate(plan.prompts)}
-    return plan, texts
-
-
-def servescope_round(server, model_dir: Path, plan, texts: dict, run_dir: Path) -> tuple[list[float], list[float]]:
-    """Run servescope's client for one round; return TTFTs and per-chunk ITLs (ms) as recorded in run_dir."""
-
-    async def go():
-        recorder = open_recorder(run_dir.absolute())
-        async with StreamingClient(server.url, str(model_dir), recorder=recorder, request_timeout_s=120) as client:
-            return await run_load(plan, lambda r: client.complete(replace(r, prompt_text=texts[r.client_request_id])))
-
-    results = asyncio.run(go())
-    close_recorder()
-    assert {r.status for r in results} == {"ok"}, [r.error for r in results if r.error][:3]
-    metrics = client_request_metrics(run_dir)
-    assert sorted(metrics.output_tokens.tolist()) == [OUTPUT_TOKENS] * ROUND_REQUESTS
-    return (metrics.ttft_s * 1e3).tolist(), (metrics.all_tbt_per_chunk_s() * 1e3).tolist()
+# servescope.bench.client_crosscheck runs the rounds: each runs vLLM's client and servescope's
+# client at the same time against the one server, and compares TTFT and per-chunk ITL
+# percentiles within the noise of the rounds (its docstring states the tolerance).
+CROSS_CHECK_LOAD = CrossCheckLoad(rounds=4, requests=48, concurrency=4, prompt_len=64, output_len=32)
 
 
 def test_vllm_benchmark_client_and_servescope_client_agree(server, tiny_model_dir, tmp_path):
-    rounds = [(vllm_client_argv(server, tiny_model_dir, 1000 + r, tmp_path / f"vllm-{r}.json"),
-               str(tmp_path / f"vllm-{r}.json")) for r in range(ROUNDS)]
-    log = tmp_path / "vllm-client.log"
-    with open(log, "w") as log_file:
-        child = subprocess.Popen([sys.executable, "-c", VLLM_CLIENT, json.dumps(rounds)], stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, stderr=log_file, text=True, env=engine_env())
-    lines = ChildLines(child, log)
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    plans = [servescope_plan(tokenizer, 2000 + r) for r in range(ROUNDS)]  # nothing to prepare once a round runs
-    try:
-        assert lines.next() == "ready"
-        samples = {client: {"ttft": [], "itl": []} for client in ("servescope", "vllm")}
-        for r, (plan, texts) in enumerate(plans):
-            child.stdin.write("go\n")
-            child.stdin.flush()
-            assert lines.next() == "sending"
-            ttft, itl = servescope_round(server, tiny_model_dir, plan, texts, tmp_path / f"servescope-{r}")
-            theirs = json.loads(lines.next())
-            assert not any(theirs["errors"]), theirs["errors"][:3]
-            samples["servescope"]["ttft"].append(ttft)
-            samples["servescope"]["itl"].append(itl)
-            samples["vllm"]["ttft"].append([t * 1e3 for t in theirs["ttfts"]])
-            samples["vllm"]["itl"].append([g * 1e3 for gaps in theirs["itls"] for g in gaps])
-        assert child.wait(CHILD_TIMEOUT_S) == 0
-    finally:
-        if child.poll() is None:
-            child.kill()
-
-    report = {}
-    failures = []
-    for metric in ("ttft", "itl"):
-        for q in PERCENTILES:
-            per_round = {c: [float(np.percentile(s, q)) for s in samples[c][metric]] for c in samples}
-            pooled = {c: float(np.percentile(np.concatenate(samples[c][metric]), q)) for c in samples}
-            noise = max(max(v) - min(v) for v in per_round.values())
-            tolerance = max(2 * noise, FLOOR_MS[metric])
-            difference = pooled["servescope"] - pooled["vllm"]
-            report[f"{metric}_p{q}_ms"] = {"servescope": pooled["servescope"], "vllm": pooled["vllm"],
-                                           "difference": difference, "noise": noise, "tolerance": tolerance,
-                                           "per_round": per_round}
-            if abs(difference) > tolerance:
-                failures.append(f"{metric} P{q}: servescope {pooled['servescope']:.2f} ms, vLLM {pooled['vllm']:.2f} ms,"
-                                f" |difference| {abs(difference):.2f} > tolerance {tolerance:.2f} ms")
+    report = cross_check(server.url, tiny_model_dir, CROSS_CHECK_LOAD, tmp_path, env=engine_env())
     (tmp_path / "cross-check.json").write_text(json.dumps(report, indent=2))
-    print("\ncross-check (ms):", json.dumps({k: {n: round(v, 2) for n, v in r.items() if n != "per_round"}
-                                             for k, r in report.items()}, indent=1))
-    counts = {c: (sum(map(len, samples[c]["ttft"])), sum(map(len, samples[c]["itl"]))) for c in samples}
-    assert counts["servescope"][0] == counts["vllm"][0] == ROUNDS * ROUND_REQUESTS
-    assert not failures, "\n".join(failures) + "\n" + json.dumps(report, indent=1)
+    print("\ncross-check (ms):", json.dumps({k: {n: round(v, 2) for n, v in r.items() if n not in ("per_round", "agree")}
+                                             for k, r in report["comparison"].items()}, indent=1))
+    expected = CROSS_CHECK_LOAD.rounds * CROSS_CHECK_LOAD.requests
+    assert report["counts"]["servescope"]["ttft"] == report["counts"]["vllm"]["ttft"] == expected
+    assert not report["failures"], "\n".join(report["failures"]) + "\n" + json.dumps(report, indent=1)
 
 
 # --------------------------------------------------------------------------- 3. capacity end to end

@@ -79,7 +79,7 @@ def plain(text: str) -> str:
     return str(text).replace("$", r"\$")
 
 
-def _style(ax, xlabel: str = "", ylabel: str = "", title: str = "") -> None:
+def style_axes(ax, xlabel: str = "", ylabel: str = "", title: str = "") -> None:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
@@ -154,8 +154,8 @@ def _cdf_panels(ax_cdf, ax_tail, runs: Sequence[ReportRun], samples: Sequence[np
         _no_data(ax_cdf)
         _no_data(ax_tail)
         return
-    _style(ax_cdf, f"{what} ({unit})", "fraction of samples <= x", "CDF")
-    _style(ax_tail, f"{what} ({unit})", "fraction of samples >= x", "tail (log scale)")
+    style_axes(ax_cdf, f"{what} ({unit})", "fraction of samples <= x", "CDF")
+    style_axes(ax_tail, f"{what} ({unit})", "fraction of samples >= x", "tail (log scale)")
     ax_cdf.set_ylim(0, 1.02)
     ax_tail.set_yscale("log")
     for q in PERCENTILE_MARKERS:
@@ -236,7 +236,7 @@ def tpot_figure(runs: Sequence[ReportRun]) -> Figure:
         ax_bars.bar_label(bars, labels=[_fmt(v, "").strip() for v in values], fontsize=7, padding=2)
     ax_bars.set_xticks(positions, [f"{name}\nP{q}" for name, q in stats])
     ax_bars.axvline(2.5, color="#999999", linewidth=0.8)
-    _style(ax_bars, "", unit, "TPOT (per request mean gap) vs TBT (every gap)")
+    style_axes(ax_bars, "", unit, "TPOT (per request mean gap) vs TBT (every gap)")
     ax_bars.legend(fontsize=8, loc="upper left")
 
     drawn = False
@@ -254,7 +254,7 @@ def tpot_figure(runs: Sequence[ReportRun]) -> Figure:
         ax_scatter.plot([lo, hi], [lo, hi], color="#999999", linewidth=0.8, linestyle="--")
         ax_scatter.text(0.98, 0.04, "on the diagonal: steady decode", transform=ax_scatter.transAxes,
                         ha="right", fontsize=8, color="#777777")
-        _style(ax_scatter, f"request TPOT ({unit})", f"request's longest gap ({unit})",
+        style_axes(ax_scatter, f"request TPOT ({unit})", f"request's longest gap ({unit})",
                "what TPOT hides: each request's worst stall")
         ax_scatter.legend(fontsize=8, loc="best")
     else:
@@ -283,7 +283,7 @@ def normalization_figure(runs: Sequence[ReportRun]) -> Figure:
                 ax.plot(x * scale, y, drawstyle="steps-post", color=run.color, linewidth=1.8,
                         label=f"{plain(run.label)} (P99 {_fmt(percentile(values, 99) * scale, unit)})")
         if drawn:
-            _style(ax, unit, "fraction of requests <= x", title)
+            style_axes(ax, unit, "fraction of requests <= x", title)
             ax.legend(fontsize=8, loc="lower right")
         else:
             _no_data(ax)
@@ -297,7 +297,7 @@ def normalization_figure(runs: Sequence[ReportRun]) -> Figure:
             ax_scatter.scatter(m.normalized_latency_s[ok] * n_scale, m.scheduling_delay_s[ok] * d_scale, s=12,
                                alpha=0.6, color=run.color, edgecolors="none", label=plain(run.label))
     if drawn:
-        _style(ax_scatter, f"normalized latency ({n_unit}/token)", f"scheduling delay ({d_unit})",
+        style_axes(ax_scatter, f"normalized latency ({n_unit}/token)", f"scheduling delay ({d_unit})",
                "per request: waits it folds in")
         ax_scatter.legend(fontsize=8, loc="best")
     else:
@@ -327,7 +327,7 @@ def ttft_vs_prompt_figure(runs: Sequence[ReportRun]) -> Figure:
             centers, medians = _binned_medians(m.prompt_tokens[ok].astype(np.float64), y[ok] * scale)
             ax.plot(centers, medians, color=run.color, linewidth=2.0)
         if drawn:
-            _style(ax, "prompt length (tokens)", unit, title)
+            style_axes(ax, "prompt length (tokens)", unit, title)
             ax.legend(fontsize=8, loc="best")
         else:
             _no_data(ax, "no request with a recorded prompt length and first token")
@@ -382,7 +382,7 @@ def token_timelines_figure(runs: Sequence[ReportRun]) -> Figure:
         shades = _shades(run.color, chosen.size)
         for shade, request in zip(shades, chosen):
             causes_seen |= _draw_token_timeline(ax, run, int(request), scale, shade)
-        _style(ax, f"time since arrival ({unit})", "output tokens emitted", "")
+        style_axes(ax, f"time since arrival ({unit})", "output tokens emitted", "")
         what = "worst stalls" if len(run.stalls) else "longest gaps (no stall)"
         ax.set_title(f"{plain(run.label)}: {what}", color=run.color, loc="left", fontsize=11)
         ax.legend(fontsize=7, loc="upper left")
@@ -459,8 +459,8 @@ def stall_causes_figure(runs: Sequence[ReportRun]) -> Figure:
     names = [c.replace("_", "\n") for c in CAUSES]
     ax_time.set_xticks(positions, names, fontsize=9)
     ax_share.set_xticks(positions, names, fontsize=9)
-    _style(ax_time, "", "stall time (s, sum of gaps)", "stall time by cause")
-    _style(ax_share, "", "% of the run's stall time", "share of stall time")
+    style_axes(ax_time, "", "stall time (s, sum of gaps)", "stall time by cause")
+    style_axes(ax_share, "", "% of the run's stall time", "share of stall time")
     ax_share.set_ylim(0, 105)
     ax_time.legend(fontsize=8, loc="upper right")
     if not any_stall:
@@ -500,9 +500,9 @@ def fluidity_figure(runs: Sequence[ReportRun], tbt_slo_s: float, min_fluidity: f
     ax_cdf.axhline(0.01, color="#bbbbbb", linestyle=":", linewidth=1)
     ax_bars.set_xticks(positions, [f"P{q}" for q in FLUIDITY_PERCENTILES])
     ax_bars.set_ylim(0, 1.12)
-    _style(ax_bars, "percentile over requests (P1 = the worst 1%)", "fluidity index",
+    style_axes(ax_bars, "percentile over requests (P1 = the worst 1%)", "fluidity index",
            f"fluidity at percentiles (target >= {min_fluidity:g} at P1)")
-    _style(ax_cdf, "fluidity index", "fraction of requests <= x", "fluidity over requests")
+    style_axes(ax_cdf, "fluidity index", "fraction of requests <= x", "fluidity over requests")
     ax_bars.legend(fontsize=8, loc="lower right")
     if ax_cdf.lines:
         ax_cdf.legend(fontsize=8, loc="upper left")
@@ -576,7 +576,7 @@ def iteration_timeline_figure(runs: Sequence[ReportRun]) -> Figure:
         ax.set_yticks(range(len(names)), names, fontsize=8)
         ax.set_xlim(-0.01 * (hi - lo) / 1e6, 1.01 * (hi - lo) / 1e6)
         ax.set_ylim(len(names) - 0.4, -0.8)
-        _style(ax, "time in window (ms)", "", "")
+        style_axes(ax, "time in window (ms)", "", "")
         ax.grid(True, axis="x", color="#e5e5e5")
         ax.grid(False, axis="y")
         ax.set_title(f"{plain(run.label)}: {(hi - lo) / 1e6:.1f} ms around "

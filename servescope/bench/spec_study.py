@@ -222,8 +222,9 @@ def _spread(values: list) -> dict:
 
 
 def speedups(agg: dict, rates: list[float]) -> dict:
-    """Return config -> baseline -> metric -> per-rate speedup (baseline median / config median; > 1 helps)
-    and the crossover rate: the lowest load where speculation stops helping, interpolated in log(rate)."""
+    """Return config -> baseline -> metric -> per-rate speedup (baseline median / config median; > 1 helps),
+    whether each is resolved (the two configurations' ranges over repeats do not overlap), and the
+    crossover rate: the lowest load where speculation stops helping, interpolated in log(rate)."""
     out: dict = {}
     for config, loads in agg.items():
         if config in BASELINES:
@@ -232,13 +233,15 @@ def speedups(agg: dict, rates: list[float]) -> dict:
             if baseline not in agg:
                 continue
             for metric in ("e2e_p50_s", "tpot_p50_s"):
-                ratio = []
+                ratio, resolved = [], []
                 for rate in rates:
-                    ours, theirs = _get(loads, f"r{rate:g}", metric, "median"), _get(agg[baseline], f"r{rate:g}",
-                                                                                    metric, "median")
-                    ratio.append(theirs / ours if ours and theirs else None)
+                    ours, theirs = _get(loads, f"r{rate:g}", metric), _get(agg[baseline], f"r{rate:g}", metric)
+                    known = bool(ours and theirs and ours["median"] and theirs["median"])
+                    ratio.append(theirs["median"] / ours["median"] if known else None)
+                    resolved.append(known and (ours["max"] < theirs["min"] or theirs["max"] < ours["min"]))
                 out.setdefault(config, {}).setdefault(baseline, {})[metric] = {
-                    "rates": rates, "speedup": ratio, "crossover_rate": crossover(rates, ratio)}
+                    "rates": rates, "speedup": ratio, "resolved": resolved,
+                    "crossover_rate": crossover(rates, ratio)}
     return out
 
 

@@ -1,0 +1,230 @@
+"""The speculative-decoding study's own figures and tables, from one or more study directories.
+
+    python -m servescope.bench.spec_study_report STUDY_DIR [STUDY_DIR ...] --out DIR
+
+Each STUDY_DIR is an ``--out`` of ``servescope.bench.spec_study`` (one per device call when
+configurations were run separately). Their points are merged, the aggregate over repeats and
+the speedups / crossover loads are recomputed (spec_study.aggregate and speedups), and DIR gets:
+
+- ``study.json``: the merged study;
+- ``tables.md``: per configuration and load, medians with the range over repeats; speedups and
+  crossover loads against both baselines; per-step region times; acceptance checks;
+- ``latency-vs-load.png``: e2e, TPOT and TTFT medians against the arrival rate (range over repeats);
+- ``speedup.png``: speedup of the median e2e latency over each baseline, the crossover at 1;
+- ``step-times.png``: per engine step, the median GPU time of each worker region and the host time
+  of the proposer, per configuration, at one load;
+- ``tpot-p50-p99.png``: TPOT at P50 and P99 per configuration and load (what a mean would hide).
+
+The paper's per-run views (TBT CDFs per token and per chunk, fluidity, TTFT against prompt length)
+come from ``servescope report`` over the phase runs (STUDY_DIR/runs/<config>/<phase>).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from servescope.analysis.report_figures import RUN_COLORS, new_figure, style_axes
+from servescope.bench.spec_study import BASELINES, aggregate, speedups
+
+MS = 1e3
+TABLE_METRICS = (("e2e_p50_s", "e2e P50"), ("tpot_p50_s", "TPOT P50"), ("tpot_p99_s", "TPOT P99"),
+                 ("ttft_p50_s", "TTFT P50"), ("ttft_p99_s", "TTFT P99"), ("tbt_chunk_p99_s", "TBT/chunk P99"))
+REGIONS = ("forward", "draft", "sample", "bookkeep")
+
+
+def merge(study_dirs: list[Path]) -> dict:
+    """Return the merged study: every point of every directory, aggregated again."""
+    points, rates, setups = {}, set(), []
+    for d in study_dirs:
+        study = json.loads((d / "study.json").read_text())
+        for key, point in study["points"].items():
+            if key in points:
+                raise ValueError(f"{d}: point {key} is also in another study directory")
+            local = d / "runs" / key
+            points[key] = {**point, "run_dir": str(local) if local.exists() else point.get("run_dir")}
+        rates.update(study["setup"]["rates"])
+        setups.append({"dir": str(d), **study["setup"]})
+    rates = sorted(rates)
+    agg = aggregate(points)
+    return {"setups": setups, "rates": rates, "points": points, "aggregate": agg, "speedup": speedups(agg, rates)}
+
+
+def loads_of(study: dict) -> list[str]:
+    closed = sorted({p["load"] for p in study["points"].values() if p.get("load", "").startswith("c")})
+    return [f"r{r:g}" for r in study["rates"]] + closed
+
+
+def configs_of(study: dict) -> list[str]:
+    names = sorted(study["aggregate"])
+    return [c for c in BASELINES if c in names] + [c for c in names if c not in BASELINES]
+
+
+def tables_markdown(study: dict) -> str:
+    """Return the study's tables as Markdown (times in ms)."""
+    agg, loads, configs = study["aggregate"], loads_of(study), configs_of(study)
+    out = ["Medians over repeats, [min, max] in brackets; times in ms.", ""]
+    for metric, title in TABLE_METRICS:
+        out += [f"### {title}", "", "| configuration | " + " | ".join(loads) + " |",
+                "|---|" + "---|" * len(loads)]
+        for c in configs:
+            cells = [_cell(agg[c].get(load, {}).get(metric), MS) for load in loads]
+            out.append(f"| {c} | " + " | ".join(cells) + " |")
+        out.append("")
+    out += ["### Output tokens/s", "", "| configuration | " + " | ".join(loads) + " |", "|---|" + "---|" * len(loads)]
+    for c in configs:
+        out.append(f"| {c} | " + " | ".join(_cell(agg[c].get(load, {}).get("output_tokens_per_s"), 1, ".0f")
+                                           for load in loads) + " |")
+    out += ["", "### Speedup of the median (baseline / configuration; > 1: speculation helps) and crossover rate", "",
+            "~: not resolved (the two configurations' ranges over repeats overlap).", "",
+            "| configuration | baseline | metric | " + " | ".join(f"r{r:g}" for r in study["rates"]) + " | crossover (req/s) |",
+            "|---|---|---|" + "---|" * (len(study["rates"]) + 1)]
+    for c, by_base in study["speedup"].items():
+        for base, by_metric in by_base.items():
+            for metric, s in by_metric.items():
+                cells = ["-" if v is None else f"{v:.2f}" + ("" if ok else "~")
+                         for v, ok in zip(s["speedup"], s.get("resolved", [True] * len(s["speedup"])))]
+                cross = s["crossover_rate"]
+                cross = f"{cross:.2g}" if isinstance(cross, float) else str(cross)
+                out.append(f"| {c} | {base} | {metric.removesuffix('_s')} | " + " | ".join(cells) + f" | {cross} |")
+    out += ["", "### Per engine step (median over the steps of the first repeat): region GPU time, proposer host time, "
+            "EngineCore CPU", "", "| configuration | load | " + " | ".join(f"{r} GPU" for r in REGIONS)
+            + " | draft host | EngineCore CPU |", "|---|---|" + "---|" * (len(REGIONS) + 2)]
+    for c in configs:
+        for load in loads:
+            p = study["points"].get(f"{c}/{load}-rep0")
+            if not p or "gpu_ms" not in p:
+                continue
+            cells = [_p50(p["gpu_ms"], r) for r in REGIONS] + [_p50(p["host_ms"], "draft")]
+            cpu = p.get("engine_cpu_ms_per_step_p50")
+            out.append(f"| {c} | {load} | " + " | ".join(cells) + f" | {'-' if cpu is None else f'{cpu:.2f}'} |")
+    out += ["", "### Acceptance: servescope's records against vLLM's counters over the same phase", "",
+            "| configuration | phases | all equal | mean acceptance length (range) | per position (first phase) | "
+            "decode steps with a draft (range) |", "|---|---|---|---|---|---|"]
+    for c in configs:
+        acc = [p["acceptance"] for p in study["points"].values() if p.get("config") == c and p.get("acceptance")]
+        if not acc:
+            continue
+        lengths = [a["mean_length"] for a in acc]
+        shares = [a["proposal_share"] for a in acc if a.get("proposal_share") is not None]
+        equal = all(a["agrees_with_vllm"]["equal"] for a in acc)
+        out.append(f"| {c} | {len(acc)} | {'yes' if equal else 'NO'} | {np.median(lengths):.2f} "
+                   f"({min(lengths):.2f}-{max(lengths):.2f}) | {', '.join(f'{x:.2f}' for x in acc[0]['per_position'])}"
+                   f" | {min(shares):.2f}-{max(shares):.2f} |")
+    return "\n".join(out) + "\n"
+
+
+def _cell(spread: dict | None, scale: float, fmt: str = ".1f") -> str:
+    if not spread or spread.get("median") is None:
+        return "-"
+    return f"{spread['median'] * scale:{fmt}} [{spread['min'] * scale:{fmt}}, {spread['max'] * scale:{fmt}}]"
+
+
+def _p50(times: dict, region: str) -> str:
+    t = times.get(region)
+    return "-" if not t else f"{t['p50']:.2f}"
+
+
+def latency_vs_load_figure(study: dict):
+    fig = new_figure(3.6)
+    axes = fig.subplots(1, 3)
+    rates = study["rates"]
+    for i, c in enumerate(configs_of(study)):
+        for ax, (metric, title) in zip(axes, (("e2e_p50_s", "end-to-end latency P50"), ("tpot_p50_s", "TPOT P50"),
+                                              ("ttft_p50_s", "TTFT P50"))):
+            spreads = [study["aggregate"][c].get(f"r{r:g}", {}).get(metric) for r in rates]
+            med = np.array([s["median"] * MS if s and s["median"] is not None else np.nan for s in spreads])
+            lo = np.array([s["min"] * MS if s and s["min"] is not None else np.nan for s in spreads])
+            hi = np.array([s["max"] * MS if s and s["max"] is not None else np.nan for s in spreads])
+            ax.errorbar(rates, med, yerr=[med - lo, hi - med], marker="o", capsize=3, label=c,
+                        color=RUN_COLORS[i % len(RUN_COLORS)], linestyle="--" if c in BASELINES else "-")
+            ax.set_xscale("log")
+            style_axes(ax, "arrival rate (requests/s)", "ms", title)
+    axes[0].legend(fontsize=8)
+    return fig
+
+
+def speedup_figure(study: dict):
+    fig = new_figure(3.6)
+    axes = fig.subplots(1, 2)
+    for ax, metric in zip(axes, ("e2e_p50_s", "tpot_p50_s")):
+        for i, (c, by_base) in enumerate(sorted(study["speedup"].items())):
+            for base, style in (("ar", "-"), ("ar-sync-v1", ":")):
+                s = by_base.get(base, {}).get(metric)
+                if not s:
+                    continue
+                y = [np.nan if v is None else v for v in s["speedup"]]
+                ax.plot(s["rates"], y, marker="o", linestyle=style, color=RUN_COLORS[(i + 2) % len(RUN_COLORS)],
+                        label=f"{c} vs {base}")
+        ax.axhline(1.0, color="#444444", linewidth=1)
+        ax.set_xscale("log")
+        style_axes(ax, "arrival rate (requests/s)", "baseline / speculative",
+                   f"speedup of the median {metric.removesuffix('_p50_s').upper()} (> 1: speculation helps)")
+    axes[0].legend(fontsize=7)
+    return fig
+
+
+def step_times_figure(study: dict, load: str):
+    configs = [c for c in configs_of(study) if f"{c}/{load}-rep0" in study["points"]]
+    fig = new_figure(3.8)
+    ax = fig.subplots(1, 1)
+    x = np.arange(len(configs))
+    bottom = np.zeros(len(configs))
+    for j, region in enumerate(REGIONS):
+        values = np.array([study["points"][f"{c}/{load}-rep0"]["gpu_ms"].get(region, {}).get("p50", 0.0)
+                           for c in configs])
+        ax.bar(x, values, bottom=bottom, label=f"{region} (GPU)", color=RUN_COLORS[j])
+        bottom += values
+    host = np.array([study["points"][f"{c}/{load}-rep0"]["host_ms"].get("draft", {}).get("p50", np.nan)
+                     for c in configs])
+    ax.scatter(x, host, marker="D", color="black", zorder=3, label="draft (host time)")
+    ax.set_xticks(x, configs, fontsize=8)
+    style_axes(ax, "", "ms per engine step (P50)", f"per-step time by worker region at {load}")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def tpot_figure(study: dict):
+    loads, configs = loads_of(study), configs_of(study)
+    fig = new_figure(3.6)
+    ax = fig.subplots(1, 1)
+    width = 0.8 / max(1, len(configs))
+    for i, c in enumerate(configs):
+        x = np.arange(len(loads)) + i * width
+        p50 = [(_get_median(study, c, load, "tpot_p50_s") or np.nan) * MS for load in loads]
+        p99 = [(_get_median(study, c, load, "tpot_p99_s") or np.nan) * MS for load in loads]
+        color = RUN_COLORS[i % len(RUN_COLORS)]
+        ax.bar(x, p99, width, color=color, alpha=0.35)
+        ax.bar(x, p50, width, color=color, label=c)
+    ax.set_xticks(np.arange(len(loads)) + 0.4 - width / 2, loads)
+    style_axes(ax, "load (r: replay rate in req/s; c: closed loop concurrency)", "ms",
+               "TPOT: P50 (solid) and P99 (light) per configuration")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _get_median(study: dict, config: str, load: str, metric: str):
+    return study["aggregate"].get(config, {}).get(load, {}).get(metric, {}).get("median")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m servescope.bench.spec_study_report")
+    ap.add_argument("study_dirs", nargs="+", type=Path)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--step-load", default="r1", help="the load whose per-step times are drawn")
+    args = ap.parse_args(argv)
+    study = merge(args.study_dirs)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "study.json").write_text(json.dumps(study, indent=1, default=str))
+    (args.out / "tables.md").write_text(tables_markdown(study))
+    for name, fig in (("latency-vs-load", latency_vs_load_figure(study)), ("speedup", speedup_figure(study)),
+                      ("step-times", step_times_figure(study, args.step_load)), ("tpot-p50-p99", tpot_figure(study))):
+        fig.savefig(args.out / f"{name}.png", dpi=110, facecolor="white")
+        print(args.out / f"{name}.png")
+
+
+if __name__ == "__main__":
+    main()
