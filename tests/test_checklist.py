@@ -82,6 +82,22 @@ def test_defaulted_baseline_parameter_fails_and_value_differences_warn():
     assert by_item(audit(only_values))[2].status == "warn"
 
 
+def test_studied_parameters_are_the_treatment_and_repeats_are_summarised():
+    spec = dict(PARAMS, speculative_method="draft_model", num_speculative_tokens=4)
+    runs = [AuditedRun(f"A{i}", manifest(), "baseline") for i in range(3)] + \
+        [AuditedRun(f"B{i}", manifest(params=spec), "treatment") for i in range(3)]
+    unstudied = by_item(audit(runs))[2]
+    assert unstudied.status == "warn"  # treatment-only parameters, none performance-critical
+    assert unstudied.evidence.count("baseline ran with default speculative_method while treatment set it "
+                                    "('draft_model')") == 1  # once, not once per pair of runs
+    assert sum(e.endswith("parameters recorded") or "not recorded:" in e for e in unstudied.evidence) == 1
+    studied = by_item(audit(runs, studied=["speculative", "num_speculative_tokens"]))[2]
+    assert studied.status == "pass"
+    assert "studied: speculative_method: baseline None, treatment 'draft_model'" in studied.evidence
+    mixed = runs + [AuditedRun("B9", manifest(params=dict(spec, max_num_seqs=512)), "treatment")]
+    assert by_item(audit(mixed, studied=["speculative", "num_speculative_tokens"]))[2].status == "warn"
+
+
 def test_absent_fields_warn_as_not_recorded():
     bare = {"servescope": {"version": "0.1.0"}}
     res = by_item(audit([AuditedRun("X", bare)]))

@@ -214,7 +214,7 @@ def test_run_samples_from_metrics_and_tables():
     np.testing.assert_allclose(rs.iteration_s["gpu"], [0.008] * 4)
 
 
-def _builder_run(root, name, step_ms, host_ms, engine_version="0.26.0", params=None):
+def _builder_run(root, name, step_ms, host_ms, engine_version="0.26.0", params=None, draft_ms=None):
     """Two requests decoding on one engine: each step waits step_ms for the model and spends host_ms on the host."""
     from runbuilder import RunBuilder
 
@@ -235,6 +235,11 @@ def _builder_run(root, name, step_ms, host_ms, engine_version="0.26.0", params=N
             wait_end_ns=end,
             update_end_ns=end,
         )
+        if draft_ms is not None:  # a drafter region: (host, GPU event) ms
+            b.row("worker_regions", step_id=k, region="draft", host_start_ns=start,
+                  host_end_ns=start + int(draft_ms[0] * MS), gpu_ns=int(draft_ms[1] * MS))
+            b.row("worker_regions", step_id=k, region="forward", host_start_ns=start,
+                  host_end_ns=start + int(0.1 * MS), gpu_ns=int(step_ms * MS))
         ends.append(end)
         t = end
     for rid, first in (("a", 0), ("b", 2)):
@@ -263,6 +268,19 @@ def test_compare_run_dirs_splits_a_host_overhead_gain(tmp_path):
         {"name": "async_scheduling", "baseline": "not set", "treatment": True}
     ]
     assert res["iteration_gpu_time_source"] == ["host_wait"]
+
+
+def test_host_paced_regions_are_named_in_the_comparison(tmp_path):
+    from servescope.analysis.compare import compare_run_dirs
+
+    base = _builder_run(tmp_path, "base", step_ms=10, host_ms=2)
+    treat = _builder_run(tmp_path, "treat", step_ms=10, host_ms=2, draft_ms=(12.0, 8.0))
+    res = compare_run_dirs([base], [treat], n_boot=20)
+    assert res["host_paced_regions"] == {"baseline": {},
+                                         "treatment": {"draft": {"gpu_p50_ms": 8.0, "host_p50_ms": 12.0}}}
+    assert "Host-paced regions" in res["statement"] and "draft (treatment: GPU 8.0 ms, host 12.0 ms" in res["statement"]
+    kernel_bound = _builder_run(tmp_path, "kernel", step_ms=10, host_ms=2, draft_ms=(3.0, 8.0))
+    assert compare_run_dirs([base], [kernel_bound], n_boot=20)["host_paced_regions"]["treatment"] == {}
 
 
 @pytest.mark.engine

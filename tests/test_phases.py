@@ -84,6 +84,8 @@ def test_crossover_interpolates_in_log_rate():
     assert crossover([1.0, 4.0], [0.9, 0.5]) == "never helps"
     assert crossover([1.0, 4.0], [1.2, 1.1]) == "beyond the highest rate"
     assert crossover([1.0, 4.0, 16.0], [None, 1.5, 0.5]) == pytest.approx(8.0)
+    assert crossover([1.0, 4.0], [1.5, 0.5], [True, False]) == "~2 (not resolved)"
+    assert crossover([1.0, 4.0], [1.02, 0.98], [False, False]) == "no resolved difference"
 
 
 @pytest.fixture(scope="module")

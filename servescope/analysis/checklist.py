@@ -171,10 +171,15 @@ def check_implementation_fairness(runs: Sequence[AuditedRun], *, split_reported:
     return CheckResult(1, TITLES[1], _worst(statuses), evidence)
 
 
-def check_parameter_tuning(runs: Sequence[AuditedRun]) -> CheckResult:
-    """Return item 2: critical engine parameters recorded per side, differences listed, baseline not defaulted."""
+def check_parameter_tuning(runs: Sequence[AuditedRun], *, studied: Sequence[str] = ()) -> CheckResult:
+    """Return item 2: critical engine parameters recorded per side, differences listed, baseline not defaulted.
+
+    studied: the parameters the comparison is about (a name, or a prefix of names, e.g.
+    'speculative'); their differences are listed as the studied change, not held against it.
+    """
     evidence, statuses = [], []
     params = {}
+    recorded_groups: dict[str, list[str]] = {}
     for r in runs:
         p = _get(r.manifest, "engine", "parameters")
         if not isinstance(p, dict) or not p:
@@ -188,14 +193,15 @@ def check_parameter_tuning(runs: Sequence[AuditedRun]) -> CheckResult:
                 statuses.append("warn")
             else:
                 recorded = len(PERFORMANCE_CRITICAL_PARAMETERS) - len(missing)
-                evidence.append(
-                    f"{r.label}: {recorded} of {len(PERFORMANCE_CRITICAL_PARAMETERS)} "
-                    "performance-critical parameters recorded"
-                    + (f" (not recorded: {', '.join(missing)})" if missing else "")
-                )
+                line = (f"{recorded} of {len(PERFORMANCE_CRITICAL_PARAMETERS)} performance-critical parameters recorded"
+                        + (f" (not recorded: {', '.join(missing)})" if missing else ""))
+                recorded_groups.setdefault(line, []).append(r.label)
         params[r.label] = p
+    for line, labels in recorded_groups.items():
+        evidence.append(f"{labels[0]}: {line}" if len(labels) == 1 else f"{len(labels)} runs: {line}")
     base, treat = _sides(runs)
     compared = differing = 0
+    differences: dict[str, Status] = {}  # message -> status, each difference once however many pairs show it
     for b in base:
         for t in treat:
             pb, pt = params[b.label], params[t.label]
@@ -208,15 +214,17 @@ def check_parameter_tuning(runs: Sequence[AuditedRun]) -> CheckResult:
                     continue
                 differing += 1
                 critical = name in PERFORMANCE_CRITICAL_PARAMETERS
-                if vb is None:
-                    evidence.append(f"baseline ran with default {name} while treatment set it ({vt!r})")
-                    statuses.append("fail" if critical else "warn")
+                if any(name == x or name.startswith(x) for x in studied):
+                    differences[f"studied: {name}: baseline {vb!r}, treatment {vt!r}"] = "pass"
+                elif vb is None:
+                    differences[f"baseline ran with default {name} while treatment set it ({vt!r})"] = (
+                        "fail" if critical else "warn")
                 elif vt is None:
-                    evidence.append(f"treatment ran with default {name} while baseline set it ({vb!r})")
-                    statuses.append("warn")
+                    differences[f"treatment ran with default {name} while baseline set it ({vb!r})"] = "warn"
                 else:
-                    evidence.append(f"{name}: baseline {vb!r}, treatment {vt!r}")
-                    statuses.append("warn")
+                    differences[f"{name}: baseline {vb!r}, treatment {vt!r}"] = "warn"
+    evidence.extend(differences)
+    statuses.extend(differences.values())
     if compared and not differing:
         evidence.append("engine parameters identical on both sides")
     statuses.append("pass")
@@ -419,13 +427,14 @@ def audit(
     slos: dict[str, float] | None = None,
     split_reported: bool = False,
     hidden_factor: float = 2.0,
+    studied: Sequence[str] = (),
 ) -> list[CheckResult]:
-    """Return the 8 checklist items, in order, for this set of runs."""
+    """Return the 8 checklist items, in order, for this set of runs (studied: see check_parameter_tuning)."""
     if not runs:
         raise ValueError("no runs to audit")
     return [
         check_implementation_fairness(runs, split_reported=split_reported),
-        check_parameter_tuning(runs),
+        check_parameter_tuning(runs, studied=studied),
         check_model_selection(runs),
         check_workload_diversity(runs),
         check_latency_bounds(runs, slos=slos),

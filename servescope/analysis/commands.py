@@ -58,6 +58,9 @@ def register(app: typer.Typer) -> None:
         treat: Optional[List[Path]] = typer.Option(None, "--treat", help="Treatment runs, if comparing."),
         ttft_slo: Optional[float] = typer.Option(None, "--ttft-slo", help="P99 TTFT bound of the application, s."),
         tbt_slo: Optional[float] = typer.Option(None, "--tbt-slo", help="P99 TBT bound of the application, s."),
+        studied: Optional[List[str]] = typer.Option(
+            None, "--studied", help="An engine parameter (or name prefix) the comparison is about, e.g. speculative: "
+            "its difference is the treatment, not untuned baseline (repeatable)."),
         as_json: bool = typer.Option(False, "--json", help="Print the verdicts as JSON."),
     ) -> None:
         """Audit runs against the eight-item checklist of 'On Evaluating Performance of LLM Inference Systems'."""
@@ -66,7 +69,8 @@ def register(app: typer.Typer) -> None:
 
         slos = {k: v for k, v in (("ttft_s", ttft_slo), ("tbt_s", tbt_slo)) if v is not None} or None
         try:
-            results = audit_run_dirs([str(r) for r in runs], [str(t) for t in (treat or [])], slos=slos)
+            results = audit_run_dirs([str(r) for r in runs], [str(t) for t in (treat or [])], slos=slos,
+                                     studied=studied or ())
         except RunDirError as exc:
             typer.secho(f"servescope: {exc}", fg="red", err=True)
             raise typer.Exit(2)

@@ -24,7 +24,7 @@ import numpy as np
 
 from servescope.analysis.request_metrics import MISSING_NS
 from servescope.analysis.slo import decode_gaps_s, run_duration_s
-from servescope.analysis.iterations import iteration_breakdown
+from servescope.analysis.iterations import host_paced_regions, iteration_breakdown, region_times_ms
 from servescope.analysis.stalls import StepArrays, step_arrays
 
 LATENCY_METRICS = ("ttft", "tbt", "e2e", "scheduling_delay", "prefill", "decode", "normalized_latency")
@@ -45,6 +45,7 @@ class RunSamples:
     gpu_time_source: str  # "gpu_events" | "host_wait" | "mixed" | "none"
     engine: dict[str, Any] = field(default_factory=dict)  # manifest["engine"] without parameters
     parameters: dict[str, Any] = field(default_factory=dict)  # manifest["engine"]["parameters"]
+    host_paced_regions: dict[str, dict] = field(default_factory=dict)  # iterations.host_paced_regions()
 
 
 # --------------------------------------------------------------------------- per-step breakdown
@@ -83,6 +84,7 @@ def run_samples(metrics: Any, run: Any, label: str | None = None) -> RunSamples:
         gpu_time_source=_gpu_source(steps),
         engine=engine,
         parameters=parameters,
+        host_paced_regions=host_paced_regions(region_times_ms(getattr(run, "worker_regions", None))),
     )
 
 
@@ -263,6 +265,7 @@ def compare(
         "configuration": configuration,
         "attribution": attribution,
         "notes": notes,
+        "host_paced_regions": {"baseline": _host_paced(base), "treatment": _host_paced(treat)},
     }
     result["statement"] = _statement(result)
     return result
@@ -312,6 +315,15 @@ def _shares_text(share_a: float, share_b: float, diff_a: float, diff_b: float, n
     return "."
 
 
+def _host_paced(side: Sequence[RunSamples]) -> dict[str, dict]:
+    """Return the regions host-paced in any run of a side, with the medians of the first run that shows them."""
+    out: dict[str, dict] = {}
+    for r in side:
+        for name, times in r.host_paced_regions.items():
+            out.setdefault(name, times)
+    return out
+
+
 def _statement(result: dict[str, Any]) -> str:
     """Return the plain-language reading of a comparison."""
     lat, it, split, att = result["latency"], result["iteration"], result["e2e_split"], result["attribution"]
@@ -347,6 +359,11 @@ def _statement(result: dict[str, Any]) -> str:
     elif g["diff"] * c["diff"] < 0:
         step += " GPU work and host overhead moved in opposite directions: neither explains the change alone."
     lines.append(step)
+    paced = [f"{name} ({side}: GPU {t['gpu_p50_ms']:.1f} ms, host {t['host_p50_ms']:.1f} ms per step)"
+             for side, regions in result["host_paced_regions"].items() for name, t in regions.items()]
+    if paced:
+        lines.append("Host-paced regions, whose GPU event time includes waits for the host and so only bounds their "
+                     "kernel time from above (part of that 'GPU work' is host launch cost): " + "; ".join(paced) + ".")
     tok = result["throughput"]["output_tokens_per_s"]
     lines.append(f"Output throughput changed by {tok['diff']:+.1f} tokens/s ({_pct(tok['relative'])}).")
     cfg = result["configuration"]

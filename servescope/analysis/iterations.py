@@ -163,3 +163,24 @@ def region_times_ms(worker_regions) -> dict[str, dict[str, dict]]:
                 out[kind][name] = {"p50": float(np.median(values)), "p99": float(np.percentile(values, 99)),
                                    "n": int(values.size)}
     return out
+
+
+HOST_PACED_MIN_GPU_MS = 1.0  # regions shorter than this on the GPU are not worth the warning
+
+
+def host_paced_regions(times: dict[str, dict[str, dict]]) -> dict[str, dict[str, float]]:
+    """Return the regions whose median host time is at least their median GPU event time (and >= 1 ms GPU).
+
+    A CUDA-event interval is the time the stream is held between two events: kernels plus any
+    gap in which the stream waits for the host to enqueue the next one. When the host spends
+    as long in a region as the GPU interval lasts, the interval is paced by the host (kernel
+    launches, host work between launches), and the region's "GPU time" is an upper bound of its
+    kernel time, not a measure of it (gpu-validation.md: a launch-bound drafter). times is
+    region_times_ms(); returns region -> {"gpu_p50_ms", "host_p50_ms"}.
+    """
+    out = {}
+    for name, gpu in times["gpu"].items():
+        host = times["host"].get(name)
+        if host and gpu["p50"] >= HOST_PACED_MIN_GPU_MS and host["p50"] >= gpu["p50"]:
+            out[name] = {"gpu_p50_ms": gpu["p50"], "host_p50_ms": host["p50"]}
+    return out

@@ -88,6 +88,7 @@ class ChildLines:
 
     def __init__(self, proc: subprocess.Popen, log: Path, timeout_s: float = CHILD_TIMEOUT_S):
         self.proc, self.log, self.timeout_s, self.lines = proc, log, timeout_s, queue.Queue()
+        self.skipped: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self):
@@ -95,14 +96,19 @@ class ChildLines:
             self.lines.put(line.strip())
         self.lines.put(None)
 
-    def next(self) -> str:
-        try:
-            line = self.lines.get(timeout=self.timeout_s)
-        except queue.Empty:
-            line = None
-        if line is None:
-            raise CrossCheckError(f"vLLM's client stopped; its log:\n{self.log.read_text()[-4000:]}")
-        return line
+    def next(self, accept=lambda line: True) -> str:
+        """Return the next line that accept() takes; other lines (anything else printed to the
+        child's stdout, e.g. by a library) are kept in self.skipped."""
+        while True:
+            try:
+                line = self.lines.get(timeout=self.timeout_s)
+            except queue.Empty:
+                line = None
+            if line is None:
+                raise CrossCheckError(f"vLLM's client stopped; its log:\n{self.log.read_text()[-4000:]}")
+            if accept(line):
+                return line
+            self.skipped.append(line)
 
 
 def vllm_client_argv(url: str, model_dir: Path, load: CrossCheckLoad, seed: int, result_file: Path) -> list[str]:
@@ -164,15 +170,13 @@ def cross_check(url: str, model_dir: Path, load: CrossCheckLoad, work_dir: Path,
     plans = [servescope_plan(tokenizer, load, 2000 + r) for r in range(load.rounds)]  # nothing to prepare in a round
     samples = {client: {"ttft": [], "itl": []} for client in ("servescope", "vllm")}
     try:
-        if lines.next() != "ready":
-            raise CrossCheckError("vLLM's client did not start")
+        lines.next(lambda line: line == "ready")
         for r, (plan, texts) in enumerate(plans):
             child.stdin.write("go\n")
             child.stdin.flush()
-            if lines.next() != "sending":
-                raise CrossCheckError("vLLM's client did not start its round")
+            lines.next(lambda line: line == "sending")
             ttft, itl = servescope_round(url, model_dir, plan, texts, work_dir / f"servescope-{r}")
-            theirs = json.loads(lines.next())
+            theirs = json.loads(lines.next(lambda line: line.startswith("{")))
             if any(theirs["errors"]):
                 raise CrossCheckError(f"vLLM's client: errors {[e for e in theirs['errors'] if e][:3]}")
             samples["servescope"]["ttft"].append(ttft)
@@ -183,7 +187,9 @@ def cross_check(url: str, model_dir: Path, load: CrossCheckLoad, work_dir: Path,
     finally:
         if child.poll() is None:
             child.kill()
-    return compare_samples(samples, load)
+    report = compare_samples(samples, load)
+    report["vllm_client_other_stdout"] = lines.skipped[:20]
+    return report
 
 
 def compare_samples(samples: dict, load: CrossCheckLoad) -> dict:

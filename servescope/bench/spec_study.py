@@ -241,22 +241,32 @@ def speedups(agg: dict, rates: list[float]) -> dict:
                     resolved.append(known and (ours["max"] < theirs["min"] or theirs["max"] < ours["min"]))
                 out.setdefault(config, {}).setdefault(baseline, {})[metric] = {
                     "rates": rates, "speedup": ratio, "resolved": resolved,
-                    "crossover_rate": crossover(rates, ratio)}
+                    "crossover_rate": crossover(rates, ratio, resolved)}
     return out
 
 
-def crossover(rates: list[float], speedup: list[float | None]) -> float | str | None:
+def crossover(rates: list[float], speedup: list[float | None], resolved: list[bool] | None = None
+              ) -> float | str | None:
     """Return the rate at which speedup first falls to 1 (log-linear between measured rates),
-    'never helps' if it is below 1 at the lowest rate, 'beyond the highest rate' if it stays above."""
-    known = [(r, s) for r, s in zip(rates, speedup) if s is not None]
+    'never helps' if it is below 1 at the lowest rate, 'beyond the highest rate' if it stays above.
+
+    resolved (per rate, whether the difference exceeds the repeats' ranges): a crossing that
+    rests on an unresolved point is returned as text, '~R (not resolved)', and with no
+    resolved point at all the answer is 'no resolved difference'.
+    """
+    resolved = resolved if resolved is not None else [True] * len(rates)
+    known = [(r, s, ok) for r, s, ok in zip(rates, speedup, resolved) if s is not None]
     if not known:
         return None
+    if not any(ok for _, _, ok in known):
+        return "no resolved difference"
     if known[0][1] < 1:
-        return "never helps"
-    for (r0, s0), (r1, s1) in zip(known, known[1:]):
+        return "never helps" if known[0][2] else f"~{known[0][0]:g} or lower (not resolved)"
+    for (r0, s0, ok0), (r1, s1, ok1) in zip(known, known[1:]):
         if s1 < 1 <= s0:
             f = (s0 - 1) / (s0 - s1)
-            return float(math.exp(math.log(r0) + f * (math.log(r1) - math.log(r0))))
+            rate = float(math.exp(math.log(r0) + f * (math.log(r1) - math.log(r0))))
+            return rate if ok0 and ok1 else f"~{rate:.2g} (not resolved)"
     return "beyond the highest rate"
 
 

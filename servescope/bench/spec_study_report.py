@@ -1,6 +1,6 @@
 """The speculative-decoding study's own figures and tables, from one or more study directories.
 
-    python -m servescope.bench.spec_study_report STUDY_DIR [STUDY_DIR ...] --out DIR
+    python -m servescope.bench.spec_study_report STUDY_DIR[@TAG] [STUDY_DIR[@TAG] ...] --out DIR
 
 Each STUDY_DIR is an ``--out`` of ``servescope.bench.spec_study`` (one per device call when
 configurations were run separately). Their points are merged, the aggregate over repeats and
@@ -36,15 +36,25 @@ TABLE_METRICS = (("e2e_p50_s", "e2e P50"), ("tpot_p50_s", "TPOT P50"), ("tpot_p9
 REGIONS = ("forward", "draft", "sample", "bookkeep")
 
 
-def merge(study_dirs: list[Path]) -> dict:
-    """Return the merged study: every point of every directory, aggregated again."""
+def merge(study_dirs: list[str]) -> dict:
+    """Return the merged study: every point of every directory, aggregated again.
+
+    A directory given as DIR@TAG has its configurations renamed <config>@TAG: the same
+    configuration measured twice (another engine start, another machine) stays apart.
+    """
     points, rates, setups = {}, set(), []
-    for d in study_dirs:
+    for arg in study_dirs:
+        d, _, tag = str(arg).partition("@")
+        d = Path(d)
         study = json.loads((d / "study.json").read_text())
         for key, point in study["points"].items():
-            if key in points:
-                raise ValueError(f"{d}: point {key} is also in another study directory")
             local = d / "runs" / key
+            if tag:
+                config = f"{point['config']}@{tag}"
+                key = f"{config}/{key.split('/', 1)[1]}"
+                point = {**point, "config": config}
+            if key in points:
+                raise ValueError(f"{d}: point {key} is also in another study directory (tell them apart: DIR@TAG)")
             points[key] = {**point, "run_dir": str(local) if local.exists() else point.get("run_dir")}
         rates.update(study["setup"]["rates"])
         setups.append({"dir": str(d), **study["setup"]})
@@ -212,7 +222,7 @@ def _get_median(study: dict, config: str, load: str, metric: str):
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m servescope.bench.spec_study_report")
-    ap.add_argument("study_dirs", nargs="+", type=Path)
+    ap.add_argument("study_dirs", nargs="+", help="study directories (DIR@TAG: rename its configurations <config>@TAG)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--step-load", default="r1", help="the load whose per-step times are drawn")
     args = ap.parse_args(argv)
