@@ -93,7 +93,7 @@ def ngram_study(tmp_path_factory, tiny_model_dir):
     out = tmp_path_factory.mktemp("spec-study")
     proc = subprocess.run(
         [sys.executable, "-m", "servescope.bench.spec_study", "--models-dir", str(tiny_model_dir.parent), "--target",
-         tiny_model_dir.name, "--out", str(out), "--configs", "ngram-k3", "--rates", "2,8", "--concurrency", "2",
+         tiny_model_dir.name, "--out", str(out), "--configs", "ar,ngram-k3", "--rates", "2,8", "--concurrency", "2",
          "--repeats", "2", "--num-requests", "6", "--phase-seconds", "2", "--warmup", "4", "--max-model-len", "1024"],
         env=engine_env(), capture_output=True, text=True, timeout=ENGINE_TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -128,8 +128,9 @@ def test_study_phases_partition_the_engine_run(ngram_study):
 @pytest.mark.engine
 def test_study_acceptance_per_phase_equals_vllms_counters(ngram_study):
     _, study = ngram_study
-    points = study["points"]
-    assert len(points) == 6 and not any("error" in p for p in points.values())
+    points = {k: p for k, p in study["points"].items() if p["config"] == "ngram-k3"}
+    assert len(study["points"]) == 12 and not any("error" in p for p in study["points"].values())
+    assert not any("acceptance" in p for k, p in study["points"].items() if p["config"] == "ar")
     for name, point in points.items():
         check = point["acceptance"]["agrees_with_vllm"]
         assert check["drafts"]["servescope"] > 0, f"{name}: ngram proposed nothing"
@@ -147,3 +148,24 @@ def test_a_phase_is_a_run_every_command_reads(ngram_study):
     result = json.loads(proc.stdout)
     assert result["run"]["requests"] == 6
     assert json.loads((run / "manifest.json").read_text())["workload"]["target_rate_per_s"] == 8.0
+
+
+@pytest.mark.engine
+def test_study_report_merges_studies_and_draws_its_figures(ngram_study, tmp_path):
+    out, study = ngram_study
+    speedup = study["speedup"]["ngram-k3"]["ar"]["e2e_p50_s"]
+    assert len(speedup["speedup"]) == 2 and all(s > 0 for s in speedup["speedup"])
+    assert speedup["crossover_rate"] is not None
+    report = tmp_path / "report"
+    subprocess.run([sys.executable, "-m", "servescope.bench.spec_study_report", str(out), f"{out}@again",
+                    "--out", str(report), "--step-load", "r2"], check=True, capture_output=True, timeout=300)
+    merged = json.loads((report / "study.json").read_text())
+    assert set(merged["aggregate"]) == {"ar", "ngram-k3", "ar@again", "ngram-k3@again"}
+    assert merged["aggregate"]["ngram-k3@again"] == merged["aggregate"]["ngram-k3"]
+    tables = (report / "tables.md").read_text()
+    assert "| ngram-k3 | 6 | yes |" in tables and "| ngram-k3@again | 6 | yes |" in tables
+    for name in ("latency-vs-load", "speedup", "step-times", "tpot-p50-p99"):
+        assert (report / f"{name}.png").stat().st_size > 10_000
+    clash = subprocess.run([sys.executable, "-m", "servescope.bench.spec_study_report", str(out), str(out),
+                            "--out", str(tmp_path / "clash")], capture_output=True, text=True, timeout=300)
+    assert clash.returncode != 0 and "DIR@TAG" in clash.stderr
