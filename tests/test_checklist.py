@@ -170,6 +170,16 @@ def test_distribution_item_flags_few_requests_and_percentile_order_flips():
     assert item.status == "warn" and any(e.startswith("TTFT: the order flips") for e in item.evidence)
 
 
+def test_repeats_with_the_same_evidence_share_one_line():
+    repeats = [AuditedRun(f"rep{i}", manifest(), **samples(n=37)) for i in range(4)] + \
+        [AuditedRun("other", manifest(), **samples(n=37, seed=1))]
+    res = by_item(audit(repeats))
+    assert res[7].evidence[0] == "5 runs (rep0, rep1, rep2, ...): only 37 requests: its P99 is nearly its maximum"
+    prompt_lines = [e for e in res[4].evidence if "prompt tokens" in e]
+    assert prompt_lines[0].startswith("4 runs (rep0, rep1, rep2, ...): prompt tokens")
+    assert prompt_lines[1].startswith("other: prompt tokens")
+
+
 def test_missing_tbt_with_multi_token_outputs_fails_metric_selection():
     s = samples()
     s["tbt_s"] = np.zeros(0)

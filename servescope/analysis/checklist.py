@@ -120,6 +120,21 @@ def _p(values: np.ndarray, q: float) -> float:
     return float(np.percentile(values, q)) if values.size else math.nan
 
 
+def _grouped(per_run: Sequence[tuple[str, str]], shown: int = 3) -> list[str]:
+    """Return 'label: text' lines, runs with the same text on one line ('N runs (a, b, c, ...): text')."""
+    labels_by_text: dict[str, list[str]] = {}
+    for label, text in per_run:
+        labels_by_text.setdefault(text, []).append(label)
+    lines = []
+    for text, labels in labels_by_text.items():
+        if len(labels) == 1:
+            lines.append(f"{labels[0]}: {text}")
+        else:
+            names = ", ".join(labels[:shown]) + (", ..." if len(labels) > shown else "")
+            lines.append(f"{len(labels)} runs ({names}): {text}")
+    return lines
+
+
 def _fmt_count(x: Any) -> str:
     if not isinstance(x, (int, float)) or isinstance(x, bool):
         return str(x)
@@ -290,15 +305,15 @@ def check_workload_diversity(runs: Sequence[AuditedRun]) -> CheckResult:
         statuses.append("warn")
     elif names:
         evidence.append(f"workloads: {', '.join(sorted(names))}")
+    per_run = []
     for r in runs:
         for attr, what in (("prompt_tokens", "prompt"), ("output_tokens", "output")):
             v = getattr(r, attr)
             if v is not None and np.size(v):
                 v = np.asarray(v, dtype=np.float64)
-                evidence.append(
-                    f"{r.label}: {what} tokens P50 {_p(v, 50):.0f}, P90 {_p(v, 90):.0f}, P99 {_p(v, 99):.0f} "
-                    f"(n={v.size}); compare with production traces"
-                )
+                per_run.append((r.label, f"{what} tokens P50 {_p(v, 50):.0f}, P90 {_p(v, 90):.0f}, "
+                                         f"P99 {_p(v, 99):.0f} (n={v.size}); compare with production traces"))
+    evidence.extend(_grouped(per_run))
     statuses.append("pass")
     return CheckResult(4, TITLES[4], _worst(statuses), evidence)
 
@@ -354,7 +369,7 @@ def check_metric_selection(runs: Sequence[AuditedRun]) -> CheckResult:
 
 def check_performance_distribution(runs: Sequence[AuditedRun]) -> CheckResult:
     """Return item 7: enough requests for tail percentiles; flags comparisons whose order flips between P50 and P99."""
-    evidence, statuses = [], []
+    evidence, statuses, few = [], [], []
     for r in runs:
         if r.e2e_s is None:
             evidence.append(f"{r.label}: request metrics not computed")
@@ -362,8 +377,9 @@ def check_performance_distribution(runs: Sequence[AuditedRun]) -> CheckResult:
             continue
         n = int(np.size(r.e2e_s))
         if n < MIN_REQUESTS_FOR_P99:
-            evidence.append(f"{r.label}: only {n} requests: its P99 is nearly its maximum")
+            few.append((r.label, f"only {n} requests: its P99 is nearly its maximum"))
             statuses.append("warn")
+    evidence.extend(_grouped(few))
     base, treat = _sides(runs)
     if base and treat:
         for attr, label in (("ttft_s", "TTFT"), ("tbt_s", "TBT"), ("e2e_s", "e2e latency")):
