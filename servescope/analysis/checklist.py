@@ -92,7 +92,8 @@ def _worst(statuses: Sequence[Status]) -> Status:
     return "fail" if "fail" in statuses else ("warn" if "warn" in statuses else "pass")
 
 
-def _get(d: Any, *keys: str) -> Any:
+def nested_get(d: Any, *keys: str) -> Any:
+    """Return d[k1][k2]..., or None where a level is missing or not a dict."""
     for k in keys:
         if not isinstance(d, dict) or k not in d:
             return None
@@ -158,7 +159,7 @@ def check_implementation_fairness(runs: Sequence[AuditedRun], *, split_reported:
     evidence, statuses = [], []
     engines = {}
     for r in runs:
-        name, version = _get(r.manifest, "engine", "name"), _get(r.manifest, "engine", "version")
+        name, version = nested_get(r.manifest, "engine", "name"), nested_get(r.manifest, "engine", "version")
         if name is None or version is None:
             evidence.append(f"{r.label}: engine name/version not recorded")
             statuses.append("warn")
@@ -194,9 +195,9 @@ def check_parameter_tuning(runs: Sequence[AuditedRun], *, studied: Sequence[str]
     """
     evidence, statuses = [], []
     params = {}
-    recorded_groups: dict[str, list[str]] = {}
+    recorded = []
     for r in runs:
-        p = _get(r.manifest, "engine", "parameters")
+        p = nested_get(r.manifest, "engine", "parameters")
         if not isinstance(p, dict) or not p:
             evidence.append(f"{r.label}: engine parameters not recorded")
             statuses.append("warn")
@@ -207,13 +208,12 @@ def check_parameter_tuning(runs: Sequence[AuditedRun], *, studied: Sequence[str]
                 evidence.append(f"{r.label}: none of the performance-critical parameters recorded")
                 statuses.append("warn")
             else:
-                recorded = len(PERFORMANCE_CRITICAL_PARAMETERS) - len(missing)
-                line = (f"{recorded} of {len(PERFORMANCE_CRITICAL_PARAMETERS)} performance-critical parameters recorded"
-                        + (f" (not recorded: {', '.join(missing)})" if missing else ""))
-                recorded_groups.setdefault(line, []).append(r.label)
+                count = len(PERFORMANCE_CRITICAL_PARAMETERS) - len(missing)
+                recorded.append((r.label, f"{count} of {len(PERFORMANCE_CRITICAL_PARAMETERS)} performance-critical "
+                                          "parameters recorded"
+                                 + (f" (not recorded: {', '.join(missing)})" if missing else "")))
         params[r.label] = p
-    for line, labels in recorded_groups.items():
-        evidence.append(f"{labels[0]}: {line}" if len(labels) == 1 else f"{len(labels)} runs: {line}")
+    evidence.extend(_grouped(recorded))
     base, treat = _sides(runs)
     compared = differing = 0
     differences: dict[str, Status] = {}  # message -> status, each difference once however many pairs show it
@@ -251,7 +251,7 @@ def check_model_selection(runs: Sequence[AuditedRun]) -> CheckResult:
     evidence, statuses = [], []
     attention, moe, sizes, archs = set(), set(), set(), set()
     for r in runs:
-        model = _get(r.manifest, "model")
+        model = nested_get(r.manifest, "model")
         if not isinstance(model, dict):
             evidence.append(f"{r.label}: model not recorded")
             statuses.append("warn")
@@ -294,7 +294,7 @@ def check_workload_diversity(runs: Sequence[AuditedRun]) -> CheckResult:
     evidence, statuses = [], []
     names = set()
     for r in runs:
-        name = _get(r.manifest, "workload", "name")
+        name = nested_get(r.manifest, "workload", "name")
         if name is None:
             evidence.append(f"{r.label}: workload not recorded")
             statuses.append("warn")

@@ -255,7 +255,7 @@ def tpot_figure(runs: Sequence[ReportRun]) -> Figure:
         ax_scatter.text(0.98, 0.04, "on the diagonal: steady decode", transform=ax_scatter.transAxes,
                         ha="right", fontsize=8, color="#777777")
         style_axes(ax_scatter, f"request TPOT ({unit})", f"request's longest gap ({unit})",
-               "what TPOT hides: each request's worst stall")
+                   "what TPOT hides: each request's worst stall")
         ax_scatter.legend(fontsize=8, loc="best")
     else:
         _no_data(ax_scatter, "no request with 2+ tokens")
@@ -298,7 +298,7 @@ def normalization_figure(runs: Sequence[ReportRun]) -> Figure:
                                alpha=0.6, color=run.color, edgecolors="none", label=plain(run.label))
     if drawn:
         style_axes(ax_scatter, f"normalized latency ({n_unit}/token)", f"scheduling delay ({d_unit})",
-               "per request: waits it folds in")
+                   "per request: waits it folds in")
         ax_scatter.legend(fontsize=8, loc="best")
     else:
         _no_data(ax_scatter)
@@ -501,7 +501,7 @@ def fluidity_figure(runs: Sequence[ReportRun], tbt_slo_s: float, min_fluidity: f
     ax_bars.set_xticks(positions, [f"P{q}" for q in FLUIDITY_PERCENTILES])
     ax_bars.set_ylim(0, 1.12)
     style_axes(ax_bars, "percentile over requests (P1 = the worst 1%)", "fluidity index",
-           f"fluidity at percentiles (target >= {min_fluidity:g} at P1)")
+               f"fluidity at percentiles (target >= {min_fluidity:g} at P1)")
     style_axes(ax_cdf, "fluidity index", "fraction of requests <= x", "fluidity over requests")
     ax_bars.legend(fontsize=8, loc="lower right")
     if ax_cdf.lines:

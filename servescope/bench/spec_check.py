@@ -20,18 +20,6 @@ import uuid
 import numpy as np
 
 
-def vllm_spec_counters(engine) -> dict[str, float]:
-    """Return vLLM's own spec-decode counters (Prometheus metrics snapshot)."""
-    metrics = engine.get_metrics() if hasattr(engine, "get_metrics") else []
-    out = {}
-    for m in metrics:
-        if m.name.startswith("vllm:spec_decode") and hasattr(m, "value"):
-            out[m.name] = out.get(m.name, 0) + float(m.value)
-        elif m.name.startswith("vllm:spec_decode") and hasattr(m, "values"):
-            out[m.name] = [float(v) for v in m.values]
-    return out
-
-
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--target", required=True)
@@ -49,6 +37,7 @@ def main(argv=None) -> None:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
     import servescope
+    from servescope.bench.driver_inprocess import vllm_counters
     from vllm import SamplingParams
     from vllm.engine.arg_utils import EngineArgs
     from vllm.v1.engine.llm_engine import LLMEngine
@@ -73,7 +62,7 @@ def main(argv=None) -> None:
         engine.add_request(f"{uuid.uuid4().hex[:6]}-{i}", {"prompt_token_ids": prompt}, params)
     while engine.has_unfinished_requests():
         engine.step()
-    counters = vllm_spec_counters(engine)
+    counters = {k: v for k, v in vllm_counters().items() if k.startswith("vllm:spec_decode")}
     servescope.uninstrument()
     from servescope.analysis.iterations import region_times_ms, speculative_summary
     from servescope.analysis.run_data import load_run

@@ -43,6 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
+from servescope.analysis.checklist import nested_get
+
 TBT_DEADLINE_S = 0.05
 TARGET, DRAFT, MAX_MODEL_LEN = "llama3-8b", "llama3-1b", 4096
 PROMPT_CAP, OUTPUT_CAP = 2048, 256
@@ -201,17 +203,11 @@ def aggregate(points: dict[str, dict]) -> dict[str, dict[str, dict]]:
     out: dict = {}
     for config, loads in grouped.items():
         for load, reps in loads.items():
-            metrics = {name: [_get(r, *path) for r in reps] for name, path in COMPARED.items()}
-            metrics["output_tokens_per_s"] = [_get(r, "run", "output_tokens_per_s") for r in reps]
-            metrics["fluidity_miss_rate"] = [_get(r, "fluidity", "service_miss_rate") for r in reps]
+            metrics = {name: [nested_get(r, *path) for r in reps] for name, path in COMPARED.items()}
+            metrics["output_tokens_per_s"] = [nested_get(r, "run", "output_tokens_per_s") for r in reps]
+            metrics["fluidity_miss_rate"] = [nested_get(r, "fluidity", "service_miss_rate") for r in reps]
             out.setdefault(config, {})[load] = {name: _spread(values) for name, values in metrics.items()}
     return out
-
-
-def _get(d, *keys):
-    for k in keys:
-        d = d.get(k) if isinstance(d, dict) else None
-    return d
 
 
 def _spread(values: list) -> dict:
@@ -235,7 +231,8 @@ def speedups(agg: dict, rates: list[float]) -> dict:
             for metric in ("e2e_p50_s", "tpot_p50_s"):
                 ratio, resolved = [], []
                 for rate in rates:
-                    ours, theirs = _get(loads, f"r{rate:g}", metric), _get(agg[baseline], f"r{rate:g}", metric)
+                    ours = nested_get(loads, f"r{rate:g}", metric)
+                    theirs = nested_get(agg[baseline], f"r{rate:g}", metric)
                     known = bool(ours and theirs and ours["median"] and theirs["median"])
                     ratio.append(theirs["median"] / ours["median"] if known else None)
                     resolved.append(known and (ours["max"] < theirs["min"] or theirs["max"] < ours["min"]))
@@ -310,7 +307,8 @@ def parse_args(argv) -> argparse.Namespace:
     ap.add_argument("--concurrency", type=int, default=8, help="closed-loop load's concurrency (0: none)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--num-requests", type=int, default=48, help="requests per phase at most")
-    ap.add_argument("--phase-seconds", type=float, default=40.0, help="a replay sends at most this many seconds of arrivals")
+    ap.add_argument("--phase-seconds", type=float, default=40.0,
+                    help="a replay sends at most this many seconds of arrivals")
     ap.add_argument("--warmup", type=int, default=16, help="warm-up requests before the measured phases (0: none)")
     ap.add_argument("--temperature", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=0)
@@ -321,7 +319,7 @@ def parse_args(argv) -> argparse.Namespace:
                     help="stop a configuration's engine after this many seconds, keeping its finished phases")
     ap.add_argument("--engine", nargs=2, metavar=("CONFIG", "RUN_DIR"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    args.passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
+    args.passthrough = list(argv if argv is not None else sys.argv[1:])
     args.rates = sorted(float(r) for r in args.rates.split(",") if r)
     args.configs = [c for c in args.configs.split(",") if c]
     for config in args.configs:

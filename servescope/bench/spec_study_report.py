@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from servescope.analysis.checklist import nested_get
 from servescope.analysis.report_figures import RUN_COLORS, new_figure, style_axes
 from servescope.bench.spec_study import BASELINES, aggregate, speedups
 
@@ -90,7 +91,8 @@ def tables_markdown(study: dict) -> str:
                                            for load in loads) + " |")
     out += ["", "### Speedup of the median (baseline / configuration; > 1: speculation helps) and crossover rate", "",
             "~: not resolved (the two configurations' ranges over repeats overlap).", "",
-            "| configuration | baseline | metric | " + " | ".join(f"r{r:g}" for r in study["rates"]) + " | crossover (req/s) |",
+            "| configuration | baseline | metric | " + " | ".join(f"r{r:g}" for r in study["rates"])
+            + " | crossover (req/s) |",
             "|---|---|---|" + "---|" * (len(study["rates"]) + 1)]
     for c, by_base in study["speedup"].items():
         for base, by_metric in by_base.items():
@@ -204,8 +206,8 @@ def tpot_figure(study: dict):
     width = 0.8 / max(1, len(configs))
     for i, c in enumerate(configs):
         x = np.arange(len(loads)) + i * width
-        p50 = [(_get_median(study, c, load, "tpot_p50_s") or np.nan) * MS for load in loads]
-        p99 = [(_get_median(study, c, load, "tpot_p99_s") or np.nan) * MS for load in loads]
+        p50 = [(nested_get(study["aggregate"], c, load, "tpot_p50_s", "median") or np.nan) * MS for load in loads]
+        p99 = [(nested_get(study["aggregate"], c, load, "tpot_p99_s", "median") or np.nan) * MS for load in loads]
         color = RUN_COLORS[i % len(RUN_COLORS)]
         ax.bar(x, p99, width, color=color, alpha=0.35)
         ax.bar(x, p50, width, color=color, label=c)
@@ -214,10 +216,6 @@ def tpot_figure(study: dict):
                "TPOT: P50 (solid) and P99 (light) per configuration")
     ax.legend(fontsize=8)
     return fig
-
-
-def _get_median(study: dict, config: str, load: str, metric: str):
-    return study["aggregate"].get(config, {}).get(load, {}).get(metric, {}).get("median")
 
 
 def main(argv=None) -> None:
