@@ -16,6 +16,7 @@ import time
 from types import SimpleNamespace
 
 from servescope.patches.vllm import engine_core_hooks as ech
+from servescope.tracer import thread_usage
 from servescope.tracer.host_region_timer import HostRegionTimer
 from servescope.tracer.recorder import Recorder
 
@@ -55,8 +56,12 @@ def main() -> None:
 
     step_us = per_call_us(schedule_then_update, args.steps)
     region_us = per_call_us(five_regions, args.steps)
+    thread_usage.ENABLED = False
+    bare_region_us = per_call_us(five_regions, args.steps)
+    thread_usage.ENABLED = True
     print(f"batch {args.batch}: EngineCore hooks (schedule + update bodies) {step_us:.1f} us/step; "
-          f"5 host-timed worker regions {region_us:.1f} us/step; "
+          f"5 host-timed worker regions {region_us:.1f} us/step, of which the thread's CPU time and "
+          f"switches (SERVESCOPE_THREAD_USAGE) {region_us - bare_region_us:.1f} us; "
           f"per emitted token {step_us / args.batch:.2f} us")
 
 

@@ -92,6 +92,8 @@ def test_worker_regions_join_to_steps(offline_run):
         s = steps[r["step_id"]]
         assert s["execute_start_ns"] <= r["host_start_ns"] and r["host_end_ns"] <= s["wait_end_ns"]
     assert {"execute_model", "forward", "sample"} <= {r["region"] for r in regions}
+    # the thread's CPU time per region is opt-in (SERVESCOPE_THREAD_USAGE=1; the spec study turns it on)
+    assert all(r["host_cpu_ns"] is None and r["voluntary_switches"] is None for r in regions)
 
 
 def test_manifest_records_the_engine_configuration_in_effect(offline_run):

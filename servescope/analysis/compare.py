@@ -324,6 +324,12 @@ def _host_paced(side: Sequence[RunSamples]) -> dict[str, dict]:
     return out
 
 
+def _on_cpu(times: dict) -> str:
+    """Return ", of which X ms on the CPU" for a host-paced region whose thread CPU time was recorded."""
+    cpu = times.get("host_cpu_p50_ms")
+    return "" if cpu is None else f", of which {cpu:.1f} ms on the CPU"
+
+
 def _statement(result: dict[str, Any]) -> str:
     """Return the plain-language reading of a comparison."""
     lat, it, split, att = result["latency"], result["iteration"], result["e2e_split"], result["attribution"]
@@ -359,7 +365,7 @@ def _statement(result: dict[str, Any]) -> str:
     elif g["diff"] * c["diff"] < 0:
         step += " GPU work and host overhead moved in opposite directions: neither explains the change alone."
     lines.append(step)
-    paced = [f"{name} ({side}: GPU {t['gpu_p50_ms']:.1f} ms, host {t['host_p50_ms']:.1f} ms per step)"
+    paced = [f"{name} ({side}: GPU {t['gpu_p50_ms']:.1f} ms, host {t['host_p50_ms']:.1f} ms{_on_cpu(t)} per step)"
              for side, regions in result["host_paced_regions"].items() for name, t in regions.items()]
     if paced:
         lines.append("Host-paced regions, whose GPU event time includes waits for the host and so only bounds their "

@@ -146,18 +146,32 @@ def speculative_summary(run: Any) -> dict | None:
 
 
 def region_times_ms(worker_regions) -> dict[str, dict[str, dict]]:
-    """Return per worker region the P50 / P99 / count of its GPU time and its host time, in ms."""
-    out: dict[str, dict[str, dict]] = {"gpu": {}, "host": {}}
+    """Return per worker region the P50 / P99 / count of its GPU time, host time and the thread's CPU time in it (ms).
+
+    Keys: "gpu" (CUDA-event time), "host" (host wall time), "host_cpu" (the worker thread's CPU
+    time inside the region), "off_cpu" (host - host_cpu: blocked or preempted), and
+    "voluntary_switches" / "involuntary_switches" (counts per region, not ms). Runs recorded
+    before host_cpu_ns existed have no "host_cpu"/"off_cpu"/switch entries.
+    """
+    out: dict[str, dict[str, dict]] = {k: {} for k in REGION_TIME_KINDS}
     if worker_regions is None or worker_regions.num_rows == 0:
         return out
+
+    def column(name: str) -> np.ndarray:
+        if name not in worker_regions.column_names:
+            return np.full(worker_regions.num_rows, np.nan)
+        return np.asarray(worker_regions.column(name).to_numpy(zero_copy_only=False), dtype=np.float64)
+
     region = np.asarray(worker_regions.column("region").to_pylist(), dtype=object)
-    gpu = np.asarray(worker_regions.column("gpu_ns").to_numpy(zero_copy_only=False), dtype=np.float64) / 1e6
-    host_start = np.asarray(worker_regions.column("host_start_ns").to_numpy(zero_copy_only=False), dtype=np.float64)
-    host = (np.asarray(worker_regions.column("host_end_ns").to_numpy(zero_copy_only=False), dtype=np.float64)
-            - host_start) / 1e6
+    host = (column("host_end_ns") - column("host_start_ns")) / 1e6
+    host_cpu = column("host_cpu_ns") / 1e6
+    values_by_kind = {"gpu": column("gpu_ns") / 1e6, "host": host, "host_cpu": host_cpu, "off_cpu": host - host_cpu,
+                      "voluntary_switches": column("voluntary_switches"),
+                      "involuntary_switches": column("involuntary_switches")}
     for name in sorted(set(region)):
         pick = region == name
-        for kind, values in (("gpu", gpu[pick]), ("host", host[pick])):
+        for kind, values in values_by_kind.items():
+            values = values[pick]
             values = values[~np.isnan(values)]
             if values.size:
                 out[kind][name] = {"p50": float(np.median(values)), "p99": float(np.percentile(values, 99)),
@@ -165,6 +179,7 @@ def region_times_ms(worker_regions) -> dict[str, dict[str, dict]]:
     return out
 
 
+REGION_TIME_KINDS = ("gpu", "host", "host_cpu", "off_cpu", "voluntary_switches", "involuntary_switches")
 HOST_PACED_MIN_GPU_MS = 1.0  # regions shorter than this on the GPU are not worth the warning
 
 
@@ -176,11 +191,16 @@ def host_paced_regions(times: dict[str, dict[str, dict]]) -> dict[str, dict[str,
     as long in a region as the GPU interval lasts, the interval is paced by the host (kernel
     launches, host work between launches), and the region's "GPU time" is an upper bound of its
     kernel time, not a measure of it (gpu-validation.md: a launch-bound drafter). times is
-    region_times_ms(); returns region -> {"gpu_p50_ms", "host_p50_ms"}.
+    region_times_ms(); returns region -> {"gpu_p50_ms", "host_p50_ms"[, "host_cpu_p50_ms"]}: the
+    thread's CPU time says whether the host was busy launching (close to host_p50_ms) or waiting
+    off the CPU (blocked on the GIL or a lock, or preempted).
     """
     out = {}
     for name, gpu in times["gpu"].items():
         host = times["host"].get(name)
         if host and gpu["p50"] >= HOST_PACED_MIN_GPU_MS and host["p50"] >= gpu["p50"]:
             out[name] = {"gpu_p50_ms": gpu["p50"], "host_p50_ms": host["p50"]}
+            cpu = times.get("host_cpu", {}).get(name)
+            if cpu:
+                out[name]["host_cpu_p50_ms"] = cpu["p50"]
     return out

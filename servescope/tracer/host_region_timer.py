@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 from servescope.tracer.clock import now_ns
+from servescope.tracer.thread_usage import thread_usage, usage_between
 
 
 class HostRegionTimer:
@@ -18,12 +19,14 @@ class HostRegionTimer:
 
     def start(self, step_id: int | None, region: str) -> tuple:
         """Return a token for the region that starts now."""
-        return (step_id, region, now_ns())
+        return (step_id, region, now_ns(), thread_usage())
 
     def end(self, token: tuple) -> None:
         """Close the region of token and record it."""
-        step_id, region, t0 = token
-        self._append((step_id, self.rank, region, t0, now_ns(), None, None, None))
+        usage = thread_usage()  # read inside [host_start_ns, host_end_ns]: host_cpu_ns <= the wall time
+        t1 = now_ns()
+        step_id, region, t0, usage0 = token
+        self._append((step_id, self.rank, region, t0, t1, None, None, None, *usage_between(usage0, usage)))
 
     def harvest(self) -> None:
         """Nothing to resolve on the host."""

@@ -1,9 +1,11 @@
 """Region timer for model-runner regions: host times always, GPU times from pooled CUDA events.
 
 Rows go to ``append_row(tuple)`` in worker_regions column order (schema.py): step_id, rank,
-region, host_start_ns, host_end_ns, gpu_ns, gpu_start_ns, gpu_end_ns.
+region, host_start_ns, host_end_ns, gpu_ns, gpu_start_ns, gpu_end_ns, host_cpu_ns,
+voluntary_switches, involuntary_switches (the thread's CPU time and context switches inside the
+region: thread_usage.py).
 
-Hot path (``start``/``end``): ``time.monotonic_ns()`` and, on CUDA, ``record()`` of a pooled,
+Hot path (``start``/``end``): ``time.monotonic_ns()``, one ``getrusage`` and, on CUDA, ``record()`` of a pooled,
 pre-created ``torch.cuda.Event(enable_timing=True)`` on ``torch.cuda.current_stream()``. It never
 synchronizes and never creates events. ``harvest()`` resolves, oldest first, the regions whose
 end event ``query()`` says completed, and stops at the first one still running (it waits for a
@@ -37,6 +39,7 @@ from collections import deque
 from typing import Callable
 
 from servescope.tracer.clock import now_ns
+from servescope.tracer.thread_usage import NO_USAGE, thread_usage, usage_between
 
 MODES = ("auto", "cuda", "host")
 
@@ -175,16 +178,16 @@ class RegionTimer:
     def start(self, step_id: int | None, region: str) -> tuple:
         """Open a region now; return the token to pass to end()."""
         if self.mode == "host":
-            return (step_id, region, now_ns(), None, None)
+            return (step_id, region, now_ns(), None, None, thread_usage())
         pair = None
         try:
             if self._is_capturing():
                 self.skipped_capture += 1
-                return (step_id, region, now_ns(), None, None)
+                return (step_id, region, now_ns(), None, None, thread_usage())
             free = self._free
             if not free:
                 self.dropped += 1
-                return (step_id, region, now_ns(), None, None)
+                return (step_id, region, now_ns(), None, None, thread_usage())
             pair = free.pop()
             gs = self._graph_stamps
             if gs is not None and step_id != self._context_step:
@@ -192,24 +195,26 @@ class RegionTimer:
                 self._context_step = step_id
             s0 = self._stamps.stamp() if self._stamps is not None else None
             pair[0].record()
-            return (step_id, region, now_ns(), pair, s0)
+            return (step_id, region, now_ns(), pair, s0, thread_usage())
         except Exception:
             self.errors += 1
             if pair is not None:
                 self._free.append(pair)
-            return (step_id, region, now_ns(), None, None)
+            return (step_id, region, now_ns(), None, None, thread_usage())
 
     def end(self, token: tuple) -> None:
         """Close the region of token (host row now; GPU row at a later harvest)."""
+        usage = thread_usage()  # read inside [host_start_ns, host_end_ns]: host_cpu_ns <= the wall time
         h1 = now_ns()
         try:
-            step_id, region, h0, pair, s0 = token
+            step_id, region, h0, pair, s0, usage0 = token
+            used = usage_between(usage0, usage)
             if pair is None:
-                self._append((step_id, self.rank, region, h0, h1, None, None, None))
+                self._append((step_id, self.rank, region, h0, h1, None, None, None, *used))
                 return
             pair[1].record()
             s1 = self._stamps.stamp() if s0 is not None else None
-            self._pending.append((step_id, region, h0, h1, pair, s0, s1))
+            self._pending.append((step_id, region, h0, h1, pair, s0, s1, used))
         except Exception:
             self.errors += 1
 
@@ -259,7 +264,7 @@ class RegionTimer:
 
     def _resolve(self, item) -> bool:
         """Append the row of a completed region; False if its start event is still running."""
-        step_id, region, h0, h1, pair, s0, s1 = item
+        step_id, region, h0, h1, pair, s0, s1, used = item
         gpu_ns = gs = ge = None
         try:
             gpu_ns = round(pair[0].elapsed_time(pair[1]) * 1e6)
@@ -279,7 +284,7 @@ class RegionTimer:
         except Exception:
             self.errors += 1
             gs = ge = None
-        self._append((step_id, self.rank, region, h0, h1, gpu_ns, gs, ge))
+        self._append((step_id, self.rank, region, h0, h1, gpu_ns, gs, ge, *used))
         return True
 
     def _harvest_forward(self) -> int:
@@ -291,7 +296,7 @@ class RegionTimer:
         for tag, b, e in self._pairer.feed(gs.drain()):
             start = cal.to_monotonic_ns(b) if cal is not None else None
             end = cal.to_monotonic_ns(e) if cal is not None else None
-            self._append((tag, self.rank, self.forward_region, None, None, e - b, start, end))
+            self._append((tag, self.rank, self.forward_region, None, None, e - b, start, end, *NO_USAGE))
             n += 1
         return n
 
@@ -310,7 +315,7 @@ class RegionTimer:
                 if not self._resolve(item):
                     self.errors += 1
                     step_id, region, h0, h1 = item[:4]
-                    self._append((step_id, self.rank, region, h0, h1, None, None, None))
+                    self._append((step_id, self.rank, region, h0, h1, None, None, None, *item[7]))
             self._harvest_forward()
         except Exception:
             self.errors += 1

@@ -138,6 +138,9 @@ WORKER_REGIONS_TABLE = Table(
         _c("gpu_ns", I64, "ns", "GPU stream time between the region's start and end events; null without CUDA"),
         _c("gpu_start_ns", I64, "ns, monotonic", "GPU start of the region on the host clock (calibrated globaltimer); null if not measured"),
         _c("gpu_end_ns", I64, "ns, monotonic", "GPU end of the region on the host clock; null if not measured"),
+        _c("host_cpu_ns", I64, "ns", "CPU time (user + system) of the worker thread inside the region (CLOCK_THREAD_CPUTIME_ID); the rest of the host time it was off the CPU; null where not measured"),
+        _c("voluntary_switches", I32, "", "context switches in the region where the thread blocked (GIL, lock, blocking CUDA call, I/O)"),
+        _c("involuntary_switches", I32, "", "context switches in the region where the scheduler gave the thread's core to another thread"),
     ),
 )
 
