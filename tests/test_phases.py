@@ -14,7 +14,8 @@ import pytest
 
 from engine_fixtures import ENGINE_TIMEOUT_S, engine_env
 from runbuilder import RunBuilder
-from servescope.bench.spec_study import crossover
+from servescope.bench.spec_study import crossover, speedups
+from servescope.bench.spec_study_report import lease_to_lease
 from servescope.tracer.phases import Phase, read_phases, record_phase, split_run
 from servescope.tracer.rundir import RunDirError, read_table
 
@@ -86,6 +87,28 @@ def test_crossover_interpolates_in_log_rate():
     assert crossover([1.0, 4.0, 16.0], [None, 1.5, 0.5]) == pytest.approx(8.0)
     assert crossover([1.0, 4.0], [1.5, 0.5], [True, False]) == "~2 (not resolved)"
     assert crossover([1.0, 4.0], [1.02, 0.98], [False, False]) == "no resolved difference"
+
+
+def _medians(**by_rate) -> dict:
+    return {f"r{rate}": {"e2e_p50_s": {"median": m, "min": lo, "max": hi}, "tpot_p50_s": {"median": m, "min": lo,
+                                                                                         "max": hi}}
+            for rate, (m, lo, hi) in zip(("1", "4"), by_rate["values"])}
+
+
+def test_a_tagged_configuration_is_compared_with_its_own_leases_baseline():
+    agg = {"ar": _medians(values=[(1.0, 0.9, 1.1), (2.0, 1.9, 2.1)]),
+           "ar@l2": _medians(values=[(2.0, 1.9, 2.1), (4.0, 3.9, 4.1)]),
+           "draft@l2": _medians(values=[(1.0, 0.95, 1.05), (4.0, 3.8, 4.2)]),
+           "draft@l3": _medians(values=[(0.5, 0.45, 0.55), (1.0, 0.95, 1.05)])}
+    out = speedups(agg, [1.0, 4.0])
+    assert set(out) == {"draft@l2", "draft@l3"}  # ar@l2 is a baseline, not a treatment
+    same_lease = out["draft@l2"]["ar@l2"]["e2e_p50_s"]
+    assert same_lease["speedup"] == [2.0, 1.0] and same_lease["resolved"] == [True, False]
+    assert set(out["draft@l3"]) == {"ar"}  # no baseline on its lease: the untagged one
+    assert out["draft@l3"]["ar"]["e2e_p50_s"]["speedup"] == [2.0, 2.0]
+    lease = lease_to_lease(agg, [1.0, 4.0])
+    assert set(lease) == {"ar@l2"}  # draft has no untagged run to compare with
+    assert lease["ar@l2"]["ratio"] == [0.5, 0.5] and lease["ar@l2"]["resolved"] == [True, True]
 
 
 @pytest.fixture(scope="module")
@@ -162,6 +185,8 @@ def test_study_report_merges_studies_and_draws_its_figures(ngram_study, tmp_path
     merged = json.loads((report / "study.json").read_text())
     assert set(merged["aggregate"]) == {"ar", "ngram-k3", "ar@again", "ngram-k3@again"}
     assert merged["aggregate"]["ngram-k3@again"] == merged["aggregate"]["ngram-k3"]
+    assert set(merged["speedup"]["ngram-k3@again"]) == {"ar@again"}
+    assert all(r == 1.0 for c in ("ar@again", "ngram-k3@again") for r in merged["lease_to_lease"][c]["ratio"])
     tables = (report / "tables.md").read_text()
     assert "| ngram-k3 | 6 | yes |" in tables and "| ngram-k3@again | 6 | yes |" in tables
     for name in ("latency-vs-load", "speedup", "step-times", "tpot-p50-p99"):
@@ -169,3 +194,20 @@ def test_study_report_merges_studies_and_draws_its_figures(ngram_study, tmp_path
     clash = subprocess.run([sys.executable, "-m", "servescope.bench.spec_study_report", str(out), str(out),
                             "--out", str(tmp_path / "clash")], capture_output=True, text=True, timeout=300)
     assert clash.returncode != 0 and "DIR@TAG" in clash.stderr
+
+
+@pytest.mark.engine
+def test_study_records_the_worker_threads_cpu_time_per_region(ngram_study):
+    """The study turns on SERVESCOPE_THREAD_USAGE: every host-timed region of the engine has the
+    worker thread's CPU time, no more than its wall time (read inside it; 20 us for two clocks)."""
+    out, study = ngram_study
+    regions = read_table(out / "engines" / "ngram-k3", "worker_regions").to_pydict()
+    timed = [i for i, h in enumerate(regions["host_start_ns"]) if h is not None]
+    assert timed
+    for i in timed:
+        wall = regions["host_end_ns"][i] - regions["host_start_ns"][i]
+        cpu = regions["host_cpu_ns"][i]
+        assert cpu is not None and 0 <= cpu <= wall + 20_000, (regions["region"][i], cpu, wall)
+        assert regions["voluntary_switches"][i] >= 0 and regions["involuntary_switches"][i] >= 0
+    point = study["points"]["ngram-k3/r2-rep0"]
+    assert point["host_cpu_ms"]["draft"]["p50"] <= point["host_ms"]["draft"]["p50"] + 0.02

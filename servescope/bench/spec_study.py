@@ -161,7 +161,8 @@ def summarize_phase(run_dir: Path, vllm_counters: dict) -> dict:
                              "proposal_share": proposal_share(read_table(run_dir, "token_emissions")),
                              "agrees_with_vllm": acceptance_agreement(spec, vllm_counters)}
     times = region_times_ms(read_table(run_dir, "worker_regions"))
-    out["gpu_ms"], out["host_ms"] = times["gpu"], times["host"]
+    out["gpu_ms"], out["host_ms"], out["host_cpu_ms"] = times["gpu"], times["host"], times["host_cpu"]
+    out["switches"] = {kind: times[kind] for kind in ("voluntary_switches", "involuntary_switches")}
     steps = read_table(run_dir, "steps").to_pydict()
     if steps["step_id"]:
         cpu = [(a - b) + (d - c) for a, b, c, d in zip(steps["schedule_end_ns"], steps["schedule_start_ns"],
@@ -220,26 +221,38 @@ def _spread(values: list) -> dict:
 def speedups(agg: dict, rates: list[float]) -> dict:
     """Return config -> baseline -> metric -> per-rate speedup (baseline median / config median; > 1 helps),
     whether each is resolved (the two configurations' ranges over repeats do not overlap), and the
-    crossover rate: the lowest load where speculation stops helping, interpolated in log(rate)."""
+    crossover rate: the lowest load where speculation stops helping, interpolated in log(rate).
+
+    A configuration tagged <config>@TAG (another machine lease, spec_study_report) is compared
+    with the baselines of its own tag where they were measured, else with the untagged ones.
+    """
     out: dict = {}
     for config, loads in agg.items():
-        if config in BASELINES:
+        name, _, tag = config.partition("@")
+        if name in BASELINES:
             continue
         for baseline in BASELINES:
+            baseline = f"{baseline}@{tag}" if tag and f"{baseline}@{tag}" in agg else baseline
             if baseline not in agg:
                 continue
             for metric in ("e2e_p50_s", "tpot_p50_s"):
-                ratio, resolved = [], []
-                for rate in rates:
-                    ours = nested_get(loads, f"r{rate:g}", metric)
-                    theirs = nested_get(agg[baseline], f"r{rate:g}", metric)
-                    known = bool(ours and theirs and ours["median"] and theirs["median"])
-                    ratio.append(theirs["median"] / ours["median"] if known else None)
-                    resolved.append(known and (ours["max"] < theirs["min"] or theirs["max"] < ours["min"]))
+                ratio, resolved = ratios(agg[baseline], loads, metric, rates)
                 out.setdefault(config, {}).setdefault(baseline, {})[metric] = {
                     "rates": rates, "speedup": ratio, "resolved": resolved,
                     "crossover_rate": crossover(rates, ratio, resolved)}
     return out
+
+
+def ratios(reference: dict, loads: dict, metric: str, rates: list[float]) -> tuple[list, list]:
+    """Return per rate (reference median / median of loads, whether the repeats' ranges are apart)."""
+    ratio, resolved = [], []
+    for rate in rates:
+        ours = nested_get(loads, f"r{rate:g}", metric)
+        theirs = nested_get(reference, f"r{rate:g}", metric)
+        known = bool(ours and theirs and ours["median"] and theirs["median"])
+        ratio.append(theirs["median"] / ours["median"] if known else None)
+        resolved.append(known and (ours["max"] < theirs["min"] or theirs["max"] < ours["min"]))
+    return ratio, resolved
 
 
 def crossover(rates: list[float], speedup: list[float | None], resolved: list[bool] | None = None
@@ -275,7 +288,9 @@ def study_one_config(config: str, args: argparse.Namespace, points: dict) -> Non
     _, env = engine_setup(config, args.models_dir)
     child = [sys.executable, "-m", "servescope.bench.spec_study", *args.passthrough, "--engine", config, str(run_dir)]
     try:
-        code = subprocess.run(child, env={**os.environ, **env}, timeout=args.engine_timeout).returncode
+        # the worker thread's CPU time per region (thread_usage.py): where the drafter's host time goes
+        child_env = {**os.environ, "SERVESCOPE_THREAD_USAGE": "1", **env}
+        code = subprocess.run(child, env=child_env, timeout=args.engine_timeout).returncode
     except subprocess.TimeoutExpired:  # keep the phases that finished
         code = f"killed after {args.engine_timeout} s"
     phases = {p.name: p for p in read_phases(run_dir)} if run_dir.exists() else {}

@@ -29,7 +29,7 @@ import numpy as np
 
 from servescope.analysis.checklist import nested_get
 from servescope.analysis.report_figures import RUN_COLORS, new_figure, style_axes
-from servescope.bench.spec_study import BASELINES, aggregate, speedups
+from servescope.bench.spec_study import BASELINES, aggregate, ratios, speedups
 
 MS = 1e3
 TABLE_METRICS = (("e2e_p50_s", "e2e P50"), ("tpot_p50_s", "TPOT P50"), ("tpot_p99_s", "TPOT P99"),
@@ -61,7 +61,20 @@ def merge(study_dirs: list[str]) -> dict:
         setups.append({"dir": str(d), **study["setup"]})
     rates = sorted(rates)
     agg = aggregate(points)
-    return {"setups": setups, "rates": rates, "points": points, "aggregate": agg, "speedup": speedups(agg, rates)}
+    return {"setups": setups, "rates": rates, "points": points, "aggregate": agg, "speedup": speedups(agg, rates),
+            "lease_to_lease": lease_to_lease(agg, rates)}
+
+
+def lease_to_lease(agg: dict, rates: list[float]) -> dict:
+    """Return <config>@TAG -> the untagged <config>'s e2e P50 median / this one's, per rate, and whether
+    the repeats' ranges are apart: the same configuration on another machine lease (engine start)."""
+    out = {}
+    for config, loads in agg.items():
+        name, _, tag = config.partition("@")
+        if tag and name in agg:
+            ratio, resolved = ratios(agg[name], loads, "e2e_p50_s", rates)
+            out[config] = {"reference": name, "rates": rates, "ratio": ratio, "resolved": resolved}
+    return out
 
 
 def loads_of(study: dict) -> list[str]:
@@ -70,8 +83,12 @@ def loads_of(study: dict) -> list[str]:
 
 
 def configs_of(study: dict) -> list[str]:
-    names = sorted(study["aggregate"])
-    return [c for c in BASELINES if c in names] + [c for c in names if c not in BASELINES]
+    """Return the configurations grouped by tag (untagged first), baselines first within a tag."""
+    def order(config: str):
+        name, _, tag = config.partition("@")
+        return (tag, BASELINES.index(name) if name in BASELINES else len(BASELINES), name)
+
+    return sorted(study["aggregate"], key=order)
 
 
 def tables_markdown(study: dict) -> str:
@@ -102,15 +119,26 @@ def tables_markdown(study: dict) -> str:
                 cross = s["crossover_rate"]
                 cross = f"{cross:.2g}" if isinstance(cross, float) else str(cross)
                 out.append(f"| {c} | {base} | {metric.removesuffix('_s')} | " + " | ".join(cells) + f" | {cross} |")
-    out += ["", "### Per engine step (median over the steps of the first repeat): region GPU time, proposer host time, "
-            "EngineCore CPU", "", "| configuration | load | " + " | ".join(f"{r} GPU" for r in REGIONS)
-            + " | draft host | EngineCore CPU |", "|---|---|" + "---|" * (len(REGIONS) + 2)]
+    out += ["", "A configuration tagged @TAG is compared with the baselines of its own tag where that lease ran "
+            "them, else with the untagged ones (another lease)."]
+    if study.get("lease_to_lease"):
+        out += ["", "### The same configuration on another lease: e2e P50 of the untagged run / this run", "",
+                "| configuration | reference | " + " | ".join(f"r{r:g}" for r in study["rates"]) + " |",
+                "|---|---|" + "---|" * len(study["rates"])]
+        for c, s in study["lease_to_lease"].items():
+            cells = ["-" if v is None else f"{v:.2f}" + ("" if ok else "~") for v, ok in zip(s["ratio"], s["resolved"])]
+            out.append(f"| {c} | {s['reference']} | " + " | ".join(cells) + " |")
+    out += ["", "### Per engine step (median over the steps of the first repeat): region GPU time, proposer host time "
+            "and the worker thread's CPU time in it, EngineCore CPU", "",
+            "| configuration | load | " + " | ".join(f"{r} GPU" for r in REGIONS)
+            + " | draft host | draft on CPU | EngineCore CPU |", "|---|---|" + "---|" * (len(REGIONS) + 3)]
     for c in configs:
         for load in loads:
             p = study["points"].get(f"{c}/{load}-rep0")
             if not p or "gpu_ms" not in p:
                 continue
-            cells = [_p50(p["gpu_ms"], r) for r in REGIONS] + [_p50(p["host_ms"], "draft")]
+            cells = [_p50(p["gpu_ms"], r) for r in REGIONS] + [_p50(p["host_ms"], "draft"),
+                                                               _p50(p.get("host_cpu_ms", {}), "draft")]
             cpu = p.get("engine_cpu_ms_per_step_p50")
             out.append(f"| {c} | {load} | " + " | ".join(cells) + f" | {'-' if cpu is None else f'{cpu:.2f}'} |")
     out += ["", "### Acceptance: servescope's records against vLLM's counters over the same phase", "",
@@ -140,11 +168,15 @@ def _p50(times: dict, region: str) -> str:
     return "-" if not t else f"{t['p50']:.2f}"
 
 
-def latency_vs_load_figure(study: dict):
+def is_baseline(config: str) -> bool:
+    return config.partition("@")[0] in BASELINES
+
+
+def latency_vs_load_figure(study: dict, configs: list[str]):
     fig = new_figure(3.6)
     axes = fig.subplots(1, 3)
     rates = study["rates"]
-    for i, c in enumerate(configs_of(study)):
+    for i, c in enumerate(configs):
         for ax, (metric, title) in zip(axes, (("e2e_p50_s", "end-to-end latency P50"), ("tpot_p50_s", "TPOT P50"),
                                               ("ttft_p50_s", "TTFT P50"))):
             spreads = [study["aggregate"][c].get(f"r{r:g}", {}).get(metric) for r in rates]
@@ -152,22 +184,23 @@ def latency_vs_load_figure(study: dict):
             lo = np.array([s["min"] * MS if s and s["min"] is not None else np.nan for s in spreads])
             hi = np.array([s["max"] * MS if s and s["max"] is not None else np.nan for s in spreads])
             ax.errorbar(rates, med, yerr=[med - lo, hi - med], marker="o", capsize=3, label=c,
-                        color=RUN_COLORS[i % len(RUN_COLORS)], linestyle="--" if c in BASELINES else "-")
+                        color=RUN_COLORS[i % len(RUN_COLORS)], linestyle="--" if is_baseline(c) else "-")
             ax.set_xscale("log")
             style_axes(ax, "arrival rate (requests/s)", "ms", title)
     axes[0].legend(fontsize=8)
     return fig
 
 
-def speedup_figure(study: dict):
+def speedup_figure(study: dict, configs: list[str]):
     fig = new_figure(3.6)
     axes = fig.subplots(1, 2)
     for ax, metric in zip(axes, ("e2e_p50_s", "tpot_p50_s")):
-        for i, (c, by_base) in enumerate(sorted(study["speedup"].items())):
-            for base, style in (("ar", "-"), ("ar-sync-v1", ":")):
-                s = by_base.get(base, {}).get(metric)
+        for i, c in enumerate(c for c in configs if c in study["speedup"]):
+            for base, by_metric in study["speedup"][c].items():
+                s = by_metric.get(metric)
                 if not s:
                     continue
+                style = "-" if base.partition("@")[0] == BASELINES[0] else ":"
                 y = [np.nan if v is None else v for v in s["speedup"]]
                 ax.plot(s["rates"], y, marker="o", linestyle=style, color=RUN_COLORS[(i + 2) % len(RUN_COLORS)],
                         label=f"{c} vs {base}")
@@ -179,8 +212,8 @@ def speedup_figure(study: dict):
     return fig
 
 
-def step_times_figure(study: dict, load: str):
-    configs = [c for c in configs_of(study) if f"{c}/{load}-rep0" in study["points"]]
+def step_times_figure(study: dict, configs: list[str], load: str):
+    configs = [c for c in configs if f"{c}/{load}-rep0" in study["points"]]
     fig = new_figure(3.8)
     ax = fig.subplots(1, 1)
     x = np.arange(len(configs))
@@ -193,14 +226,19 @@ def step_times_figure(study: dict, load: str):
     host = np.array([study["points"][f"{c}/{load}-rep0"]["host_ms"].get("draft", {}).get("p50", np.nan)
                      for c in configs])
     ax.scatter(x, host, marker="D", color="black", zorder=3, label="draft (host time)")
+    on_cpu = np.array([study["points"][f"{c}/{load}-rep0"].get("host_cpu_ms", {}).get("draft", {}).get("p50", np.nan)
+                       for c in configs])
+    if np.isfinite(on_cpu).any():
+        ax.scatter(x, on_cpu, marker="o", s=150, facecolors="none", edgecolors="black", linewidths=1.5, zorder=4,
+                   label="draft (worker thread on the CPU)")
     ax.set_xticks(x, configs, fontsize=8)
     style_axes(ax, "", "ms per engine step (P50)", f"per-step time by worker region at {load}")
     ax.legend(fontsize=8)
     return fig
 
 
-def tpot_figure(study: dict):
-    loads, configs = loads_of(study), configs_of(study)
+def tpot_figure(study: dict, configs: list[str]):
+    loads = loads_of(study)
     fig = new_figure(3.6)
     ax = fig.subplots(1, 1)
     width = 0.8 / max(1, len(configs))
@@ -223,13 +261,23 @@ def main(argv=None) -> None:
     ap.add_argument("study_dirs", nargs="+", help="study directories (DIR@TAG: rename its configurations <config>@TAG)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--step-load", default="r1", help="the load whose per-step times are drawn")
+    ap.add_argument("--figure-configs", default=None,
+                    help="comma-separated configurations to draw (default: all; the tables always hold all)")
     args = ap.parse_args(argv)
     study = merge(args.study_dirs)
+    drawn = configs_of(study)
+    if args.figure_configs:
+        drawn = args.figure_configs.split(",")
+        unknown = sorted(set(drawn) - set(study["aggregate"]))
+        if unknown:
+            ap.error(f"--figure-configs: no such configuration {', '.join(unknown)} "
+                     f"(measured: {', '.join(configs_of(study))})")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "study.json").write_text(json.dumps(study, indent=1, default=str))
     (args.out / "tables.md").write_text(tables_markdown(study))
-    for name, fig in (("latency-vs-load", latency_vs_load_figure(study)), ("speedup", speedup_figure(study)),
-                      ("step-times", step_times_figure(study, args.step_load)), ("tpot-p50-p99", tpot_figure(study))):
+    for name, fig in (("latency-vs-load", latency_vs_load_figure(study, drawn)), ("speedup", speedup_figure(study, drawn)),
+                      ("step-times", step_times_figure(study, drawn, args.step_load)),
+                      ("tpot-p50-p99", tpot_figure(study, drawn))):
         fig.savefig(args.out / f"{name}.png", dpi=110, facecolor="white")
         print(args.out / f"{name}.png")
 
