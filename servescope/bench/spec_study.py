@@ -231,8 +231,8 @@ def speedups(agg: dict, rates: list[float]) -> dict:
         name, _, tag = config.partition("@")
         if name in BASELINES:
             continue
-        for baseline in BASELINES:
-            baseline = f"{baseline}@{tag}" if tag and f"{baseline}@{tag}" in agg else baseline
+        for plain in BASELINES:
+            baseline = f"{plain}@{tag}" if tag and f"{plain}@{tag}" in agg else plain
             if baseline not in agg:
                 continue
             for metric in ("e2e_p50_s", "tpot_p50_s"):
