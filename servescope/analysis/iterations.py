@@ -145,13 +145,16 @@ def speculative_summary(run: Any) -> dict | None:
             "acceptance_per_position": (accepted_at / np.maximum(drafted_at, 1)).tolist()}
 
 
+REGION_TIME_KINDS = ("gpu", "host", "host_cpu", "voluntary_switches", "involuntary_switches")
+
+
 def region_times_ms(worker_regions) -> dict[str, dict[str, dict]]:
     """Return per worker region the P50 / P99 / count of its GPU time, host time and the thread's CPU time in it (ms).
 
     Keys: "gpu" (CUDA-event time), "host" (host wall time), "host_cpu" (the worker thread's CPU
-    time inside the region), "off_cpu" (host - host_cpu: blocked or preempted), and
+    time inside the region; the rest of "host" it was blocked or preempted), and
     "voluntary_switches" / "involuntary_switches" (counts per region, not ms). Runs recorded
-    before host_cpu_ns existed have no "host_cpu"/"off_cpu"/switch entries.
+    without the thread's readings (SERVESCOPE_THREAD_USAGE) have no "host_cpu" or switch entries.
     """
     out: dict[str, dict[str, dict]] = {k: {} for k in REGION_TIME_KINDS}
     if worker_regions is None or worker_regions.num_rows == 0:
@@ -163,10 +166,8 @@ def region_times_ms(worker_regions) -> dict[str, dict[str, dict]]:
         return np.asarray(worker_regions.column(name).to_numpy(zero_copy_only=False), dtype=np.float64)
 
     region = np.asarray(worker_regions.column("region").to_pylist(), dtype=object)
-    host = (column("host_end_ns") - column("host_start_ns")) / 1e6
-    host_cpu = column("host_cpu_ns") / 1e6
-    values_by_kind = {"gpu": column("gpu_ns") / 1e6, "host": host, "host_cpu": host_cpu, "off_cpu": host - host_cpu,
-                      "voluntary_switches": column("voluntary_switches"),
+    values_by_kind = {"gpu": column("gpu_ns") / 1e6, "host": (column("host_end_ns") - column("host_start_ns")) / 1e6,
+                      "host_cpu": column("host_cpu_ns") / 1e6, "voluntary_switches": column("voluntary_switches"),
                       "involuntary_switches": column("involuntary_switches")}
     for name in sorted(set(region)):
         pick = region == name
@@ -179,7 +180,6 @@ def region_times_ms(worker_regions) -> dict[str, dict[str, dict]]:
     return out
 
 
-REGION_TIME_KINDS = ("gpu", "host", "host_cpu", "off_cpu", "voluntary_switches", "involuntary_switches")
 HOST_PACED_MIN_GPU_MS = 1.0  # regions shorter than this on the GPU are not worth the warning
 
 

@@ -5,8 +5,9 @@ region, host_start_ns, host_end_ns, gpu_ns, gpu_start_ns, gpu_end_ns, host_cpu_n
 voluntary_switches, involuntary_switches (the thread's CPU time and context switches inside the
 region: thread_usage.py).
 
-Hot path (``start``/``end``): ``time.monotonic_ns()``, one ``getrusage`` and, on CUDA, ``record()`` of a pooled,
-pre-created ``torch.cuda.Event(enable_timing=True)`` on ``torch.cuda.current_stream()``. It never
+Hot path (``start``/``end``): ``time.monotonic_ns()``, the thread's usage where it is turned on
+(thread_usage.py) and, on CUDA, ``record()`` of a pooled, pre-created
+``torch.cuda.Event(enable_timing=True)`` on ``torch.cuda.current_stream()``. It never
 synchronizes and never creates events. ``harvest()`` resolves, oldest first, the regions whose
 end event ``query()`` says completed, and stops at the first one still running (it waits for a
 later harvest). ``close()`` resolves the rest and may synchronize: call it only at exit.
@@ -178,16 +179,16 @@ class RegionTimer:
     def start(self, step_id: int | None, region: str) -> tuple:
         """Open a region now; return the token to pass to end()."""
         if self.mode == "host":
-            return (step_id, region, now_ns(), None, None, thread_usage())
+            return self._host_only(step_id, region)
         pair = None
         try:
             if self._is_capturing():
                 self.skipped_capture += 1
-                return (step_id, region, now_ns(), None, None, thread_usage())
+                return self._host_only(step_id, region)
             free = self._free
             if not free:
                 self.dropped += 1
-                return (step_id, region, now_ns(), None, None, thread_usage())
+                return self._host_only(step_id, region)
             pair = free.pop()
             gs = self._graph_stamps
             if gs is not None and step_id != self._context_step:
@@ -200,7 +201,12 @@ class RegionTimer:
             self.errors += 1
             if pair is not None:
                 self._free.append(pair)
-            return (step_id, region, now_ns(), None, None, thread_usage())
+            return self._host_only(step_id, region)
+
+    @staticmethod
+    def _host_only(step_id, region) -> tuple:
+        """Return the token of a region timed on the host only (no event pair)."""
+        return (step_id, region, now_ns(), None, None, thread_usage())
 
     def end(self, token: tuple) -> None:
         """Close the region of token (host row now; GPU row at a later harvest)."""
@@ -314,8 +320,8 @@ class RegionTimer:
                 item = pending.popleft()
                 if not self._resolve(item):
                     self.errors += 1
-                    step_id, region, h0, h1 = item[:4]
-                    self._append((step_id, self.rank, region, h0, h1, None, None, None, *item[7]))
+                    step_id, region, h0, h1, _, _, _, used = item
+                    self._append((step_id, self.rank, region, h0, h1, None, None, None, *used))
             self._harvest_forward()
         except Exception:
             self.errors += 1
