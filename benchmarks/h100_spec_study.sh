@@ -11,7 +11,7 @@ export PYTHONPATH=/tmp/site:$PWD VLLM_USE_FLASHINFER_SAMPLER=0 HF_HUB_OFFLINE=1 
 python3 -m pip install -q --upgrade --no-deps --no-build-isolation --no-index --target /tmp/site . || exit 4
 out=${OUT:-/tmp/out}/study-${configs//,/_}
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-python3 -m servescope.bench.spec_study --models-dir "$PWD/.gpu-stage/p3/models" --out "$out" --configs "$configs" \
+python3 -m servescope.studies.spec_study --models-dir "$PWD/.gpu-stage/p3/models" --out "$out" --configs "$configs" \
     --rates 0.25,1,4,16 --concurrency 8 --repeats 3 --num-requests 48 --phase-seconds 30 --warmup 16 "$@" \
     2>&1 | grep -E '^\{|Traceback|Error|error' | tail -60
 rm -rf "$out"/engines/*/tables  # the phase runs hold every row; keep the engine's manifest and phases.json

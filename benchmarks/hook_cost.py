@@ -16,9 +16,9 @@ import time
 from types import SimpleNamespace
 
 from servescope.patches.vllm import engine_core_hooks as ech
-from servescope.tracer import thread_usage
-from servescope.tracer.host_region_timer import HostRegionTimer
-from servescope.tracer.recorder import Recorder
+from servescope.record import thread_usage
+from servescope.record.host_region_timer import HostRegionTimer
+from servescope.record.recorder import Recorder
 
 
 def per_call_us(fn, n: int) -> float:

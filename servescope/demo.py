@@ -20,8 +20,8 @@ MAX_MODEL_LEN = 1024
 def demo_spec(model_dir: Path, *, requests: int, rate_per_s: float, max_prompt_tokens: int,
               max_output_tokens: int):
     """Return the BenchSpec of the demo: the trace's first requests, replayed time-scaled to rate_per_s."""
-    from servescope.bench.commands import BenchSpec
-    from servescope.bench.workloads import load_workload
+    from servescope.cli.bench import BenchSpec
+    from servescope.bench.workloads.catalog import load_workload
 
     workload = load_workload(DEMO_WORKLOAD).first(requests)
     span_s = float(workload.arrival_s[-1] - workload.arrival_s[0])
@@ -40,9 +40,9 @@ def run_demo(out: str | Path, *, requests: int = 200, rate_per_s: float = 3.0, m
     import os
 
     from servescope.analysis.checklist import audit_run_dirs
-    from servescope.analysis.report import write_report
+    from servescope.report.build import write_report
     from servescope.analysis.summary import analyze_run, summary_text
-    from servescope.bench.commands import bench_report, run_bench
+    from servescope.cli.bench import bench_report, run_bench
     from servescope.bench.model_kit import init_model_dir
 
     out = Path(out)

@@ -43,7 +43,7 @@ def record_offline_run(tmp: Path, model_dir: Path, *, num_requests: int = 24, ma
     run_dir, out_json = tmp / "run", tmp / "outputs.json"
     script = [sys.executable, str(TESTS / "engine_scripts" / "offline_generate.py"), str(model_dir),
               str(out_json), str(num_requests), str(max_tokens), str(token_budget)]
-    command = ([sys.executable, "-m", "servescope.cli", "run", "--out", str(run_dir), "--"] + script
+    command = ([sys.executable, "-m", "servescope", "run", "--out", str(run_dir), "--"] + script
                if traced else script)
     proc = subprocess.run(command, env=engine_env(**env), capture_output=True, text=True, timeout=ENGINE_TIMEOUT_S)
     log = proc.stdout + proc.stderr

@@ -21,8 +21,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from servescope.tracer.rundir import table_dir, write_json
-from servescope.tracer.schema import TABLES
+from servescope.run.directory import table_dir, write_json
+from servescope.run.schema import TABLES
 
 
 class RunBuilder:

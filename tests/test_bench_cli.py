@@ -22,8 +22,8 @@ import typer
 from aiohttp import web
 from typer.testing import CliRunner
 
-from servescope.bench.client import CompletionRequest, StreamingClient, client_request_metrics
-from servescope.bench.commands import (
+from servescope.bench.load.client import CompletionRequest, StreamingClient, client_request_metrics
+from servescope.cli.bench import (
     BenchError,
     build_slos,
     capacity_text,
@@ -34,9 +34,9 @@ from servescope.bench.commands import (
     register,
     search_capacity_runs,
 )
-from servescope.bench.server import free_port, normalize_engine_args, server_argv
-from servescope.tracer.recorder import Recorder
-from servescope.tracer.rundir import read_json, read_table
+from servescope.bench.load.server import free_port, normalize_engine_args, server_argv
+from servescope.record.recorder import Recorder
+from servescope.run.directory import read_json, read_table
 
 S = 1_000_000_000
 
@@ -272,7 +272,7 @@ def test_cancelled_request_still_records_its_row(tmp_path, fake_server):
 def test_ctrl_c_stops_cleanly_and_keeps_what_was_recorded(tmp_path, fake_server):
     fake_server.delay_s = 0.5  # 200 tokens: every request is still streaming when Ctrl-C comes
     out = tmp_path / "run"
-    script = ("import typer; from servescope.bench.commands import register; app = typer.Typer(); register(app); "
+    script = ("import typer; from servescope.cli.bench import register; app = typer.Typer(); register(app); "
               "app.command('noop')(lambda: None); app()")
     proc = subprocess.Popen(
         [sys.executable, "-c", script, "bench", "--workload", str(write_trace(tmp_path / "t.csv", rows=4, output=200)),

@@ -27,12 +27,12 @@ from typer.testing import CliRunner
 
 from engine_fixtures import engine_env
 from servescope.analysis.request_metrics import compute_request_metrics
-from servescope.analysis.run_data import load_run
-from servescope.bench.client import client_request_metrics, client_vs_engine, engine_request_ids
-from servescope.bench.client_crosscheck import CrossCheckLoad, cross_check
-from servescope.bench.commands import BenchSpec, build_slos, evaluate_run, register, run_bench
-from servescope.bench.server import start_server, wait_for_engine_records
-from servescope.tracer.rundir import read_json, read_table
+from servescope.run.data import load_run
+from servescope.bench.load.client import client_request_metrics, client_vs_engine, engine_request_ids
+from servescope.studies.client_crosscheck import CrossCheckLoad, cross_check
+from servescope.cli.bench import BenchSpec, build_slos, evaluate_run, register, run_bench
+from servescope.bench.load.server import start_server, wait_for_engine_records
+from servescope.run.directory import read_json, read_table
 
 pytestmark = pytest.mark.engine
 
@@ -106,7 +106,7 @@ def test_every_request_is_in_client_and_engine_tables_with_equal_tokens(server, 
 
 # --------------------------------------------------------------------------- 2. cross-check with vLLM's client
 
-# servescope.bench.client_crosscheck runs the rounds: each runs vLLM's client and servescope's
+# servescope.studies.client_crosscheck runs the rounds: each runs vLLM's client and servescope's
 # client at the same time against the one server, and compares TTFT and per-chunk ITL
 # percentiles within the noise of the rounds (its docstring states the tolerance).
 CROSS_CHECK_LOAD = CrossCheckLoad(rounds=4, requests=48, concurrency=4, prompt_len=64, output_len=32)
@@ -155,7 +155,7 @@ def test_capacity_search_end_to_end(server, tmp_path):
 def test_in_process_driver_records_client_and_engine(tiny_model_dir, tmp_path):
     out = tmp_path / "inprocess"
     trace = write_trace(tmp_path / "ip.csv", [(40, 10)] * 8)
-    command = [sys.executable, "-c", "import typer, sys; from servescope.bench.commands import register; "
+    command = [sys.executable, "-c", "import typer, sys; from servescope.cli.bench import register; "
                "app = typer.Typer(); register(app); app.command('noop')(lambda: None); app()",
                "bench", "--workload", str(trace), "--concurrency", "4", "--in-process", "--out", str(out),
                "--engine-args", " ".join(["--model", str(tiny_model_dir), *ENGINE_ARGS])]

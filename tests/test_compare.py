@@ -15,7 +15,7 @@ from servescope.analysis.compare import (
     run_samples,
 )
 from servescope.analysis.stalls import step_arrays
-from servescope.tracer.schema import TABLES
+from servescope.run.schema import TABLES
 
 MS = 1_000_000
 
@@ -286,7 +286,7 @@ def test_host_paced_regions_are_named_in_the_comparison(tmp_path):
 @pytest.mark.engine
 def test_iteration_breakdown_adds_up_on_a_real_offline_run(offline_run):
     from servescope.analysis.request_metrics import compute_request_metrics
-    from servescope.analysis.run_data import load_run
+    from servescope.run.data import load_run
 
     run = load_run(offline_run.run_dir)
     samples = run_samples(compute_request_metrics(run), run, label="real")

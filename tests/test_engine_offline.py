@@ -4,8 +4,8 @@ from collections import defaultdict
 
 import pytest
 
-from servescope.tracer.manifest import load_manifest
-from servescope.tracer.rundir import read_table
+from servescope.run.manifest import load_manifest
+from servescope.run.directory import read_table
 
 pytestmark = pytest.mark.engine
 
@@ -139,7 +139,7 @@ def test_analyze_json_equals_an_independent_recomputation(offline_run):
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "servescope.cli", "analyze", str(offline_run.run_dir), "--json"],
+    proc = subprocess.run([sys.executable, "-m", "servescope", "analyze", str(offline_run.run_dir), "--json"],
                           capture_output=True, text=True, check=True)
     result = json.loads(proc.stdout)
     events, emissions = _events(offline_run.run_dir), _emissions(offline_run.run_dir)
@@ -172,7 +172,7 @@ def test_analyze_prints_a_readable_summary(offline_run):
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "servescope.cli", "analyze", str(offline_run.run_dir)],
+    proc = subprocess.run([sys.executable, "-m", "servescope", "analyze", str(offline_run.run_dir)],
                           capture_output=True, text=True, check=True)
     for word in ("ttft", "scheduling", "tbt", "p99"):
         assert word in proc.stdout.lower()
@@ -182,7 +182,7 @@ def test_analyze_names_a_missing_run_directory(tmp_path):
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "servescope.cli", "analyze", str(tmp_path / "nope")],
+    proc = subprocess.run([sys.executable, "-m", "servescope", "analyze", str(tmp_path / "nope")],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "nope" in proc.stderr
 

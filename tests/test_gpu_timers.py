@@ -12,8 +12,8 @@ torch = pytest.importorskip("torch")
 CUDA = torch.cuda.is_available()
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="no CUDA GPU")]
 
-from servescope.tracer.region_timer import RegionTimer  # noqa: E402
-from servescope.tracer.schema import WORKER_REGIONS_TABLE  # noqa: E402
+from servescope.record.region_timer import RegionTimer  # noqa: E402
+from servescope.run.schema import WORKER_REGIONS_TABLE  # noqa: E402
 
 COLS = WORKER_REGIONS_TABLE.column_names
 N = 8192
@@ -203,7 +203,7 @@ def test_stamp_backends_and_storages_agree():
 
 
 def test_nvml_sampler_reads_the_gpu():
-    from servescope.tracer.nvml_sampler import NvmlSampler
+    from servescope.record.nvml_sampler import NvmlSampler
 
     pytest.importorskip("pynvml")
     rows = []

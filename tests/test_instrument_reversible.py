@@ -9,7 +9,7 @@ import servescope
 from servescope.patches.patch import is_patched
 from servescope.patches.vllm import engine_core_hooks, frontend_hooks, worker_hooks
 from servescope.patches.vllm.active import active_recorder
-from servescope.tracer.rundir import RUN_DIR_ENV
+from servescope.run.directory import RUN_DIR_ENV
 
 pytest.importorskip("vllm")
 

@@ -4,7 +4,7 @@ import pytest
 from runbuilder import RunBuilder
 
 from servescope.analysis.iterations import iteration_summary, speculative_summary, step_kinds
-from servescope.analysis.run_data import load_run
+from servescope.run.data import load_run
 
 MS = 1_000_000
 

@@ -14,8 +14,8 @@ import pytest
 from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
 from servescope.bench.model_kit import ARCHS, init_model_dir, model_config, special_token_ids
-from servescope.bench.prompts import SyntheticPrompts
-from servescope.bench.synthetic_tokenizer import build_synthetic_tokenizer, ids_to_text
+from servescope.bench.workloads.prompts import SyntheticPrompts
+from servescope.bench.workloads.synthetic_tokenizer import build_synthetic_tokenizer, ids_to_text
 
 SHARED_MODELS = ("llama3-8b", "llama2-7b", "olmoe-1b-7b", "llama3-1b")
 
@@ -85,7 +85,7 @@ def test_tokenizer_special_tokens_follow_the_config(tiny_dir):
 
 
 def test_prompts_for_the_kit_round_trip_through_its_tokenizer(tiny_dir):
-    from servescope.bench.workload import Request
+    from servescope.bench.workloads.workload import Request
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
     maker = SyntheticPrompts(model_config("tiny")["vocab_size"], special_token_ids("tiny"), seed=1)

@@ -11,16 +11,16 @@ import pyarrow.parquet as pq
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from servescope.tracer.otel_export import (
+from servescope.export.otel_export import (
     OtlpExportError,
     export_run,
     otlp_json,
     resolve_endpoint,
     span_batches,
 )
-from servescope.tracer.otel_spans import build_run_spans
-from servescope.tracer.rundir import RunDirError, table_dir, write_json
-from servescope.tracer.schema import TABLES
+from servescope.export.otel_spans import build_run_spans
+from servescope.run.directory import RunDirError, table_dir, write_json
+from servescope.run.schema import TABLES
 
 from otlp_receiver import (  # tests/ is on sys.path (conftest.py)
     OtlpGrpcReceiver,
@@ -464,7 +464,7 @@ def test_batches_split_on_span_and_link_counts(run_dir):
 # ---- a real vLLM run (CPU build) -----------------------------------------------------------------
 @pytest.mark.engine
 def test_a_real_vllm_run_exports_a_span_per_request_and_step(offline_run):
-    from servescope.tracer.rundir import read_table
+    from servescope.run.directory import read_table
 
     _, spans, _ = export_over_http(offline_run.run_dir)
     requests = request_spans(spans)

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from runbuilder import RunBuilder
-from servescope.analysis.perfetto import assign_lanes, write_perfetto_trace
-from servescope.tracer.rundir import RunDirError, read_processes
+from servescope.export.perfetto import assign_lanes, write_perfetto_trace
+from servescope.run.directory import RunDirError, read_processes
 from test_report import MS, PROCESSES, T0, build_engine_run, simulate_engine
 
 PHASES = {"X", "b", "e", "n", "C", "M"}

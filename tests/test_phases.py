@@ -14,10 +14,10 @@ import pytest
 
 from engine_fixtures import ENGINE_TIMEOUT_S, engine_env
 from runbuilder import RunBuilder
-from servescope.bench.spec_study import crossover, speedups
-from servescope.bench.spec_study_report import lease_to_lease
-from servescope.tracer.phases import Phase, read_phases, record_phase, split_run
-from servescope.tracer.rundir import RunDirError, read_table
+from servescope.studies.spec_study import crossover, speedups
+from servescope.studies.spec_study_report import lease_to_lease
+from servescope.run.phases import Phase, read_phases, record_phase, split_run
+from servescope.run.directory import RunDirError, read_table
 
 
 def _two_phase_run(tmp_path: Path) -> Path:
@@ -76,7 +76,7 @@ def test_a_run_without_phases_says_so(tmp_path):
                                        finished_ns=5, prompt_tokens=1).write()
     with pytest.raises(RunDirError, match="no phases recorded"):
         split_run(run)
-    proc = subprocess.run([sys.executable, "-m", "servescope.cli", "split", str(run)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "servescope", "split", str(run)], capture_output=True, text=True)
     assert proc.returncode == 2 and "no phases recorded" in proc.stderr
 
 
@@ -115,7 +115,7 @@ def test_a_tagged_configuration_is_compared_with_its_own_leases_baseline():
 def ngram_study(tmp_path_factory, tiny_model_dir):
     out = tmp_path_factory.mktemp("spec-study")
     proc = subprocess.run(
-        [sys.executable, "-m", "servescope.bench.spec_study", "--models-dir", str(tiny_model_dir.parent), "--target",
+        [sys.executable, "-m", "servescope.studies.spec_study", "--models-dir", str(tiny_model_dir.parent), "--target",
          tiny_model_dir.name, "--out", str(out), "--configs", "ar,ngram-k3", "--rates", "2,8", "--concurrency", "2",
          "--repeats", "2", "--num-requests", "6", "--phase-seconds", "2", "--warmup", "4", "--max-model-len", "1024"],
         env=engine_env(), capture_output=True, text=True, timeout=ENGINE_TIMEOUT_S)
@@ -166,7 +166,7 @@ def test_study_acceptance_per_phase_equals_vllms_counters(ngram_study):
 def test_a_phase_is_a_run_every_command_reads(ngram_study):
     out, _ = ngram_study
     run = out / "runs" / "ngram-k3" / "r8-rep1"
-    proc = subprocess.run([sys.executable, "-m", "servescope.cli", "analyze", str(run), "--json"],
+    proc = subprocess.run([sys.executable, "-m", "servescope", "analyze", str(run), "--json"],
                           capture_output=True, text=True, check=True)
     result = json.loads(proc.stdout)
     assert result["run"]["requests"] == 6
@@ -180,7 +180,7 @@ def test_study_report_merges_studies_and_draws_its_figures(ngram_study, tmp_path
     assert len(speedup["speedup"]) == 2 and all(s > 0 for s in speedup["speedup"])
     assert speedup["crossover_rate"] is not None
     report = tmp_path / "report"
-    subprocess.run([sys.executable, "-m", "servescope.bench.spec_study_report", str(out), f"{out}@again",
+    subprocess.run([sys.executable, "-m", "servescope.studies.spec_study_report", str(out), f"{out}@again",
                     "--out", str(report), "--step-load", "r2"], check=True, capture_output=True, timeout=300)
     merged = json.loads((report / "study.json").read_text())
     assert set(merged["aggregate"]) == {"ar", "ngram-k3", "ar@again", "ngram-k3@again"}
@@ -191,7 +191,7 @@ def test_study_report_merges_studies_and_draws_its_figures(ngram_study, tmp_path
     assert "| ngram-k3 | 6 | yes |" in tables and "| ngram-k3@again | 6 | yes |" in tables
     for name in ("latency-vs-load", "speedup", "step-times", "tpot-p50-p99"):
         assert (report / f"{name}.png").stat().st_size > 10_000
-    clash = subprocess.run([sys.executable, "-m", "servescope.bench.spec_study_report", str(out), str(out),
+    clash = subprocess.run([sys.executable, "-m", "servescope.studies.spec_study_report", str(out), str(out),
                             "--out", str(tmp_path / "clash")], capture_output=True, text=True, timeout=300)
     assert clash.returncode != 0 and "DIR@TAG" in clash.stderr
 

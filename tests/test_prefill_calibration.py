@@ -12,7 +12,7 @@ from engine_fixtures import engine_env
 from servescope.analysis.prefill_calibration import (calibrate_prefill, isolated_prefills, load_prefill_model,
                                                      save_prefill_model)
 from servescope.analysis.request_metrics import compute_request_metrics
-from servescope.analysis.run_data import load_run
+from servescope.run.data import load_run
 
 MS = 1_000_000
 
@@ -60,7 +60,7 @@ def test_calibration_run_on_the_cpu_engine_feeds_fluidity(tmp_path, tiny_model_d
     lengths = [32, 64, 128, 192, 256, 384, 512, 640]
     trace.write_text("arrival_s,prompt_tokens,output_tokens\n" + "".join(f"{i},{n},2\n" for i, n in enumerate(lengths)))
     run_dir = tmp_path / "calibration"
-    subprocess.run([sys.executable, "-m", "servescope.cli", "bench", "--workload", str(trace), "--concurrency", "1",
+    subprocess.run([sys.executable, "-m", "servescope", "bench", "--workload", str(trace), "--concurrency", "1",
                     "--in-process", "--no-progress", "--out", str(run_dir), "--engine-args",
                     f"--model {tiny_model_dir} --load-format dummy --max-model-len 1024 --max-num-batched-tokens 1024"],
                    env=engine_env(), check=True, capture_output=True, timeout=600)
@@ -68,13 +68,13 @@ def test_calibration_run_on_the_cpu_engine_feeds_fluidity(tmp_path, tiny_model_d
     found, prefill = isolated_prefills(run, compute_request_metrics(run))
     assert sorted(found.tolist()) == lengths  # one request in flight: every prefill ran alone
     model_path = tmp_path / "prefill.json"
-    out = subprocess.run([sys.executable, "-m", "servescope.cli", "calibrate-prefill", str(run_dir), "--out",
+    out = subprocess.run([sys.executable, "-m", "servescope", "calibrate-prefill", str(run_dir), "--out",
                           str(model_path)], capture_output=True, text=True, check=True)
     assert "8 isolated prefills" in out.stdout
     model = calibrate_prefill([run_dir])
     assert np.all(np.diff(model.predict(np.array(lengths))) >= 0) and model.predict(640) > 0
     result = json.loads(subprocess.run(
-        [sys.executable, "-m", "servescope.cli", "analyze", str(run_dir), "--json", "--tbt-slo", "0.5",
+        [sys.executable, "-m", "servescope", "analyze", str(run_dir), "--json", "--tbt-slo", "0.5",
          "--prefill-model", str(model_path), "--ttft-slack", "0.2"], capture_output=True, text=True, check=True).stdout)
     assert result["fluidity"]["prefill_model_s"] == pytest.approx(list(model.coefficients_s))
     assert all(r["deadlines"] >= 1 for r in result["requests"])

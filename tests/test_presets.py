@@ -13,10 +13,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from servescope.bench.length_distribution import QuantileLengthDistribution, fit_published, split_iqr
-from servescope.bench.synthetic_presets import PRESETS, preset_names, sample_lengths, sample_preset
-from servescope.bench.workload import WorkloadError, length_stats
-from servescope.bench.workloads import load_workload
+from servescope.bench.workloads.length_distribution import QuantileLengthDistribution, fit_published, split_iqr
+from servescope.bench.workloads.synthetic_presets import PRESETS, preset_names, sample_lengths, sample_preset
+from servescope.bench.workloads.workload import WorkloadError, length_stats
+from servescope.bench.workloads.catalog import load_workload
 
 DRAWS = 400_000
 TOLERANCE = 0.05

@@ -15,9 +15,9 @@ from servescope.kernels.clock_calibration import (
     fit_offset_line,
 )
 from servescope.kernels.graph_stamps import BEGIN, END, NO_TAG, StampEntry, StampPairer, read_new_entries
-from servescope.tracer.nvml_sampler import NvmlSampler
-from servescope.tracer.region_timer import RegionTimer
-from servescope.tracer.schema import GPU_SAMPLES_TABLE, WORKER_REGIONS_TABLE
+from servescope.record.nvml_sampler import NvmlSampler
+from servescope.record.region_timer import RegionTimer
+from servescope.run.schema import GPU_SAMPLES_TABLE, WORKER_REGIONS_TABLE
 
 COLS = WORKER_REGIONS_TABLE.column_names
 

@@ -22,10 +22,10 @@ import typer
 from typer.testing import CliRunner
 
 from runbuilder import RunBuilder
-from servescope.analysis.report import figure_specs, write_report
-from servescope.analysis.report_commands import register
-from servescope.analysis.report_figures import RUN_COLORS
-from servescope.tracer.rundir import RunDirError, table_dir, write_json
+from servescope.report.build import figure_specs, write_report
+from servescope.cli.report import register
+from servescope.report.figures import RUN_COLORS
+from servescope.run.directory import RunDirError, table_dir, write_json
 
 MS = 1_000_000
 US = 1_000

@@ -8,8 +8,8 @@ import pytest
 from runbuilder import RunBuilder
 
 from servescope.analysis.request_metrics import MISSING_NS, compute_request_metrics
-from servescope.analysis.run_data import load_run
-from servescope.tracer.rundir import RunDirError, read_table
+from servescope.run.data import load_run
+from servescope.run.directory import RunDirError, read_table
 
 MS = 1_000_000
 # A monotonic clock 115 days after boot: beyond 2**53 ns, where float64 loses nanoseconds.
@@ -316,7 +316,7 @@ def test_plain_string_ids_give_the_same_metrics_as_dictionary_ids(tmp_path):
 
 
 def test_a_synthetic_engine_run_reads_back_consistently(tmp_path, monkeypatch):
-    from servescope.analysis import bench_scale
+    from servescope.studies import analysis_scale as bench_scale
 
     monkeypatch.setattr(bench_scale, "ROWS_PER_PART", 5_000)  # many parts, requests split across them
     size = bench_scale.synthesize_run(tmp_path / "run", 2_000, 120_000, concurrency=64,

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from engine_fixtures import engine_env
-from servescope.tracer.rundir import read_table
+from servescope.run.directory import read_table
 
 pytestmark = pytest.mark.engine
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.engine
 def test_ngram_acceptance_matches_vllm_counters(tmp_path, tiny_model_dir):
     out, run_dir = tmp_path / "spec.json", tmp_path / "run"
     subprocess.run(
-        [sys.executable, "-m", "servescope.bench.spec_check", "--method", "ngram", "--target", str(tiny_model_dir),
+        [sys.executable, "-m", "servescope.studies.spec_check", "--method", "ngram", "--target", str(tiny_model_dir),
          "--out", str(out), "--run-dir", str(run_dir), "--num-requests", "8", "--prompt-len", "64",
          "--output-len", "32", "--max-model-len", "1024", "--k", "3"],
         env=engine_env(VLLM_ENABLE_V1_MULTIPROCESSING="0"), check=True, capture_output=True, timeout=600)

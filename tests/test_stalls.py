@@ -14,7 +14,7 @@ from servescope.analysis.stalls import (
     segment_medians,
     step_gpu_time_ns,
 )
-from servescope.tracer.schema import TABLES
+from servescope.run.schema import TABLES
 
 MS = 1_000_000
 T0 = 10_000 * MS
@@ -285,7 +285,7 @@ def test_find_stalls_on_a_written_run_directory(tmp_path):
     from runbuilder import RunBuilder
 
     from servescope.analysis.request_metrics import compute_request_metrics
-    from servescope.analysis.run_data import load_run
+    from servescope.run.data import load_run
 
     step_rows, ends = _steps()
     builder = RunBuilder(tmp_path)
@@ -327,7 +327,7 @@ def test_find_stalls_on_a_written_run_directory(tmp_path):
 def test_stalls_and_fluidity_on_a_real_offline_run(offline_run):
     from servescope.analysis.fluidity import fluidity_for_requests
     from servescope.analysis.request_metrics import compute_request_metrics
-    from servescope.analysis.run_data import load_run
+    from servescope.run.data import load_run
 
     run = load_run(offline_run.run_dir)
     metrics = compute_request_metrics(run)

@@ -9,7 +9,7 @@ import pytest
 from runbuilder import RunBuilder
 
 from servescope.analysis.summary import PER_REQUEST_METRICS, analyze_run, summary_text
-from servescope.tracer.rundir import RunDirError
+from servescope.run.directory import RunDirError
 
 MS = 1_000_000
 T = 5_000_000_000_000

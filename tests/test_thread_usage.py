@@ -5,11 +5,11 @@ import time
 
 import pytest
 
-from servescope.tracer.host_region_timer import HostRegionTimer
-from servescope.tracer.region_timer import RegionTimer
-from servescope.tracer.schema import WORKER_REGIONS_TABLE
-from servescope.tracer import thread_usage as thread_usage_module
-from servescope.tracer.thread_usage import thread_usage, usage_between
+from servescope.record.host_region_timer import HostRegionTimer
+from servescope.record.region_timer import RegionTimer
+from servescope.run.schema import WORKER_REGIONS_TABLE
+from servescope.record import thread_usage as thread_usage_module
+from servescope.record.thread_usage import thread_usage, usage_between
 
 COLS = WORKER_REGIONS_TABLE.column_names
 

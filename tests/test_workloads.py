@@ -12,13 +12,13 @@ import json
 import numpy as np
 import pytest
 
-from servescope.bench.azure_trace import load_azure_trace
-from servescope.bench.burstgpt_trace import load_burstgpt_trace
-from servescope.bench.generic_trace import load_generic_trace
-from servescope.bench.mooncake_trace import load_mooncake_trace
-from servescope.bench.prompts import SyntheticPrompts
-from servescope.bench.workload import Request, Workload, WorkloadError, length_stats
-from servescope.bench.workloads import (
+from servescope.bench.workloads.azure_trace import load_azure_trace
+from servescope.bench.workloads.burstgpt_trace import load_burstgpt_trace
+from servescope.bench.workloads.generic_trace import load_generic_trace
+from servescope.bench.workloads.mooncake_trace import load_mooncake_trace
+from servescope.bench.workloads.prompts import SyntheticPrompts
+from servescope.bench.workloads.workload import Request, Workload, WorkloadError, length_stats
+from servescope.bench.workloads.catalog import (
     AZURE_2023_CREDIT,
     available_workloads,
     load_workload,

@@ -485,7 +485,7 @@ def audit_run_dirs(
 ) -> list[CheckResult]:
     """Return audit() of run directories, loaded with load_run and compute_request_metrics."""
     from servescope.analysis.request_metrics import compute_request_metrics
-    from servescope.analysis.run_data import load_run
+    from servescope.run.data import load_run
 
     runs = []
     for side, dirs in (("baseline", baseline_dirs), ("treatment", treatment_dirs)):

@@ -389,7 +389,7 @@ def _statement(result: dict[str, Any]) -> str:
 def compare_run_dirs(baseline_dirs: Sequence[str], treatment_dirs: Sequence[str], **kwargs: Any) -> dict[str, Any]:
     """Return compare() of run directories (loads each with load_run and compute_request_metrics)."""
     from servescope.analysis.request_metrics import compute_request_metrics
-    from servescope.analysis.run_data import load_run
+    from servescope.run.data import load_run
 
     def side(dirs):
         out = []

@@ -18,7 +18,7 @@ import numpy as np
 
 from servescope.analysis.fluidity import PrefillModel, fit_prefill_model
 from servescope.analysis.request_metrics import MISSING_NS, RequestMetrics
-from servescope.analysis.run_data import RunData
+from servescope.run.data import RunData
 
 
 def isolated_prefills(run: RunData, metrics: RequestMetrics) -> tuple[np.ndarray, np.ndarray]:
@@ -46,7 +46,7 @@ def isolated_prefills(run: RunData, metrics: RequestMetrics) -> tuple[np.ndarray
 def calibrate_prefill(run_dirs: list[str | os.PathLike]) -> PrefillModel:
     """Return the prefill model fitted on the isolated prefills of these runs (raises if there are none)."""
     from servescope.analysis.request_metrics import compute_request_metrics
-    from servescope.analysis.run_data import load_run
+    from servescope.run.data import load_run
 
     lengths, times = [], []
     for run_dir in run_dirs:

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from servescope.analysis.run_data import RunData
+from servescope.run.data import RunData
 
 NS_PER_S = 1e9
 MISSING_NS = np.iinfo(np.int64).min  # a timestamp that was not recorded

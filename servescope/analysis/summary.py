@@ -17,7 +17,7 @@ import numpy as np
 
 from servescope.analysis.distributions import P999_MIN_COUNT, summarize
 from servescope.analysis.request_metrics import MISSING_NS, NS_PER_S, RequestMetrics, compute_request_metrics
-from servescope.analysis.run_data import RunData, load_run, release_unused_memory
+from servescope.run.data import RunData, load_run, release_unused_memory
 from servescope.analysis.slo import run_duration_s
 
 # Per-request metrics summarised over requests, in report order.

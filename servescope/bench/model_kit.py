@@ -26,7 +26,7 @@ from pathlib import Path
 
 import transformers
 
-from servescope.bench.synthetic_tokenizer import build_synthetic_tokenizer
+from servescope.bench.workloads.synthetic_tokenizer import build_synthetic_tokenizer
 
 ARCHS = ("tiny", "llama3-8b", "llama2-7b", "olmoe-1b-7b", "llama3-1b")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from servescope.tracer import recorder as _recorder_module
+from servescope.record import recorder as _recorder_module
 
 _enabled = False
 

@@ -15,7 +15,7 @@ from typing import Any
 from servescope.patches.patch import Patch
 from servescope.patches.vllm.active import active_recorder
 from servescope.patches.vllm.observe import observe_after, observe_before
-from servescope.tracer.clock import now_ns
+from servescope.run.clock import now_ns
 
 STEP_ATTR = "_servescope_step_id"
 MAX_PENDING_STEPS = 64

@@ -11,8 +11,8 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from servescope.tracer.recorder import _role
-from servescope.tracer.rundir import write_json
+from servescope.record.recorder import _role
+from servescope.run.directory import write_json
 
 
 def _get(obj: Any, path: str) -> Any:

@@ -7,7 +7,7 @@ import functools
 from servescope.patches.patch import Patch
 from servescope.patches.vllm.active import active_recorder
 from servescope.patches.vllm.observe import observe_before
-from servescope.tracer.clock import now_ns, wall_seconds_to_monotonic_ns
+from servescope.run.clock import now_ns, wall_seconds_to_monotonic_ns
 
 
 def _record_arrival(rec, output_processor, request, *args, **kwargs) -> None:

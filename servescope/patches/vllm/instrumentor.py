@@ -17,8 +17,8 @@ from pathlib import Path
 from servescope.patches.patch import PatchSet
 from servescope.patches.vllm import engine_core_hooks, frontend_hooks, worker_hooks
 from servescope.patches.vllm.active import set_enabled
-from servescope.tracer.recorder import close_recorder, open_recorder
-from servescope.tracer.rundir import RUN_DIR_ENV
+from servescope.record.recorder import close_recorder, open_recorder
+from servescope.run.directory import RUN_DIR_ENV
 
 logger = logging.getLogger("servescope")
 

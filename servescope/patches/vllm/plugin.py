@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 
-from servescope.tracer.rundir import RUN_DIR_ENV
+from servescope.run.directory import RUN_DIR_ENV
 
 
 def register() -> None:

@@ -33,7 +33,7 @@ WORKER = WorkerState()
 
 def _timer(rec):
     if WORKER.timer is None:
-        from servescope.tracer.timers import make_region_timer
+        from servescope.record.timers import make_region_timer
 
         WORKER.timer = make_region_timer(lambda row: rec.append("worker_regions", row), WORKER.rank)
         if WORKER.rank == 0 and getattr(WORKER.timer, "mode", "host") == "cuda":
@@ -49,7 +49,7 @@ def _start_nvml_sampler(rec) -> None:
     interval = float(os.environ.get("SERVESCOPE_NVML_INTERVAL_S", "0.1"))
     if interval <= 0:
         return
-    from servescope.tracer.nvml_sampler import NvmlSampler
+    from servescope.record.nvml_sampler import NvmlSampler
 
     WORKER.nvml = NvmlSampler(lambda row: rec.append("gpu_samples", row), interval_s=interval)
     WORKER.nvml.start()
@@ -166,7 +166,7 @@ def wrap_mrv2_load_model(original):
 def _install_forward_stamps(rec, model) -> None:
     import torch
 
-    from servescope.tracer.region_timer import RegionTimer
+    from servescope.record.region_timer import RegionTimer
 
     if not torch.cuda.is_available() or WORKER.timer is not None:
         return

@@ -1,0 +1,229 @@
+"""Shared reading and validation for trace files (.csv, .jsonl, optionally .gz).
+
+Every problem becomes a ``WorkloadError`` naming the file, the line number (1-based,
+the header of a CSV is line 1) and the field, so a bad row in a million-line trace
+can be found at once. The happy path converts whole columns with numpy; only when
+that fails does a per-row scan look for the first offending line.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+
+from servescope.bench.workloads.workload import WorkloadError
+
+
+def open_trace_text(path: str | Path) -> IO[str]:
+    """Returns a text stream over the file, transparently gunzipping names ending in .gz."""
+    path = Path(path)
+    if path.suffix == ".gz":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
+    return open(path, encoding="utf-8", newline="")
+
+
+def first_line(path: str | Path) -> str:
+    """Returns the first non-blank line of the file, stripped (empty string if none)."""
+    with open_trace_text(path) as stream:
+        for line in stream:
+            if line.strip():
+                return line.strip().lstrip("\ufeff")
+    return ""
+
+
+@dataclass
+class Columns:
+    """Raw string (CSV) or object (JSONL) values per field, and the file line of each row."""
+
+    path: Path
+    values: dict[str, list]
+    line_numbers: np.ndarray
+    # CSV values are all strings: numpy's int conversion then rejects "1.5" itself.
+    all_text: bool = False
+
+    def __len__(self) -> int:
+        return int(self.line_numbers.size)
+
+
+def read_csv_columns(path: str | Path, required: list[str]) -> Columns:
+    """Returns the named columns of a headed CSV as strings, with each row's line number."""
+    path = Path(path)
+    with open_trace_text(path) as stream:
+        reader = csv.reader(stream)
+        header = next(reader, None)
+        if header is None:
+            raise WorkloadError(f"{path}: empty file, expected a header with {required}")
+        header = [name.strip().lstrip("\ufeff") for name in header]
+        missing = [name for name in required if name not in header]
+        if missing:
+            raise WorkloadError(f"{path}, line 1: header lacks field(s) {missing}; found {header}")
+        index = [header.index(name) for name in required]
+        width = len(header)
+        values: dict[str, list] = {name: [] for name in required}
+        lines: list[int] = []
+        for row in reader:
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue
+            if len(row) != width:
+                raise WorkloadError(
+                    f"{path}, line {reader.line_num}: malformed row, {len(row)} fields where the header has {width}"
+                )
+            for name, i in zip(required, index):
+                values[name].append(row[i].strip())
+            lines.append(reader.line_num)
+    return Columns(path, values, np.asarray(lines, dtype=np.int64), all_text=True)
+
+
+def read_jsonl_columns(path: str | Path, required: list[str], optional: list[str] = ()) -> Columns:
+    """Returns the named fields of a JSON-lines file (missing optional fields as None), with each row's line number."""
+    path = Path(path)
+    names = list(required) + list(optional)
+    values: dict[str, list] = {name: [] for name in names}
+    lines: list[int] = []
+    with open_trace_text(path) as stream:
+        for line_number, line in enumerate(stream, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise WorkloadError(f"{path}, line {line_number}: malformed JSON ({error.msg})") from None
+            if not isinstance(record, dict):
+                raise WorkloadError(f"{path}, line {line_number}: malformed row, expected a JSON object")
+            for name in required:
+                if name not in record:
+                    raise WorkloadError(f"{path}, line {line_number}: field '{name}' is missing")
+            for name in names:
+                values[name].append(record.get(name))
+            lines.append(line_number)
+    return Columns(path, values, np.asarray(lines, dtype=np.int64))
+
+
+def _is_integral(value) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, np.integer)):
+        return True
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return False
+    return np.isfinite(number) and number == int(number)
+
+
+def token_lengths(columns: Columns, field: str, minimum: int = 0) -> np.ndarray:
+    """Returns a length column as int64 tokens; raises naming the first non-integer or too-small value."""
+    raw = columns.values[field]
+    try:
+        lengths = np.asarray(raw, dtype=np.int64) if raw else np.zeros(0, np.int64)
+        exact = True
+    except (TypeError, ValueError, OverflowError):
+        exact = False
+    if not exact or (lengths.size and not columns.all_text and not _all_exact(raw)):
+        for value, line in zip(raw, columns.line_numbers.tolist()):
+            if not _is_integral(value):
+                raise WorkloadError(
+                    f"{columns.path}, line {line}: field '{field}' must be a non-negative integer, got {value!r}"
+                )
+        lengths = np.asarray([int(float(v)) for v in raw], dtype=np.int64)
+    bad = np.flatnonzero(lengths < minimum)
+    if bad.size:
+        i = int(bad[0])
+        kind = "negative" if lengths[i] < 0 else f"below {minimum}"
+        raise WorkloadError(
+            f"{columns.path}, line {columns.line_numbers[i]}: field '{field}' is {kind} ({lengths[i]})"
+        )
+    return lengths
+
+
+def _all_exact(raw: list) -> bool:
+    # np.asarray(["1.5"], dtype=int64) raises, but np.asarray([1.5], dtype=int64)
+    # truncates silently: JSON numbers need this second check.
+    return all(isinstance(v, str) or _is_integral(v) for v in raw)
+
+
+def seconds_column(columns: Columns, field: str, scale: float = 1.0) -> np.ndarray:
+    """Returns a numeric time column multiplied by ``scale`` (to seconds); raises naming the first non-number."""
+    raw = columns.values[field]
+    try:
+        times = np.asarray(raw, dtype=np.float64) if raw else np.zeros(0)
+        ok = not any(isinstance(v, bool) for v in raw)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or not np.all(np.isfinite(times)):
+        for value, line in zip(raw, columns.line_numbers.tolist()):
+            try:
+                good = not isinstance(value, bool) and np.isfinite(float(value))
+            except (TypeError, ValueError):
+                good = False
+            if not good:
+                raise WorkloadError(f"{columns.path}, line {line}: field '{field}' is not a number: {value!r}")
+    return times * scale
+
+
+def datetime_seconds_column(columns: Columns, field: str) -> np.ndarray:
+    """Returns 'YYYY-MM-DD HH:MM:SS.fffffff' timestamps as seconds after the first row (float64)."""
+    raw = columns.values[field]
+    try:
+        stamps = np.asarray(raw, dtype="datetime64[ns]")
+        ok = not np.any(np.isnat(stamps))
+    except ValueError:
+        ok = False
+    if not ok:
+        for value, line in zip(raw, columns.line_numbers.tolist()):
+            try:
+                good = not np.isnat(np.datetime64(value, "ns"))
+            except ValueError:
+                good = False
+            if not good:
+                raise WorkloadError(
+                    f"{columns.path}, line {line}: field '{field}' is not a timestamp "
+                    f"'YYYY-MM-DD HH:MM:SS.fffffff': {value!r}"
+                )
+    if stamps.size == 0:
+        return np.zeros(0)
+    return (stamps - stamps[0]).astype(np.int64) / 1e9
+
+
+def require_sorted(columns: Columns, times_s: np.ndarray, field: str) -> None:
+    """Returns None if times never decrease; otherwise raises naming the first line that goes back in time."""
+    back = np.flatnonzero(np.diff(times_s) < 0)
+    if back.size:
+        i = int(back[0]) + 1
+        raise WorkloadError(
+            f"{columns.path}, line {columns.line_numbers[i]}: field '{field}' is not sorted "
+            f"(goes back from line {columns.line_numbers[i - 1]})"
+        )
+
+
+def require_rows(columns: Columns) -> None:
+    """Returns None if the file has at least one data row; otherwise raises naming the file."""
+    if len(columns) == 0:
+        raise WorkloadError(f"{columns.path}: no requests in file")
+
+
+def block_id_lists(columns: Columns, field: str) -> list[tuple[int, ...] | None]:
+    """Returns each row's list of prefix-block ids as a tuple (None where absent); raises naming a bad one."""
+    blocks: list[tuple[int, ...] | None] = []
+    for value, line in zip(columns.values[field], columns.line_numbers.tolist()):
+        if value is None:
+            blocks.append(None)
+            continue
+        if not isinstance(value, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value
+        ):
+            raise WorkloadError(f"{columns.path}, line {line}: field '{field}' must be a list of non-negative integers")
+        blocks.append(tuple(value))
+    return blocks
+
+
+def zero_length_mask(prompt: np.ndarray, output: np.ndarray) -> np.ndarray:
+    """Returns a bool mask of rows with a 0-token prompt or output: unsendable, skipped and counted by loaders."""
+    return (prompt == 0) | (output == 0)

@@ -1,0 +1,123 @@
+"""The analysis commands beyond `analyze`: `compare` and `audit` (the paper's checklist)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+STATUS_STYLE = {"pass": "green", "warn": "yellow", "fail": "red"}
+
+
+def _json_default(value):
+    try:
+        return float(value)
+    except Exception:
+        return str(value)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `compare` and `audit` to the servescope command line."""
+
+    @app.command()
+    def compare(
+        runs: List[Path] = typer.Argument(None, help="BASE TREAT (one run each), or use --base/--treat."),
+        base: Optional[List[Path]] = typer.Option(None, "--base", help="Baseline run (repeatable: repeats)."),
+        treat: Optional[List[Path]] = typer.Option(None, "--treat", help="Treatment run (repeatable: repeats)."),
+        as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
+    ) -> None:
+        """Split the difference between two runs (or sets of repeats) into scheduling, prefill, decode,
+        GPU time, CPU overhead and idle, with confidence intervals and configuration differences."""
+        from servescope.analysis.compare import compare_run_dirs
+        from servescope.run.directory import RunDirError
+
+        base_dirs, treat_dirs = list(base or []), list(treat or [])
+        if runs:
+            if len(runs) != 2 or base_dirs or treat_dirs:
+                raise typer.BadParameter("give exactly BASE TREAT, or --base/--treat (repeatable)")
+            base_dirs, treat_dirs = [runs[0]], [runs[1]]
+        if not base_dirs or not treat_dirs:
+            raise typer.BadParameter("need a baseline and a treatment run")
+        try:
+            result = compare_run_dirs([str(d) for d in base_dirs], [str(d) for d in treat_dirs])
+        except RunDirError as exc:
+            typer.secho(f"servescope: {exc}", fg="red", err=True)
+            raise typer.Exit(2)
+        if as_json:
+            json.dump(result, sys.stdout, default=_json_default, indent=1)
+            sys.stdout.write("\n")
+            return
+        _print_comparison(result)
+
+    @app.command()
+    def audit(
+        runs: List[Path] = typer.Argument(..., help="Run directories (the baseline side, or all runs)."),
+        treat: Optional[List[Path]] = typer.Option(None, "--treat", help="Treatment runs, if comparing."),
+        ttft_slo: Optional[float] = typer.Option(None, "--ttft-slo", help="P99 TTFT bound of the application, s."),
+        tbt_slo: Optional[float] = typer.Option(None, "--tbt-slo", help="P99 TBT bound of the application, s."),
+        studied: Optional[List[str]] = typer.Option(
+            None, "--studied", help="An engine parameter (or name prefix) the comparison is about, e.g. speculative: "
+            "its difference is the treatment, not untuned baseline (repeatable)."),
+        as_json: bool = typer.Option(False, "--json", help="Print the verdicts as JSON."),
+    ) -> None:
+        """Audit runs against the eight-item checklist of 'On Evaluating Performance of LLM Inference Systems'."""
+        from servescope.analysis.checklist import audit_run_dirs
+        from servescope.run.directory import RunDirError
+
+        slos = {k: v for k, v in (("ttft_s", ttft_slo), ("tbt_s", tbt_slo)) if v is not None} or None
+        try:
+            results = audit_run_dirs([str(r) for r in runs], [str(t) for t in (treat or [])], slos=slos,
+                                     studied=studied or ())
+        except RunDirError as exc:
+            typer.secho(f"servescope: {exc}", fg="red", err=True)
+            raise typer.Exit(2)
+        if as_json:
+            json.dump([r.to_dict() for r in results], sys.stdout, indent=1, default=_json_default)
+            sys.stdout.write("\n")
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title="Evaluation checklist (Agrawal et al., 2025)")
+        table.add_column("#")
+        table.add_column("item")
+        table.add_column("verdict")
+        table.add_column("evidence")
+        for r in results:
+            status = str(getattr(r.status, "value", r.status))
+            table.add_row(str(r.item), r.title, f"[{STATUS_STYLE.get(status, 'white')}]{status}[/]",
+                          "\n".join(r.evidence))
+        Console().print(table)
+
+
+def _print_comparison(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title="Treatment vs baseline")
+    for col in ("metric", "baseline", "treatment", "difference", "95% CI"):
+        table.add_column(col)
+    rows = [(f"{metric} {stat} (s)", v) for metric, stats in result.get("latency", {}).items()
+            for stat, v in stats.items()]
+    rows += [(f"{name}", v) for name, v in result.get("throughput", {}).items()]
+    for name, v in rows:
+        if isinstance(v, dict) and "baseline" in v:
+            ci = v.get("ci") or (None, None)
+            table.add_row(name, _fmt(v.get("baseline")), _fmt(v.get("treatment")), _fmt(v.get("diff")),
+                          f"[{_fmt(ci[0])}, {_fmt(ci[1])}]")
+    console.print(table)
+    for d in result.get("configuration", {}).get("parameter_differences", []):
+        console.print(f"config differs: {d.get('name')}: {d.get('baseline')} -> {d.get('treatment')}")
+    if result.get("statement"):
+        console.print(result["statement"])
+
+
+def _fmt(v) -> str:
+    try:
+        return f"{float(v):.4g}"
+    except (TypeError, ValueError):
+        return "-"

@@ -1,0 +1,364 @@
+"""Region timer for model-runner regions: host times always, GPU times from pooled CUDA events.
+
+Rows go to ``append_row(tuple)`` in worker_regions column order (schema.py): step_id, rank,
+region, host_start_ns, host_end_ns, gpu_ns, gpu_start_ns, gpu_end_ns, host_cpu_ns,
+voluntary_switches, involuntary_switches (the thread's CPU time and context switches inside the
+region: thread_usage.py).
+
+Hot path (``start``/``end``): ``time.monotonic_ns()``, the thread's usage where it is turned on
+(thread_usage.py) and, on CUDA, ``record()`` of a pooled, pre-created
+``torch.cuda.Event(enable_timing=True)`` on ``torch.cuda.current_stream()``. It never
+synchronizes and never creates events. ``harvest()`` resolves, oldest first, the regions whose
+end event ``query()`` says completed, and stops at the first one still running (it waits for a
+later harvest). ``close()`` resolves the rest and may synchronize: call it only at exit.
+
+Bounded: ``pool_size`` event pairs. When none is free, a region gets a host-only row and
+``dropped`` counts it. While the current stream is capturing a CUDA graph, regions get
+host-only rows (``skipped_capture``) and ``harvest()`` does nothing. Exceptions never leave the
+timer; ``errors`` counts them.
+
+GPU clock stamps (optional, CUDA + Triton or CuPy):
+
+* ``use_globaltimer=True``: each region also gets globaltimer stamps enqueued around its events,
+  mapped to the host clock, as gpu_start_ns/gpu_end_ns (one stamp launch at start, one at end).
+  The map is a ``ClockTracker``: calibrated at construction, recalibrated from ``harvest()``
+  every ``recalibrate_s`` (~0.5 ms of host time on the H100, bounded), drift fitted (globaltimer drifts
+  ~22 ppm against CLOCK_MONOTONIC on the H100). Pass ``calibration`` to use a fixed map.
+* ``forward_stamps=True``: ``forward_begin()``/``forward_end()`` stamp the start and end of the
+  model forward. Call them around the forward *also while it is being captured*: captured into a
+  CUDA graph they run on every replay, which events cannot do (events only go around a replay).
+  Each begin/end pair becomes a row of region ``forward_region`` (default ``forward_gpu``) with
+  null host times, tagged with the step_id of the last ``start()`` before it on the stream.
+
+Construct the timer in the process and thread that run the regions, after any fork, before
+CUDA graph capture (it compiles kernels and calibrates clocks).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Callable
+
+from servescope.run.clock import now_ns
+from servescope.record.thread_usage import NO_USAGE, thread_usage, usage_between
+
+MODES = ("auto", "cuda", "host")
+
+
+class TorchCudaEvents:
+    """CUDA events and capture checks through torch (the production event source)."""
+
+    def __init__(self) -> None:
+        import torch
+
+        self._torch = torch
+        self.is_capturing = torch.cuda.is_current_stream_capturing
+
+    def new_pair(self) -> tuple:
+        """Return a (start, end) pair of timing events, already created on the device."""
+        torch = self._torch
+        pair = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+        for e in pair:  # torch creates the CUDA event lazily at its first record: do it now
+            e.record(self._warm_stream)
+        return pair
+
+    def prepare(self) -> None:
+        """Make the private stream used to pre-create events."""
+        self._warm_stream = self._torch.cuda.Stream()
+
+    def synchronize(self) -> None:
+        """Wait for all work on the device (exit only)."""
+        self._torch.cuda.synchronize()
+
+
+def cuda_unavailable_reason() -> str | None:
+    """Return why CUDA events cannot be used in this process, or None when they can."""
+    try:
+        import torch
+    except Exception as exc:
+        return f"torch is not importable: {exc!r}"
+    try:
+        if not torch.cuda.is_available():
+            return "torch.cuda.is_available() is False"
+    except Exception as exc:
+        return f"torch.cuda.is_available() failed: {exc!r}"
+    return None
+
+
+class RegionTimer:
+    """Times regions on the host clock and, on CUDA, on the GPU stream; writes worker_regions rows."""
+
+    def __init__(
+        self,
+        append_row: Callable[[tuple], None],
+        rank: int = 0,
+        mode: str = "auto",
+        *,
+        pool_size: int = 1024,
+        use_globaltimer: bool = False,
+        forward_stamps: bool = False,
+        forward_region: str = "forward_gpu",
+        calibration=None,
+        recalibrate_s: float = 1.0,
+        events=None,
+        stamps=None,
+        graph_stamps=None,
+    ) -> None:
+        self._append = append_row
+        self.rank = rank
+        self.forward_region = forward_region
+        self.dropped = 0  # regions whose GPU part was dropped (pool exhausted)
+        self.errors = 0  # exceptions caught inside the timer
+        self.skipped_capture = 0  # regions started while the stream was capturing
+        self.reason: str | None = None  # why the timer runs in a lesser mode than asked
+        self.clock = calibration  # maps globaltimer ns -> monotonic ns (to_monotonic_ns); None: unmapped
+        self.recalibrate_s = recalibrate_s
+        self.calibration_at_close = None
+        self._pending: deque = deque()
+        self._free: list = []
+        self._stamps = None
+        self._graph_stamps = None
+        self._pairer = None
+        self._context_step = object()
+        self.mode = "host"
+        if mode not in MODES:
+            self.reason = f"unknown mode {mode!r}; host timing"
+            self.errors += 1
+            return
+        if mode == "host":
+            return
+        if events is None:
+            self.reason = cuda_unavailable_reason()
+            if self.reason is not None:
+                return
+        try:
+            self._events = events if events is not None else TorchCudaEvents()
+            if self._events.is_capturing():
+                self.reason = "constructed while a CUDA graph was being captured; host timing"
+                return
+            if hasattr(self._events, "prepare"):
+                self._events.prepare()
+            self._free = [self._events.new_pair() for _ in range(pool_size)]
+            self._is_capturing = self._events.is_capturing
+            self.mode = "cuda"
+        except Exception as exc:
+            self.errors += 1
+            self.reason = f"CUDA events unavailable ({exc!r}); host timing"
+            self._free = []
+            return
+        if use_globaltimer or forward_stamps:
+            self._setup_stamps(use_globaltimer, forward_stamps, stamps, graph_stamps, 2 * pool_size + 16)
+
+    def _setup_stamps(self, use_globaltimer, forward_stamps, stamps, graph_stamps, capacity) -> None:
+        try:
+            if use_globaltimer:
+                if stamps is None:
+                    from servescope.kernels.globaltimer import GlobalTimerStamps
+
+                    stamps = GlobalTimerStamps(capacity)
+                self._stamps = stamps
+            if forward_stamps:
+                if graph_stamps is None:
+                    from servescope.kernels.graph_stamps import GraphSafeStamps
+
+                    graph_stamps = GraphSafeStamps(capacity)
+                from servescope.kernels.graph_stamps import StampPairer
+
+                self._graph_stamps = graph_stamps
+                self._pairer = StampPairer()
+            if self.clock is None:
+                from servescope.kernels.clock_calibration import ClockTracker
+
+                self.clock = ClockTracker(interval_s=self.recalibrate_s, stamps=stamps)
+        except Exception as exc:
+            self.errors += 1
+            self.reason = f"globaltimer stamps unavailable ({exc!r}); CUDA events only"
+            self._stamps = self._graph_stamps = self._pairer = None
+
+    # ---- hot path -----------------------------------------------------------------------------
+    def start(self, step_id: int | None, region: str) -> tuple:
+        """Open a region now; return the token to pass to end()."""
+        if self.mode == "host":
+            return self._host_only(step_id, region)
+        pair = None
+        try:
+            if self._is_capturing():
+                self.skipped_capture += 1
+                return self._host_only(step_id, region)
+            free = self._free
+            if not free:
+                self.dropped += 1
+                return self._host_only(step_id, region)
+            pair = free.pop()
+            gs = self._graph_stamps
+            if gs is not None and step_id != self._context_step:
+                gs.set_context(-1 if step_id is None else step_id)
+                self._context_step = step_id
+            s0 = self._stamps.stamp() if self._stamps is not None else None
+            pair[0].record()
+            return (step_id, region, now_ns(), pair, s0, thread_usage())
+        except Exception:
+            self.errors += 1
+            if pair is not None:
+                self._free.append(pair)
+            return self._host_only(step_id, region)
+
+    @staticmethod
+    def _host_only(step_id, region) -> tuple:
+        """Return the token of a region timed on the host only (no event pair)."""
+        return (step_id, region, now_ns(), None, None, thread_usage())
+
+    def end(self, token: tuple) -> None:
+        """Close the region of token (host row now; GPU row at a later harvest)."""
+        usage = thread_usage()  # read inside [host_start_ns, host_end_ns]: host_cpu_ns <= the wall time
+        h1 = now_ns()
+        try:
+            step_id, region, h0, pair, s0, usage0 = token
+            used = usage_between(usage0, usage)
+            if pair is None:
+                self._append((step_id, self.rank, region, h0, h1, None, None, None, *used))
+                return
+            pair[1].record()
+            s1 = self._stamps.stamp() if s0 is not None else None
+            self._pending.append((step_id, region, h0, h1, pair, s0, s1, used))
+        except Exception:
+            self.errors += 1
+
+    def forward_begin(self) -> None:
+        """Stamp the start of the model forward on the current stream (works inside graph capture)."""
+        gs = self._graph_stamps
+        if gs is not None:
+            try:
+                gs.stamp(0)
+            except Exception:
+                self.errors += 1
+
+    def forward_end(self) -> None:
+        """Stamp the end of the model forward on the current stream (works inside graph capture)."""
+        gs = self._graph_stamps
+        if gs is not None:
+            try:
+                gs.stamp(1)
+            except Exception:
+                self.errors += 1
+
+    # ---- off the hot path ---------------------------------------------------------------------
+    def harvest(self) -> int:
+        """Append rows for completed regions (event.query(), no sync); return how many."""
+        if self.mode == "host":
+            return 0
+        n = 0
+        try:
+            if self._is_capturing():
+                return 0
+            if self._stamps is not None or self._graph_stamps is not None:
+                recal = getattr(self.clock, "maybe_recalibrate", None)
+                if recal is not None:
+                    recal()
+            pending = self._pending
+            while pending:
+                if not pending[0][4][1].query():
+                    break
+                if not self._resolve(pending[0]):
+                    break
+                pending.popleft()
+                n += 1
+            n += self._harvest_forward()
+        except Exception:
+            self.errors += 1
+        return n
+
+    def _resolve(self, item) -> bool:
+        """Append the row of a completed region; False if its start event is still running."""
+        step_id, region, h0, h1, pair, s0, s1, used = item
+        gpu_ns = gs = ge = None
+        try:
+            gpu_ns = round(pair[0].elapsed_time(pair[1]) * 1e6)
+            self._free.append(pair)
+        except Exception:
+            try:
+                if not pair[0].query():  # start recorded on another, slower stream
+                    return False
+            except Exception:
+                pass
+            self.errors += 1  # broken pair: keep it out of the pool
+        try:
+            cal = self.clock
+            if s0 is not None and cal is not None:
+                gs = cal.to_monotonic_ns(self._stamps.read_one(s0))
+                ge = cal.to_monotonic_ns(self._stamps.read_one(s1))
+        except Exception:
+            self.errors += 1
+            gs = ge = None
+        self._append((step_id, self.rank, region, h0, h1, gpu_ns, gs, ge, *used))
+        return True
+
+    def _harvest_forward(self) -> int:
+        gs = self._graph_stamps
+        if gs is None:
+            return 0
+        cal = self.clock
+        n = 0
+        for tag, b, e in self._pairer.feed(gs.drain()):
+            start = cal.to_monotonic_ns(b) if cal is not None else None
+            end = cal.to_monotonic_ns(e) if cal is not None else None
+            self._append((tag, self.rank, self.forward_region, None, None, e - b, start, end, *NO_USAGE))
+            n += 1
+        return n
+
+    def close(self) -> None:
+        """Resolve every pending region, waiting for the GPU (exit only); the timer is host-only after."""
+        if self.mode == "host":
+            return
+        try:
+            self._events.synchronize()
+        except Exception:
+            self.errors += 1
+        try:
+            pending = self._pending
+            while pending:
+                item = pending.popleft()
+                if not self._resolve(item):
+                    self.errors += 1
+                    step_id, region, h0, h1, _, _, _, used = item
+                    self._append((step_id, self.rank, region, h0, h1, None, None, None, *used))
+            self._harvest_forward()
+        except Exception:
+            self.errors += 1
+        if self._stamps is not None or self._graph_stamps is not None:
+            try:
+                from servescope.kernels.clock_calibration import calibrate
+
+                self.calibration_at_close = calibrate(stamps=self._stamps)
+                if hasattr(self.clock, "add"):
+                    self.clock.add(self.calibration_at_close)
+            except Exception:
+                self.errors += 1
+        self.mode = "host"
+        self._free = []
+
+    @property
+    def calibration(self):
+        """The latest ClockCalibration behind gpu_start_ns/gpu_end_ns, or None."""
+        return getattr(self.clock, "latest", self.clock)
+
+    def stats(self) -> dict:
+        """Return the timer's counters and clock calibration (for the process record)."""
+        pairer = self._pairer
+        gs = self._graph_stamps
+        cal, cal2 = self.clock, self.calibration_at_close
+        return {
+            "mode": self.mode,
+            "reason": self.reason,
+            "dropped": self.dropped,
+            "errors": self.errors,
+            "skipped_capture": self.skipped_capture,
+            "pending": len(self._pending),
+            "globaltimer": self._stamps is not None,
+            "forward_stamps": gs is not None,
+            "forward_unpaired": pairer.unpaired if pairer else 0,
+            "forward_untagged": pairer.untagged if pairer else 0,
+            "forward_lost": getattr(gs, "lost", 0) if gs else 0,
+            "clock": cal.as_dict() if cal is not None else None,
+            "calibration_at_close": cal2.as_dict() if cal2 is not None else None,
+        }

@@ -1,0 +1,247 @@
+"""servescope's streaming client against vLLM's own benchmark client, on one running server.
+
+    python -m servescope.studies.client_crosscheck --model DIR --out OUT.json \
+        [--engine-args '--speculative-config {...} ...'] [--rounds 3] [--requests 48] \
+        [--concurrency 4] [--prompt-len 64] [--output-len 32]
+
+Starts a recorded ``vllm serve`` of DIR (a model directory with a tokenizer: ``servescope model
+init``), then runs rounds. In each round vLLM's client (``vllm.benchmarks.serve``, the code of
+``vllm bench serve``, driven from Python in a child process) and servescope's client run at the
+same time against the one server, each keeping ``concurrency`` requests in flight, so both see
+the same server and the same load. Both send the same kind of request: vLLM's 'random' dataset
+prompt of prompt-len tokens as text (servescope's client sends the tokenizer's decode of random
+ids: sending ids instead skips the server's tokenizer, a difference of the requests, not of the
+clients), ignore_eos, output-len tokens.
+
+The report compares TTFT and per-chunk ITL percentiles pooled over the rounds. Tolerance:
+|servescope - vLLM| <= max(2 x noise, floor), where noise is the larger of the two clients'
+ranges (max - min) of that percentile over the rounds: the run-to-run noise measured in the
+same experiment. 2x: two clients with identical behaviour still differ by up to about one
+range between rounds; the floor (1 ms TTFT, 0.5 ms ITL: event-loop and scheduler granularity)
+keeps a lucky, tiny range from failing the check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import queue
+import shlex
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+FLOOR_MS = {"ttft": 1.0, "itl": 0.5}
+PERCENTILES = (50, 90)  # a P99 of a few hundred TTFTs rests on two samples: it measures luck, not the client
+CHILD_TIMEOUT_S = 600
+
+VLLM_CLIENT = r"""
+import contextlib, json, sys
+import vllm.benchmarks.serve as serve
+from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+report = sys.stdout
+original_benchmark = serve.benchmark
+
+async def benchmark_announced(*args, **kwargs):  # tell the driver the requests start now
+    report.write("sending\n"); report.flush()
+    return await original_benchmark(*args, **kwargs)
+
+serve.benchmark = benchmark_announced
+rounds = json.loads(sys.argv[1])
+report.write("ready\n"); report.flush()
+for argv, result_file in rounds:
+    sys.stdin.readline()
+    parser = FlexibleArgumentParser()
+    serve.add_cli_args(parser)
+    with contextlib.redirect_stdout(sys.stderr):
+        serve.main(parser.parse_args(argv))
+    with open(result_file) as f:
+        result = json.load(f)
+    report.write(json.dumps({"ttfts": result["ttfts"], "itls": result["itls"], "errors": result["errors"]}) + "\n")
+    report.flush()
+"""
+
+
+class CrossCheckError(Exception):
+    """vLLM's client or servescope's client did not complete a round."""
+
+
+@dataclass
+class CrossCheckLoad:
+    """One round's load, the same for both clients."""
+
+    rounds: int = 4
+    requests: int = 48
+    concurrency: int = 4
+    prompt_len: int = 64
+    output_len: int = 32
+
+
+class ChildLines:
+    """Lines of a child's stdout, read by a thread, waited for with a time limit."""
+
+    def __init__(self, proc: subprocess.Popen, log: Path, timeout_s: float = CHILD_TIMEOUT_S):
+        self.proc, self.log, self.timeout_s, self.lines = proc, log, timeout_s, queue.Queue()
+        self.skipped: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.put(line.strip())
+        self.lines.put(None)
+
+    def next(self, accept=lambda line: True) -> str:
+        """Return the next line that accept() takes; other lines (anything else printed to the
+        child's stdout, e.g. by a library) are kept in self.skipped."""
+        while True:
+            try:
+                line = self.lines.get(timeout=self.timeout_s)
+            except queue.Empty:
+                line = None
+            if line is None:
+                raise CrossCheckError(f"vLLM's client stopped; its log:\n{self.log.read_text()[-4000:]}")
+            if accept(line):
+                return line
+            self.skipped.append(line)
+
+
+def vllm_client_argv(url: str, model_dir: Path, load: CrossCheckLoad, seed: int, result_file: Path) -> list[str]:
+    return ["--backend", "vllm", "--base-url", url, "--model", str(model_dir), "--tokenizer", str(model_dir),
+            "--dataset-name", "random", "--random-input-len", str(load.prompt_len),
+            "--random-output-len", str(load.output_len), "--num-prompts", str(load.requests),
+            "--max-concurrency", str(load.concurrency), "--ignore-eos", "--disable-tqdm", "--seed", str(seed),
+            "--ready-check-timeout-sec", "0", "--save-result", "--save-detailed",
+            "--result-dir", str(result_file.parent), "--result-filename", result_file.name]
+
+
+def servescope_plan(tokenizer, load: CrossCheckLoad, seed: int) -> tuple:
+    """Return one round's load plan and the text of each of its prompts (the tokenizer's decode of the ids)."""
+    from servescope.bench.load.driver_http import plan_load
+    from servescope.bench.workloads.prompts import SyntheticPrompts
+    from servescope.bench.workloads.workload import Request, Workload
+
+    workload = Workload("cross-check", [Request(0.0, load.prompt_len, load.output_len)] * load.requests, "cross-check",
+                        has_arrival_times=False)
+    prompts = SyntheticPrompts(tokenizer.vocab_size, tokenizer.all_special_ids, seed=seed)
+    plan = plan_load(workload, prompts, concurrency=load.concurrency, id_prefix=f"xcheck{seed}")
+    texts = {f"xcheck{seed}-{i}": tokenizer.decode(ids) for i, ids in enumerate(plan.prompts)}
+    return plan, texts
+
+
+def servescope_round(url: str, model_dir: Path, plan, texts: dict, run_dir: Path) -> tuple[list[float], list[float]]:
+    """Run servescope's client for one round; return TTFTs and per-chunk ITLs (ms) as recorded in run_dir."""
+    from servescope.bench.load.client import StreamingClient, client_request_metrics
+    from servescope.bench.load.driver_http import run_load
+    from servescope.record.recorder import close_recorder, open_recorder
+
+    async def go():
+        recorder = open_recorder(run_dir.absolute())
+        async with StreamingClient(url, str(model_dir), recorder=recorder, request_timeout_s=300) as client:
+            return await run_load(plan, lambda r: client.complete(replace(r, prompt_text=texts[r.client_request_id])))
+
+    results = asyncio.run(go())
+    close_recorder()
+    failed = [r.error for r in results if r.status != "ok"]
+    if failed:
+        raise CrossCheckError(f"servescope's client: {len(failed)} requests failed, e.g. {failed[:3]}")
+    metrics = client_request_metrics(run_dir)
+    return (metrics.ttft_s * 1e3).tolist(), (metrics.all_tbt_per_chunk_s() * 1e3).tolist()
+
+
+def cross_check(url: str, model_dir: Path, load: CrossCheckLoad, work_dir: Path, env: dict | None = None) -> dict:
+    """Run the rounds against the server at url; return the report (samples' counts, per-percentile comparison)."""
+    from transformers import AutoTokenizer
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    rounds = [(vllm_client_argv(url, model_dir, load, 1000 + r, work_dir / f"vllm-{r}.json"),
+               str(work_dir / f"vllm-{r}.json")) for r in range(load.rounds)]
+    log = work_dir / "vllm-client.log"
+    with open(log, "w") as log_file:
+        child = subprocess.Popen([sys.executable, "-c", VLLM_CLIENT, json.dumps(rounds)], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=log_file, text=True, env=env)
+    lines = ChildLines(child, log)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    plans = [servescope_plan(tokenizer, load, 2000 + r) for r in range(load.rounds)]  # nothing to prepare in a round
+    samples = {client: {"ttft": [], "itl": []} for client in ("servescope", "vllm")}
+    try:
+        lines.next(lambda line: line == "ready")
+        for r, (plan, texts) in enumerate(plans):
+            child.stdin.write("go\n")
+            child.stdin.flush()
+            lines.next(lambda line: line == "sending")
+            ttft, itl = servescope_round(url, model_dir, plan, texts, work_dir / f"servescope-{r}")
+            theirs = json.loads(lines.next(lambda line: line.startswith("{")))
+            if any(theirs["errors"]):
+                raise CrossCheckError(f"vLLM's client: errors {[e for e in theirs['errors'] if e][:3]}")
+            samples["servescope"]["ttft"].append(ttft)
+            samples["servescope"]["itl"].append(itl)
+            samples["vllm"]["ttft"].append([t * 1e3 for t in theirs["ttfts"]])
+            samples["vllm"]["itl"].append([g * 1e3 for gaps in theirs["itls"] for g in gaps])
+        child.wait(CHILD_TIMEOUT_S)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    report = compare_samples(samples, load)
+    report["vllm_client_other_stdout"] = lines.skipped[:20]
+    return report
+
+
+def compare_samples(samples: dict, load: CrossCheckLoad) -> dict:
+    """Return per metric and percentile: both clients' pooled values, difference, noise, tolerance, verdict."""
+    report = {"load": vars(load),
+              "counts": {c: {"ttft": sum(map(len, samples[c]["ttft"])), "itl": sum(map(len, samples[c]["itl"]))}
+                         for c in samples},
+              "comparison": {}, "failures": []}
+    for metric in ("ttft", "itl"):
+        for q in PERCENTILES:
+            per_round = {c: [float(np.percentile(s, q)) for s in samples[c][metric]] for c in samples}
+            pooled = {c: float(np.percentile(np.concatenate(samples[c][metric]), q)) for c in samples}
+            noise = max(max(v) - min(v) for v in per_round.values())
+            tolerance = max(2 * noise, FLOOR_MS[metric])
+            difference = pooled["servescope"] - pooled["vllm"]
+            report["comparison"][f"{metric}_p{q}_ms"] = {
+                "servescope": pooled["servescope"], "vllm": pooled["vllm"], "difference": difference,
+                "noise": noise, "tolerance": tolerance, "agree": abs(difference) <= tolerance, "per_round": per_round}
+            if abs(difference) > tolerance:
+                report["failures"].append(
+                    f"{metric} P{q}: servescope {pooled['servescope']:.2f} ms, vLLM {pooled['vllm']:.2f} ms, "
+                    f"|difference| {abs(difference):.2f} > tolerance {tolerance:.2f} ms")
+    return report
+
+
+def main(argv=None) -> None:
+    from servescope.bench.load.server import start_server
+
+    ap = argparse.ArgumentParser(prog="python -m servescope.studies.client_crosscheck")
+    ap.add_argument("--model", type=Path, required=True, help="model directory with a tokenizer")
+    ap.add_argument("--out", type=Path, required=True, help="the report (JSON); its directory also gets the runs")
+    ap.add_argument("--engine-args", default="", help="more `vllm serve` arguments, one shell-quoted string")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--requests", type=int, default=48)
+    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--prompt-len", type=int, default=64)
+    ap.add_argument("--output-len", type=int, default=32)
+    args = ap.parse_args(argv)
+    load = CrossCheckLoad(args.rounds, args.requests, args.concurrency, args.prompt_len, args.output_len)
+    work = args.out.parent / (args.out.stem + "-runs")
+    server = start_server(["--model", str(args.model), "--load-format", "dummy", *shlex.split(args.engine_args)],
+                          work / "server", startup_timeout_s=900)
+    try:
+        report = cross_check(server.url, args.model, load, work)
+    finally:
+        server.stop()
+    report["engine_args"] = args.engine_args
+    args.out.write_text(json.dumps(report, indent=2))
+    print(json.dumps({k: {n: round(v, 2) for n, v in r.items() if n not in ("per_round", "agree")}
+                      for k, r in report["comparison"].items()}, indent=1))
+    print("agree" if not report["failures"] else "\n".join(report["failures"]))
+
+
+if __name__ == "__main__":
+    main()
