@@ -14,6 +14,7 @@ class HostRegionTimer:
     def __init__(self, append_row: Callable[[tuple], None], rank: int = 0) -> None:
         self._append = append_row
         self.rank = rank
+        self.engine_index: int | None = None  # set by the patch once the engine is known
         self.dropped = 0
         self.errors = 0
 
@@ -26,7 +27,7 @@ class HostRegionTimer:
         usage = thread_usage()  # read inside [host_start_ns, host_end_ns]: host_cpu_ns <= the wall time
         t1 = now_ns()
         step_id, region, t0, usage0 = token
-        self._append((step_id, self.rank, region, t0, t1, None, None, None, *usage_between(usage0, usage)))
+        self._append((step_id, self.rank, region, t0, t1, None, None, None, *usage_between(usage0, usage), self.engine_index))
 
     def harvest(self) -> None:
         """Nothing to resolve on the host."""

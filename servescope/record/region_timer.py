@@ -106,6 +106,7 @@ class RegionTimer:
     ) -> None:
         self._append = append_row
         self.rank = rank
+        self.engine_index: int | None = None  # set by the patch once the engine is known
         self.forward_region = forward_region
         self.dropped = 0  # regions whose GPU part was dropped (pool exhausted)
         self.errors = 0  # exceptions caught inside the timer
@@ -216,7 +217,7 @@ class RegionTimer:
             step_id, region, h0, pair, s0, usage0 = token
             used = usage_between(usage0, usage)
             if pair is None:
-                self._append((step_id, self.rank, region, h0, h1, None, None, None, *used))
+                self._append((step_id, self.rank, region, h0, h1, None, None, None, *used, self.engine_index))
                 return
             pair[1].record()
             s1 = self._stamps.stamp() if s0 is not None else None
@@ -290,7 +291,7 @@ class RegionTimer:
         except Exception:
             self.errors += 1
             gs = ge = None
-        self._append((step_id, self.rank, region, h0, h1, gpu_ns, gs, ge, *used))
+        self._append((step_id, self.rank, region, h0, h1, gpu_ns, gs, ge, *used, self.engine_index))
         return True
 
     def _harvest_forward(self) -> int:
@@ -302,7 +303,7 @@ class RegionTimer:
         for tag, b, e in self._pairer.feed(gs.drain()):
             start = cal.to_monotonic_ns(b) if cal is not None else None
             end = cal.to_monotonic_ns(e) if cal is not None else None
-            self._append((tag, self.rank, self.forward_region, None, None, e - b, start, end, *NO_USAGE))
+            self._append((tag, self.rank, self.forward_region, None, None, e - b, start, end, *NO_USAGE, self.engine_index))
             n += 1
         return n
 
@@ -321,7 +322,7 @@ class RegionTimer:
                 if not self._resolve(item):
                     self.errors += 1
                     step_id, region, h0, h1, _, _, _, used = item
-                    self._append((step_id, self.rank, region, h0, h1, None, None, None, *used))
+                    self._append((step_id, self.rank, region, h0, h1, None, None, None, *used, self.engine_index))
             self._harvest_forward()
         except Exception:
             self.errors += 1

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from servescope.run.names import Region, RequestEvent, Table
+
 
 @dataclass(frozen=True, slots=True)
 class Column:
@@ -25,7 +27,7 @@ class Column:
 
 
 @dataclass(frozen=True, slots=True)
-class Table:
+class TableSpec:
     name: str
     writer: str  # which process writes it
     doc: str
@@ -46,14 +48,14 @@ def _c(name: str, type_: pa.DataType, unit: str, doc: str) -> Column:
 
 I64, I32, F64, STR, BOOL = pa.int64(), pa.int32(), pa.float64(), pa.string(), pa.bool_()
 
-# Lifecycle events of one request. Event names are in REQUEST_EVENTS.
-REQUEST_EVENTS_TABLE = Table(
-    "request_events",
+# Lifecycle events of one request (names.RequestEvent).
+REQUEST_EVENTS_TABLE = TableSpec(
+    Table.REQUEST_EVENTS,
     "front end (arrival) and EngineCore (the rest)",
     "One row per lifecycle event of a request.",
     (
         _c("request_id", STR, "", "engine-internal request id (vLLM's EngineCoreRequest.request_id)"),
-        _c("event", STR, "", "arrival | queued | scheduled | preempted | finished"),
+        _c("event", STR, "", " | ".join(RequestEvent.ALL)),
         _c("time_ns", I64, "ns, monotonic", "when the event happened"),
         _c("step_id", I64, "", "engine step that caused it (scheduled, preempted, finished); null otherwise"),
         _c("prompt_tokens", I32, "tokens", "prompt length (arrival, queued)"),
@@ -62,10 +64,9 @@ REQUEST_EVENTS_TABLE = Table(
         _c("detail", STR, "", "arrival: the caller's request id; finished: the finish reason"),
     ),
 )
-REQUEST_EVENTS = ("arrival", "queued", "scheduled", "preempted", "finished")
 
-TOKEN_EMISSIONS_TABLE = Table(
-    "token_emissions",
+TOKEN_EMISSIONS_TABLE = TableSpec(
+    Table.TOKEN_EMISSIONS,
     "EngineCore",
     "One row per (engine step, request) that emitted output tokens. Tokens emitted by "
     "one step share its time: a speculative step emits accepted drafts + 1 bonus token.",
@@ -79,8 +80,8 @@ TOKEN_EMISSIONS_TABLE = Table(
     ),
 )
 
-STEPS_TABLE = Table(
-    "steps",
+STEPS_TABLE = TableSpec(
+    Table.STEPS,
     "EngineCore",
     "One row per engine step (one scheduled batch). Under async scheduling step k+1 is "
     "scheduled before step k's output is processed: rows join by step_id, never by order.",
@@ -111,8 +112,8 @@ STEPS_TABLE = Table(
     ),
 )
 
-FRONTEND_STEPS_TABLE = Table(
-    "frontend_steps",
+FRONTEND_STEPS_TABLE = TableSpec(
+    Table.FRONTEND_STEPS,
     "front end",
     "One row per engine output message processed by the front end's OutputProcessor "
     "(detokenization, request-output building).",
@@ -124,15 +125,15 @@ FRONTEND_STEPS_TABLE = Table(
     ),
 )
 
-WORKER_REGIONS_TABLE = Table(
-    "worker_regions",
+WORKER_REGIONS_TABLE = TableSpec(
+    Table.WORKER_REGIONS,
     "worker (model runner)",
     "One row per timed region of one step in a worker: host time always, GPU time when "
     "CUDA events resolved it.",
     (
         _c("step_id", I64, "", "engine step (the EngineCore's step_id, carried on the SchedulerOutput)"),
         _c("rank", I32, "", "worker rank"),
-        _c("region", STR, "", "execute_model | forward | sample | draft | ... (see docs/tables.md)"),
+        _c("region", STR, "", " | ".join(Region.ALL)),
         _c("host_start_ns", I64, "ns, monotonic", "region entered on the host"),
         _c("host_end_ns", I64, "ns, monotonic", "region returned on the host (launch done)"),
         _c("gpu_ns", I64, "ns", "GPU stream time between the region's start and end events; null without CUDA"),
@@ -141,11 +142,12 @@ WORKER_REGIONS_TABLE = Table(
         _c("host_cpu_ns", I64, "ns", "CPU time (user + system) of the worker thread inside the region (CLOCK_THREAD_CPUTIME_ID); the rest of the host time it was off the CPU; null where not measured"),
         _c("voluntary_switches", I32, "", "context switches in the region where the thread blocked (GIL, lock, blocking CUDA call, I/O)"),
         _c("involuntary_switches", I32, "", "context switches in the region where the scheduler gave the thread's core to another thread"),
+        _c("engine_index", I32, "", "data-parallel rank of the EngineCore the worker serves (joins steps.engine_index); null in runs recorded before servescope 0.2"),
     ),
 )
 
-GPU_SAMPLES_TABLE = Table(
-    "gpu_samples",
+GPU_SAMPLES_TABLE = TableSpec(
+    Table.GPU_SAMPLES,
     "NVML sampler thread",
     "Periodic samples of each GPU's state.",
     (
@@ -159,8 +161,8 @@ GPU_SAMPLES_TABLE = Table(
     ),
 )
 
-CLIENT_REQUESTS_TABLE = Table(
-    "client_requests",
+CLIENT_REQUESTS_TABLE = TableSpec(
+    Table.CLIENT_REQUESTS,
     "benchmark client",
     "One row per request sent by servescope's benchmark client.",
     (
@@ -177,8 +179,8 @@ CLIENT_REQUESTS_TABLE = Table(
     ),
 )
 
-CLIENT_CHUNKS_TABLE = Table(
-    "client_chunks",
+CLIENT_CHUNKS_TABLE = TableSpec(
+    Table.CLIENT_CHUNKS,
     "benchmark client",
     "One row per streamed chunk (server-sent event) that carried output tokens.",
     (
@@ -188,7 +190,7 @@ CLIENT_CHUNKS_TABLE = Table(
     ),
 )
 
-TABLES: dict[str, Table] = {
+TABLES: dict[str, TableSpec] = {
     t.name: t
     for t in (
         REQUEST_EVENTS_TABLE,

@@ -1,0 +1,81 @@
+"""Every name a record carries, in one place: tables, request events, step phases, worker regions.
+
+A patch writes these strings, the tables store them, and the analysis, report, Perfetto trace and
+OpenTelemetry spans read them from here, so a name cannot drift between producer and reader.
+Each family is a class of plain ``str`` constants (cheap on the hot path, and what Parquet
+stores) with ``ALL`` listing its members in a stable order.
+"""
+
+from __future__ import annotations
+
+
+class Table:
+    """Tables of a run directory (their columns: schema.py; their rows: rows.py)."""
+
+    REQUEST_EVENTS = "request_events"
+    TOKEN_EMISSIONS = "token_emissions"
+    STEPS = "steps"
+    FRONTEND_STEPS = "frontend_steps"
+    WORKER_REGIONS = "worker_regions"
+    GPU_SAMPLES = "gpu_samples"
+    CLIENT_REQUESTS = "client_requests"
+    CLIENT_CHUNKS = "client_chunks"
+    ALL = (REQUEST_EVENTS, TOKEN_EMISSIONS, STEPS, FRONTEND_STEPS, WORKER_REGIONS, GPU_SAMPLES,
+           CLIENT_REQUESTS, CLIENT_CHUNKS)
+
+
+class RequestEvent:
+    """Lifecycle events of a request (request_events.event)."""
+
+    ARRIVAL = "arrival"  # the front end accepted it
+    QUEUED = "queued"  # the scheduler added it to its waiting queue
+    SCHEDULED = "scheduled"  # first (or resumed) scheduling
+    PREEMPTED = "preempted"
+    FINISHED = "finished"
+    ALL = (ARRIVAL, QUEUED, SCHEDULED, PREEMPTED, FINISHED)
+
+
+class StepPhase:
+    """Host phases of one engine step in the EngineCore (steps.<phase>_start_ns .. <phase>_end_ns).
+
+    ``execute`` is the launch: the executor's execute_model (and, under async scheduling, the
+    non-blocking sample_tokens) returning; with the worker inside the EngineCore process and a
+    synchronous step it also holds the worker's own wait for the GPU. ``wait`` is the EngineCore
+    blocked until the step's model output reaches the host.
+    """
+
+    SCHEDULE = "schedule"
+    EXECUTE = "execute"
+    WAIT = "wait"
+    UPDATE = "update"
+    ALL = (SCHEDULE, EXECUTE, WAIT, UPDATE)
+    DISPLAY = {
+        SCHEDULE: "schedule",
+        EXECUTE: "execute (launch)",
+        WAIT: "wait for the GPU's output",
+        UPDATE: "update (emit tokens)",
+    }
+
+    @staticmethod
+    def columns(phase: str) -> tuple[str, str]:
+        """Return the (start, end) column names of a phase in the steps table."""
+        return f"{phase}_start_ns", f"{phase}_end_ns"
+
+
+class Region:
+    """Timed regions of a step inside a worker (worker_regions.region)."""
+
+    EXECUTE_MODEL = "execute_model"  # the model runner's whole execute_model
+    FORWARD = "forward"  # the model's forward (CUDA events or host clock)
+    FORWARD_GPU = "forward_gpu"  # the forward's GPU interval from globaltimer stamps (inside CUDA graphs)
+    SAMPLE_TOKENS = "sample_tokens"  # the runner's sample_tokens (async scheduling's second half)
+    SAMPLE = "sample"  # the sampler (or rejection sampler under speculation)
+    DRAFT = "draft"  # the speculative proposer
+    BOOKKEEP = "bookkeep"  # Model Runner V1's bookkeeping (holds the host's wait for the GPU)
+    ALL = (EXECUTE_MODEL, FORWARD, FORWARD_GPU, SAMPLE_TOKENS, SAMPLE, DRAFT, BOOKKEEP)
+
+
+class FinishReason:
+    """Finish reasons written on 'finished' events beside the engine's own (stop, length, abort)."""
+
+    ABORT = "abort"
