@@ -20,7 +20,7 @@ MAX_MODEL_LEN = 1024
 def demo_spec(model_dir: Path, *, requests: int, rate_per_s: float, max_prompt_tokens: int,
               max_output_tokens: int):
     """Return the BenchSpec of the demo: the trace's first requests, replayed time-scaled to rate_per_s."""
-    from servescope.cli.bench import BenchSpec
+    from servescope.bench.run import BenchSpec
     from servescope.bench.workloads.catalog import load_workload
 
     workload = load_workload(DEMO_WORKLOAD).first(requests)
@@ -40,12 +40,13 @@ def run_demo(out: str | Path, *, requests: int = 200, rate_per_s: float = 3.0, m
     import os
 
     from servescope.analysis.checklist import audit_run_dirs
-    from servescope.report.build import write_report
     from servescope.analysis.summary import analyze_run, summary_text
-    from servescope.cli.bench import bench_report, run_bench
     from servescope.bench.model_kit import init_model_dir
+    from servescope.bench.run import bench_report, refuse_recorded_run, run_bench
+    from servescope.report.build import write_report
 
     out = Path(out)
+    refuse_recorded_run(out)  # a second demo into the same directory overwrites nothing
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     model_dir = init_model_dir(out / "model", "tiny")

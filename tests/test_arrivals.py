@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from servescope.bench.load.arrivals import (
+from servescope.bench.workloads.arrivals import (
     ClosedLoop,
     closed_loop,
     expected_ramp_count,

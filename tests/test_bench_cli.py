@@ -18,42 +18,25 @@ import time
 from pathlib import Path
 
 import pytest
-import typer
 from aiohttp import web
 from typer.testing import CliRunner
 
+from servescope.analysis.slo import build_slos
+from servescope.bench.capacity import capacity_text, search_capacity_runs
 from servescope.bench.load.client import CompletionRequest, StreamingClient, client_request_metrics
-from servescope.cli.bench import (
-    BenchError,
-    build_slos,
-    capacity_text,
-    grid_points,
-    parse_grid,
-    point_dir_name,
-    point_engine_args,
-    register,
-    search_capacity_runs,
-)
 from servescope.bench.load.server import free_port, normalize_engine_args, server_argv
+from servescope.bench.run import BenchError
+from servescope.bench.sweep import grid_points, parse_grid, point_dir_name, point_engine_args
+from servescope.cli.main import app
 from servescope.record.recorder import Recorder
 from servescope.run.directory import read_json, read_table
 
 S = 1_000_000_000
 
 
-def cli_app() -> typer.Typer:
-    app = typer.Typer()
-    register(app)
-
-    @app.command("noop", hidden=True)
-    def _noop() -> None:  # a second command keeps typer from collapsing the app into one command
-        pass
-
-    return app
-
-
 def invoke(*args: str):
-    return CliRunner().invoke(cli_app(), [str(a) for a in args])
+    """Run the servescope command line in this process (its error handler included)."""
+    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 # --------------------------------------------------------------------------- a fake streaming server
@@ -82,11 +65,14 @@ class FakeServer:
         app.router.add_post("/v1/completions", self._completions)
         self._runner = web.AppRunner(app)
         self._loop.run_until_complete(self._runner.setup())
-        self._loop.run_until_complete(web.TCPSite(self._runner, "127.0.0.1", self.port).start())
+        self._loop.run_until_complete(web.TCPSite(self._runner, "127.0.0.1", self.port, shutdown_timeout=0.5).start())
         self._ready.set()
         self._loop.run_forever()
 
     def stop(self):
+        """Stop serving: streams in flight are cut, new connections refused (a server that died)."""
+        if not self._thread.is_alive():
+            return
         asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
@@ -163,19 +149,92 @@ def test_a_target_is_required(tmp_path):
 
 def test_unreachable_endpoint_names_the_url_and_keeps_the_run_dir(tmp_path):
     out = tmp_path / "run"
-    earlier = Recorder(out)  # something recorded before into the same run directory
-    earlier.append("client_requests", ("earlier-0", None, 1, 2, 8, 4, 4, "ok", None, 1))
-    earlier.close()
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     result = invoke("bench", "--workload", write_trace(tmp_path / "t.csv"), "--rate", "5", "--endpoint", url,
                     "--vocab-size", "100", "--out", out)
     assert result.exit_code == 2
     assert url in result.output and "cannot reach" in result.output
     assert str(out) in result.output  # says where the kept run directory is
-    assert read_table(out, "client_requests").column("client_request_id").to_pylist() == ["earlier-0"]
     facts = read_json(out / "bench.json")
     assert facts["status"] == "failed" and url in facts["error"]
     assert (out / "manifest.json").exists()
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    """Return every file under directory with its bytes."""
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_a_directory_that_holds_a_bench_run_is_refused_and_left_as_it_was(tmp_path, fake_server):
+    out = tmp_path / "run"
+    first = invoke("bench", "--workload", write_trace(tmp_path / "t.csv"), "--concurrency", "2",
+                   "--endpoint", fake_server.url, "--vocab-size", "100", "--out", out)
+    assert first.exit_code == 0, first.output
+    before, received = snapshot(out), fake_server.received
+    second = invoke("bench", "--workload", write_trace(tmp_path / "t.csv"), "--concurrency", "2",
+                    "--endpoint", fake_server.url, "--vocab-size", "100", "--out", out)
+    assert second.exit_code == 2
+    assert f"{out} already holds a bench run" in second.output and f"--out {out}-2" in second.output
+    assert snapshot(out) == before and fake_server.received == received  # nothing written, nothing sent
+
+    earlier = tmp_path / "earlier"  # client rows recorded by something else: refused too
+    recorder = Recorder(earlier)
+    recorder.append("client_requests", ("earlier-0", None, 1, 2, 8, 4, 4, "ok", None, 1))
+    recorder.close()
+    before = snapshot(earlier)
+    third = invoke("bench", "--workload", write_trace(tmp_path / "t.csv"), "--concurrency", "2",
+                   "--endpoint", fake_server.url, "--vocab-size", "100", "--out", earlier)
+    assert third.exit_code == 2 and "1 client_requests part(s)" in third.output
+    assert snapshot(earlier) == before
+
+
+def test_failed_requests_beyond_the_threshold_mark_the_run_and_exit_1(tmp_path, fake_server):
+    fake_server.fail_status = 400  # lists a model, rejects every POST
+    out = tmp_path / "run"
+    result = invoke("bench", "--workload", write_trace(tmp_path / "t.csv", rows=4), "--concurrency", "2",
+                    "--endpoint", fake_server.url, "--vocab-size", "100", "--out", out)
+    assert result.exit_code == 1, result.output
+    facts = read_json(out / "bench.json")
+    assert facts["status"] == "requests_failed" and facts["results"]["error"] == 4
+    assert "4 of 4 requests failed" in facts["error"] and "--max-failed-fraction 0" in facts["error"]
+    assert read_json(out / "manifest.json")["bench"]["status"] == "requests_failed"
+    assert result.output.strip().splitlines()[-1].startswith("servescope: 4 of 4 requests failed")
+
+    fake_server.fail_status = None
+    fake_server.error_after_tokens = 2  # every request fails mid-stream; a threshold of 1 accepts that
+    tolerant = invoke("bench", "--workload", write_trace(tmp_path / "t.csv", rows=4), "--concurrency", "2",
+                      "--endpoint", fake_server.url, "--vocab-size", "100", "--max-failed-fraction", "1",
+                      "--out", tmp_path / "tolerant")
+    assert tolerant.exit_code == 0, tolerant.output
+    assert read_json(tmp_path / "tolerant" / "bench.json")["status"] == "complete"
+
+
+def test_bench_stops_when_the_endpoint_is_gone(tmp_path, fake_server):
+    from servescope.bench.load.server_watch import SERVER_GONE_AFTER_S
+
+    fake_server.delay_s = 0.05  # 20 tokens: 1 s per request
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "servescope", "bench", "--workload",
+         str(write_trace(tmp_path / "t.csv", rows=400, output=20)), "--rate", "10", "--endpoint", fake_server.url,
+         "--vocab-size", "100", "--no-progress", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while fake_server.received < 10 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert fake_server.received >= 10
+    fake_server.stop()  # the server goes away: streams cut, connections refused from now on
+    stopped = time.monotonic()
+    output, _ = proc.communicate(timeout=60)
+    took_s = time.monotonic() - stopped
+    assert proc.returncode == 1, output
+    facts = read_json(out / "bench.json")
+    assert facts["status"] == "server_gone" and fake_server.url in facts["error"]
+    assert facts["results"]["sent"] < 100  # the plan (400 requests at 10/s) had 35 s more to send
+    assert took_s < SERVER_GONE_AFTER_S + 10, (took_s, output)
+    assert "stopped answering" in output.strip().splitlines()[-1]
+    rows = read_table(out, "client_requests").to_pylist()
+    assert len(rows) == facts["results"]["sent"]  # every request sent has its row, failed or cancelled
 
 
 def test_missing_vocabulary_size_is_explained(tmp_path, fake_server):
@@ -185,9 +244,9 @@ def test_missing_vocabulary_size_is_explained(tmp_path, fake_server):
 
 
 def test_capacity_slo_options_are_checked():
-    with pytest.raises(BenchError, match="--tbt"):
+    with pytest.raises(ValueError, match="needs a TBT bound > 0 s \\(--tbt\\)"):
         build_slos("tbt-ttft", ttft_s=1.0)
-    with pytest.raises(BenchError, match="--slo is one of"):
+    with pytest.raises(ValueError, match="the SLO type is one of"):
         build_slos("latency", ttft_s=1.0)
     assert [s.name for s in build_slos("ttft-tpot", ttft_s=2.0, tpot_s=0.1, percentile=90)] == [
         "ttft_p90<=2s", "tpot_p90<=0.1s"]
@@ -272,10 +331,8 @@ def test_cancelled_request_still_records_its_row(tmp_path, fake_server):
 def test_ctrl_c_stops_cleanly_and_keeps_what_was_recorded(tmp_path, fake_server):
     fake_server.delay_s = 0.5  # 200 tokens: every request is still streaming when Ctrl-C comes
     out = tmp_path / "run"
-    script = ("import typer; from servescope.cli.bench import register; app = typer.Typer(); register(app); "
-              "app.command('noop')(lambda: None); app()")
     proc = subprocess.Popen(
-        [sys.executable, "-c", script, "bench", "--workload", str(write_trace(tmp_path / "t.csv", rows=4, output=200)),
+        [sys.executable, "-m", "servescope", "bench", "--workload", str(write_trace(tmp_path / "t.csv", rows=4, output=200)),
          "--concurrency", "4", "--endpoint", fake_server.url, "--vocab-size", "100", "--progress",
          "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 60

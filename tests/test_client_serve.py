@@ -16,13 +16,15 @@ tokenizer) is started for the module and shared:
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import typer
 from typer.testing import CliRunner
 
 from engine_fixtures import engine_env
@@ -30,7 +32,10 @@ from servescope.analysis.request_metrics import compute_request_metrics
 from servescope.run.data import load_run
 from servescope.bench.load.client import client_request_metrics, client_vs_engine, engine_request_ids
 from servescope.studies.client_crosscheck import CrossCheckLoad, cross_check
-from servescope.cli.bench import BenchSpec, build_slos, evaluate_run, register, run_bench
+from servescope.analysis.slo import build_slos
+from servescope.bench.capacity import evaluate_run
+from servescope.bench.run import BenchSpec, run_bench
+from servescope.cli.main import app
 from servescope.bench.load.server import start_server, wait_for_engine_records
 from servescope.run.directory import read_json, read_table
 
@@ -51,9 +56,7 @@ def server(tmp_path_factory, tiny_model_dir):
 
 
 def cli(*args) -> object:
-    app = typer.Typer()
-    register(app)
-    app.command("noop", hidden=True)(lambda: None)
+    """Run the servescope command line in this process (its error handler included)."""
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
@@ -102,6 +105,76 @@ def test_every_request_is_in_client_and_engine_tables_with_equal_tokens(server, 
     assert comparison["ttft_s"]["difference"]["p50"] >= 0
     manifest = read_json(server.run_dir / "manifest.json")
     assert manifest["bench"]["status"] == "complete" and manifest["workload"]["requests"] == 24
+
+
+def test_a_second_bench_into_a_run_is_refused_and_a_new_run_gets_its_own_ids(server, tmp_path):
+    trace = write_trace(tmp_path / "small.csv", [(32, 6)] * 6)
+    first, second = tmp_path / "first", tmp_path / "second"
+    args = ["bench", "--workload", trace, "--concurrency", "3", "--endpoint", server.url, "--server-run", server.run_dir]
+    assert cli(*args, "--out", first).exit_code == 0
+    before = {str(p.relative_to(first)): p.read_bytes() for p in sorted(first.rglob("*")) if p.is_file()}
+    refused = cli(*args, "--out", first)
+    assert refused.exit_code == 2 and "already holds a bench run" in refused.output
+    assert {str(p.relative_to(first)): p.read_bytes() for p in sorted(first.rglob("*")) if p.is_file()} == before
+    assert cli(*args, "--out", second).exit_code == 0
+    ids = [set(read_table(run, "client_requests").column("client_request_id").to_pylist()) for run in (first, second)]
+    assert len(ids[0]) == len(ids[1]) == 6 and not ids[0] & ids[1]
+    for run, own in zip((first, second), ids):  # each run holds the engine records of its own requests only
+        assert set(engine_request_ids(run)) == own
+        assert len(compute_request_metrics(load_run(run))) == 6
+
+
+def test_requests_the_server_rejects_mark_the_run_and_exit_1(server, tmp_path):
+    out = tmp_path / "rejected"
+    result = cli("bench", "--workload", write_trace(tmp_path / "r.csv", [(16, 4)] * 3), "--concurrency", "1",
+                 "--endpoint", server.url, "--model", "no-such-model", "--out", out)
+    assert result.exit_code == 1, result.output
+    facts = read_json(out / "bench.json")
+    assert facts["status"] == "requests_failed" and facts["results"]["error"] == 3, facts
+    assert "no-such-model" in facts["results"]["first_error"]
+    assert "3 of 3 requests failed" in result.output.strip().splitlines()[-1]
+
+
+def test_bench_stops_when_the_server_it_started_dies(tiny_model_dir, tmp_path):
+    """A recorded server killed mid-run: bench stops sending at once instead of running out its plan."""
+    out = tmp_path / "killed"
+    trace = write_trace(tmp_path / "long.csv", [(32, 16)] * 600)  # 600 requests at 10/s: a minute of sending
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "servescope", "bench", "--workload", str(trace), "--rate", "10", "--no-progress",
+         "--timeout", "60", "--out", str(out), "--engine-args", " ".join(["--model", str(tiny_model_dir), *ENGINE_ARGS])],
+        env=engine_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        server_group = None
+        deadline = time.monotonic() + 600
+        while server_group is None and time.monotonic() < deadline and bench.poll() is None:
+            time.sleep(0.5)
+            if not any((out / "tables" / "client_requests").glob("*.parquet")):
+                continue  # not serving yet: the client writes its first rows once requests have ended
+            groups = {_group_of(int(p.stem)) for p in (out / "processes").glob("*.json")}
+            server_group = next(iter(groups - {None, bench.pid}), None)  # bench leads its own group
+        assert server_group is not None, bench.communicate(timeout=60)[0][-3000:]
+        os.killpg(server_group, signal.SIGKILL)
+        killed = time.monotonic()
+        output, _ = bench.communicate(timeout=120)
+    finally:
+        if bench.poll() is None:
+            os.killpg(bench.pid, signal.SIGKILL)
+    took_s = time.monotonic() - killed
+    assert bench.returncode == 1, output[-3000:]
+    facts = read_json(out / "bench.json")
+    assert facts["status"] == "server_gone" and "exited" in facts["error"], facts
+    assert facts["results"]["sent"] < 300, facts["results"]  # half the plan was still to come
+    assert took_s < 30, (took_s, output[-2000:])
+    assert "server_gone" in output and output.strip().splitlines()[-1].startswith("servescope: ")
+    assert len(read_table(out, "client_requests")) == facts["results"]["sent"]
+
+
+def _group_of(pid: int) -> int | None:
+    """Return the process group of pid, None once it is gone."""
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
 
 
 # --------------------------------------------------------------------------- 2. cross-check with vLLM's client
@@ -155,9 +228,7 @@ def test_capacity_search_end_to_end(server, tmp_path):
 def test_in_process_driver_records_client_and_engine(tiny_model_dir, tmp_path):
     out = tmp_path / "inprocess"
     trace = write_trace(tmp_path / "ip.csv", [(40, 10)] * 8)
-    command = [sys.executable, "-c", "import typer, sys; from servescope.cli.bench import register; "
-               "app = typer.Typer(); register(app); app.command('noop')(lambda: None); app()",
-               "bench", "--workload", str(trace), "--concurrency", "4", "--in-process", "--out", str(out),
+    command = [sys.executable, "-m", "servescope", "bench", "--workload", str(trace), "--concurrency", "4", "--in-process", "--out", str(out),
                "--engine-args", " ".join(["--model", str(tiny_model_dir), *ENGINE_ARGS])]
     proc = subprocess.run(command, env=engine_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

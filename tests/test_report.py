@@ -18,12 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import typer
 from typer.testing import CliRunner
 
 from runbuilder import RunBuilder
 from servescope.report.build import figure_specs, write_report
-from servescope.cli.report import register
+from servescope.cli.main import app
 from servescope.report.figures import RUN_COLORS
 from servescope.run.directory import RunDirError, table_dir, write_json
 
@@ -426,13 +425,6 @@ def test_bad_run_dir_is_a_clear_error_naming_the_path(tmp_path):
 
 
 def test_report_command(tmp_path):
-    app = typer.Typer()
-    register(app)
-
-    @app.command()
-    def other() -> None:  # a second command, so `report` is invoked by name as in servescope
-        pass
-
     run = build_engine_run(tmp_path)
     result = CliRunner().invoke(app, ["report", str(run), "--out", str(tmp_path / "out"), "--tbt-slo", "0.01"])
     assert result.exit_code == 0, result.output

@@ -240,3 +240,25 @@ def evaluate_slos(
         tbt_convention=tbt_convention,
         notes=notes,
     )
+
+
+SLO_TYPES = {  # SLO type -> the thresholds it needs (seconds)
+    "fluidity": ("tbt",),
+    "tbt-ttft": ("tbt", "ttft"),
+    "ttft-tpot": ("ttft", "tpot"),
+}
+
+
+def build_slos(slo_type: str, *, tbt_s: float | None = None, ttft_s: float | None = None,
+               tpot_s: float | None = None, percentile: float = 99.0, min_fluidity: float = 0.9) -> list[SLO]:
+    """Return the SLOs of one SLO type (fluidity, tbt-ttft, ttft-tpot); thresholds in seconds, > 0 where needed."""
+    if slo_type not in SLO_TYPES:
+        raise ValueError(f"the SLO type is one of {list(SLO_TYPES)}, not {slo_type!r}")
+    given = {"tbt": tbt_s, "ttft": ttft_s, "tpot": tpot_s}
+    for name in SLO_TYPES[slo_type]:
+        if given[name] is None or not given[name] > 0:
+            raise ValueError(f"the {slo_type} SLO needs a {name.upper()} bound > 0 s (--{name})")
+    if slo_type == "fluidity":
+        return [FluiditySLO(tbt_s, min_fluidity=min_fluidity, percentile=percentile, ttft_deadline_s=ttft_s)]
+    first, second = SLO_TYPES[slo_type]
+    return [LatencySLO(first, given[first], percentile), LatencySLO(second, given[second], percentile)]

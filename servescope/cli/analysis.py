@@ -1,4 +1,4 @@
-"""The analysis commands beyond `analyze`: `compare` and `audit` (the paper's checklist)."""
+"""Analysis commands: `analyze`, `calibrate-prefill`, `compare` and `audit` (the paper's checklist)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,18 @@ from typing import List, Optional
 
 import typer
 
+from servescope.cli.errors import CommandError
+from servescope.cli.options import non_negative, output_file, positive
+
 STATUS_STYLE = {"pass": "green", "warn": "yellow", "fail": "red"}
+
+
+def register(app: typer.Typer) -> None:
+    """Add `analyze`, `calibrate-prefill`, `compare` and `audit` to the servescope command line."""
+    app.command()(analyze)
+    app.command("calibrate-prefill")(calibrate_prefill)
+    app.command()(compare)
+    app.command()(audit)
 
 
 def _json_default(value):
@@ -19,78 +30,110 @@ def _json_default(value):
         return str(value)
 
 
-def register(app: typer.Typer) -> None:
-    """Add `compare` and `audit` to the servescope command line."""
+def analyze(
+    run_dir: Path = typer.Argument(..., help="A run directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document {requests, summary}."),
+    tbt_slo: Optional[float] = typer.Option(None, "--tbt-slo", callback=positive,
+                                            help="TBT deadline in seconds (adds fluidity)."),
+    ttft_slo: Optional[float] = typer.Option(None, "--ttft-slo", callback=positive,
+                                             help="TTFT deadline in seconds for fluidity."),
+    prefill_model: Optional[Path] = typer.Option(None, "--prefill-model",
+                                                 help="Fluidity's TTFT deadline = predicted prefill (servescope "
+                                                      "calibrate-prefill) + --ttft-slack."),
+    ttft_slack: float = typer.Option(0.0, "--ttft-slack", callback=non_negative,
+                                     help="Slack added to the predicted prefill, seconds."),
+) -> None:
+    """Print the run's per-request metrics and their distributions."""
+    from servescope.analysis.summary import analyze_run, summary_text
 
-    @app.command()
-    def compare(
-        runs: List[Path] = typer.Argument(None, help="BASE TREAT (one run each), or use --base/--treat."),
-        base: Optional[List[Path]] = typer.Option(None, "--base", help="Baseline run (repeatable: repeats)."),
-        treat: Optional[List[Path]] = typer.Option(None, "--treat", help="Treatment run (repeatable: repeats)."),
-        as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
-    ) -> None:
-        """Split the difference between two runs (or sets of repeats) into scheduling, prefill, decode,
-        GPU time, CPU overhead and idle, with confidence intervals and configuration differences."""
-        from servescope.analysis.compare import compare_run_dirs
-        from servescope.run.directory import RunDirError
+    model = None
+    if prefill_model is not None:
+        from servescope.analysis.prefill_calibration import load_prefill_model
 
-        base_dirs, treat_dirs = list(base or []), list(treat or [])
-        if runs:
-            if len(runs) != 2 or base_dirs or treat_dirs:
-                raise typer.BadParameter("give exactly BASE TREAT, or --base/--treat (repeatable)")
-            base_dirs, treat_dirs = [runs[0]], [runs[1]]
-        if not base_dirs or not treat_dirs:
-            raise typer.BadParameter("need a baseline and a treatment run")
-        try:
-            result = compare_run_dirs([str(d) for d in base_dirs], [str(d) for d in treat_dirs])
-        except RunDirError as exc:
-            typer.secho(f"servescope: {exc}", fg="red", err=True)
-            raise typer.Exit(2)
-        if as_json:
-            json.dump(result, sys.stdout, default=_json_default, indent=1)
-            sys.stdout.write("\n")
-            return
-        _print_comparison(result)
+        model = load_prefill_model(prefill_model)
+    result = analyze_run(run_dir, tbt_slo_s=tbt_slo, ttft_slo_s=ttft_slo, include_requests=as_json,
+                         prefill_model=model, ttft_slack_s=ttft_slack)
+    if as_json:
+        json.dump(result, sys.stdout, allow_nan=False)
+        sys.stdout.write("\n")
+    else:
+        typer.echo(summary_text(result))
 
-    @app.command()
-    def audit(
-        runs: List[Path] = typer.Argument(..., help="Run directories (the baseline side, or all runs)."),
-        treat: Optional[List[Path]] = typer.Option(None, "--treat", help="Treatment runs, if comparing."),
-        ttft_slo: Optional[float] = typer.Option(None, "--ttft-slo", help="P99 TTFT bound of the application, s."),
-        tbt_slo: Optional[float] = typer.Option(None, "--tbt-slo", help="P99 TBT bound of the application, s."),
-        studied: Optional[List[str]] = typer.Option(
-            None, "--studied", help="An engine parameter (or name prefix) the comparison is about, e.g. speculative: "
-            "its difference is the treatment, not untuned baseline (repeatable)."),
-        as_json: bool = typer.Option(False, "--json", help="Print the verdicts as JSON."),
-    ) -> None:
-        """Audit runs against the eight-item checklist of 'On Evaluating Performance of LLM Inference Systems'."""
-        from servescope.analysis.checklist import audit_run_dirs
-        from servescope.run.directory import RunDirError
 
-        slos = {k: v for k, v in (("ttft_s", ttft_slo), ("tbt_s", tbt_slo)) if v is not None} or None
-        try:
-            results = audit_run_dirs([str(r) for r in runs], [str(t) for t in (treat or [])], slos=slos,
-                                     studied=studied or ())
-        except RunDirError as exc:
-            typer.secho(f"servescope: {exc}", fg="red", err=True)
-            raise typer.Exit(2)
-        if as_json:
-            json.dump([r.to_dict() for r in results], sys.stdout, indent=1, default=_json_default)
-            sys.stdout.write("\n")
-            return
-        from rich.console import Console
-        from rich.table import Table
+def calibrate_prefill(
+    runs: List[Path] = typer.Argument(..., help="Calibration runs (e.g. servescope bench --concurrency 1)."),
+    out: Path = typer.Option(..., "--out", "-o", callback=output_file, help="JSON file to write the prefill model to."),
+) -> None:
+    """Fit the isolated-prefill time model (fluidity's first-token deadline) on recorded runs."""
+    from servescope.analysis.prefill_calibration import calibrate_prefill as fit, save_prefill_model
 
-        table = Table(title="Evaluation checklist (Agrawal et al., 2025)")
-        table.add_column("#")
-        table.add_column("item")
-        table.add_column("verdict")
-        table.add_column("evidence")
-        for r in results:
-            status = str(getattr(r.status, "value", r.status))
-            table.add_row(str(r.item), r.title, f"[{STATUS_STYLE.get(status, 'white')}]{status}[/]",
-                          "\n".join(r.evidence))
-        Console().print(table)
+    model = fit([str(r) for r in runs])
+    save_prefill_model(model, out)
+    c0, c1, c2 = model.coefficients_s
+    typer.echo(f"servescope: prefill_s = {c0:.4g} + {c1:.4g} * L + {c2:.4g} * L^2 from {model.num_samples} isolated "
+               f"prefills (rms residual {model.rms_residual_s * 1e3:.3g} ms); wrote {out}")
+
+
+def compare(
+    runs: List[Path] = typer.Argument(None, help="BASE TREAT (one run each), or use --base/--treat."),
+    base: Optional[List[Path]] = typer.Option(None, "--base", help="Baseline run (repeatable: repeats)."),
+    treat: Optional[List[Path]] = typer.Option(None, "--treat", help="Treatment run (repeatable: repeats)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
+) -> None:
+    """Split the difference between two runs (or sets of repeats) into scheduling, prefill, decode,
+    GPU time, CPU overhead and idle, with confidence intervals and configuration differences."""
+    from servescope.analysis.compare import compare_run_dirs
+
+    base_dirs, treat_dirs = list(base or []), list(treat or [])
+    if runs:
+        if len(runs) != 2 or base_dirs or treat_dirs:
+            raise CommandError("compare: give exactly BASE TREAT, or --base/--treat (repeatable)")
+        base_dirs, treat_dirs = [runs[0]], [runs[1]]
+    if not base_dirs or not treat_dirs:
+        raise CommandError("compare: needs a baseline and a treatment run (BASE TREAT, or --base/--treat)")
+    result = compare_run_dirs([str(d) for d in base_dirs], [str(d) for d in treat_dirs])
+    if as_json:
+        json.dump(result, sys.stdout, default=_json_default, indent=1)
+        sys.stdout.write("\n")
+        return
+    _print_comparison(result)
+
+
+def audit(
+    runs: List[Path] = typer.Argument(..., help="Run directories (the baseline side, or all runs)."),
+    treat: Optional[List[Path]] = typer.Option(None, "--treat", help="Treatment runs, if comparing."),
+    ttft_slo: Optional[float] = typer.Option(None, "--ttft-slo", callback=positive,
+                                             help="P99 TTFT bound of the application, s."),
+    tbt_slo: Optional[float] = typer.Option(None, "--tbt-slo", callback=positive,
+                                            help="P99 TBT bound of the application, s."),
+    studied: Optional[List[str]] = typer.Option(
+        None, "--studied", help="An engine parameter (or name prefix) the comparison is about, e.g. speculative: "
+        "its difference is the treatment, not untuned baseline (repeatable)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the verdicts as JSON."),
+) -> None:
+    """Audit runs against the eight-item checklist of 'On Evaluating Performance of LLM Inference Systems'."""
+    from servescope.analysis.checklist import audit_run_dirs
+
+    slos = {k: v for k, v in (("ttft_s", ttft_slo), ("tbt_s", tbt_slo)) if v is not None} or None
+    results = audit_run_dirs([str(r) for r in runs], [str(t) for t in (treat or [])], slos=slos,
+                             studied=studied or ())
+    if as_json:
+        json.dump([r.to_dict() for r in results], sys.stdout, indent=1, default=_json_default)
+        sys.stdout.write("\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Evaluation checklist (Agrawal et al., 2025)")
+    table.add_column("#")
+    table.add_column("item")
+    table.add_column("verdict")
+    table.add_column("evidence")
+    for r in results:
+        status = str(getattr(r.status, "value", r.status))
+        table.add_row(str(r.item), r.title, f"[{STATUS_STYLE.get(status, 'white')}]{status}[/]",
+                      "\n".join(r.evidence))
+    Console().print(table)
 
 
 def _print_comparison(result: dict) -> None:

@@ -1,4 +1,4 @@
-"""The `servescope report` command; servescope/cli/main.py adds it with ``register(app)``."""
+"""The `servescope report` command: HTML + PNG of one or more runs."""
 
 from __future__ import annotations
 
@@ -7,35 +7,34 @@ from typing import List, Optional
 
 import typer
 
+from servescope.cli.options import output_dir, positive
+
 
 def register(app: typer.Typer) -> None:
-    """Add the `report` command to the servescope Typer app."""
+    """Add the `report` command to the servescope command line."""
+    app.command()(report)
 
-    @app.command()
-    def report(
-        run_dirs: List[Path] = typer.Argument(..., metavar="RUN...",
-                                              help="One or more run directories (overlaid, one color each)."),
-        out: Path = typer.Option(..., "--out", "-o", help="Directory to write index.html and figures/*.png into."),
-        tbt_slo: Optional[float] = typer.Option(None, "--tbt-slo",
-                                                help="TBT SLO in seconds: adds the fluidity index and is the "
-                                                     "stall threshold unless --stall-threshold is given."),
-        ttft_slo: Optional[float] = typer.Option(None, "--ttft-slo",
-                                                 help="TTFT SLO in seconds (the fluidity index's first-token "
-                                                      "deadline; needs --tbt-slo)."),
-        stall_threshold: Optional[float] = typer.Option(None, "--stall-threshold",
-                                                        help="A stall is a gap above this many seconds."),
-        stall_multiple: Optional[float] = typer.Option(None, "--stall-multiple",
-                                                       help="A stall is a gap above this multiple of the "
-                                                            "request's median gap (default 3 without an SLO)."),
-    ) -> None:
-        """Write an HTML report (figures embedded, also as PNG files) of one or more runs."""
-        from servescope.report.build import write_report
-        from servescope.run.directory import RunDirError
 
-        try:
-            index = write_report(run_dirs, out, tbt_slo_s=tbt_slo, ttft_slo_s=ttft_slo,
-                                 stall_threshold_s=stall_threshold, stall_median_multiple=stall_multiple)
-        except (RunDirError, ValueError) as exc:
-            typer.secho(f"servescope: {exc}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(2)
-        typer.echo(f"servescope: wrote {index} (open it in a browser; figures also in {index.parent / 'figures'})")
+def report(
+    run_dirs: List[Path] = typer.Argument(..., metavar="RUN...",
+                                          help="One or more run directories (overlaid, one color each)."),
+    out: Path = typer.Option(..., "--out", "-o", callback=output_dir,
+                             help="Directory to write index.html and figures/*.png into."),
+    tbt_slo: Optional[float] = typer.Option(None, "--tbt-slo", callback=positive,
+                                            help="TBT SLO in seconds: adds the fluidity index and is the "
+                                                 "stall threshold unless --stall-threshold is given."),
+    ttft_slo: Optional[float] = typer.Option(None, "--ttft-slo", callback=positive,
+                                             help="TTFT SLO in seconds (the fluidity index's first-token "
+                                                  "deadline; needs --tbt-slo)."),
+    stall_threshold: Optional[float] = typer.Option(None, "--stall-threshold", callback=positive,
+                                                    help="A stall is a gap above this many seconds."),
+    stall_multiple: Optional[float] = typer.Option(None, "--stall-multiple", callback=positive,
+                                                   help="A stall is a gap above this multiple of the "
+                                                        "request's median gap (default 3 without an SLO)."),
+) -> None:
+    """Write an HTML report (figures embedded, also as PNG files) of one or more runs."""
+    from servescope.report.build import write_report
+
+    index = write_report(run_dirs, out, tbt_slo_s=tbt_slo, ttft_slo_s=ttft_slo,
+                         stall_threshold_s=stall_threshold, stall_median_multiple=stall_multiple)
+    typer.echo(f"servescope: wrote {index} (open it in a browser; figures also in {index.parent / 'figures'})")

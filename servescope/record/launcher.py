@@ -30,12 +30,8 @@ def child_environment(run_dir: Path, base: dict[str, str] | None = None) -> dict
     return env
 
 
-def run_command(command: list[str], run_dir: str | os.PathLike, *, export_spans: bool = True) -> int:
-    """Run command with recording into run_dir; return its exit code.
-
-    Afterwards the manifest is written and, unless export_spans is False, the run's spans go to
-    the OTLP endpoint named by the standard OTEL_EXPORTER_OTLP_* variables, or, with none set,
-    into RUN/otlp/spans.jsonl as OTLP-JSON lines."""
+def run_command(command: list[str], run_dir: str | os.PathLike) -> int:
+    """Run command with recording into run_dir; return its exit code. Afterwards the manifest is written."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "command.json", {"argv": command, "cwd": os.getcwd(), "started_wall_ns": time.time_ns()})
@@ -54,20 +50,7 @@ def run_command(command: list[str], run_dir: str | os.PathLike, *, export_spans:
         for s, handler in previous.items():
             signal.signal(s, handler)
     write_manifest(run_dir)
-    if export_spans:
-        export_spans_of(run_dir)
     return code
-
-
-def export_spans_of(run_dir: Path) -> None:
-    """Export the run's spans (OTLP endpoint from the environment, else OTLP-JSON lines); warn on failure."""
-    try:
-        from servescope.export.otel_export import export_run
-
-        if any((run_dir / "tables").glob("*/*.parquet")):
-            export_run(run_dir)
-    except Exception as exc:  # the run is recorded; exporting it can be repeated with `servescope export`
-        print(f"servescope: spans not exported ({exc}); retry with: servescope export {run_dir}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -62,8 +62,14 @@ def read_table(run_dir: str | os.PathLike, table: str, *, dictionary_column: str
 
 
 def read_json(path: Path) -> Any:
-    with open(path) as f:
-        return json.load(f)
+    """Return a JSON file's content; raise RunDirError naming the file (and line) when it is not UTF-8 JSON."""
+    data = Path(path).read_bytes()
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise RunDirError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
+    except json.JSONDecodeError as exc:
+        raise RunDirError(f"{path}, line {exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno})") from exc
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -101,7 +107,7 @@ def ensure_run_id(run_dir: str | os.PathLike) -> str:
     for _ in range(100):  # another process may be writing it right now
         try:
             return read_json(path)["run_id"]
-        except (json.JSONDecodeError, KeyError):
+        except (RunDirError, KeyError):
             import time
 
             time.sleep(0.01)

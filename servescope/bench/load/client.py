@@ -44,6 +44,7 @@ COMPLETIONS_PATH = "/v1/completions"
 MODELS_PATH = "/v1/models"
 DEFAULT_REQUEST_TIMEOUT_S = 600.0
 MAX_ERROR_CHARS = 500
+CONNECTION_LOST = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError)
 
 
 class EndpointError(RuntimeError):
@@ -80,6 +81,7 @@ class RequestResult:
     error: str | None = None
     chunk_times_ns: list[int] = field(default_factory=list)
     chunk_tokens: list[int] = field(default_factory=list)
+    connection_lost: bool = False  # refused, reset or cut mid-stream: the server may be gone (server_watch.py)
 
     @property
     def output_tokens(self) -> int:
@@ -194,6 +196,7 @@ class StreamingClient:
         except TimeoutError:
             self._fail(result, "timeout", f"no complete answer within {self.request_timeout_s:g} s")
         except (aiohttp.ClientError, OSError) as exc:
+            result.connection_lost = isinstance(exc, CONNECTION_LOST)
             self._fail(result, "error", f"{self.url}: {type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS])
         except Exception as exc:  # anything else is this request's failure, not the run's
             self._fail(result, "error", f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS])

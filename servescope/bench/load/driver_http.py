@@ -10,7 +10,8 @@ or after ``duration_s``, waits for the requests in flight (each bounded by its o
 and on cancellation (Ctrl-C) cancels them, so each still records its row as ``cancelled``.
 While it runs, the objects that existed before are frozen out of the garbage collector
 (``frozen_gc_heap``), so a full collection cannot pause the client mid-measurement.
-``drive_http`` runs a plan against an OpenAI-compatible endpoint with ``StreamingClient``.
+``drive_http`` runs a plan against an OpenAI-compatible endpoint with ``StreamingClient``,
+and stops early, with ``ServerGoneError``, when the server is gone (``server_watch.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import contextlib
 import gc
 import itertools
 import os
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +29,7 @@ from typing import Awaitable, Callable, Iterator
 
 import numpy as np
 
-from servescope.bench.load.arrivals import gamma_arrivals
+from servescope.bench.workloads.arrivals import gamma_arrivals
 from servescope.bench.load.client import (
     DEFAULT_REQUEST_TIMEOUT_S,
     CompletionRequest,
@@ -37,6 +39,7 @@ from servescope.bench.load.client import (
     served_model,
 )
 from servescope.bench.load.progress import LiveStats
+from servescope.bench.load.server_watch import SERVER_GONE_AFTER_S, ServerGoneError, ServerWatch
 from servescope.bench.workloads.prompts import SyntheticPrompts
 from servescope.bench.workloads.workload import Workload, WorkloadError
 from servescope.record.recorder import open_recorder
@@ -123,15 +126,43 @@ def frozen_gc_heap() -> Iterator[None]:
         gc.unfreeze()
 
 
-async def run_load(plan: LoadPlan, send: Send, stats: LiveStats | None = None) -> list[RequestResult]:
-    """Send the plan's requests through send on its schedule; return every ended request's result."""
-    with frozen_gc_heap():
-        return await _run_load(plan, send, stats)
+async def run_load(plan: LoadPlan, send: Send, stats: LiveStats | None = None,
+                   watch: ServerWatch | None = None) -> list[RequestResult]:
+    """Send the plan's requests through send on its schedule; return every ended request's result.
 
-
-async def _run_load(plan: LoadPlan, send: Send, stats: LiveStats | None) -> list[RequestResult]:
-    stats = stats if stats is not None else LiveStats()
+    With a watch, the load stops when the server is gone: the requests in flight are cancelled
+    (each records itself) and ServerGoneError carries the reason and the results so far."""
     results: list[RequestResult] = []
+    with frozen_gc_heap():
+        if watch is None:
+            return await _run_load(plan, send, stats, results)
+        return await _run_watched(plan, send, stats, watch, results)
+
+
+async def _run_watched(plan: LoadPlan, send: Send, stats: LiveStats | None, watch: ServerWatch,
+                       results: list[RequestResult]) -> list[RequestResult]:
+    async def watched_send(request: CompletionRequest) -> RequestResult:
+        result = await send(request)
+        watch.on_result(result)
+        return result
+
+    load = asyncio.create_task(_run_load(plan, watched_send, stats, results))
+    gone = asyncio.create_task(watch.wait_gone())
+    try:
+        await asyncio.wait({load, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:  # also when this coroutine is cancelled (Ctrl-C): nothing is left running
+        for task in (load, gone):
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(load, gone, return_exceptions=True)
+    if load.cancelled():
+        raise ServerGoneError(gone.result(), results)
+    return load.result()
+
+
+async def _run_load(plan: LoadPlan, send: Send, stats: LiveStats | None,
+                    results: list[RequestResult]) -> list[RequestResult]:
+    stats = stats if stats is not None else LiveStats()
     tasks: set[asyncio.Task] = set()
     start_ns = time.monotonic_ns()
     deadline_ns = None if plan.duration_s is None else start_ns + int(plan.duration_s * 1e9)
@@ -181,11 +212,17 @@ async def _run_load(plan: LoadPlan, send: Send, stats: LiveStats | None) -> list
 
 async def drive_http(endpoint: str, plan: LoadPlan, run_dir: str | os.PathLike, *, model: str | None = None,
                      request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S, stats: LiveStats | None = None,
-                     ) -> list[RequestResult]:
-    """Run the plan against an OpenAI-compatible endpoint, recording the client tables into run_dir."""
+                     server_process: subprocess.Popen | None = None,
+                     server_gone_after_s: float | None = SERVER_GONE_AFTER_S) -> list[RequestResult]:
+    """Run the plan against an OpenAI-compatible endpoint, recording the client tables into run_dir.
+
+    Stops with ServerGoneError when the server is gone (server_watch.py; server_process: the
+    server servescope started, if any; server_gone_after_s None: never stop early)."""
     base_url = base_url_of(endpoint)
     if model is None:
         model = (await served_model(base_url))["id"]  # raises EndpointError naming the URL
     recorder = open_recorder(Path(run_dir).absolute())
+    watch = None if server_gone_after_s is None else ServerWatch(base_url, server_process,
+                                                                  gone_after_s=server_gone_after_s)
     async with StreamingClient(base_url, model, recorder=recorder, request_timeout_s=request_timeout_s) as client:
-        return await run_load(plan, client.complete, stats)
+        return await run_load(plan, client.complete, stats, watch)

