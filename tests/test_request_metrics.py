@@ -295,7 +295,7 @@ def test_load_run_explains_what_is_wrong(tmp_path):
         load_run(tmp_path / "empty")
     bad_manifest = RunBuilder(tmp_path, "bad-manifest").write()
     (bad_manifest / "manifest.json").write_text("{not json")
-    with pytest.raises(RunDirError, match="unreadable manifest"):
+    with pytest.raises(RunDirError, match="manifest.json, line 1: not valid JSON"):
         load_run(bad_manifest)
     cut_short = RunBuilder(tmp_path, "cut-short").request("r", emissions=[(1, T, 1)]).write()
     part = next((cut_short / "tables" / "token_emissions").glob("*.parquet"))
