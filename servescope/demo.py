@@ -46,7 +46,7 @@ def run_demo(out: str | Path, *, requests: int = 200, rate_per_s: float = 3.0, m
     from servescope.report.build import write_report
 
     out = Path(out)
-    refuse_recorded_run(out)  # a second demo into the same directory overwrites nothing
+    refuse_recorded_run(out, starts_engine=True)  # a second demo into the same directory overwrites nothing
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     model_dir = init_model_dir(out / "model", "tiny")

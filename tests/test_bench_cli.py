@@ -188,6 +188,20 @@ def test_a_directory_that_holds_a_bench_run_is_refused_and_left_as_it_was(tmp_pa
     assert snapshot(earlier) == before
 
 
+def test_a_bench_that_starts_its_engine_refuses_any_recorded_run(tmp_path):
+    recorded = tmp_path / "offline"  # e.g. a `servescope run` of an offline script
+    recorder = Recorder(recorded)
+    recorder.append("request_events", ("r0", "arrival", 1, None, 8, 4, None, None))
+    recorder.close()
+    (recorded / "command.json").write_text('{"argv": ["python", "x.py"]}')
+    before = snapshot(recorded)
+    result = invoke("bench", "--workload", write_trace(tmp_path / "t.csv"), "--concurrency", "1",
+                    "--engine-args", "--model /nonexistent", "--out", recorded)
+    assert result.exit_code == 2, result.output
+    assert "already holds a recorded run (command.json, 1 request_events part(s))" in result.output
+    assert snapshot(recorded) == before  # no server was started into it
+
+
 def test_failed_requests_beyond_the_threshold_mark_the_run_and_exit_1(tmp_path, fake_server):
     fake_server.fail_status = 400  # lists a model, rejects every POST
     out = tmp_path / "run"

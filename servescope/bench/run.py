@@ -17,9 +17,10 @@ How a run ends (``bench.json`` ``status``, and the exit code of ``servescope ben
 * ``failed`` (2 for bad input, else 1): the run could not be made; ``error`` says why.
 
 Nothing recorded is overwritten: a directory that already holds a bench run (``bench.json``,
-``workload.json`` or client tables) is refused before anything is written or sent. A server's
-own run directory (``servescope run``) takes one bench; each further bench goes to a new
-directory (``--server-run`` copies the server's records of its requests there).
+``workload.json`` or client tables) is refused before anything is written or sent, and so is
+any recorded run when the bench starts its own engine (``--engine-args``). A server's own run
+directory (``servescope run``) takes one bench against that server; each further bench goes to
+a new directory (``--server-run`` copies the server's records of its requests there).
 """
 
 from __future__ import annotations
@@ -101,21 +102,25 @@ def check_spec(spec: BenchSpec) -> None:
         raise BenchError(f"--max-failed-fraction is a fraction in [0, 1], not {spec.max_failed_fraction}")
 
 
-def recorded_bench_files(out: Path) -> list[str]:
-    """Return what in out already belongs to a bench run (bench.json, workload.json, client table parts)."""
-    found = [name for name in ("bench.json", "workload.json") if (out / name).exists()]
-    for table in (Table.CLIENT_REQUESTS, Table.CLIENT_CHUNKS):
+def recorded_files(out: Path, *, engine_too: bool = False) -> list[str]:
+    """Return what out already holds of a bench run (bench.json, workload.json, client table parts), and with
+    engine_too of any recording (command.json, table parts of any table)."""
+    found = [name for name in ("bench.json", "workload.json") + (("command.json",) if engine_too else ())
+             if (out / name).exists()]
+    for table in Table.ALL if engine_too else (Table.CLIENT_REQUESTS, Table.CLIENT_CHUNKS):
         parts = list(table_dir(out, table).glob("*.parquet"))
         if parts:
             found.append(f"{len(parts)} {table} part(s)")
     return found
 
 
-def refuse_recorded_run(out: Path) -> None:
-    """Raise BenchError if out already holds a bench run: nothing recorded is ever overwritten."""
-    found = recorded_bench_files(out)
+def refuse_recorded_run(out: Path, *, starts_engine: bool = False) -> None:
+    """Raise BenchError if out already holds a bench run (or, when the bench starts its own engine, any
+    recording): nothing recorded is ever overwritten or mixed with another engine's records."""
+    found = recorded_files(Path(out), engine_too=starts_engine)
     if found:
-        raise BenchError(f"{out} already holds a bench run ({', '.join(found)}); servescope never overwrites a "
+        what = "a recorded run" if starts_engine else "a bench run"
+        raise BenchError(f"{out} already holds {what} ({', '.join(found)}); servescope never overwrites a "
                          f"recorded run: bench into a new directory, e.g. --out {out}-2 (with --endpoint, add "
                          f"--server-run DIR to copy the records of a server that records into DIR)")
 
@@ -208,7 +213,7 @@ def run_bench(spec: BenchSpec, out: str | Path, *, progress: bool | None = None,
 
     check_spec(spec)
     out = Path(out)
-    refuse_recorded_run(out)
+    refuse_recorded_run(out, starts_engine=bool(spec.engine_args))
     out.mkdir(parents=True, exist_ok=True)
     run_id = ensure_run_id(out)
     facts: dict = {

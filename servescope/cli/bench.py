@@ -102,7 +102,7 @@ def bench(
                      in_process=in_process, spelling=spelling, server_env=tuple(server_env or ()),
                      request_timeout_s=timeout, max_failed_fraction=max_failed_fraction)
     check_spec(spec)  # contradictory options and an existing run: nothing is written
-    refuse_recorded_run(out)
+    refuse_recorded_run(out, starts_engine=bool(spec.engine_args))
     try:
         facts = run_bench(spec, out, progress=progress, echo=_echo)
     except Exception as exc:  # the run directory says how it ended (bench.json); say where it is
