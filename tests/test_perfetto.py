@@ -17,6 +17,7 @@ import pytest
 from runbuilder import RunBuilder
 from servescope.export.perfetto import assign_lanes, write_perfetto_trace
 from servescope.run.directory import RunDirError, read_processes
+from servescope.run.names import StepPhase
 from test_report import MS, PROCESSES, T0, build_engine_run, simulate_engine
 
 PHASES = {"X", "b", "e", "n", "C", "M"}
@@ -103,8 +104,8 @@ def test_trace_of_a_synthetic_engine_run(tmp_path):
     slices = Counter((e["pid"], e["cat"], e["name"] if e["cat"] != "step" else "step")
                      for e in events if e["ph"] == "X")
     assert slices[(engine, "step", "step")] == len(steps)
-    for phase in ("schedule", "launch", "wait", "update"):
-        assert slices[(engine, "step_phase", phase)] == len(steps)
+    for phase in StepPhase.ALL:  # slices carry the phases' display names
+        assert slices[(engine, "step_phase", StepPhase.DISPLAY[phase])] == len(steps)
     assert slices[(worker, "worker_host", "forward")] == len(steps)
     assert slices[(worker, "worker_gpu", "forward")] == len(steps)
     assert slices[(worker, "worker_gpu", "sample")] == 0  # no GPU time recorded for it

@@ -12,14 +12,12 @@ import numpy as np
 
 from servescope.analysis.distributions import summarize
 from servescope.analysis.stalls import StepArrays, step_arrays
+from servescope.run.names import StepPhase
 
 KINDS = ("prefill", "decode", "mixed", "empty")
-PHASES = {  # host CPU phases of a step in the EngineCore: name -> (start column, end column)
-    "schedule_s": ("schedule_start_ns", "schedule_end_ns"),
-    "launch_s": ("execute_start_ns", "execute_end_ns"),
-    "wait_s": ("wait_start_ns", "wait_end_ns"),
-    "update_s": ("update_start_ns", "update_end_ns"),
-}
+# host CPU phases of a step in the EngineCore: key (schedule_s, execute_s, wait_s, update_s) -> the
+# (start, end) columns of the steps table
+PHASES = {f"{phase}_s": StepPhase.columns(phase) for phase in StepPhase.ALL}
 
 
 def iteration_breakdown(steps: StepArrays) -> dict[str, np.ndarray]:

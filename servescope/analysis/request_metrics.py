@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from servescope.run.data import RunData
+from servescope.run.names import RequestEvent
 
 NS_PER_S = 1e9
 MISSING_NS = np.iinfo(np.int64).min  # a timestamp that was not recorded
@@ -25,7 +26,8 @@ UNKNOWN_COUNT = -1  # a token count that was not recorded (prompt_tokens)
 
 # Lifecycle events in the order that breaks ties between equal timestamps: a
 # preemption ends at the next 'scheduled', even one in the same nanosecond.
-EVENT_ORDER = ("arrival", "queued", "preempted", "scheduled", "finished")
+EVENT_ORDER = (RequestEvent.ARRIVAL, RequestEvent.QUEUED, RequestEvent.PREEMPTED, RequestEvent.SCHEDULED,
+               RequestEvent.FINISHED)
 ARRIVAL, QUEUED, PREEMPTED, SCHEDULED, FINISHED = range(len(EVENT_ORDER))
 _BLOCK = 1 << 23  # rows per block where a whole-table temporary would cost memory
 

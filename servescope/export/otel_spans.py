@@ -40,13 +40,14 @@ from servescope.run.directory import (
     read_processes,
     table_dir,
 )
+from servescope.run.names import RequestEvent, StepPhase, Table
 from servescope.run.schema import TABLES
 
 DEFAULT_MAX_LINKS_PER_STEP = 128
 GEN_AI_PROVIDER = "vllm"
 GEN_AI_OPERATION = "text_completion"  # the engine turns a prompt into tokens; it never sees chat roles
 STEP_SPAN_NAME = "servescope.step"
-STEP_PHASES = ("schedule", "execute", "wait", "update")  # steps.<phase>_start_ns .. <phase>_end_ns
+STEP_PHASES = StepPhase.ALL  # span names; steps.<phase>_start_ns .. <phase>_end_ns
 STEP_BATCH_COLUMNS = (
     "total_scheduled_tokens",
     "num_prefill_reqs",
@@ -61,7 +62,7 @@ STEP_BATCH_COLUMNS = (
     "num_emitted_tokens",
     "num_finished_reqs",
 )
-REQUEST_EVENT_NAMES = ("queued", "scheduled", "preempted")  # from request_events; first_token is added
+REQUEST_EVENT_NAMES = (RequestEvent.QUEUED, RequestEvent.SCHEDULED, RequestEvent.PREEMPTED)  # first_token is added
 ERROR_FINISH_REASONS = ("error",)
 SCOPE = InstrumentationScope("servescope", __version__)
 
@@ -231,7 +232,7 @@ def _metric(metrics: Any, name: str, i: int) -> Any:
 def _request_attributes(metrics: Any, i: int, rid: str, lifecycle: list[tuple], model: str | None) -> dict:
     """The GenAI and servescope attributes of request i."""
     max_tokens = next((row[3] for row in lifecycle if row[3] is not None), None)
-    response_id = next((row[5] for row in lifecycle if row[1] == "arrival" and row[5]), None) or rid
+    response_id = next((row[5] for row in lifecycle if row[1] == RequestEvent.ARRIVAL and row[5]), None) or rid
     finish_reason = _text(_metric(metrics, "finish_reason", i))
     attributes: dict[str, Any] = {
         "gen_ai.operation.name": GEN_AI_OPERATION,
@@ -265,7 +266,7 @@ def _request_events(lifecycle: list[tuple], first_token: int | None, offset_ns: 
         if event in REQUEST_EVENT_NAMES and t >= 0:
             attributes: dict[str, Any] = {}
             _put(attributes, "servescope.step_id", step)
-            if event == "preempted":
+            if event == RequestEvent.PREEMPTED:
                 _put(attributes, "servescope.output_tokens", out)
             events.append(Event(event, attributes, t + offset_ns))
     if first_token is not None:
@@ -401,8 +402,8 @@ def step_spans(run_dir: str | os.PathLike, *, run_id: str, offset_ns: int, resou
     """Yield one servescope.step span per engine step, then its phase spans, linked to the requests it emitted for."""
     if max_links_per_step < 0:
         raise ValueError("max_links_per_step must be >= 0")
-    emissions = read_table_by_process(run_dir, "token_emissions", dictionary_columns=("request_id",))
-    by_pid = read_table_by_process(run_dir, "steps")
+    emissions = read_table_by_process(run_dir, Table.TOKEN_EMISSIONS, dictionary_columns=("request_id",))
+    by_pid = read_table_by_process(run_dir, Table.STEPS)
     for pid, steps in sorted(by_pid.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)):
         emitted = EmissionsByStep(emissions.pop(pid, None))
         for row in steps.to_pylist():
@@ -413,7 +414,7 @@ def step_spans(run_dir: str | os.PathLike, *, run_id: str, offset_ns: int, resou
 def _one_step(row: dict, pid: int | None, emitted: EmissionsByStep, *, run_id: str, offset_ns: int,
               resource: Resource, cap: int) -> Iterable[ReadableSpan]:
     step_id = row["step_id"]
-    phases = {p: (row[f"{p}_start_ns"], row[f"{p}_end_ns"]) for p in STEP_PHASES}
+    phases = {p: tuple(row[c] for c in StepPhase.columns(p)) for p in STEP_PHASES}
     times = [t for pair in phases.values() for t in pair if t is not None]
     if step_id is None or not times:
         return ()

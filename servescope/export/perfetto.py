@@ -5,7 +5,8 @@ Layout of the trace (times in microseconds from the run's first record):
 * one process per recording process (pid and role from ``processes/*.json``; a table part's
   writer is read off its file name, ``<role>-<pid>-<seq>.parquet``);
 * EngineCore: one slice per engine step (``steps``), schedule -> update, with its CPU phases
-  (schedule, launch, wait, update) nested inside; steps that overlap (async scheduling) go to
+  nested inside, named by ``StepPhase.DISPLAY`` (schedule, execute (launch), wait for the GPU's
+  output, update (emit tokens)); steps that overlap (async scheduling) go to
   a second "engine steps" lane; counters for the running / waiting queues and KV-cache usage;
 * workers: each rank's timed regions on its host track (nested regions stay nested) and, where
   the GPU timers resolved them, the same regions on a separate "GPU" track;
@@ -33,13 +34,11 @@ import pyarrow.parquet as pq
 from servescope.analysis.request_metrics import MISSING_NS, compute_request_metrics
 from servescope.run.data import load_run
 from servescope.run import directory as rundir
+from servescope.run.names import RequestEvent, StepPhase, Table
 from servescope.run.schema import TABLES
 
 PART_NAME = re.compile(r"^(?P<role>.+)-(?P<pid>\d+)-(?P<seq>\d+)\.parquet$")
-STEP_PHASES = (("schedule", "schedule_start_ns", "schedule_end_ns"),
-               ("launch", "execute_start_ns", "execute_end_ns"),
-               ("wait", "wait_start_ns", "wait_end_ns"),
-               ("update", "update_start_ns", "update_end_ns"))
+STEP_PHASES = tuple((StepPhase.DISPLAY[p], *StepPhase.columns(p)) for p in StepPhase.ALL)  # (slice name, start, end)
 STEP_ARGS = ("total_scheduled_tokens", "num_prefill_reqs", "num_prefill_tokens", "num_decode_reqs",
              "num_decode_tokens", "num_spec_tokens", "num_running_reqs", "num_waiting_reqs", "kv_cache_usage",
              "num_preempted_reqs", "num_emitted_tokens", "num_finished_reqs")
@@ -80,7 +79,7 @@ def trace_events(run_dir: str | os.PathLike) -> list[dict]:
     run_path = rundir.check_run_dir(run_dir)
     roles = {int(p["pid"]): str(p.get("role") or "process") for p in rundir.read_processes(run_path)
              if p.get("pid") is not None}
-    parts = {name: _parts(run_path, name, roles) for name in ("steps", "worker_regions", "frontend_steps")}
+    parts = {name: _parts(run_path, name, roles) for name in (Table.STEPS, Table.WORKER_REGIONS, Table.FRONTEND_STEPS)}
     run = load_run(run_path)
     t0 = _time_zero(run)
     if t0 is None:
@@ -88,11 +87,11 @@ def trace_events(run_dir: str | os.PathLike) -> list[dict]:
     clock = _Clock(t0)
     events: list[dict] = []
     names = _TrackNames()
-    for pid, steps in parts["steps"]:
+    for pid, steps in parts[Table.STEPS]:
         events += _step_events(steps, pid, clock, names)
-    for pid, regions in parts["worker_regions"]:
+    for pid, regions in parts[Table.WORKER_REGIONS]:
         events += _region_events(regions, pid, clock, names)
-    for pid, front in parts["frontend_steps"]:
+    for pid, front in parts[Table.FRONTEND_STEPS]:
         events += _frontend_events(front, pid, clock, names)
     request_pid = _request_pid(parts, run_path, roles)
     events += _request_events(run, request_pid, clock, names)
@@ -136,10 +135,10 @@ def _parts(run_path: Path, table: str, roles: dict[int, str]) -> list[tuple[int,
 
 def _request_pid(parts: dict, run_path: Path, roles: dict[int, str]) -> int:
     """Return the process that shows request lifetimes: the front end, else the EngineCore, else a synthetic one."""
-    for table in ("frontend_steps", "steps"):
+    for table in (Table.FRONTEND_STEPS, Table.STEPS):
         if parts[table]:
             return parts[table][0][0]
-    for part in sorted(rundir.table_dir(run_path, "request_events").glob("*.parquet")):
+    for part in sorted(rundir.table_dir(run_path, Table.REQUEST_EVENTS).glob("*.parquet")):
         match = PART_NAME.match(part.name)
         if match:
             roles.setdefault(int(match["pid"]), match["role"])
@@ -382,7 +381,7 @@ def _request_events(run, pid: int, clock: _Clock, names: _TrackNames) -> list[di
                            np.where(m.first_scheduled_ns != MISSING_NS, m.first_scheduled_ns, m.first_token_ns))
     end = np.maximum(m.finished_ns, m.last_token_ns)  # MISSING_NS is the int64 minimum
     keep = np.flatnonzero((first_event != MISSING_NS) & (end != MISSING_NS) & (end >= first_event))
-    preempted = run.request_events.filter(pc.equal(run.request_events["event"], "preempted"))
+    preempted = run.request_events.filter(pc.equal(run.request_events["event"], RequestEvent.PREEMPTED))
     preempt_at = {}
     for request_id, time_ns in zip(preempted["request_id"].to_pylist(), _ns(preempted, "time_ns").tolist()):
         if time_ns != MISSING_NS:
@@ -424,7 +423,7 @@ def _request_events(run, pid: int, clock: _Clock, names: _TrackNames) -> list[di
             events.append({"ph": "n", "name": "first token", "ts": min(max(t0, a), e), **common})
         for time_ns in preempt_at.get(request_id, ()):
             ts = clock.us(np.array([time_ns]))[0]
-            events.append({"ph": "n", "name": "preempted", "ts": min(max(ts, a), e), **common})
+            events.append({"ph": "n", "name": RequestEvent.PREEMPTED, "ts": min(max(ts, a), e), **common})
         events.append({"ph": "e", "name": "request", "ts": e, **common})
     return _ordered_per_request(events)
 

@@ -42,6 +42,7 @@ from servescope.run.data import load_run, release_unused_memory
 from servescope.analysis.stalls import find_stalls, step_arrays
 from servescope.analysis.summary import CONVENTIONS, TEXT_ROWS, run_info
 from servescope.run import directory as rundir
+from servescope.run.names import StepPhase
 
 DPI = 110
 DEFAULT_STALL_MEDIAN_MULTIPLE = 3.0
@@ -205,8 +206,8 @@ def figure_specs(tbt_slo_s: float | None) -> list[FigureSpec]:
                    "interference); a speculative draft was rejected; else a long forward pass."),
         FigureSpec("iteration-timeline", "iterations", "Iteration timeline", iteration_timeline_figure,
                    "A window of engine steps around the longest stall (shaded in its cause's color), else the "
-                   "longest step. EngineCore CPU phases per step: schedule, launch (execute_model call), wait "
-                   "for the model output, update (output processing). Below: the front end's output "
+                   "longest step. EngineCore CPU phases per step: "
+                   f"{', '.join(StepPhase.DISPLAY[p] for p in StepPhase.ALL)}. Below: the front end's output "
                    "processing, each worker's timed regions on the host, and their GPU time where CUDA timers "
                    "measured it. Gaps in the wait row with the GPU row empty are CPU overhead."),
     ]

@@ -25,6 +25,7 @@ from matplotlib.patches import Patch
 from servescope.analysis.distributions import cdf, percentile
 from servescope.analysis.request_metrics import MISSING_NS, NS_PER_S, RequestMetrics
 from servescope.analysis.stalls import CAUSES, Stalls
+from servescope.run.names import StepPhase
 
 # Okabe-Ito: distinguishable with every common colour-vision deficiency.
 RUN_COLORS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
@@ -35,7 +36,8 @@ CAUSE_COLORS = {
     "rejected_draft": "#0077BB",
     "long_forward": "#888888",
 }
-PHASE_COLORS = {"schedule": "#4477AA", "launch": "#66CCEE", "wait": "#CCCCCC", "update": "#228833"}
+PHASE_COLORS = {StepPhase.SCHEDULE: "#4477AA", StepPhase.EXECUTE: "#66CCEE", StepPhase.WAIT: "#CCCCCC",
+                StepPhase.UPDATE: "#228833"}
 REGION_COLORS = ("#882255", "#CC6677", "#DDCC77", "#AA4499", "#999933", "#44AA99", "#EE8866")
 FRONTEND_COLOR = "#332288"
 PERCENTILE_MARKERS = {50: "o", 90: "s", 99: "^"}
@@ -607,15 +609,12 @@ def _timeline_lanes(run: ReportRun) -> dict[str, list]:
     lanes: dict[str, list] = {}
     steps = run.steps
     if steps.num_rows:
-        phases = [("schedule", "schedule_start_ns", "schedule_end_ns"),
-                  ("launch", "execute_start_ns", "execute_end_ns"),
-                  ("wait", "wait_start_ns", "wait_end_ns"),
-                  ("update", "update_start_ns", "update_end_ns")]
         bars = []
-        for phase, start_col, end_col in phases:
+        for phase in StepPhase.ALL:
+            start_col, end_col = StepPhase.columns(phase)
             start, end = _ns(steps, start_col), _ns(steps, end_col)
             ok = (start != MISSING_NS) & (end != MISSING_NS)
-            bars.append((start[ok], end[ok], PHASE_COLORS[phase], f"EngineCore {phase}", 0.7))
+            bars.append((start[ok], end[ok], PHASE_COLORS[phase], f"EngineCore {StepPhase.DISPLAY[phase]}", 0.7))
         start, end = _ns(steps, "schedule_start_ns"), _ns(steps, "update_end_ns")
         ok = (start != MISSING_NS) & (end != MISSING_NS)
         lanes["engine step"] = [(start[ok], end[ok], "#E4E4E4", "engine step (schedule -> update), step id", 0.7)]

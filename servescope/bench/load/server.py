@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 from servescope.record.launcher import child_environment
 from servescope.run.phases import window_mask, write_table_part
 from servescope.run.directory import read_table, write_json
+from servescope.run.names import RequestEvent, Table
 
 HOST = "127.0.0.1"
 MODULE = "vllm.entrypoints.openai.api_server"
@@ -224,11 +225,11 @@ def wait_until_healthy(server: RecordedServer, timeout_s: float) -> None:
 
 def external_ids_recorded(server_run: str | os.PathLike, external_ids: set[str]) -> tuple[int, int]:
     """Return (requests of external_ids with an arrival event, those of them with a finished event) in server_run."""
-    events = read_table(server_run, "request_events").select(["request_id", "event", "detail"])
-    arrivals = events.filter(pc.equal(events.column("event"), "arrival"))
+    events = read_table(server_run, Table.REQUEST_EVENTS).select(["request_id", "event", "detail"])
+    arrivals = events.filter(pc.equal(events.column("event"), RequestEvent.ARRIVAL))
     arrivals = arrivals.filter(pc.is_in(arrivals.column("detail"), value_set=pa.array(sorted(external_ids), pa.string())))
     ids = arrivals.column("request_id").combine_chunks()
-    finished = events.filter(pc.and_(pc.equal(events.column("event"), "finished"),
+    finished = events.filter(pc.and_(pc.equal(events.column("event"), RequestEvent.FINISHED),
                                      pc.is_in(events.column("request_id"), value_set=ids)))
     return len(arrivals), len(set(finished.column("request_id").to_pylist()))
 
@@ -247,19 +248,19 @@ def copy_engine_records(server_run: str | os.PathLike, run_dir: str | os.PathLik
                         start_ns: int, end_ns: int) -> dict:
     """Copy server_run's rows of these requests (by arrival detail) and of steps in [start_ns, end_ns] into run_dir; return counts."""
     server_run, run_dir = Path(server_run), Path(run_dir)
-    events = read_table(server_run, "request_events")
-    is_arrival = pc.equal(events.column("event"), "arrival")
+    events = read_table(server_run, Table.REQUEST_EVENTS)
+    is_arrival = pc.equal(events.column("event"), RequestEvent.ARRIVAL)
     ours = pc.and_(is_arrival, pc.is_in(events.column("detail"), value_set=pa.array(sorted(external_ids), pa.string())))
     request_ids = pc.unique(events.filter(ours).column("request_id").combine_chunks())
     by_request = {
-        "request_events": events,
-        "token_emissions": read_table(server_run, "token_emissions"),
+        Table.REQUEST_EVENTS: events,
+        Table.TOKEN_EMISSIONS: read_table(server_run, Table.TOKEN_EMISSIONS),
     }
     copied = {}
     for name, table in by_request.items():
         copied[name] = _write_copy(run_dir, name, table.filter(pc.is_in(table.column("request_id"), value_set=request_ids)))
-    for name, column in (("steps", "schedule_start_ns"), ("frontend_steps", "process_start_ns"),
-                         ("worker_regions", "host_start_ns"), ("gpu_samples", "time_ns")):
+    for name, column in ((Table.STEPS, "schedule_start_ns"), (Table.FRONTEND_STEPS, "process_start_ns"),
+                         (Table.WORKER_REGIONS, "host_start_ns"), (Table.GPU_SAMPLES, "time_ns")):
         table = read_table(server_run, name)
         keep = window_mask(table, column, start_ns, end_ns)
         copied[name] = _write_copy(run_dir, name, table.filter(pc.fill_null(keep, False)))
