@@ -5,7 +5,8 @@ tests/golden/base and tests/golden/budget512 are offline runs of the tiny model
 tokens each, greedy; chunked-prefill token budget 128 and 512), recorded on 2026-12-01 with the code of
 branch restructure-moves (d4bb98b, the code of main before the restructuring: the same numbers).
 tests/golden/expected/*.json is what `servescope analyze --json`, `compare --json` and
-`audit --json` printed for them with that code. Every refactor must keep these outputs: same
+`audit --json` printed for them with that code (regenerated once since, for the rename of the
+iterations key launch_s to execute_s: every other key and every number unchanged). Every refactor must keep these outputs: same
 keys, same strings, every number equal to 1e-12 relative.
 
 Regenerating (``python tests/test_golden_analysis.py --regenerate``) rewrites the expected
