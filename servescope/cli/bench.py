@@ -160,7 +160,7 @@ def run_bench(spec: BenchSpec, out: str | Path, *, progress: bool | None = None,
     from servescope.bench.load.progress import LiveStats
     from servescope.bench.load.server import copy_engine_records, wait_for_engine_records
     from servescope.run.manifest import write_manifest
-    from servescope.record.recorder import DEFAULT_FLUSH_INTERVAL_S, close_recorder
+    from servescope.record.recorder import close_recorder
 
     _validate(spec)
     out = Path(out)
@@ -211,7 +211,6 @@ def run_bench(spec: BenchSpec, out: str | Path, *, progress: bool | None = None,
         if spec.server_run is not None and results:
             wait_for_engine_records(spec.server_run, {f"cmpl-{r.client_request_id}-0" for r in results
                                                       if r.status == "ok"})
-            time.sleep(1.5 * DEFAULT_FLUSH_INTERVAL_S)  # the steps and worker rows of the window's end
             facts["engine_records"] = copy_engine_records(
                 spec.server_run, out, {f"cmpl-{r.client_request_id}-0" for r in results},
                 min(r.send_ns for r in results), max(r.end_ns for r in results))
@@ -227,7 +226,6 @@ def _drive(spec: BenchSpec, plan, out: Path, served: dict | None, stats, facts: 
     from servescope.bench.load.driver_http import drive_http
     from servescope.bench.load.progress import live_progress
     from servescope.bench.load.server import start_server, wait_for_engine_records
-    from servescope.record.recorder import DEFAULT_FLUSH_INTERVAL_S
 
     if spec.in_process:
         import servescope
@@ -252,9 +250,8 @@ def _drive(spec: BenchSpec, plan, out: Path, served: dict | None, stats, facts: 
         with live_progress(stats, enabled=progress):
             results = asyncio.run(drive_http(facts["endpoint"], plan, out, model=facts["model"],
                                              request_timeout_s=spec.request_timeout_s, stats=stats))
-        if server is not None:  # vLLM's shutdown may kill its engine processes: let them write the run first
+        if server is not None:  # the engine records each request's end when its last output leaves
             wait_for_engine_records(out, {f"cmpl-{r.client_request_id}-0" for r in results if r.status == "ok"})
-            time.sleep(1.5 * DEFAULT_FLUSH_INTERVAL_S)  # worker rows: each process writes every interval
         return results
     finally:
         if server is not None:

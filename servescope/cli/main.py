@@ -27,6 +27,13 @@ def _fail(message: str) -> None:
 def run(
     ctx: typer.Context,
     out: Path = typer.Option(..., "--out", "-o", help="Run directory to record into (created)."),
+    parts: str = typer.Option("default", "--parts",
+                              help="Recording parts, a comma list: default, all, none, or frontend, scheduler, "
+                                   "tokens, regions, gpu_events, nvml, thread, gpu_stamps; -NAME removes one "
+                                   "(e.g. default,-nvml). docs/overhead.md says what each costs."),
+    self_timing: bool = typer.Option(False, "--self-timing",
+                                     help="Diagnostic: charge each hook's own host time to it (processes' hook_cost "
+                                          "in the manifest); adds two clock reads per hook call."),
     export_spans: bool = typer.Option(True, "--export/--no-export",
                                       help="Afterwards, export OpenTelemetry spans (OTEL_EXPORTER_OTLP_* endpoint, "
                                            "else OTLP-JSON lines in RUN/otlp/)."),
@@ -36,11 +43,29 @@ def run(
     if not command:
         _fail("no command given: servescope run --out RUN -- python script.py")
     from servescope.record.launcher import run_command
+    from servescope.run.config import Config, ConfigError
 
-    code = run_command(command, out, export_spans=export_spans)
+    try:
+        config = Config.from_options(str(out.absolute()), parts=parts, self_timing=self_timing)
+    except ConfigError as exc:
+        _fail(f"--parts: {exc}")
+    code = run_command(command, config)
+    if export_spans:
+        _export_spans_of(out)
     typer.echo(f"servescope: recorded into {out} (command exit code {code}); next: servescope analyze {out}",
                err=True)
     raise typer.Exit(code)
+
+
+def _export_spans_of(run_dir: Path) -> None:
+    """Export the run's spans (OTLP endpoint from the environment, else OTLP-JSON lines); warn on failure."""
+    try:
+        from servescope.export.otel_export import export_run
+
+        if any((run_dir / "tables").glob("*/*.parquet")):
+            export_run(run_dir)
+    except Exception as exc:  # the run is recorded; exporting it can be repeated with `servescope export`
+        typer.echo(f"servescope: spans not exported ({exc}); retry with: servescope export {run_dir}", err=True)
 
 
 @app.command()
@@ -158,45 +183,6 @@ def model_init(
 
 
 @app.command()
-def overhead(
-    model: Path = typer.Option(..., "--model", help="Model directory (servescope model init)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Directory for overhead.json and the traced runs."),
-    load: str = typer.Option("offline", "--load", help="offline (one batch) or served (Poisson arrivals)."),
-    method: str = typer.Option("toggle", "--method",
-                               help="toggle: one engine, tracing switched off/on (offline); restart: an engine per arm."),
-    repeats: int = typer.Option(3, "--repeats", min=1, help="Repeats of each arm (alternating off, on)."),
-    num_requests: int = typer.Option(64, "--num-requests", min=1),
-    prompt_len: int = typer.Option(256, "--prompt-len", min=1),
-    output_len: int = typer.Option(64, "--output-len", min=1),
-    rate: float = typer.Option(4.0, "--rate", help="Requests/s for --load served."),
-    engine_args: str = typer.Option("{}", "--engine-args", help="JSON dict of vLLM engine arguments."),
-) -> None:
-    """Measure what tracing costs: the same workload with tracing off and on, alternating."""
-    from servescope.overhead.harness import run_overhead
-
-    try:
-        args = json.loads(engine_args)
-    except json.JSONDecodeError as exc:
-        _fail(f"--engine-args is not JSON: {exc}")
-    if load == "served" and method == "toggle":
-        method = "restart"
-    report = run_overhead(str(model), engine_args=args, load=load, method=method, repeats=repeats,
-                          num_requests=num_requests, prompt_len=prompt_len, output_len=output_len, rate=rate,
-                          out_dir=out)
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"Tracing off vs on ({load}, {method}, {repeats} repeats each; medians)")
-    for col in ("metric", "off", "on", "change", "off spread"):
-        table.add_column(col)
-    for k, v in report["change"].items():
-        table.add_row(k, f"{v['off_median']:.4g}", f"{v['on_median']:.4g}",
-                      f"{100 * (v['relative_change'] or 0):+.2f}%", f"{100 * (v['off_spread'] or 0):.2f}%")
-    Console().print(table)
-    typer.echo(f"servescope: wrote {out / 'overhead.json'}")
-
-
-@app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Run directory to record into (created)."),
     requests: int = typer.Option(200, "--requests", min=1, help="Requests from the start of the trace."),
@@ -214,6 +200,9 @@ def _register_subcommands() -> None:
     from servescope.cli import analysis as analysis_commands
 
     analysis_commands.register(app)
+    from servescope.cli import overhead as overhead_commands
+
+    overhead_commands.register(app)
     for module in ("servescope.cli.report", "servescope.cli.bench"):
         try:
             __import__(module, fromlist=["register"]).register(app)
