@@ -46,6 +46,7 @@ def register(app: typer.Typer) -> None:
         warmup_requests: int = typer.Option(64, "--warmup-requests", help="served: warm-up requests per arm."),
         goal: float = typer.Option(1.0, "--goal", help="The cost (percent) a 'cost below' verdict may state."),
         engine_args: str = typer.Option("{}", "--engine-args", help="JSON object of vLLM engine arguments."),
+        summary_to: Path = typer.Option(None, "--summary-to", help="Also write overhead.json here after every arm."),
     ) -> None:
         """Measure what tracing costs: the same plain vLLM script untraced and under `servescope run`."""
         try:
@@ -91,7 +92,7 @@ def register(app: typer.Typer) -> None:
                        f"{1e3 * (arm['tbt_per_chunk_p50_s'] or 0):.3f} ms ({arm['elapsed_s']:.0f} s)", err=True)
 
         try:
-            report = run_user_pays(spec, out, on_arm=progress)
+            report = run_user_pays(spec, out, on_arm=progress, summary_to=summary_to)
         except OverheadError as exc:
             _fail(str(exc))
         print_report(report)

@@ -248,8 +248,9 @@ def compare_arms(arms: list[dict], goal: float) -> dict:
 
 
 def run_user_pays(spec: UserPaysSpec, out_dir: str | os.PathLike, *, env: dict[str, str] | None = None,
-                  on_arm: Callable[[dict], None] | None = None) -> dict:
-    """Run every arm of the comparison; write and return out_dir/overhead.json."""
+                  on_arm: Callable[[dict], None] | None = None, summary_to: str | os.PathLike | None = None) -> dict:
+    """Run every arm of the comparison; write and return out_dir/overhead.json (also to summary_to, after
+    every arm, so that a run cut short keeps the arms it finished)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     order = arm_order(spec.arms, spec.order, spec.seed)
@@ -260,16 +261,21 @@ def run_user_pays(spec: UserPaysSpec, out_dir: str | os.PathLike, *, env: dict[s
         arms.append(record)
         if on_arm is not None:
             on_arm(record)
-        _write(out_dir, spec, facts, order, arms, None)
+        _write([out_dir / "overhead.json", summary_to], spec, facts, order, arms, None)
     comparison = compare_arms(arms, spec.goal)
-    return _write(out_dir, spec, facts, order, arms, comparison)
+    return _write([out_dir / "overhead.json", summary_to], spec, facts, order, arms, comparison)
 
 
-def _write(out_dir: Path, spec: UserPaysSpec, facts: dict, order: list, arms: list, comparison: dict | None) -> dict:
+def _write(paths: list, spec: UserPaysSpec, facts: dict, order: list, arms: list, comparison: dict | None) -> dict:
     doc = {"method": "user-pays", "machine": facts, "spec": spec.__dict__, "order": order,
            "complete": comparison is not None, "arms": arms, **(comparison or {})}
-    path = out_dir / "overhead.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=1, default=str))
-    os.replace(tmp, path)
+    text = json.dumps(doc, indent=1, default=str)
+    for path in paths:
+        if path is None:
+            continue
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
     return doc
