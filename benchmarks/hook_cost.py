@@ -5,7 +5,8 @@
 Calls the EngineCore hooks' bodies (what runs after vLLM's own Scheduler.schedule and
 update_from_output return) and the worker region timer on stand-ins shaped like vLLM's
 SchedulerOutput / EngineCoreOutputs for a decode batch of --batch requests, with a real
-Recorder appending into memory (no flush), and prints microseconds per step.
+Recorder appending into its spool (a memory-mapped file in a temporary directory), and prints
+microseconds per step.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import tempfile
 import time
 from types import SimpleNamespace
 
+from servescope.patches.switch import PARTS
 from servescope.patches.vllm import engine_core_hooks as ech
-from servescope.record import thread_usage
-from servescope.record.host_region_timer import HostRegionTimer
 from servescope.record.recorder import Recorder
+from servescope.record.timers import make_region_timer
+from servescope.run.config import DEFAULT_PARTS
 
 
 def per_call_us(fn, n: int) -> float:
@@ -33,7 +35,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=20000)
     args = ap.parse_args()
-    rec = Recorder(tempfile.mkdtemp(), max_buffered_rows=10**9)
+    rec = Recorder(tempfile.mkdtemp())
+    PARTS.set(DEFAULT_PARTS)
     ids = [f"{i}-abcdef12" for i in range(args.batch)]
     cached = SimpleNamespace(req_ids=ids, resumed_req_ids=set(), num_output_tokens=[5] * args.batch)
     out = SimpleNamespace(num_scheduled_tokens={r: 1 for r in ids}, scheduled_new_reqs=[], scheduled_cached_reqs=cached,
@@ -48,20 +51,21 @@ def main() -> None:
         ech._on_schedule(rec, scheduler, out, 1, 2)
         ech._on_update(rec, out, outputs, 3, 4)
 
-    timer = HostRegionTimer(lambda row: rec.append("worker_regions", row))
-
-    def five_regions():
+    def five_regions(timer):
         for name in ("execute_model", "forward", "sample_tokens", "sample", "bookkeep"):
             timer.end(timer.start(1, name))
 
+    def regions_with(read_thread_usage: bool):
+        timer = make_region_timer(lambda row: rec.append("worker_regions", row), gpu_events=False,
+                                  read_thread_usage=read_thread_usage)
+        return lambda: five_regions(timer)
+
     step_us = per_call_us(schedule_then_update, args.steps)
-    thread_usage.ENABLED = False  # the default (SERVESCOPE_THREAD_USAGE unset)
-    bare_region_us = per_call_us(five_regions, args.steps)
-    thread_usage.ENABLED = True
-    region_us = per_call_us(five_regions, args.steps)
+    bare_region_us = per_call_us(regions_with(False), args.steps)  # the default (no `thread` part)
+    region_us = per_call_us(regions_with(True), args.steps)
     print(f"batch {args.batch}: EngineCore hooks (schedule + update bodies) {step_us:.1f} us/step; "
           f"5 host-timed worker regions {bare_region_us:.1f} us/step ({region_us:.1f} us with the thread's "
-          f"CPU time and switches, SERVESCOPE_THREAD_USAGE=1); "
+          f"CPU time and switches, the `thread` part); "
           f"per emitted token {step_us / args.batch:.2f} us")
 
 

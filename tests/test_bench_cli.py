@@ -29,6 +29,7 @@ from servescope.bench.run import BenchError
 from servescope.bench.sweep import grid_points, parse_grid, point_dir_name, point_engine_args
 from servescope.cli.main import app
 from servescope.record.recorder import Recorder
+from servescope.run.compact import compact_run
 from servescope.run.directory import read_json, read_table
 
 S = 1_000_000_000
@@ -184,7 +185,13 @@ def test_a_directory_that_holds_a_bench_run_is_refused_and_left_as_it_was(tmp_pa
     before = snapshot(earlier)
     third = invoke("bench", "--workload", write_trace(tmp_path / "t.csv"), "--concurrency", "2",
                    "--endpoint", fake_server.url, "--vocab-size", "100", "--out", earlier)
-    assert third.exit_code == 2 and "1 client_requests part(s)" in third.output
+    assert third.exit_code == 2 and "1 client_requests row(s) in the spool of" in third.output  # not compacted
+    assert snapshot(earlier) == before
+    compact_run(earlier)
+    before = snapshot(earlier)
+    fourth = invoke("bench", "--workload", write_trace(tmp_path / "t.csv"), "--concurrency", "2",
+                    "--endpoint", fake_server.url, "--vocab-size", "100", "--out", earlier)
+    assert fourth.exit_code == 2 and "1 client_requests part(s)" in fourth.output
     assert snapshot(earlier) == before
 
 
@@ -193,6 +200,7 @@ def test_a_bench_that_starts_its_engine_refuses_any_recorded_run(tmp_path):
     recorder = Recorder(recorded)
     recorder.append("request_events", ("r0", "arrival", 1, None, 8, 4, None, None))
     recorder.close()
+    compact_run(recorded)  # as servescope run leaves it
     (recorded / "command.json").write_text('{"argv": ["python", "x.py"]}')
     before = snapshot(recorded)
     result = invoke("bench", "--workload", write_trace(tmp_path / "t.csv"), "--concurrency", "1",
@@ -330,7 +338,7 @@ def test_cancelled_request_still_records_its_row(tmp_path, fake_server):
     async def go():
         async with StreamingClient(fake_server.url, "fake-model", recorder=recorder) as client:
             task = asyncio.create_task(client.complete(CompletionRequest("r0", [1, 2], 50)))
-            while not recorder._buffers["client_chunks"]:
+            while not read_table(tmp_path / "run", "client_chunks").num_rows:  # in the spool at once
                 await asyncio.sleep(0.05)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):

@@ -195,6 +195,7 @@ BAD_VALUES = {  # check -> values it must refuse
     options.fraction: ["nan", "-0.1", "1.5"],
     options.percentile: ["nan", "0", "100.5"],
     options.any_finite: ["nan", "inf"],
+    options.at_least_two: ["nan", "inf", "1", "0", "-2"],
 }
 
 

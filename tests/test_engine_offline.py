@@ -104,7 +104,7 @@ def test_manifest_records_the_engine_configuration_in_effect(offline_run):
     assert params["model_runner"].endswith("CPUModelRunner")
     assert m["model"]["attention"] == "GQA" and m["model"]["moe"] is False and m["model"]["num_layers"] == 2
     health = m["health"]
-    assert (health["rows_dropped"], health["internal_errors"], health["rows_possibly_lost"]) == (0, 0, 0), health
+    assert (health["rows_dropped"], health["internal_errors"], health["regions_without_gpu_time"]) == (0, 0, 0), health
     roles = {p["role"] for p in m["processes"]}
     assert {"MainProcess", "EngineCore", "VllmWorker-0"} <= roles
 

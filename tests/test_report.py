@@ -138,7 +138,7 @@ def manifest_for(name: str, **parameters) -> dict:
         "engine": {"name": "vllm", "version": "0.32.0", "parameters": params},
         "model": {"architecture": "LlamaForCausalLM", "attention": "GQA", "moe": False, "num_parameters": 819840},
         "host": {"hostname": "test-host", "cpu_count": 2},
-        "health": {"rows_dropped": 0, "internal_errors": 0, "processes_not_closed": [], "rows_possibly_lost": 0},
+        "health": {"rows_dropped": 0, "regions_without_gpu_time": 0, "internal_errors": 0, "processes_killed": [], "processes_running": []},
         "command": {"argv": ["python", "serve.py", XSS]},
         "workload": {"name": "synthetic"},
     }

@@ -3,21 +3,12 @@
 import threading
 import time
 
-import pytest
-
-from servescope.record.host_region_timer import HostRegionTimer
 from servescope.record.region_timer import RegionTimer
-from servescope.run.schema import WORKER_REGIONS_TABLE
-from servescope.record import thread_usage as thread_usage_module
+from servescope.record.timers import make_region_timer
 from servescope.record.thread_usage import thread_usage, usage_between
+from servescope.run.schema import WORKER_REGIONS_TABLE
 
 COLS = WORKER_REGIONS_TABLE.column_names
-
-
-@pytest.fixture(autouse=True)
-def readings_on(monkeypatch):
-    """As SERVESCOPE_THREAD_USAGE=1 does in an engine."""
-    monkeypatch.setattr(thread_usage_module, "ENABLED", True)
 
 
 def spin(seconds: float) -> None:
@@ -38,8 +29,10 @@ def timed(timer, body) -> dict:
     return dict(zip(COLS, row))
 
 
-def timers():
-    return [HostRegionTimer(None), RegionTimer(None, mode="host")]
+def timers(read_thread_usage: bool = True):
+    """The host timer as the CPU build's worker gets it (the recording part `thread` on), and built directly."""
+    return [make_region_timer(None, gpu_events=False, read_thread_usage=read_thread_usage),
+            RegionTimer(None, mode="host", read_thread_usage=read_thread_usage)]
 
 
 def test_thread_usage_counts_this_threads_cpu_only():
@@ -83,7 +76,7 @@ def test_waiting_for_the_gil_is_off_the_cpu():
     other = threading.Thread(target=hog)
     other.start()
     try:
-        row = timed(HostRegionTimer(None), lambda: spin(0.3))
+        row = timed(RegionTimer(None, mode="host", read_thread_usage=True), lambda: spin(0.3))
     finally:
         stop.set()
         other.join()
@@ -92,9 +85,8 @@ def test_waiting_for_the_gil_is_off_the_cpu():
     assert row["voluntary_switches"] >= 5
 
 
-def test_off_by_default_the_columns_are_null(monkeypatch):
-    monkeypatch.setattr(thread_usage_module, "ENABLED", False)
-    for timer in timers():
+def test_off_by_default_the_columns_are_null():
+    for timer in timers(read_thread_usage=False):
         row = timed(timer, lambda: spin(0.01))
         assert row["host_cpu_ns"] is None and row["voluntary_switches"] is None
         assert row["involuntary_switches"] is None and row["host_end_ns"] > row["host_start_ns"]

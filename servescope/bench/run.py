@@ -38,6 +38,7 @@ from servescope.bench.load.client import DEFAULT_REQUEST_TIMEOUT_S
 from servescope.bench.load.server_watch import ServerGoneError
 from servescope.run.directory import ensure_run_id, read_json, table_dir, write_json
 from servescope.run.names import Table
+from servescope.run.spool import read_spools
 
 DEFAULT_MAX_FAILED_FRACTION = 0.0
 FAILED_STATUSES = ("error", "timeout")
@@ -107,10 +108,15 @@ def recorded_files(out: Path, *, engine_too: bool = False) -> list[str]:
     engine_too of any recording (command.json, table parts of any table)."""
     found = [name for name in ("bench.json", "workload.json") + (("command.json",) if engine_too else ())
              if (out / name).exists()]
-    for table in Table.ALL if engine_too else (Table.CLIENT_REQUESTS, Table.CLIENT_CHUNKS):
+    tables = Table.ALL if engine_too else (Table.CLIENT_REQUESTS, Table.CLIENT_CHUNKS)
+    for table in tables:
         parts = list(table_dir(out, table).glob("*.parquet"))
         if parts:
             found.append(f"{len(parts)} {table} part(s)")
+    for spool in read_spools(out):  # recorded, not compacted yet (a recording still running, or cut short)
+        for table in tables:
+            if spool.rows.get(table):
+                found.append(f"{len(spool.rows[table])} {table} row(s) in the spool of {spool.name}")
     return found
 
 
@@ -208,7 +214,7 @@ def run_bench(spec: BenchSpec, out: str | Path, *, progress: bool | None = None,
     from servescope.bench.load.driver_http import plan_load
     from servescope.bench.load.progress import LiveStats
     from servescope.bench.load.server import copy_engine_records, wait_for_engine_records
-    from servescope.record.recorder import DEFAULT_FLUSH_INTERVAL_S, close_recorder
+    from servescope.record.recorder import close_recorder
     from servescope.run.manifest import write_manifest
 
     check_spec(spec)
@@ -267,7 +273,6 @@ def run_bench(spec: BenchSpec, out: str | Path, *, progress: bool | None = None,
         if spec.server_run is not None and results:
             wait_for_engine_records(spec.server_run, {f"cmpl-{r.client_request_id}-0" for r in results
                                                       if r.status == "ok"})
-            time.sleep(1.5 * DEFAULT_FLUSH_INTERVAL_S)  # the steps and worker rows of the window's end
             facts["engine_records"] = copy_engine_records(
                 spec.server_run, out, {f"cmpl-{r.client_request_id}-0" for r in results},
                 min(r.send_ns for r in results), max(r.end_ns for r in results))
@@ -294,7 +299,6 @@ def _drive(spec: BenchSpec, plan, out: Path, served: dict | None, stats, facts: 
     from servescope.bench.load.driver_http import drive_http
     from servescope.bench.load.progress import live_progress
     from servescope.bench.load.server import start_server, wait_for_engine_records
-    from servescope.record.recorder import DEFAULT_FLUSH_INTERVAL_S
 
     if spec.in_process:
         import servescope
@@ -322,7 +326,6 @@ def _drive(spec: BenchSpec, plan, out: Path, served: dict | None, stats, facts: 
                                              server_process=None if server is None else server.process))
         if server is not None:  # vLLM's shutdown may kill its engine processes: let them write the run first
             wait_for_engine_records(out, {f"cmpl-{r.client_request_id}-0" for r in results if r.status == "ok"})
-            time.sleep(1.5 * DEFAULT_FLUSH_INTERVAL_S)  # worker rows: each process writes every interval
         return results
     finally:
         if server is not None:

@@ -34,7 +34,8 @@ non_negative = _number_check(lambda v: math.isfinite(v) and v >= 0, "a finite nu
 fraction = _number_check(lambda v: math.isfinite(v) and 0 <= v <= 1, "a fraction in [0, 1]")
 percentile = _number_check(lambda v: math.isfinite(v) and 0 < v <= 100, "a percentile in (0, 100]")
 any_finite = _number_check(math.isfinite, "a finite number")
-NUMERIC_CHECKS = (positive, non_negative, fraction, percentile, any_finite)
+at_least_two = _number_check(lambda v: math.isfinite(v) and v >= 2, "a number >= 2")
+NUMERIC_CHECKS = (positive, non_negative, fraction, percentile, any_finite, at_least_two)
 
 
 def engine_args(ctx: typer.Context, param: typer.CallbackParam, value: str | None) -> tuple[str, ...] | None:

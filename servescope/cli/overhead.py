@@ -1,12 +1,17 @@
-"""The `servescope overhead` command: what tracing costs, the same workload with tracing off and on, alternating."""
+"""The `servescope overhead` command: what tracing costs a user, measured against vLLM untouched (docs/overhead.md)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Optional
 
 import typer
 
-from servescope.cli.options import json_object, one_of, output_dir, positive
+from servescope.cli.errors import CommandError
+from servescope.cli.options import (any_finite, at_least_two, json_object, non_negative, one_of, output_dir, output_file,
+                                    positive)
+from servescope.cli.record import PARTS_HELP, recording_parts
 
 
 def register(app: typer.Typer) -> None:
@@ -17,35 +22,97 @@ def register(app: typer.Typer) -> None:
 def overhead(
     model: Path = typer.Option(..., "--model", help="Model directory (servescope model init)."),
     out: Path = typer.Option(..., "--out", "-o", callback=output_dir,
-                             help="Directory for overhead.json and the traced runs."),
+                             help="Directory for overhead.json, the arms' logs and traced runs."),
     load: str = typer.Option("offline", "--load", callback=one_of("offline", "served"),
-                             help="offline (one batch) or served (Poisson arrivals)."),
-    method: str = typer.Option("toggle", "--method", callback=one_of("toggle", "restart"),
-                               help="toggle: one engine, tracing switched off/on (offline); restart: an engine per arm."),
-    repeats: int = typer.Option(3, "--repeats", callback=positive, help="Repeats of each arm (alternating off, on)."),
-    num_requests: int = typer.Option(64, "--num-requests", callback=positive),
-    prompt_len: int = typer.Option(256, "--prompt-len", callback=positive),
-    output_len: int = typer.Option(64, "--output-len", callback=positive),
-    rate: float = typer.Option(4.0, "--rate", callback=positive, help="Requests/s for --load served."),
+                             help="offline (batches through vllm.LLM) or served (AsyncLLM, Poisson arrivals)."),
+    method: str = typer.Option("user", "--method", callback=one_of("user", "toggle"),
+                               help="user: a fresh process per arm, vLLM untouched vs `servescope run` (what a user "
+                                    "pays). toggle: a diagnostic, one engine in one process with the hooks switched "
+                                    "off and on between batches (patches stay in both arms)."),
+    arms: int = typer.Option(4, "--arms", callback=at_least_two,
+                             help="Arms per side (untraced and traced); an interval needs at least 2."),
+    order: str = typer.Option("balanced", "--order", callback=one_of("balanced", "random"),
+                              help="balanced (off on on off ...) or random (seeded by --seed)."),
+    seed: int = typer.Option(0, "--seed", callback=any_finite,
+                             help="Seed of the prompts, the arrivals and a random order."),
+    parts: str = typer.Option("default", "--parts", callback=recording_parts,
+                              help="The traced arms' recording parts; measure one part's cost by leaving it out. "
+                                   + PARTS_HELP),
+    num_requests: int = typer.Option(256, "--num-requests", callback=positive,
+                                     help="offline: requests per batch; served: requests per arm."),
+    prompt_len: int = typer.Option(512, "--prompt-len", callback=positive, help="Prompt tokens per request."),
+    output_len: int = typer.Option(128, "--output-len", callback=positive, help="Output tokens per request."),
+    batches: int = typer.Option(6, "--batches", callback=positive, help="offline: measured batches per arm."),
+    warmup_batches: int = typer.Option(1, "--warmup-batches", callback=non_negative,
+                                       help="offline: warm-up batches per arm."),
+    rate: float = typer.Option(16.0, "--rate", callback=positive, help="served: requests/s (Poisson)."),
+    warmup_requests: int = typer.Option(64, "--warmup-requests", callback=non_negative,
+                                        help="served: warm-up requests per arm."),
+    goal: float = typer.Option(1.0, "--goal", callback=positive,
+                               help="The cost (percent) a 'cost below' verdict may state."),
     engine_args: str = typer.Option("{}", "--engine-args", callback=json_object,
-                                    help="JSON object of vLLM engine arguments, e.g. '{\"max_num_seqs\": 8}'."),
+                                    help="JSON object of vLLM engine arguments, e.g. '{\"max_model_len\": 2048}'."),
+    summary_to: Optional[Path] = typer.Option(None, "--summary-to", callback=output_file,
+                                              help="Also write overhead.json here after every arm."),
 ) -> None:
-    """Measure what tracing costs: the same workload with tracing off and on, alternating."""
-    from servescope.overhead.harness import run_overhead
+    """Measure what tracing costs: the same plain vLLM script untraced and under `servescope run`."""
+    if not model.is_dir():
+        raise CommandError(f"--model {model}: no such model directory")
+    if method == "toggle":
+        _toggle(model, out, load, arms, num_requests, prompt_len, output_len, rate, engine_args)
+        return
+    from servescope.overhead.user_pays import OverheadError, UserPaysSpec, run_user_pays
 
-    if load == "served" and method == "toggle":
-        method = "restart"
-    report = run_overhead(str(model), engine_args=engine_args, load=load, method=method, repeats=repeats,
-                          num_requests=num_requests, prompt_len=prompt_len, output_len=output_len, rate=rate,
-                          out_dir=out)
+    spec = UserPaysSpec(model=str(model.absolute()), load=load, arms=arms, order=order, seed=seed, parts=parts,
+                        engine_args=engine_args, num_requests=num_requests, prompt_len=prompt_len,
+                        output_len=output_len, batches=batches, warmup_batches=warmup_batches, rate=rate,
+                        warmup_requests=warmup_requests, goal=goal / 100.0)
+
+    def progress(arm: dict) -> None:
+        typer.echo(f"servescope: arm {arm['index'] + 1}/{2 * arms} ({arm['arm']}): "
+                   f"{arm['output_tokens_per_s']:.1f} output tokens/s, TBT P50 "
+                   f"{1e3 * (arm['tbt_per_chunk_p50_s'] or 0):.3f} ms ({arm['elapsed_s']:.0f} s)", err=True)
+
+    try:
+        report = run_user_pays(spec, out, on_arm=progress, summary_to=summary_to)
+    except OverheadError as exc:
+        raise CommandError(str(exc).splitlines()[0] + f" (see {out}/arms/)", exit_code=1) from exc
+    print_report(report)
+    typer.echo(f"servescope: wrote {out / 'overhead.json'}")
+
+
+def print_report(report: dict) -> None:
+    """Print the change of every metric with its interval and verdict."""
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"Tracing off vs on ({load}, {method}, {repeats} repeats each; medians)")
-    for col in ("metric", "off", "on", "change", "off spread"):
+    spec = report["spec"]
+    table = Table(title=f"What tracing costs ({spec['load']}, {spec['arms']} + {spec['arms']} fresh-process arms, "
+                        f"parts {spec['parts']}; 95% intervals over arms)")
+    for col in ("metric", "untraced (geo. mean)", "traced", "change", "95% interval", "verdict"):
         table.add_column(col)
+    for name, c in report["changes"].items():
+        table.add_row(name, f"{_geomean(c['off']):.5g}", f"{_geomean(c['on']):.5g}", f"{100 * c['change']:+.2f}%",
+                      f"{100 * c['ci_low']:+.2f}% .. {100 * c['ci_high']:+.2f}%", c["verdict"])
+    Console(width=200).print(table)
+    goal = report["goal"]
+    typer.echo(f"goal ({goal['statement']}): {'met' if goal['met'] else 'not met'}")
+
+
+def _geomean(values) -> float:
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def _toggle(model, out, load, arms, num_requests, prompt_len, output_len, rate, engine_args) -> None:
+    from servescope.overhead.toggle import run_overhead
+
+    if load != "offline":
+        raise CommandError("--method toggle measures the offline load only")
+    report = run_overhead(str(model), engine_args=engine_args, load=load, method="toggle", repeats=arms,
+                          num_requests=num_requests, prompt_len=prompt_len, output_len=output_len, rate=rate,
+                          out_dir=out)
     for k, v in report["change"].items():
-        table.add_row(k, f"{v['off_median']:.4g}", f"{v['on_median']:.4g}",
-                      f"{100 * (v['relative_change'] or 0):+.2f}%", f"{100 * (v['off_spread'] or 0):.2f}%")
-    Console().print(table)
-    typer.echo(f"servescope: wrote {out / 'overhead.json'}")
+        typer.echo(f"{k}: off {v['off_median']:.4g} on {v['on_median']:.4g} change "
+                   f"{100 * (v['relative_change'] or 0):+.2f}%")
+    typer.echo(f"servescope: wrote {out / 'overhead.json'} (toggle is a diagnostic: patches stay installed in its "
+               "off arms and front end, EngineCore and worker share one process; not what a user pays)")

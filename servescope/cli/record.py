@@ -17,8 +17,29 @@ def register(app: typer.Typer) -> None:
     app.command()(split)
 
 
+def recording_parts(ctx: typer.Context, param: typer.CallbackParam, value: str | None) -> str | None:
+    """Check a --parts list (run.config.parse_parts) while the command line is parsed."""
+    if value is None:
+        return None
+    from servescope.run.config import ConfigError, parse_parts
+
+    try:
+        parse_parts(value)
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc), ctx=ctx, param=param)
+    return value
+
+
+PARTS_HELP = ("Recording parts, a comma list: default, all, none, or frontend, scheduler, tokens, regions, gpu_events, "
+              "nvml, thread, gpu_stamps; -NAME removes one (default,-nvml). docs/overhead.md says what each costs.")
+
+
 def run(
     out: Path = typer.Option(..., "--out", "-o", callback=output_dir, help="Run directory to record into (created)."),
+    parts: str = typer.Option("default", "--parts", callback=recording_parts, help=PARTS_HELP),
+    self_timing: bool = typer.Option(False, "--self-timing",
+                                     help="Diagnostic: charge each hook's own host time to it (hook_cost per process "
+                                          "in the manifest); adds two clock reads per hook call."),
     export_spans: bool = typer.Option(True, "--export/--no-export",
                                       help="Afterwards, export OpenTelemetry spans (OTEL_EXPORTER_OTLP_* endpoint, "
                                            "else OTLP-JSON lines in RUN/otlp/)."),
@@ -29,8 +50,10 @@ def run(
     if not command:
         raise CommandError("no command given: servescope run --out RUN -- python script.py")
     from servescope.record.launcher import run_command
+    from servescope.run.config import Config
 
-    code = run_command(list(command), out)
+    config = Config.from_options(str(out.absolute()), parts=parts, self_timing=self_timing)
+    code = run_command(list(command), config)
     if export_spans:
         _export_spans_of(out)
     typer.echo(f"servescope: recorded into {out} (command exit code {code}); next: servescope analyze {out}", err=True)

@@ -3,7 +3,8 @@
 Layout of the trace (times in microseconds from the run's first record):
 
 * one process per recording process (pid and role from ``processes/*.json``; a table part's
-  writer is read off its file name, ``<role>-<pid>-<seq>.parquet``);
+  writer is read off its file name, ``<role>-<pid>.parquet``, or ``<role>-<pid>-<seq>.parquet`` in runs
+  recorded before servescope 0.2);
 * EngineCore: one slice per engine step (``steps``), schedule -> update, with its CPU phases
   nested inside, named by ``StepPhase.DISPLAY`` (schedule, execute (launch), wait for the GPU's
   output, update (emit tokens)); steps that overlap (async scheduling) go to
@@ -115,7 +116,7 @@ def _parts(run_path: Path, table: str, roles: dict[int, str]) -> list[tuple[int,
     by_pid: dict[int, list[pa.Table]] = {}
     schema = TABLES[table].arrow_schema
     for part in sorted(rundir.table_dir(run_path, table).glob("*.parquet")):
-        match = PART_NAME.match(part.name)
+        match = _writer_of(part, roles)
         if match:
             pid = int(match["pid"])
             roles.setdefault(pid, match["role"])
@@ -133,13 +134,23 @@ def _parts(run_path: Path, table: str, roles: dict[int, str]) -> list[tuple[int,
     return [(pid, pa.concat_tables(tables)) for pid, tables in sorted(by_pid.items()) if sum(map(len, tables))]
 
 
+def _writer_of(part: Path, roles: dict[int, str]) -> dict | None:
+    """Return {role, pid} of the process that wrote a part, from its name, or None."""
+    for pid, role in roles.items():  # the recorded processes: <role>-<pid>.parquet (.pNNN: a chunk of a large table)
+        name = f"{role}-{pid}"
+        if part.stem == name or part.stem.startswith(name + ".p"):
+            return {"role": role, "pid": pid}
+    match = PART_NAME.match(part.name)  # <role>-<pid>-<seq>.parquet: runs recorded before servescope 0.2
+    return {"role": match["role"], "pid": int(match["pid"])} if match else None
+
+
 def _request_pid(parts: dict, run_path: Path, roles: dict[int, str]) -> int:
     """Return the process that shows request lifetimes: the front end, else the EngineCore, else a synthetic one."""
     for table in (Table.FRONTEND_STEPS, Table.STEPS):
         if parts[table]:
             return parts[table][0][0]
     for part in sorted(rundir.table_dir(run_path, Table.REQUEST_EVENTS).glob("*.parquet")):
-        match = PART_NAME.match(part.name)
+        match = _writer_of(part, roles)
         if match:
             roles.setdefault(int(match["pid"]), match["role"])
             return int(match["pid"])

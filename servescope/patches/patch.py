@@ -1,40 +1,71 @@
-"""Reversible method patches: one `Patch` per target, applied and removed by a `PatchSet`.
+"""Reversible method patches in the instrumentation style: ``wrapper(wrapped, instance, args, kwargs)``.
 
-A patch replaces ``module.Class.method`` with ``make_wrapper(original)`` on the class that
-the target names. It refuses (and says why) when the module or attribute is missing, never
-patches twice, and ``PatchSet.remove_all()`` puts every original back exactly.
+A ``Patch`` names a target (``module``, ``"Class.method"``) and a wrapper. Applied, the method
+becomes a thin function that calls ``wrapper(original, self, args, kwargs)``; the wrapper calls
+``wrapped(*args, **kwargs)`` itself and never copies the engine's parameter list, so an argument
+renamed or added inside the supported range reaches the engine untouched (read an argument with
+``arg(args, kwargs, index, name)``). A ``PatchSet`` applies patches, refuses (and says why) when a
+target is missing, never patches twice, and ``remove_all()`` puts every original back exactly.
+
+Wrappers follow three rules (see observe.py for the common shapes): check the switch first and
+call straight through when recording is off; do all recording work after (or before) the call
+inside ``try``, counting an exception with ``rec.error`` instead of raising it into the engine;
+never change the call's arguments or result.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 from dataclasses import dataclass
+from types import MethodType
 from typing import Any, Callable
 
 logger = logging.getLogger("servescope")
 
 ORIGINAL_ATTR = "__servescope_original__"
 
+Wrapper = Callable[[Callable, Any, tuple, dict], Any]
+
 
 @dataclass(frozen=True)
 class Patch:
     module: str  # e.g. "vllm.v1.core.sched.scheduler"
     target: str  # e.g. "Scheduler.schedule"
-    make_wrapper: Callable[[Callable], Callable]
+    wrapper: Wrapper  # wrapper(wrapped, instance, args, kwargs) -> the call's result
     optional: bool = False  # absent in some supported versions: skip quietly
+    part: str | None = None  # the recording part this patch serves (run.config.PARTS); None: always
 
     @property
     def name(self) -> str:
         return f"{self.module}.{self.target}"
 
 
+def arg(args: tuple, kwargs: dict, index: int, name: str, default: Any = None) -> Any:
+    """Return a call's argument by position (args[index]) or keyword (kwargs[name])."""
+    if len(args) > index:
+        return args[index]
+    return kwargs.get(name, default)
+
+
+def bind(wrapper: Wrapper, original: Callable) -> Callable:
+    """Return the function that replaces a method: it hands the call to wrapper(original, self, args, kwargs)."""
+
+    @functools.wraps(original)
+    def patched(self, *args, **kwargs):
+        return wrapper(MethodType(original, self), self, args, kwargs)
+
+    return patched
+
+
 class PatchSet:
     """The patches applied in this process, with what they replaced."""
 
-    def __init__(self) -> None:
+    def __init__(self, ledger=None) -> None:
         self._applied: dict[str, tuple[Any, str, Any, bool]] = {}
         self.refused: dict[str, str] = {}
+        self.ledger = ledger  # record.self_timing.HookLedger: charge each hook's own host time (a diagnostic)
 
     @property
     def applied(self) -> list[str]:
@@ -57,17 +88,19 @@ class PatchSet:
         elif hasattr(owner, attr):
             original = getattr(owner, attr)
         else:
-            return self._refuse(patch, "attribute not found in this vLLM version")
+            return self._refuse(patch, "attribute not found in this engine version")
         if getattr(original, ORIGINAL_ATTR, None) is not None:
             return True  # another PatchSet (or an earlier import) already wrapped it
-        func = original.__func__ if isinstance(original, (staticmethod, classmethod)) else original
-        wrapper = patch.make_wrapper(func)
-        setattr(wrapper, ORIGINAL_ATTR, original)
-        if isinstance(original, staticmethod):
-            wrapper = staticmethod(wrapper)
-        elif isinstance(original, classmethod):
-            wrapper = classmethod(wrapper)
-        setattr(owner, attr, wrapper)
+        if isinstance(original, (staticmethod, classmethod)) or not callable(original):
+            return self._refuse(patch, "target is not a plain method")
+        if self.ledger is not None:
+            from servescope.record.self_timing import timed_binding
+
+            replacement = timed_binding(patch.wrapper, original, patch.target, self.ledger)
+        else:
+            replacement = bind(patch.wrapper, original)
+        setattr(replacement, ORIGINAL_ATTR, original)
+        setattr(owner, attr, replacement)
         self._applied[patch.name] = (owner, attr, original, own)
         return True
 

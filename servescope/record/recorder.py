@@ -1,188 +1,169 @@
-"""The per-process recorder: append-only row buffers, flushed to Parquet by a background thread.
+"""The per-process recorder: every append goes straight into this process's spool.
 
-The hot path is ``Recorder.append(table, row)``: one bounded ``list.append`` of a tuple in the
-table's column order (schema.py). A daemon thread moves rows out every ``flush_interval_s``
-and writes one Parquet part per table per flush, so a process that dies loses at most one
-interval. Memory is bounded: past ``max_buffered_rows`` per table, rows are dropped and counted
-(the count is in processes/<pid>.json and in the manifest), never silently.
+``Recorder.append(table, row)`` encodes one row (a tuple in the table's column order, e.g. a
+``servescope.run.rows`` NamedTuple) with ``marshal`` and copies it into the process's memory-mapped
+spool (``spool_writer.py``): from then on it survives the process being killed. The hot paths
+record whole batches in one record: ``append_emissions`` (every request's tokens of one engine
+step) and ``append_events`` (one event for many requests). No thread, no Parquet, no GIL held
+for encoding inside the engine: the spool is compacted into Parquet parts outside it
+(``servescope.run.compact``), and readers decode spools not compacted yet.
 
-Fork: the child gets a fresh, empty recorder (its parent flushes its own rows); spawn children
-build their own through the vLLM plugin. Exit: atexit (spawn, main process) and a
-multiprocessing finalizer (forked children, which leave through os._exit) flush the rest.
+Never raises into the engine: a record that cannot be stored is counted as dropped; an exception
+inside a hook is counted with ``error()`` (the first of each site is logged). Both counts live in
+the spool's header, where they survive a kill.
+
+Fork: the child gets a fresh recorder with its own spool (register_at_fork); spawn children build
+theirs through the engine's plugin. Exit: atexit (spawn, main process) and a multiprocessing
+finalizer (forked children, which leave through os._exit) mark the spool closed cleanly: a spool
+never closed is how the manifest tells a killed process.
 """
 
 from __future__ import annotations
 
 import atexit
 import logging
+import marshal
 import multiprocessing
 import multiprocessing.util
 import os
 import sys
-import threading
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from servescope import __version__
+from servescope.record.spool_writer import SpoolWriter
 from servescope.run.clock import clock_anchor
-from servescope.run.directory import ensure_run_id, table_dir, write_json
-from servescope.run.schema import TABLES
+from servescope.run.config import Config
+from servescope.run.directory import ensure_run_id, write_json
+from servescope.run.spool import EMISSIONS, EVENTS, REGION, REGION_GPU, ROW, TABLE_INDEX, spool_dir
 
 logger = logging.getLogger("servescope")
 
-FAULT_INJECTION_ENV = "SERVESCOPE_INJECT_FAULTS"  # every append raises: proves faults stay inside servescope
-DEFAULT_FLUSH_INTERVAL_S = 1.0
-DEFAULT_MAX_BUFFERED_ROWS = 1_000_000
+_dumps = marshal.dumps
 
 
 class Recorder:
-    """Buffers rows for every table of schema.py and writes them into one run directory."""
+    """Records rows of every table of run/schema.py into this process's spool."""
 
-    def __init__(
-        self,
-        run_dir: str | os.PathLike,
-        *,
-        flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S,
-        max_buffered_rows: int = DEFAULT_MAX_BUFFERED_ROWS,
-    ) -> None:
-        self.run_dir = Path(run_dir)
+    def __init__(self, config: Config | str | os.PathLike, *, role: str | None = None) -> None:
+        self.config = config if isinstance(config, Config) else Config.from_options(str(config), environ={})
+        self.run_dir = Path(self.config.run_dir)
         self.run_id = ensure_run_id(self.run_dir)
-        self.flush_interval_s = flush_interval_s
-        self.max_buffered_rows = max_buffered_rows
-        self._reset_process_state()
-        if os.environ.get(FAULT_INJECTION_ENV):
-            self.append = self._append_raising  # type: ignore[method-assign]
+        self._role_override = role
+        self.before_close: list = []  # callables run as the recorder closes (the self-timing ledger's snapshot)
+        self._closed = False
+        self._exit_hooks_registered = False
+        self._start_process()
+        if self.config.inject_faults:
+            self.append = self.append_events = self.append_emissions = self._append_raising  # type: ignore[method-assign]
+            self.append_region = self.resolve_region = self._append_raising  # type: ignore[method-assign]
 
     # ---- hot path -------------------------------------------------------------------------
     def append(self, table: str, row: tuple) -> None:
-        """Buffer one row (a tuple in the table's column order); drop and count it when full."""
-        buf = self._buffers[table]
-        if len(buf) < self.max_buffered_rows:
-            buf.append(row)
-        else:
-            self.dropped[table] += 1
+        """Record one row (a tuple in the table's column order)."""
+        self._write(_dumps((ROW, TABLE_INDEX[table], tuple(row))), 1)
 
-    def _append_raising(self, table: str, row: tuple) -> None:
-        raise RuntimeError(f"servescope fault injection ({FAULT_INJECTION_ENV}) on {table}")
+    def append_events(self, event: str, time_ns: int, step_id: int | None, request_ids: list) -> None:
+        """Record the same request event (no counts) for many requests at once."""
+        if request_ids:
+            self._write(_dumps((EVENTS, event, time_ns, step_id, request_ids)), len(request_ids))
+
+    def append_emissions(self, step_id: int | None, time_ns: int, request_ids: list, counts: list,
+                         drafted: list | None = None, accepted: list | None = None) -> None:
+        """Record one engine step's token emissions: counts[i] tokens for request_ids[i] (0: none)."""
+        self._write(_dumps((EMISSIONS, step_id, time_ns, request_ids, counts, drafted, accepted)), len(request_ids))
+
+    def append_region(self, seq: int, row: tuple) -> None:
+        """Record a worker region whose GPU time will follow in resolve_region(seq, ...)."""
+        self._write(_dumps((REGION, seq, tuple(row))), 1)
+
+    def resolve_region(self, seq: int, gpu_ns, gpu_start_ns, gpu_end_ns) -> None:
+        """Record the GPU time of the region appended with seq."""
+        self._write(_dumps((REGION_GPU, seq, gpu_ns, gpu_start_ns, gpu_end_ns)), 0)
+
+    def append_record(self, record: tuple) -> None:
+        """Record one spool record as it is (run/spool.py's kinds; the self-timing ledger uses it)."""
+        self._write(_dumps(record), 0)
+
+    def _append_raising(self, *args, **kwargs) -> None:
+        raise RuntimeError("servescope fault injection (SERVESCOPE_INJECT_FAULTS) on an append")
 
     def error(self, where: str, exc: BaseException) -> None:
         """Count an exception raised inside servescope; log the first one of each site."""
         self.internal_errors += 1
+        spool = self._spool
+        if spool is not None:
+            spool.count_error()
         if where not in self._error_sites:
             self._error_sites.add(where)
-            logger.warning("servescope: internal error in %s (counted, vLLM unaffected): %r", where, exc)
-
-    def flush_soon(self) -> None:
-        """Ask the writer thread to flush now instead of at its next interval."""
-        self._wake.set()
+            logger.warning("servescope: internal error in %s (counted, the engine unaffected): %r", where, exc)
 
     # ---- lifecycle --------------------------------------------------------------------------
-    def start(self) -> None:
-        """Start the writer thread and register the exit flush (idempotent)."""
-        if self._thread is not None and self._thread.is_alive():
+    @property
+    def rows_dropped(self) -> int:
+        """Rows not recorded in this process so far."""
+        return self._spool.rows_dropped if self._spool is not None else 0
+
+    def close(self) -> None:
+        """Mark this process's spool closed cleanly and write the process record (idempotent)."""
+        if self._closed or self.pid != os.getpid():
             return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="servescope-writer", daemon=True)
-        self._thread.start()
-        if not self._exit_hooks_registered:
-            self._exit_hooks_registered = True
-            atexit.register(self.close)
-            self._register_finalizer()
-            # a multiprocessing child clears finalizers after fork, then runs these:
-            multiprocessing.util.register_after_fork(self, Recorder._register_finalizer)
+        for hook in self.before_close:
+            try:
+                hook()
+            except Exception:
+                pass
+        self._closed = True
+        if self._spool is not None:
+            self._spool.close()
+        self._write_process_record()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def after_fork_in_child(self) -> None:
+        """Leave the parent's spool untouched and start this (forked) process's own."""
+        if self._spool is not None:
+            self._spool.abandon()
+        self._closed = False
+        self._start_process()
+
+    # ---- internals --------------------------------------------------------------------------
+    def _write(self, payload: bytes, rows: int) -> None:
+        spool = self._spool
+        if spool is None:
+            self._rows_lost_without_spool += rows
+            return
+        spool.write(payload, rows)
+
+    def _start_process(self) -> None:
+        self.pid = os.getpid()
+        self.role = self._role_override or _role()
+        self.internal_errors = 0
+        self._error_sites: set[str] = set()
+        self._rows_lost_without_spool = 0
+        self._anchor = clock_anchor()
+        try:
+            self._spool: SpoolWriter | None = SpoolWriter(spool_dir(self.run_dir), self.role,
+                                                          segment_bytes=self.config.segment_bytes)
+        except OSError as exc:
+            self._spool = None
+            logger.warning("servescope: cannot create the spool in %s (%r); this process records nothing",
+                           spool_dir(self.run_dir), exc)
+        self._write_process_record()
+        self._register_exit_hooks()
+
+    def _register_exit_hooks(self) -> None:
+        if self._exit_hooks_registered:
+            return
+        self._exit_hooks_registered = True
+        atexit.register(self.close)
+        self._register_finalizer()
+        # a multiprocessing child clears its finalizers after fork, then runs these:
+        multiprocessing.util.register_after_fork(self, Recorder._register_finalizer)
 
     def _register_finalizer(self) -> None:
         multiprocessing.util.Finalize(None, self.close, exitpriority=100)
-
-    def close(self) -> None:
-        """Stop the writer thread and flush everything still buffered."""
-        if self._closed:
-            return
-        self._stop.set()
-        self._wake.set()
-        thread = self._thread
-        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
-            thread.join(timeout=5.0)
-        self.flush()
-        self._closed = True
-        if any(self.rows_written.values()) or self.internal_errors or any(self.dropped.values()):
-            self._write_process_record()
-
-    def flush(self) -> None:
-        """Write every buffered row to Parquet parts now."""
-        with self._flush_lock:
-            if self.pid != os.getpid():  # a forked copy not yet reset
-                return
-            wrote = False
-            for name, buf in self._buffers.items():
-                n = len(buf)
-                if not n:
-                    continue
-                rows = buf[:n]
-                del buf[:n]  # atomic under the GIL; rows appended meanwhile stay for the next flush
-                try:
-                    self._write_part(name, rows)
-                    self.rows_written[name] += n
-                    wrote = True
-                except Exception as exc:  # disk full, bad row ...
-                    self.dropped[name] += n
-                    self.error(f"write {name}", exc)
-            if wrote or self._counters_changed():
-                self._write_process_record()
-
-    # ---- internals --------------------------------------------------------------------------
-    def _reset_process_state(self) -> None:
-        self.pid = os.getpid()
-        self._buffers: dict[str, list[tuple]] = {name: [] for name in TABLES}
-        self.dropped: dict[str, int] = {name: 0 for name in TABLES}
-        self.rows_written: dict[str, int] = {name: 0 for name in TABLES}
-        self.internal_errors = 0
-        self._error_sites: set[str] = set()
-        self._seq = 0
-        self._anchor = clock_anchor()
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._closed = False
-        self._exit_hooks_registered = False
-        self._last_counters: tuple = ()
-        self._flush_lock = threading.Lock()
-
-    def after_fork_in_child(self) -> None:
-        """Forget the parent's rows and thread; start afresh in the child."""
-        self._reset_process_state()
-        self.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(self.flush_interval_s)
-            self._wake.clear()
-            if self._stop.is_set():
-                return
-            try:
-                self.flush()
-            except Exception as exc:
-                self.error("writer thread", exc)
-
-    def _write_part(self, name: str, rows: list[tuple]) -> None:
-        table = TABLES[name]
-        columns = list(zip(*rows))
-        arrays = [pa.array(col, type=c.type) for col, c in zip(columns, table.columns)]
-        directory = table_dir(self.run_dir, name)
-        directory.mkdir(parents=True, exist_ok=True)
-        self._seq += 1
-        path = directory / f"{_role()}-{self.pid}-{self._seq:06d}.parquet"
-        tmp = path.with_name("." + path.name + ".tmp")
-        pq.write_table(pa.Table.from_arrays(arrays, schema=table.arrow_schema), tmp)
-        os.replace(tmp, path)
-
-    def _counters_changed(self) -> bool:
-        counters = (self.internal_errors, tuple(self.dropped.values()))
-        changed = counters != self._last_counters
-        self._last_counters = counters
-        return changed
 
     def _write_process_record(self) -> None:
         try:
@@ -191,24 +172,24 @@ class Recorder:
                 {
                     "pid": self.pid,
                     "ppid": os.getppid(),
-                    "role": _role(),
+                    "role": self.role,
                     "argv": sys.argv,
                     **self._anchor,
                     "servescope_version": __version__,
-                    "rows_written": self.rows_written,
-                    "rows_dropped": self.dropped,
-                    "rows_buffered": sum(len(b) for b in self._buffers.values()),
-                    "internal_errors": self.internal_errors,
+                    "parts": sorted(self.config.parts),
+                    "spool": f"{self.role}-{self.pid}",
                     "closed": self._closed,
+                    "internal_errors": self.internal_errors,
+                    "rows_dropped": self.rows_dropped + self._rows_lost_without_spool,
                 },
             )
         except Exception as exc:
             self.internal_errors += 1
-            logger.warning("servescope: cannot write process record: %r", exc)
+            logger.warning("servescope: cannot write the process record: %r", exc)
 
 
 def _role() -> str:
-    """Return this process's role as vLLM names it (MainProcess, EngineCore, VllmWorker-0, ...)."""
+    """Return this process's role as the engine names it (MainProcess, EngineCore, VllmWorker-0, ...)."""
     return multiprocessing.current_process().name.replace("/", "_").replace(" ", "_")
 
 
@@ -220,19 +201,20 @@ def get_recorder() -> Recorder | None:
     return _recorder
 
 
-def open_recorder(run_dir: str | os.PathLike, **options) -> Recorder:
-    """Return this process's recorder for run_dir, creating and starting it on first use."""
+def open_recorder(config: Config | str | os.PathLike) -> Recorder:
+    """Return this process's recorder for the configuration's run directory, creating it on first use."""
     global _recorder
-    if _recorder is None or _recorder.run_dir != Path(run_dir) or _recorder._closed:
-        if _recorder is not None and not _recorder._closed:
+    if not isinstance(config, Config):
+        config = Config.from_options(str(config))
+    if _recorder is None or _recorder.run_dir != Path(config.run_dir) or _recorder.closed:
+        if _recorder is not None and not _recorder.closed:
             _recorder.close()
-        _recorder = Recorder(run_dir, **options)
-        _recorder.start()
+        _recorder = Recorder(config)
     return _recorder
 
 
 def close_recorder() -> None:
-    """Flush and close this process's recorder."""
+    """Close this process's recorder (its spool stays, to be compacted)."""
     global _recorder
     if _recorder is not None:
         _recorder.close()
@@ -240,7 +222,7 @@ def close_recorder() -> None:
 
 
 def _after_fork_in_child() -> None:
-    if _recorder is not None and not _recorder._closed:
+    if _recorder is not None and not _recorder.closed:
         _recorder.after_fork_in_child()
 
 

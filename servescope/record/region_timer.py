@@ -3,7 +3,12 @@
 Rows go to ``append_row(tuple)`` in worker_regions column order (schema.py): step_id, rank,
 region, host_start_ns, host_end_ns, gpu_ns, gpu_start_ns, gpu_end_ns, host_cpu_ns,
 voluntary_switches, involuntary_switches (the thread's CPU time and context switches inside the
-region: thread_usage.py).
+region, with ``read_thread_usage=True``: thread_usage.py), engine_index.
+
+Where the GPU part of a region comes later than its host part, give ``append_pending(seq, row)``
+and ``resolve(seq, gpu_ns, gpu_start_ns, gpu_end_ns)``: the host row is recorded the moment the
+region ends (so it survives the process being killed) and its GPU times follow at the harvest
+that resolves them. Without them a region's complete row goes to ``append_row`` at that harvest.
 
 Hot path (``start``/``end``): ``time.monotonic_ns()``, the thread's usage where it is turned on
 (thread_usage.py) and, on CUDA, ``record()`` of a pooled, pre-created
@@ -31,7 +36,8 @@ GPU clock stamps (optional, CUDA + Triton or CuPy):
   null host times, tagged with the step_id of the last ``start()`` before it on the stream.
 
 Construct the timer in the process and thread that run the regions, after any fork, before
-CUDA graph capture (it compiles kernels and calibrates clocks).
+CUDA graph capture (it compiles kernels and calibrates clocks). ``mode="host"`` is the timer of
+the CPU build: host clock only.
 """
 
 from __future__ import annotations
@@ -39,8 +45,12 @@ from __future__ import annotations
 from collections import deque
 from typing import Callable
 
-from servescope.run.clock import now_ns
 from servescope.record.thread_usage import NO_USAGE, thread_usage, usage_between
+from servescope.run.clock import now_ns
+
+
+def _no_usage() -> None:
+    return None
 
 MODES = ("auto", "cuda", "host")
 
@@ -94,6 +104,9 @@ class RegionTimer:
         rank: int = 0,
         mode: str = "auto",
         *,
+        append_pending: Callable[[int, tuple], None] | None = None,
+        resolve: Callable[[int, int | None, int | None, int | None], None] | None = None,
+        read_thread_usage: bool = False,
         pool_size: int = 1024,
         use_globaltimer: bool = False,
         forward_stamps: bool = False,
@@ -105,6 +118,10 @@ class RegionTimer:
         graph_stamps=None,
     ) -> None:
         self._append = append_row
+        self._append_pending = append_pending if resolve is not None else None
+        self._resolve_gpu = resolve
+        self._seq = 0
+        self._usage = thread_usage if read_thread_usage else _no_usage
         self.rank = rank
         self.engine_index: int | None = None  # set by the patch once the engine is known
         self.forward_region = forward_region
@@ -197,21 +214,20 @@ class RegionTimer:
                 self._context_step = step_id
             s0 = self._stamps.stamp() if self._stamps is not None else None
             pair[0].record()
-            return (step_id, region, now_ns(), pair, s0, thread_usage())
+            return (step_id, region, now_ns(), pair, s0, self._usage())
         except Exception:
             self.errors += 1
             if pair is not None:
                 self._free.append(pair)
             return self._host_only(step_id, region)
 
-    @staticmethod
-    def _host_only(step_id, region) -> tuple:
+    def _host_only(self, step_id, region) -> tuple:
         """Return the token of a region timed on the host only (no event pair)."""
-        return (step_id, region, now_ns(), None, None, thread_usage())
+        return (step_id, region, now_ns(), None, None, self._usage())
 
     def end(self, token: tuple) -> None:
         """Close the region of token (host row now; GPU row at a later harvest)."""
-        usage = thread_usage()  # read inside [host_start_ns, host_end_ns]: host_cpu_ns <= the wall time
+        usage = self._usage()  # read inside [host_start_ns, host_end_ns]: host_cpu_ns <= the wall time
         h1 = now_ns()
         try:
             step_id, region, h0, pair, s0, usage0 = token
@@ -221,7 +237,13 @@ class RegionTimer:
                 return
             pair[1].record()
             s1 = self._stamps.stamp() if s0 is not None else None
-            self._pending.append((step_id, region, h0, h1, pair, s0, s1, used))
+            seq = None
+            if self._append_pending is not None:  # the host part is recorded now, the GPU part at harvest
+                seq = self._seq
+                self._seq += 1
+                self._append_pending(seq, (step_id, self.rank, region, h0, h1, None, None, None, *used,
+                                           self.engine_index))
+            self._pending.append((step_id, region, h0, h1, pair, s0, s1, used, seq))
         except Exception:
             self.errors += 1
 
@@ -271,7 +293,7 @@ class RegionTimer:
 
     def _resolve(self, item) -> bool:
         """Append the row of a completed region; False if its start event is still running."""
-        step_id, region, h0, h1, pair, s0, s1, used = item
+        step_id, region, h0, h1, pair, s0, s1, used, seq = item
         gpu_ns = gs = ge = None
         try:
             gpu_ns = round(pair[0].elapsed_time(pair[1]) * 1e6)
@@ -291,8 +313,16 @@ class RegionTimer:
         except Exception:
             self.errors += 1
             gs = ge = None
-        self._append((step_id, self.rank, region, h0, h1, gpu_ns, gs, ge, *used, self.engine_index))
+        self._emit(item, gpu_ns, gs, ge)
         return True
+
+    def _emit(self, item, gpu_ns, gpu_start, gpu_end) -> None:
+        """Record a region's GPU part: its whole row, or (pending mode) the resolution of its host row."""
+        step_id, region, h0, h1, _, _, _, used, seq = item
+        if seq is not None:
+            self._resolve_gpu(seq, gpu_ns, gpu_start, gpu_end)
+        else:
+            self._append((step_id, self.rank, region, h0, h1, gpu_ns, gpu_start, gpu_end, *used, self.engine_index))
 
     def _harvest_forward(self) -> int:
         gs = self._graph_stamps
@@ -321,8 +351,7 @@ class RegionTimer:
                 item = pending.popleft()
                 if not self._resolve(item):
                     self.errors += 1
-                    step_id, region, h0, h1, _, _, _, used = item
-                    self._append((step_id, self.rank, region, h0, h1, None, None, None, *used, self.engine_index))
+                    self._emit(item, None, None, None)
             self._harvest_forward()
         except Exception:
             self.errors += 1

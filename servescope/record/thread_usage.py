@@ -11,26 +11,25 @@ own nanosecond account of the thread. ``getrusage(RUSAGE_THREAD)`` gives the swi
 CPU times are not used because on some kernels they advance in scheduler ticks (4 ms on the
 H100 machine: docs/case-studies/speculative-decoding.md), too coarse for one region.
 
-Opt-in: ``SERVESCOPE_THREAD_USAGE=1`` in the engine's environment turns the readings on (the
-speculative-decoding study does); without it, or where RUSAGE_THREAD does not exist (not
-Linux), the columns stay null. Cost: about 3 us per region (two readings) on a 2-core EPYC
+Opt-in: the recording part ``thread`` (``servescope run --parts default,thread``, or
+``SERVESCOPE_THREAD_USAGE=1``) makes the region timer read it (the speculative-decoding study
+does); without it, or where RUSAGE_THREAD does not exist (not Linux), the columns stay null. Cost: about 3 us per region (two readings) on a 2-core EPYC
 (benchmarks/hook_cost.py); on the H100 two tracing on/off runs with it on did not resolve its
 cost from the machine's noise (docs/overhead.md), hence off by default.
 """
 
 from __future__ import annotations
 
-import os
 import resource
 import time
 
 _RUSAGE_THREAD = getattr(resource, "RUSAGE_THREAD", None)
-ENABLED = _RUSAGE_THREAD is not None and os.environ.get("SERVESCOPE_THREAD_USAGE", "0") == "1"
+AVAILABLE = _RUSAGE_THREAD is not None
 
 
 def thread_usage() -> tuple[int, int, int] | None:
     """Return (cpu_ns, voluntary_switches, involuntary_switches) of the calling thread so far, or None."""
-    if not ENABLED:
+    if not AVAILABLE:
         return None
     usage = resource.getrusage(_RUSAGE_THREAD)
     return (time.thread_time_ns(), usage.ru_nvcsw, usage.ru_nivcsw)

@@ -363,19 +363,20 @@ def _config_section(runs: Sequence[PreparedRun]) -> h.Markup:
 
 
 def _health_table(runs: Sequence[PreparedRun], header: list) -> h.Markup:
-    fields = (("rows_dropped", "rows dropped (recorder buffers full)"),
+    fields = (("rows_dropped", "rows not recorded (counted when dropped)"),
+              ("regions_without_gpu_time", "regions whose GPU time was lost (still on the GPU at a process's end)"),
               ("internal_errors", "internal errors inside servescope"),
-              ("processes_not_closed", "processes that did not close their recorder"),
-              ("rows_possibly_lost", "rows possibly lost (unclosed processes)"))
+              ("processes_killed", "processes that ended without closing their recorder"),
+              ("processes_running", "processes still running when the run was compacted"))
     rows, classes = [], []
     for key, label in fields:
         values = [(r.manifest.get("health") or {}).get(key) for r in runs]
         cells = ["not recorded" if v is None else "none" if v == [] else h.value_text(v) for v in values]
         rows.append([label, *cells])
-        bad = any(v not in (None, 0, [], "") for v in values) and key != "processes_not_closed"
+        bad = any(v not in (None, 0, [], "") for v in values) and key != "processes_killed"
         classes.append("bad" if bad else "")
-    note = h.paragraph(h.tag("span", "A process not closed was ended before it flushed (vLLM kills a slow "
-                                     "EngineCore at shutdown); rows it had buffered are counted as possibly lost.",
+    note = h.paragraph(h.tag("span", "Every row a process appended is kept however the process ended (vLLM kills "
+                                     "its EngineCore at shutdown): what a kill costs is listed above, exactly.",
                              class_="note"))
     return h.join([h.tag("div", h.table(header, rows, row_classes=classes), class_="scroll"), note])
 

@@ -57,8 +57,7 @@ LOADED_TABLES = (
 def load_run(run_dir: str | os.PathLike) -> RunData:
     """Return the run directory's manifest and tables; raise rundir.RunDirError if unreadable."""
     path = rundir.check_run_dir(run_dir)
-    tables = {name: rundir.read_table(path, name, dictionary_column=DICTIONARY_ID_COLUMNS.get(name))
-              for name in LOADED_TABLES}
+    tables = rundir.read_tables(path, {name: DICTIONARY_ID_COLUMNS.get(name) for name in LOADED_TABLES})
     return RunData(path=path, manifest=_read_manifest(path), **tables)
 
 

@@ -6,7 +6,8 @@ Layout::
       manifest.json            engine, versions, parameters, model, host, workload, clocks
       processes/<pid>.json     one per recording process: role, clock anchor, drop and error counts
       engine/<role>-<pid>.json what each engine process learned of its configuration
-      tables/<table>/<role>-<pid>-<seq>.parquet   the records (schema.py)
+      spool/<role>-<pid>-<segment>.spool  what each process appended, until compacted (spool.py)
+      tables/<table>/<role>-<pid>.parquet the records (schema.py), compacted from the spools
       otlp/spans-<pid>.jsonl   OTLP-JSON span lines when no OTLP endpoint was set
 """
 
@@ -20,9 +21,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from servescope.run.config import RUN_DIR_ENV
 from servescope.run.schema import TABLES
-
-RUN_DIR_ENV = "SERVESCOPE_RUN_DIR"
 
 
 class RunDirError(Exception):
@@ -34,31 +34,59 @@ def table_dir(run_dir: str | os.PathLike, table: str) -> Path:
 
 
 def read_table(run_dir: str | os.PathLike, table: str, *, dictionary_column: str | None = None) -> pa.Table:
-    """Return all parts of one table, concatenated (an empty table if none were written).
+    """Return every row of one table: its Parquet parts and the spools not compacted yet (empty if none).
 
     dictionary_column: read this string column dictionary-encoded (Parquet's dictionary pages
     become Arrow dictionaries, no string materialised per row: what keeps per-token tables small).
     """
+    return read_tables(run_dir, {table: dictionary_column})[table]
+
+
+def read_tables(run_dir: str | os.PathLike, tables: dict[str, str | None]) -> dict[str, pa.Table]:
+    """Return several tables at once ({name: dictionary column or None}), decoding the spools once."""
+    from servescope.run.spool import part_spool_name, read_spools
+
+    spools = read_spools(run_dir)
+    live = {s.name for s in spools}
+    out = {}
+    for name, dictionary_column in tables.items():
+        schema = _read_schema(name, dictionary_column)
+        parts = [p for p in sorted(table_dir(run_dir, name).glob("*.parquet")) if part_spool_name(p.stem) not in live]
+        pieces = [_read_part(part, schema, dictionary_column) for part in parts]
+        for spool in spools:
+            rows = spool.rows.get(name)
+            if rows:
+                pieces.append(rows_to_table(name, rows).cast(schema))
+        out[name] = pa.concat_tables(pieces) if pieces else schema.empty_table()
+    return out
+
+
+def _read_schema(table: str, dictionary_column: str | None) -> pa.Schema:
     schema = TABLES[table].arrow_schema
     if dictionary_column is not None:
         index = schema.get_field_index(dictionary_column)
         schema = schema.set(index, pa.field(dictionary_column, pa.dictionary(pa.int32(), pa.string())))
-    parts = sorted(table_dir(run_dir, table).glob("*.parquet"))
-    tables = []
-    for part in parts:
-        try:
-            if dictionary_column is None:
-                data = pq.read_table(part, schema=schema)
-            else:
-                data = pq.ParquetFile(part, read_dictionary=[dictionary_column]).read()
-                if not data.schema.equals(schema):  # an older writer: let Parquet map the schema
-                    data = pq.read_table(part, schema=schema)
-        except Exception as exc:  # a part cut short by a killed process
-            raise RunDirError(f"{part}: unreadable Parquet part ({exc})") from exc
-        tables.append(data)
-    if not tables:
-        return schema.empty_table()
-    return pa.concat_tables(tables)
+    return schema
+
+
+def _read_part(part: Path, schema: pa.Schema, dictionary_column: str | None) -> pa.Table:
+    try:
+        if dictionary_column is None:
+            return pq.read_table(part, schema=schema)
+        data = pq.ParquetFile(part, read_dictionary=[dictionary_column]).read()
+        if not data.schema.equals(schema):  # an older writer: let Parquet map the schema
+            data = pq.read_table(part, schema=schema)
+        return data
+    except Exception as exc:  # a part cut short
+        raise RunDirError(f"{part}: unreadable Parquet part ({exc})") from exc
+
+
+def rows_to_table(table: str, rows: list[tuple]) -> pa.Table:
+    """Return rows (tuples in column order) as an Arrow table of the table's schema."""
+    spec = TABLES[table]
+    columns = list(zip(*rows))
+    return pa.Table.from_arrays([pa.array(col, type=c.type) for col, c in zip(columns, spec.columns)],
+                                schema=spec.arrow_schema)
 
 
 def read_json(path: Path) -> Any:
@@ -119,6 +147,6 @@ def check_run_dir(run_dir: str | os.PathLike) -> Path:
     path = Path(run_dir)
     if not path.is_dir():
         raise RunDirError(f"{path}: no such run directory")
-    if not (path / "tables").is_dir() and not (path / "manifest.json").exists():
-        raise RunDirError(f"{path}: not a servescope run directory (no tables/ and no manifest.json)")
+    if not any((path / name).exists() for name in ("tables", "spool", "manifest.json")):
+        raise RunDirError(f"{path}: not a servescope run directory (no tables/, spool/ or manifest.json)")
     return path

@@ -10,6 +10,29 @@ from servescope import __version__
 from servescope.run.directory import ensure_run_id, read_engine_facts, read_json, read_processes, write_json
 
 
+def _count(value) -> int:
+    """Return a counter as an int (runs before servescope 0.2 kept per-table dicts)."""
+    if isinstance(value, dict):
+        return sum(int(v or 0) for v in value.values())
+    return int(value or 0)
+
+
+def health(processes: list[dict]) -> dict[str, Any]:
+    """Return the run's recording health: what was lost, exactly, and how each process ended.
+
+    Rows a process appended are in its spool and survive its end however it ended; the only rows
+    lost are those never appended, each counted when it was dropped (rows_dropped), and the GPU
+    times of regions still on the GPU when their process ended (regions_without_gpu_time: their
+    host rows are kept, with null GPU times)."""
+    return {
+        "rows_dropped": sum(_count(p.get("rows_dropped")) for p in processes),
+        "regions_without_gpu_time": sum(_count(p.get("regions_without_gpu_time")) for p in processes),
+        "internal_errors": sum(_count(p.get("internal_errors")) for p in processes),
+        "processes_killed": [p["pid"] for p in processes if p.get("ended", "").startswith("killed")],
+        "processes_running": [p["pid"] for p in processes if p.get("ended") == "running"],
+    }
+
+
 def build_manifest(run_dir: str | os.PathLike) -> dict[str, Any]:
     """Return the manifest assembled from what every process of the run wrote."""
     run_dir = Path(run_dir)
@@ -26,16 +49,11 @@ def build_manifest(run_dir: str | os.PathLike) -> dict[str, Any]:
         "model_runners": sorted({w["model_runner"] for w in workers}),
         "processes": [
             {k: p.get(k) for k in ("pid", "ppid", "role", "wall_ns", "monotonic_ns", "anchor_uncertainty_ns",
-                                    "rows_written", "rows_dropped", "rows_buffered", "internal_errors", "closed")}
+                                    "parts", "ended", "closed", "rows_recorded", "rows_dropped",
+                                    "regions_without_gpu_time", "internal_errors", "hook_cost")}
             for p in processes
         ],
-        "health": {
-            "rows_dropped": sum(sum(p.get("rows_dropped", {}).values()) for p in processes),
-            "internal_errors": sum(p.get("internal_errors", 0) for p in processes),
-            # killed at shutdown (vLLM SIGKILLs a slow EngineCore): rows buffered at its last write are lost
-            "processes_not_closed": [p["pid"] for p in processes if not p.get("closed")],
-            "rows_possibly_lost": sum(p.get("rows_buffered", 0) for p in processes if not p.get("closed")),
-        },
+        "health": health(processes),
         "clocks": {
             "tables": "CLOCK_MONOTONIC ns (time.monotonic_ns), one clock for every process of the host",
             "wall_anchor": "processes[].wall_ns / monotonic_ns: wall = monotonic + (wall_ns - monotonic_ns)",
@@ -51,7 +69,10 @@ def build_manifest(run_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def write_manifest(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """Build manifest.json in run_dir and return it."""
+    """Compact the spools of the run's ended processes, build manifest.json in run_dir and return it."""
+    from servescope.run.compact import compact_run
+
+    compact_run(run_dir)
     manifest = build_manifest(run_dir)
     write_json(Path(run_dir) / "manifest.json", manifest)
     return manifest

@@ -55,7 +55,7 @@ REQUEST_EVENTS_TABLE = TableSpec(
     "One row per lifecycle event of a request.",
     (
         _c("request_id", STR, "", "engine-internal request id (vLLM's EngineCoreRequest.request_id)"),
-        _c("event", STR, "", " | ".join(RequestEvent.ALL)),
+        _c("event", STR, "", ", ".join(RequestEvent.ALL)),
         _c("time_ns", I64, "ns, monotonic", "when the event happened"),
         _c("step_id", I64, "", "engine step that caused it (scheduled, preempted, finished); null otherwise"),
         _c("prompt_tokens", I32, "tokens", "prompt length (arrival, queued)"),
@@ -133,7 +133,7 @@ WORKER_REGIONS_TABLE = TableSpec(
     (
         _c("step_id", I64, "", "engine step (the EngineCore's step_id, carried on the SchedulerOutput)"),
         _c("rank", I32, "", "worker rank"),
-        _c("region", STR, "", " | ".join(Region.ALL)),
+        _c("region", STR, "", ", ".join(Region.ALL)),
         _c("host_start_ns", I64, "ns, monotonic", "region entered on the host"),
         _c("host_end_ns", I64, "ns, monotonic", "region returned on the host (launch done)"),
         _c("gpu_ns", I64, "ns", "GPU stream time between the region's start and end events; null without CUDA"),

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from servescope.overhead.harness import run_overhead
+from servescope.overhead.toggle import run_overhead
 
 CASES = {
     "graphs": dict(model="llama3-8b", engine_args={"max_model_len": 2048}, profile=64),

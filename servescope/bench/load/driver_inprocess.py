@@ -26,7 +26,7 @@ from servescope.bench.load.client import DEFAULT_REQUEST_TIMEOUT_S, CompletionRe
 from servescope.bench.load.driver_http import LoadPlan, run_load
 from servescope.bench.load.progress import LiveStats
 from servescope.run.phases import Phase, record_phase
-from servescope.record.recorder import DEFAULT_FLUSH_INTERVAL_S, Recorder, open_recorder
+from servescope.record.recorder import Recorder, open_recorder
 
 
 def async_engine_args(engine_args: list[str]):
@@ -171,9 +171,7 @@ async def instrumented_engine(engine_args: list[str], run_dir: str | os.PathLike
     engine = build_async_llm(engine_args)
     recorder = open_recorder(run_dir)  # the recorder the front end records into, after vLLM loaded its plugins
     try:
-        yield engine, recorder
-        # vLLM's shutdown may kill its engine processes: let each write its last rows first (one interval)
-        await asyncio.sleep(1.5 * DEFAULT_FLUSH_INTERVAL_S)
+        yield engine, recorder  # every row is in a spool the moment it is appended: nothing to wait for
     finally:
         engine.shutdown()
         del engine

@@ -33,6 +33,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from servescope.record.launcher import child_environment
+from servescope.run.compact import compact_run
+from servescope.run.config import Config
 from servescope.run.phases import window_mask, write_table_part
 from servescope.run.directory import read_table, write_json
 from servescope.run.names import RequestEvent, Table
@@ -134,9 +136,10 @@ class RecordedServer:
                     continue
         finally:  # also on a second Ctrl-C while waiting: nothing of the server is left running
             if proc.poll() is not None:
-                _wait_group_gone(proc.pid, 10.0)  # its engine and workers finish flushing their records
+                _wait_group_gone(proc.pid, 10.0)  # its engine and workers end (their records are in the spool)
             _kill_group(proc.pid)
             proc.wait(10.0)
+            compact_run(self.run_dir)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
@@ -173,7 +176,7 @@ def start_server(engine_args: list[str], run_dir: str | os.PathLike, *, extra_en
     run_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     argv = server_argv(engine_args, port, spelling)
-    env = child_environment(run_dir)
+    env = child_environment(Config.from_options(str(run_dir.absolute())))
     env.update(extra_env or {})
     write_json(run_dir / "command.json", {"argv": argv, "cwd": os.getcwd(), "started_wall_ns": time.time_ns()})
     log_path = run_dir / "server.log"
@@ -235,7 +238,7 @@ def external_ids_recorded(server_run: str | os.PathLike, external_ids: set[str])
 
 
 def wait_for_engine_records(server_run: str | os.PathLike, external_ids: set[str], timeout_s: float = 15.0) -> int:
-    """Wait until every external id has arrival and finished events in server_run (flushed ~1 s); return how many do."""
+    """Wait until every external id has arrival and finished events in server_run; return how many do."""
     deadline = time.monotonic() + timeout_s
     while True:
         arrived, finished = external_ids_recorded(server_run, external_ids)

@@ -1,21 +1,26 @@
 """Hooks inside vLLM's EngineCore process: scheduler, executor launch, wait, output update.
 
-Each step (one scheduled batch) gets a step_id when ``Scheduler.schedule`` returns; the id
-rides on the SchedulerOutput object, so launch, wait, worker regions and the output update
-join by step id even when async scheduling runs two steps at once. Per step the hot path is
-a handful of clock reads, one pass over the batch's request ids, and appends of tuples.
+Each step (one scheduled batch) gets a step_id when ``Scheduler.schedule`` returns; the id rides
+on the SchedulerOutput object, so launch, wait, worker regions and the output update join by step
+id even when async scheduling runs two steps at once.
+
+Hot path per step: a handful of clock reads, and whole-batch records: one record of every
+request's emitted tokens (``append_emissions``), one of the requests scheduled for the first time
+(``append_events``), one steps row. Per request that is two list comprehensions over the step's
+outputs (request ids and token counts) — no Python loop that builds a row per request.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 from typing import Any
 
-from servescope.patches.patch import Patch
-from servescope.patches.vllm.active import active_recorder
-from servescope.patches.vllm.observe import observe_after, observe_before
+from servescope.patches.observe import observe_after, observe_before
+from servescope.patches.patch import Patch, arg
+from servescope.patches.switch import PARTS, active_recorder
 from servescope.run.clock import now_ns
+from servescope.run.names import RequestEvent, Table
+from servescope.run.rows import RequestEventRow, StepRow
 
 STEP_ATTR = "_servescope_step_id"
 MAX_PENDING_STEPS = 64
@@ -25,6 +30,10 @@ class EngineCoreState:
     """Per-process bookkeeping between the hooks of one step."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every step (a new recording starts from step 0)."""
         self.next_step_id = 0
         self.scheduling_step_id: int | None = None
         self.preempted_while_scheduling = 0
@@ -45,24 +54,20 @@ def step_id_of(scheduler_output: Any) -> int | None:
 
 
 # ---- Scheduler.schedule -------------------------------------------------------------------
-def wrap_schedule(original):
-    @functools.wraps(original)
-    def schedule(self, *args, **kwargs):
-        rec = active_recorder()
-        if rec is None:
-            return original(self, *args, **kwargs)
-        STATE.scheduling_step_id = STATE.next_step_id
-        STATE.preempted_while_scheduling = 0
-        t0 = now_ns()
-        out = original(self, *args, **kwargs)
-        t1 = now_ns()
-        try:
-            _on_schedule(rec, self, out, t0, t1)
-        except Exception as exc:
-            rec.error("Scheduler.schedule", exc)
-        return out
-
-    return schedule
+def wrap_schedule(wrapped, scheduler, args, kwargs):
+    rec = active_recorder()
+    if rec is None or not PARTS.steps:
+        return wrapped(*args, **kwargs)
+    STATE.scheduling_step_id = STATE.next_step_id
+    STATE.preempted_while_scheduling = 0
+    t0 = now_ns()
+    out = wrapped(*args, **kwargs)
+    t1 = now_ns()
+    try:
+        _on_schedule(rec, scheduler, out, t0, t1)
+    except Exception as exc:
+        rec.error("Scheduler.schedule", exc)
+    return out
 
 
 def _on_schedule(rec, scheduler, out, t0: int, t1: int) -> None:
@@ -72,18 +77,17 @@ def _on_schedule(rec, scheduler, out, t0: int, t1: int) -> None:
     STATE.next_step_id += 1
     STATE.scheduling_step_id = None
     setattr(out, STEP_ATTR, step_id)
+    if not PARTS.scheduler:
+        return
     num_scheduled = out.num_scheduled_tokens
-    prefill_reqs = 0
-    prefill_tokens = 0
-    for new in out.scheduled_new_reqs:  # first scheduling, or resume (Model Runner V2)
-        rid = new.req_id
-        prefill_reqs += 1
-        prefill_tokens += num_scheduled.get(rid, 0)
-        rec.append("request_events", (rid, "scheduled", t0, step_id, None, None, None, None))
+    new_ids = [new.req_id for new in out.scheduled_new_reqs]  # first scheduling, or resume (Model Runner V2)
+    prefill_reqs = len(new_ids)
+    prefill_tokens = sum(num_scheduled.get(rid, 0) for rid in new_ids)
     cached = out.scheduled_cached_reqs
-    resumed = cached.resumed_req_ids
-    for rid in resumed:  # resume after preemption (Model Runner V1)
-        rec.append("request_events", (rid, "scheduled", t0, step_id, None, None, None, None))
+    resumed = cached.resumed_req_ids  # resume after preemption (Model Runner V1)
+    if resumed:
+        new_ids += list(resumed)
+    rec.append_events(RequestEvent.SCHEDULED, t0, step_id, new_ids)
     if 0 in cached.num_output_tokens or resumed:  # prompt chunks of known requests
         for rid, n_out in zip(cached.req_ids, cached.num_output_tokens):
             if n_out == 0 or rid in resumed:
@@ -91,7 +95,6 @@ def _on_schedule(rec, scheduler, out, t0: int, t1: int) -> None:
                 prefill_tokens += num_scheduled.get(rid, 0)
     total = out.total_num_scheduled_tokens
     spec = out.scheduled_spec_decode_tokens
-    num_spec = sum(map(len, spec.values())) if spec else 0
     try:
         kv_usage = scheduler.kv_cache_manager.usage
     except Exception:
@@ -106,7 +109,7 @@ def _on_schedule(rec, scheduler, out, t0: int, t1: int) -> None:
         "prefill_tokens": prefill_tokens,
         "decode_reqs": len(num_scheduled) - prefill_reqs,
         "decode_tokens": total - prefill_tokens,
-        "spec": num_spec,
+        "spec": sum(map(len, spec.values())) if spec else 0,
         "running": len(scheduler.running),
         "waiting": len(scheduler.waiting),
         "kv": kv_usage,
@@ -115,69 +118,65 @@ def _on_schedule(rec, scheduler, out, t0: int, t1: int) -> None:
 
 
 # ---- Scheduler.add_request / _preempt_request / finish_requests / make_spec_decoding_stats
-def _record_queued(rec, scheduler, result, request, *args, **kwargs) -> None:
+def _record_queued(rec, scheduler, result, args, kwargs) -> None:
+    request = arg(args, kwargs, 0, "request")
     if scheduler.requests.get(request.request_id) is not request:  # a streaming update of a known request
         return
-    params = request.sampling_params
-    rec.append("request_events", (request.request_id, "queued", now_ns(), None, request.num_prompt_tokens,
-                                  getattr(params, "max_tokens", None), None, None))
+    rec.append(Table.REQUEST_EVENTS, RequestEventRow(
+        request_id=request.request_id, event=RequestEvent.QUEUED, time_ns=now_ns(),
+        prompt_tokens=request.num_prompt_tokens, max_tokens=getattr(request.sampling_params, "max_tokens", None)))
 
 
-def _record_preempted(rec, scheduler, request, *args, **kwargs) -> None:
+def _record_preempted(rec, scheduler, args, kwargs) -> None:
+    request = arg(args, kwargs, 0, "request")
     STATE.preempted_while_scheduling += 1
-    rec.append("request_events", (request.request_id, "preempted", now_ns(), STATE.scheduling_step_id, None, None,
-                                  request.num_output_tokens, None))
+    rec.append(Table.REQUEST_EVENTS, RequestEventRow(
+        request_id=request.request_id, event=RequestEvent.PREEMPTED, time_ns=now_ns(),
+        step_id=STATE.scheduling_step_id, output_tokens=request.num_output_tokens))
 
 
-def _record_aborted(rec, scheduler, finished, request_ids, finished_status, *args, **kwargs) -> None:
+def _record_aborted(rec, scheduler, finished, args, kwargs) -> None:
     """Aborts (client gone, LLM.abort) end a request outside update_from_output."""
     t = now_ns()
-    reason = getattr(finished_status, "name", str(finished_status)).lower()
+    status = arg(args, kwargs, 1, "finished_status")
+    reason = getattr(status, "name", str(status)).lower()
     for request in finished or ():
-        rec.append("request_events", (request.request_id, "finished", t, None, None, None,
-                                      request.num_output_tokens, reason))
+        rec.append(Table.REQUEST_EVENTS, RequestEventRow(
+            request_id=request.request_id, event=RequestEvent.FINISHED, time_ns=t,
+            output_tokens=request.num_output_tokens, detail=reason))
+
+
+def _record_spec_decoding(rec, scheduler, args, kwargs) -> None:
+    """Per request of a step: drafted (minus invalid) and accepted tokens, as the scheduler counts them."""
+    drafted = arg(args, kwargs, 1, "num_draft_tokens")
+    accepted = arg(args, kwargs, 2, "num_accepted_tokens")
+    invalid = arg(args, kwargs, 3, "num_invalid_spec_tokens")
+    request_id = arg(args, kwargs, 4, "request_id")
+    if invalid:
+        drafted -= invalid.get(request_id, 0)
+    STATE.spec_by_request[request_id] = (drafted, accepted)
 
 
 wrap_add_request = observe_after("Scheduler.add_request", _record_queued)
 wrap_preempt_request = observe_before("Scheduler._preempt_request", _record_preempted)
 wrap_finish_requests = observe_after("Scheduler.finish_requests", _record_aborted)
-
-
-def wrap_make_spec_decoding_stats(original):
-    @functools.wraps(original)
-    def make_spec_decoding_stats(self, spec_decoding_stats, num_draft_tokens, num_accepted_tokens,
-                                 num_invalid_spec_tokens, request_id, *args, **kwargs):
-        if active_recorder() is not None:
-            drafted = num_draft_tokens
-            if num_invalid_spec_tokens:
-                drafted -= num_invalid_spec_tokens.get(request_id, 0)
-            STATE.spec_by_request[request_id] = (drafted, num_accepted_tokens)
-        return original(self, spec_decoding_stats, num_draft_tokens, num_accepted_tokens,
-                        num_invalid_spec_tokens, request_id, *args, **kwargs)
-
-    return make_spec_decoding_stats
+wrap_make_spec_decoding_stats = observe_before("Scheduler.make_spec_decoding_stats", _record_spec_decoding)
 
 
 # ---- Scheduler.update_from_output -----------------------------------------------------------
-def wrap_update_from_output(original):
-    @functools.wraps(original)
-    def update_from_output(self, scheduler_output, model_runner_output, *args, **kwargs):
-        rec = active_recorder()
-        if rec is None:
-            return original(self, scheduler_output, model_runner_output, *args, **kwargs)
-        STATE.spec_by_request.clear()
-        t0 = now_ns()
-        outputs = original(self, scheduler_output, model_runner_output, *args, **kwargs)
-        t1 = now_ns()
-        try:
-            _on_update(rec, scheduler_output, outputs, t0, t1)
-            if not self.has_requests():  # idle: write now, an engine may be killed at shutdown
-                rec.flush_soon()
-        except Exception as exc:
-            rec.error("Scheduler.update_from_output", exc)
-        return outputs
-
-    return update_from_output
+def wrap_update_from_output(wrapped, scheduler, args, kwargs):
+    rec = active_recorder()
+    if rec is None or not (PARTS.scheduler or PARTS.tokens):
+        return wrapped(*args, **kwargs)
+    STATE.spec_by_request.clear()
+    t0 = now_ns()
+    outputs = wrapped(*args, **kwargs)
+    t1 = now_ns()
+    try:
+        _on_update(rec, arg(args, kwargs, 0, "scheduler_output"), outputs, t0, t1)
+    except Exception as exc:
+        rec.error("Scheduler.update_from_output", exc)
+    return outputs
 
 
 def _on_update(rec, scheduler_output, outputs, t0: int, t1: int) -> None:
@@ -186,88 +185,90 @@ def _on_update(rec, scheduler_output, outputs, t0: int, t1: int) -> None:
     emitted = 0
     finished = 0
     engine_ts = None
-    append = rec.append
     for batch in outputs.values():
         if engine_ts is None and getattr(batch, "timestamp", None) is not None:
             engine_ts = int(batch.timestamp * 1e9)
-        for o in batch.outputs:
-            rid = o.request_id
-            n = len(o.new_token_ids)
-            if n:
-                emitted += n
-                drafted, accepted = spec.get(rid, (None, None)) if spec else (None, None)
-                append("token_emissions", (rid, step_id, t1, n, drafted, accepted))
-            if o.finish_reason is not None:
-                finished += 1
-                append("request_events", (rid, "finished", t1, step_id, None, None, None, str(o.finish_reason)))
-    if step_id is None:
+        outs = batch.outputs
+        if not outs:
+            continue
+        counts = [len(o.new_token_ids) for o in outs]
+        emitted += sum(counts)
+        if PARTS.tokens:
+            request_ids = [o.request_id for o in outs]
+            drafted = accepted = None
+            if spec:
+                pairs = [spec.get(rid, (None, None)) for rid in request_ids]
+                drafted = [d for d, _ in pairs]
+                accepted = [a for _, a in pairs]
+            rec.append_emissions(step_id, t1, request_ids, counts, drafted, accepted)
+        if PARTS.scheduler:
+            done = [o for o in outs if o.finish_reason is not None]
+            for o in done:
+                rec.append(Table.REQUEST_EVENTS, RequestEventRow(
+                    request_id=o.request_id, event=RequestEvent.FINISHED, time_ns=t1, step_id=step_id,
+                    detail=str(o.finish_reason)))
+            finished += len(done)
+    if step_id is None or not PARTS.scheduler:
         return
     p = STATE.pending.pop(step_id, None)
     if p is None:
         return
-    launch = p.get("launch", (None, None))
+    execute = p.get("execute", (None, None))
     wait = p.get("wait", (None, None))
-    append(
-        "steps",
-        (step_id, STATE.engine_index, p["schedule"][0], p["schedule"][1], launch[0], launch[1], wait[0],
-         wait[1], t0, t1, engine_ts, p["total"], p["prefill_reqs"], p["prefill_tokens"], p["decode_reqs"],
-         p["decode_tokens"], p["spec"], p["running"], p["waiting"], p["kv"], p["preempted"], emitted, finished),
-    )
+    rec.append(Table.STEPS, StepRow(
+        step_id=step_id, engine_index=STATE.engine_index,
+        schedule_start_ns=p["schedule"][0], schedule_end_ns=p["schedule"][1],
+        execute_start_ns=execute[0], execute_end_ns=execute[1], wait_start_ns=wait[0], wait_end_ns=wait[1],
+        update_start_ns=t0, update_end_ns=t1, engine_timestamp_ns=engine_ts,
+        total_scheduled_tokens=p["total"], num_prefill_reqs=p["prefill_reqs"],
+        num_prefill_tokens=p["prefill_tokens"], num_decode_reqs=p["decode_reqs"],
+        num_decode_tokens=p["decode_tokens"], num_spec_tokens=p["spec"], num_running_reqs=p["running"],
+        num_waiting_reqs=p["waiting"], kv_cache_usage=p["kv"], num_preempted_reqs=p["preempted"],
+        num_emitted_tokens=emitted, num_finished_reqs=finished))
 
 
 # ---- executor launch and EngineCore wait ------------------------------------------------------
-def wrap_execute_model(original):
-    @functools.wraps(original)
-    def execute_model(self, scheduler_output, *args, **kwargs):
-        if active_recorder() is None:
-            return original(self, scheduler_output, *args, **kwargs)
-        t0 = now_ns()
-        out = original(self, scheduler_output, *args, **kwargs)
-        step_id = step_id_of(scheduler_output)
-        p = STATE.pending.get(step_id)
-        if p is not None:
-            p["launch"] = (t0, now_ns())
-            STATE.last_launched_step_id = step_id
-        return out
-
-    return execute_model
+def wrap_execute_model(wrapped, executor, args, kwargs):
+    if active_recorder() is None or not PARTS.scheduler:
+        return wrapped(*args, **kwargs)
+    t0 = now_ns()
+    out = wrapped(*args, **kwargs)
+    t1 = now_ns()
+    step_id = step_id_of(arg(args, kwargs, 0, "scheduler_output"))
+    p = STATE.pending.get(step_id)
+    if p is not None:
+        p["execute"] = (t0, t1)
+        STATE.last_launched_step_id = step_id
+    return out
 
 
-def wrap_sample_tokens(original):
-    """A non-blocking sample_tokens right after execute_model (async scheduling) is part of the
-    step's launch; a blocking one (synchronous step) runs inside the wait and is left there."""
-
-    @functools.wraps(original)
-    def sample_tokens(self, grammar_output, non_block=False, *args, **kwargs):
-        out = original(self, grammar_output, non_block, *args, **kwargs)
-        if non_block and active_recorder() is not None:
-            p = STATE.pending.get(STATE.last_launched_step_id)
-            if p is not None and "launch" in p:
-                p["launch"] = (p["launch"][0], now_ns())
-        return out
-
-    return sample_tokens
+def wrap_sample_tokens(wrapped, executor, args, kwargs):
+    """A non-blocking sample_tokens right after execute_model (async scheduling) is part of the step's
+    launch; a blocking one (synchronous step) runs inside the wait and is left there."""
+    out = wrapped(*args, **kwargs)
+    if arg(args, kwargs, 1, "non_block", False) and active_recorder() is not None and PARTS.scheduler:
+        p = STATE.pending.get(STATE.last_launched_step_id)
+        if p is not None and "execute" in p:
+            p["execute"] = (p["execute"][0], now_ns())
+    return out
 
 
-def wrap_capture_iteration_details(original):
+def wrap_capture_iteration_details(wrapped, engine_core, args, kwargs):
     """vLLM wraps exactly its wait for a step's model output in this context manager."""
+    if active_recorder() is None or not PARTS.scheduler:
+        return wrapped(*args, **kwargs)
+    return _timed_wait(wrapped(*args, **kwargs), arg(args, kwargs, 0, "scheduler_output"))
 
-    @functools.wraps(original)
-    @contextlib.contextmanager
-    def capture_iteration_details(self, scheduler_output, *args, **kwargs):
-        if active_recorder() is None:
-            with original(self, scheduler_output, *args, **kwargs) as details:
-                yield details
-            return
-        with original(self, scheduler_output, *args, **kwargs) as details:
-            t0 = now_ns()
-            yield details
-            t1 = now_ns()
-        p = STATE.pending.get(step_id_of(scheduler_output))
-        if p is not None:
-            p["wait"] = (t0, t1)
 
-    return capture_iteration_details
+@contextlib.contextmanager
+def _timed_wait(inner, scheduler_output):
+    with inner as details:
+        t0 = now_ns()
+        yield details
+        t1 = now_ns()
+    p = STATE.pending.get(step_id_of(scheduler_output))
+    if p is not None:
+        p["wait"] = (t0, t1)
 
 
 def _write_facts_once(rec, scheduler) -> None:
@@ -281,18 +282,19 @@ def _write_facts_once(rec, scheduler) -> None:
 
 
 SCHED = "vllm.v1.core.sched.scheduler"
+EXECUTORS = ("vllm.v1.executor.abstract.Executor", "vllm.v1.executor.uniproc_executor.UniProcExecutor",
+             "vllm.v1.executor.multiproc_executor.MultiprocExecutor")
 PATCHES = (
     Patch(SCHED, "Scheduler.schedule", wrap_schedule),
     Patch(SCHED, "Scheduler.update_from_output", wrap_update_from_output),
-    Patch(SCHED, "Scheduler.add_request", wrap_add_request),
-    Patch(SCHED, "Scheduler._preempt_request", wrap_preempt_request),
-    Patch(SCHED, "Scheduler.finish_requests", wrap_finish_requests),
-    Patch(SCHED, "Scheduler.make_spec_decoding_stats", wrap_make_spec_decoding_stats),
-    Patch("vllm.v1.engine.core", "EngineCore.capture_iteration_details", wrap_capture_iteration_details),
-    Patch("vllm.v1.executor.abstract", "Executor.execute_model", wrap_execute_model),
-    Patch("vllm.v1.executor.abstract", "Executor.sample_tokens", wrap_sample_tokens),
-    Patch("vllm.v1.executor.uniproc_executor", "UniProcExecutor.execute_model", wrap_execute_model),
-    Patch("vllm.v1.executor.uniproc_executor", "UniProcExecutor.sample_tokens", wrap_sample_tokens),
-    Patch("vllm.v1.executor.multiproc_executor", "MultiprocExecutor.execute_model", wrap_execute_model),
-    Patch("vllm.v1.executor.multiproc_executor", "MultiprocExecutor.sample_tokens", wrap_sample_tokens),
+    Patch(SCHED, "Scheduler.add_request", wrap_add_request, part="scheduler"),
+    Patch(SCHED, "Scheduler._preempt_request", wrap_preempt_request, part="scheduler"),
+    Patch(SCHED, "Scheduler.finish_requests", wrap_finish_requests, part="scheduler"),
+    Patch(SCHED, "Scheduler.make_spec_decoding_stats", wrap_make_spec_decoding_stats, part="tokens"),
+    Patch("vllm.v1.engine.core", "EngineCore.capture_iteration_details", wrap_capture_iteration_details,
+          part="scheduler"),
+    *(Patch(cls.rsplit(".", 1)[0], f"{cls.rsplit('.', 1)[1]}.execute_model", wrap_execute_model, part="scheduler")
+      for cls in EXECUTORS),
+    *(Patch(cls.rsplit(".", 1)[0], f"{cls.rsplit('.', 1)[1]}.sample_tokens", wrap_sample_tokens, part="scheduler")
+      for cls in EXECUTORS),
 )

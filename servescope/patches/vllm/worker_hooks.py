@@ -1,31 +1,61 @@
 """Hooks in the model runner (inside a worker): timed regions of every step.
 
 Runner modules are heavy (and may touch CUDA), so they are never imported at plugin time:
-``WorkerWrapperBase.init_worker`` runs in the worker process before the model runner is
-built, and patches the runner classes there. Regions: execute_model, forward, sample_tokens,
-sample, draft, bookkeep (Model Runner V1 and the CPU runner); execute_model, sample_tokens,
-sample (Model Runner V2). On CUDA each region also gets GPU times from servescope's timers;
-on the CPU build host timers stand in.
+``WorkerWrapperBase.init_worker`` runs in the worker process before the model runner is built,
+and patches the runner classes there. Regions (names.Region): execute_model, forward,
+sample_tokens, sample, draft, bookkeep (Model Runner V1 and the CPU runner); execute_model,
+forward, sample_tokens, sample (Model Runner V2). On CUDA each region also gets its GPU time from
+CUDA events (recording part ``gpu_events``); on the CPU build the host clock stands alone.
+
+A region's host row is recorded the moment it ends; its GPU time follows when the events have
+completed (``RegionTimer`` in pending mode), so a killed worker loses at most the GPU times of the
+regions still on the GPU, and the manifest counts them.
 """
 
 from __future__ import annotations
 
-import functools
-import os
-
-from servescope.patches.patch import Patch, PatchSet
-from servescope.patches.vllm.active import active_recorder
+from servescope.patches.patch import Patch, arg
+from servescope.patches.switch import PARTS, active_recorder
 from servescope.patches.vllm.engine_core_hooks import step_id_of
+from servescope.run.names import Region, Table
 
 
 class WorkerState:
+    """Per-process state of the worker hooks; reset() forgets everything (a new recording)."""
+
     def __init__(self) -> None:
-        self.step_id: int | None = None
         self.rank = 0
+        self.patch_runners = None  # set by the instrumentor: applies RUNNER_PATCHES in this process
+        self.reset()
+
+    def reset(self) -> None:
+        self.step_id: int | None = None
         self.timer = None
         self.facts_written = False
         self.in_execute_model = False  # Model Runner V2 forward hooks record only inside a real step
+        self.forward_token = None
         self.nvml = None
+        self.engine_index: int | None = None
+        self.hook_handles: list = []  # torch module hook handles, removed by close()
+
+    def close(self) -> None:
+        """Resolve the GPU regions still in flight, stop the sampler, remove module hooks; then reset."""
+        if self.timer is not None:
+            try:
+                self.timer.close()
+            except Exception:
+                pass
+        if self.nvml is not None:
+            try:
+                self.nvml.stop()
+            except Exception:
+                pass
+        for handle in self.hook_handles:
+            try:
+                handle.remove()
+            except Exception:
+                pass
+        self.reset()
 
 
 WORKER = WorkerState()
@@ -35,77 +65,78 @@ def _timer(rec):
     if WORKER.timer is None:
         from servescope.record.timers import make_region_timer
 
-        WORKER.timer = make_region_timer(lambda row: rec.append("worker_regions", row), WORKER.rank)
-        if WORKER.rank == 0 and getattr(WORKER.timer, "mode", "host") == "cuda":
+        WORKER.timer = make_region_timer(
+            lambda row: rec.append(Table.WORKER_REGIONS, row), WORKER.rank, gpu_events=PARTS.gpu_events,
+            read_thread_usage=PARTS.thread, append_pending=rec.append_region, resolve=rec.resolve_region)
+        WORKER.timer.engine_index = WORKER.engine_index
+        if WORKER.rank == 0 and WORKER.timer.mode == "cuda":
             _start_nvml_sampler(rec)
     return WORKER.timer
 
 
 def _start_nvml_sampler(rec) -> None:
-    """Sample the GPUs' clocks, power, utilization and memory into gpu_samples (rank 0 only; every
-    SERVESCOPE_NVML_INTERVAL_S seconds, default 0.1; 0 turns it off)."""
-    import os
-
-    interval = float(os.environ.get("SERVESCOPE_NVML_INTERVAL_S", "0.1"))
-    if interval <= 0:
+    """Sample the GPUs' clocks, power, utilization and memory into gpu_samples (rank 0 only)."""
+    if not PARTS.nvml or WORKER.nvml is not None:
         return
     from servescope.record.nvml_sampler import NvmlSampler
 
-    WORKER.nvml = NvmlSampler(lambda row: rec.append("gpu_samples", row), interval_s=interval)
+    WORKER.nvml = NvmlSampler(lambda row: rec.append(Table.GPU_SAMPLES, row), interval_s=rec.config.nvml_interval_s)
     WORKER.nvml.start()
 
 
 def region(name: str, starts_step: bool = False):
-    """Return a patch wrapper factory that times the wrapped method as region `name`."""
+    """Return a wrapper that times the wrapped method as region `name`."""
 
-    def make_wrapper(original):
-        @functools.wraps(original)
-        def timed(self, *args, **kwargs):
-            rec = active_recorder()
-            if rec is None:
-                return original(self, *args, **kwargs)
+    def timed(wrapped, runner, args, kwargs):
+        rec = active_recorder()
+        if rec is None or not PARTS.regions:
+            return wrapped(*args, **kwargs)
+        try:
+            timer = _timer(rec)
+            if starts_step:
+                WORKER.step_id = step_id_of(arg(args, kwargs, 0, "scheduler_output"))
+                timer.harvest()
+                if not WORKER.facts_written:
+                    _write_facts(rec, runner)
+            token = timer.start(WORKER.step_id, name)
+        except Exception as exc:
+            rec.error(f"region {name}", exc)
+            return wrapped(*args, **kwargs)
+        try:
+            return wrapped(*args, **kwargs)
+        finally:
             try:
-                timer = _timer(rec)
-                if starts_step:
-                    WORKER.step_id = step_id_of(args[0] if args else kwargs.get("scheduler_output"))
-                    timer.harvest()
-                    if not WORKER.facts_written:
-                        _write_facts(rec, self)
-                token = timer.start(WORKER.step_id, name)
+                timer.end(token)
             except Exception as exc:
                 rec.error(f"region {name}", exc)
-                return original(self, *args, **kwargs)
-            try:
-                return original(self, *args, **kwargs)
-            finally:
-                try:
-                    timer.end(token)
-                except Exception as exc:
-                    rec.error(f"region {name}", exc)
 
-        return timed
-
-    return make_wrapper
+    return timed
 
 
 def _write_facts(rec, runner) -> None:
     from servescope.patches.vllm.engine_facts import write_worker_facts
 
     WORKER.facts_written = True
+    try:
+        WORKER.engine_index = runner.vllm_config.parallel_config.data_parallel_rank or 0
+    except Exception:
+        WORKER.engine_index = None
+    if WORKER.timer is not None:
+        WORKER.timer.engine_index = WORKER.engine_index
     write_worker_facts(rec.run_dir, runner, WORKER.rank)
 
 
 def _forward_pre_hook(module, args, kwargs=None):
     rec = active_recorder()
-    if rec is not None and WORKER.in_execute_model:
+    if rec is not None and PARTS.regions and WORKER.in_execute_model:
         try:
-            WORKER.forward_token = _timer(rec).start(WORKER.step_id, "forward")
+            WORKER.forward_token = _timer(rec).start(WORKER.step_id, Region.FORWARD)
         except Exception as exc:
             rec.error("forward hook", exc)
 
 
 def _forward_hook(module, args, *rest):
-    token = getattr(WORKER, "forward_token", None)
+    token = WORKER.forward_token
     if token is not None:
         WORKER.forward_token = None
         try:
@@ -114,86 +145,99 @@ def _forward_hook(module, args, *rest):
             pass
 
 
-def wrap_mrv2_execute_model(original):
-    """Model Runner V2: time execute_model; eager and piecewise forwards are timed by module hooks
-    on runner.model (installed once), full CUDA graphs by the run_fullgraph region."""
-    timed = region("execute_model", starts_step=True)(original)
+_timed_mrv2_execute_model = region(Region.EXECUTE_MODEL, starts_step=True)
 
-    @functools.wraps(original)
-    def execute_model(self, *args, **kwargs):
-        if active_recorder() is None:
-            return original(self, *args, **kwargs)
-        model = getattr(self, "model", None)
-        if model is not None and not getattr(model, "_servescope_hooks", False):
-            try:
-                model.register_forward_pre_hook(_forward_pre_hook)
-                model.register_forward_hook(_forward_hook)
-                model._servescope_hooks = True
-            except Exception:
-                pass
-        WORKER.in_execute_model = True
+
+def wrap_mrv2_execute_model(wrapped, runner, args, kwargs):
+    """Model Runner V2: time execute_model; eager and piecewise forwards are timed by module hooks on
+    runner.model (installed once, removed by uninstrument), full CUDA graphs by the run_fullgraph region."""
+    if active_recorder() is None or not PARTS.regions:
+        return wrapped(*args, **kwargs)
+    model = getattr(runner, "model", None)
+    if model is not None and not getattr(model, "_servescope_hooks", False):
         try:
-            return timed(self, *args, **kwargs)
-        finally:
-            WORKER.in_execute_model = False
+            WORKER.hook_handles.append(model.register_forward_pre_hook(_forward_pre_hook))
+            WORKER.hook_handles.append(model.register_forward_hook(_forward_hook))
+            model._servescope_hooks = True
+            WORKER.hook_handles.append(_AttributeRemover(model, "_servescope_hooks"))
+        except Exception:
+            pass
+    WORKER.in_execute_model = True
+    try:
+        return _timed_mrv2_execute_model(wrapped, runner, args, kwargs)
+    finally:
+        WORKER.in_execute_model = False
 
-    return execute_model
+
+class _AttributeRemover:
+    """A hook handle that deletes a marker attribute (so a later instrument installs the hooks again)."""
+
+    def __init__(self, obj, attr: str) -> None:
+        self.obj, self.attr = obj, attr
+
+    def remove(self) -> None:
+        try:
+            delattr(self.obj, self.attr)
+        except AttributeError:
+            pass
 
 
-GPU_STAMPS_ENV = "SERVESCOPE_GPU_STAMPS"  # 1: globaltimer stamps, also inside captured CUDA graphs
-
-
-def wrap_mrv2_load_model(original):
-    """With SERVESCOPE_GPU_STAMPS=1 on CUDA, build the GPU timer right after the model loads, before
-    vLLM captures its CUDA graphs, and hook the model's forward with globaltimer stamps: captured
-    into every graph, they give the forward's GPU start and end on the host clock even inside FULL
-    graphs (rows of region ``forward_gpu``), and every timed region gets GPU start / end too."""
-
-    @functools.wraps(original)
-    def load_model(self, *args, **kwargs):
-        out = original(self, *args, **kwargs)
-        rec = active_recorder()
-        if rec is not None and os.environ.get(GPU_STAMPS_ENV) == "1":
-            try:
-                _install_forward_stamps(rec, self.model)
-            except Exception as exc:
-                rec.error("GPUModelRunner.load_model", exc)
-        return out
-
-    return load_model
+def wrap_mrv2_load_model(wrapped, runner, args, kwargs):
+    """With the gpu_stamps part on CUDA, build the GPU timer right after the model loads, before vLLM
+    captures its CUDA graphs, and hook the model's forward with globaltimer stamps: captured into every
+    graph, they give the forward's GPU start and end on the host clock even inside FULL graphs (rows of
+    region forward_gpu), and every timed region gets GPU start / end too."""
+    out = wrapped(*args, **kwargs)
+    rec = active_recorder()
+    if rec is not None and PARTS.regions and PARTS.gpu_stamps:
+        try:
+            _install_forward_stamps(rec, runner.model)
+        except Exception as exc:
+            rec.error("GPUModelRunner.load_model", exc)
+    return out
 
 
 def _install_forward_stamps(rec, model) -> None:
     import torch
 
-    from servescope.record.region_timer import RegionTimer
+    from servescope.record.timers import make_region_timer
 
     if not torch.cuda.is_available() or WORKER.timer is not None:
         return
-    timer = RegionTimer(lambda row: rec.append("worker_regions", row), rank=WORKER.rank, mode="cuda",
-                        use_globaltimer=True, forward_stamps=True)
+    timer = make_region_timer(lambda row: rec.append(Table.WORKER_REGIONS, row), WORKER.rank, gpu_events=True,
+                              read_thread_usage=PARTS.thread, gpu_stamps=True, append_pending=rec.append_region,
+                              resolve=rec.resolve_region)
     WORKER.timer = timer
     if WORKER.rank == 0:
         _start_nvml_sampler(rec)
-    model.register_forward_pre_hook(lambda module, args: timer.forward_begin())
-    model.register_forward_hook(lambda module, args, output: timer.forward_end())
+
+    def stamp_begin(module, args):
+        if active_recorder() is not None:
+            timer.forward_begin()
+
+    def stamp_end(module, args, output):
+        if active_recorder() is not None:
+            timer.forward_end()
+
+    WORKER.hook_handles.append(model.register_forward_pre_hook(stamp_begin))
+    WORKER.hook_handles.append(model.register_forward_hook(stamp_end))
 
 
 MRV1 = "vllm.v1.worker.gpu_model_runner"
 MRV2 = "vllm.v1.worker.gpu.model_runner"
 RUNNER_PATCHES = (
-    Patch(MRV1, "GPUModelRunner.execute_model", region("execute_model", starts_step=True)),
-    Patch(MRV1, "GPUModelRunner._model_forward", region("forward")),
-    Patch(MRV1, "GPUModelRunner.sample_tokens", region("sample_tokens")),
-    Patch(MRV1, "GPUModelRunner._sample", region("sample")),
-    Patch(MRV1, "GPUModelRunner.propose_draft_token_ids", region("draft")),
-    Patch(MRV1, "GPUModelRunner._bookkeeping_sync", region("bookkeep")),
-    Patch(MRV2, "GPUModelRunner.execute_model", wrap_mrv2_execute_model, optional=True),
-    Patch(MRV2, "GPUModelRunner.load_model", wrap_mrv2_load_model, optional=True),
-    Patch("vllm.v1.worker.gpu.cudagraph_utils", "ModelCudaGraphManager.run_fullgraph", region("forward"),
-          optional=True),
-    Patch(MRV2, "GPUModelRunner.sample_tokens", region("sample_tokens"), optional=True),
-    Patch(MRV2, "GPUModelRunner.sample", region("sample"), optional=True),
+    Patch(MRV1, "GPUModelRunner.execute_model", region(Region.EXECUTE_MODEL, starts_step=True), part="regions"),
+    Patch(MRV1, "GPUModelRunner._model_forward", region(Region.FORWARD), part="regions"),
+    Patch(MRV1, "GPUModelRunner.sample_tokens", region(Region.SAMPLE_TOKENS), part="regions"),
+    Patch(MRV1, "GPUModelRunner._sample", region(Region.SAMPLE), part="regions"),
+    Patch(MRV1, "GPUModelRunner.propose_draft_token_ids", region(Region.DRAFT), part="regions"),
+    Patch(MRV1, "GPUModelRunner._bookkeeping_sync", region(Region.BOOKKEEP), part="regions"),
+    Patch(MRV2, "GPUModelRunner.execute_model", wrap_mrv2_execute_model, optional=True, part="regions"),
+    Patch(MRV2, "GPUModelRunner.load_model", wrap_mrv2_load_model, optional=True, part="gpu_stamps"),
+    Patch("vllm.v1.worker.gpu.cudagraph_utils", "ModelCudaGraphManager.run_fullgraph", region(Region.FORWARD),
+          optional=True, part="regions"),
+    Patch(MRV2, "GPUModelRunner.sample_tokens", region(Region.SAMPLE_TOKENS), optional=True, part="regions"),
+    Patch(MRV2, "GPUModelRunner.sample", region(Region.SAMPLE), optional=True, part="regions"),
 )
 
 
@@ -211,30 +255,21 @@ def in_worker_process() -> bool:
     return True
 
 
-def patch_runners(patch_set: PatchSet) -> None:
-    """Apply the model-runner patches in this (worker) process."""
-    for p in RUNNER_PATCHES:
-        patch_set.apply(p)
-
-
-def wrap_init_worker(original):
-    @functools.wraps(original)
-    def init_worker(self, all_kwargs, *args, **kwargs):
-        rec = active_recorder()
-        if rec is not None:
-            try:
-                from servescope.patches.vllm.instrumentor import current_patch_set
-
-                kw = all_kwargs[getattr(self, "rpc_rank", 0)] if all_kwargs else {}
-                WORKER.rank = int(kw.get("rank", 0) or 0)
-                patch_set = current_patch_set()
-                if patch_set is not None:
-                    patch_runners(patch_set)
-            except Exception as exc:
-                rec.error("WorkerWrapperBase.init_worker", exc)
-        return original(self, all_kwargs, *args, **kwargs)
-
-    return init_worker
+def wrap_init_worker(wrapped, worker_wrapper, args, kwargs):
+    """Patch the model runners in the worker process, before vLLM builds one."""
+    rec = active_recorder()
+    if rec is not None:
+        try:
+            all_kwargs = arg(args, kwargs, 0, "all_kwargs")
+            kw = all_kwargs[getattr(worker_wrapper, "rpc_rank", 0)] if all_kwargs else {}
+            WORKER.rank = int(kw.get("rank", 0) or 0)
+            if WORKER.patch_runners is not None:
+                WORKER.patch_runners()
+        except Exception as exc:
+            rec.error("WorkerWrapperBase.init_worker", exc)
+    return wrapped(*args, **kwargs)
 
 
 PATCHES = (Patch("vllm.v1.worker.worker_base", "WorkerWrapperBase.init_worker", wrap_init_worker),)
+
+

@@ -89,7 +89,6 @@ def _profiled_batch(engine, prompts, params, run_dir) -> dict:
     from torch.autograd import DeviceType
 
     from servescope.patches.vllm.engine_core_hooks import STATE
-    from servescope.record.recorder import get_recorder
     from servescope.run.directory import read_table
 
     first_step = STATE.next_step_id
@@ -104,7 +103,6 @@ def _profiled_batch(engine, prompts, params, run_dir) -> dict:
 
     if WORKER.timer is not None:
         WORKER.timer.harvest()
-    get_recorder().flush()
     regions = read_table(run_dir, "worker_regions").to_pylist()
     in_window = [r for r in regions if r["step_id"] is not None and first_step <= r["step_id"] <= last_step]
     by_region: dict[str, list[int]] = {}
@@ -139,10 +137,10 @@ def main(argv=None) -> None:
     arms = args.arms.split(",")
     if "on" in arms:
         import servescope
-        from servescope.patches.vllm.active import set_enabled
 
         servescope.instrument(args.run_dir)
-        set_enabled(arms[0] == "on")
+        if arms[0] != "on":
+            servescope.pause()
     from vllm import SamplingParams
     from vllm.engine.arg_utils import AsyncEngineArgs, EngineArgs
 
@@ -158,11 +156,11 @@ def main(argv=None) -> None:
             _offline_arm(engine, _prompts(args.num_requests, args.prompt_len, vocab, 1000 + w), params)
         for i, arm in enumerate(arms):
             if "on" in arms:
-                set_enabled(arm == "on")
+                servescope.resume() if arm == "on" else servescope.pause()
             r = _offline_arm(engine, _prompts(args.num_requests, args.prompt_len, vocab, args.seed + i), params)
             results.append({"arm": arm, **r})
         if "on" in arms:
-            set_enabled(True)
+            servescope.resume()
         if args.profile_requests and "on" in arms:
             profiled = _profiled_batch(engine, _prompts(args.profile_requests, args.prompt_len, vocab, 77), params,
                                        args.run_dir)

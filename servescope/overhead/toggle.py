@@ -81,7 +81,7 @@ def run_overhead(model: str, *, engine_args: dict, load: str = "offline", method
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     arms = ["off", "on"] * repeats
-    base = [sys.executable, "-m", "servescope.overhead.worker", "--model", model, "--engine-args",
+    base = [sys.executable, "-m", "servescope.overhead.toggle_worker", "--model", model, "--engine-args",
             json.dumps(engine_args), "--load", load, "--num-requests", str(num_requests), "--prompt-len",
             str(prompt_len), "--output-len", str(output_len), "--rate", str(rate)]
     child_env = dict(os.environ if env is None else env)

@@ -4,7 +4,7 @@
 # with p1 (60 MB) under the device tool's 64 MiB per call. Then, on one machine, back to back:
 #   call 1, carry .gpu-stage/q1:  mkdir -p /tmp/stage && cp .gpu-stage/q1/* /tmp/stage/
 #   call 2, carry .gpu-stage/q2:  cp .gpu-stage/q2/* /tmp/stage/
-#   call 3, carry .gpu-stage/q3:  cp .gpu-stage/q3/* /tmp/stage/ && bash benchmarks/h100_restage.sh --join
+#   call 3, carry .gpu-stage/q3:  cp .gpu-stage/q3/* /tmp/stage/ && bash benchmarks/gpu_restage.sh --join
 #   then the jobs, carrying .gpu-stage/p3 (bash benchmarks/h100_spec_study.sh ...).
 set -euo pipefail
 if [ "${1:-}" = "--join" ]; then  # on the GPU machine: rebuild the two parts setup-on-gpu.sh expects

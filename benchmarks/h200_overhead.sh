@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# What tracing costs a user on the GPU machine (docs/overhead.md), one device command per step.
+# First stage vLLM 0.26.0 (../shared/gpu/README.md, or benchmarks/gpu_restage.sh when the working tree is
+# too large to travel with its first part); then, on the same machine, back to back:
+#
+#   carry .gpu-stage/p3:  bash benchmarks/h200_overhead.sh setup       # vLLM + wheels + servescope into /tmp/site
+#   bash benchmarks/h200_overhead.sh offline     # 4 + 4 fresh-process arms, 256 x (512, 128), 6 batches after 1 warm-up
+#   bash benchmarks/h200_overhead.sh served      # 4 + 4 arms, 500 requests at 40/s (Poisson) after 64 warm-up requests
+#   bash benchmarks/h200_overhead.sh breakdown   # self-timing of every hook at batch 256 and 16 (one traced run each)
+#
+# Each writes its raw JSON under $OUT (the device tool brings it back): commit it under benchmarks/results/.
+# SERVESCOPE_COMMIT names the commit in the results when the tree on the machine is no git checkout.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH=/tmp/site:$PWD VLLM_USE_FLASHINFER_SAMPLER=0 HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+MODELS=/tmp/models
+MODEL=$MODELS/llama3-8b
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+OFFLINE_SHAPE=(--num-requests 256 --prompt-len 512 --output-len 128)
+ENGINE_ARGS='{"max_model_len": 2048}'
+
+case "${1:-}" in
+  setup)
+    bash .gpu-stage/p3/setup-on-gpu.sh
+    python3 -m pip install -q --no-deps --no-build-isolation --no-index --upgrade --target /tmp/site .
+    mkdir -p "$MODELS" && cp -r .gpu-stage/p3/models/* "$MODELS"/
+    python3 -c "import vllm, servescope, torch; print('vllm', vllm.__version__, 'torch', torch.__version__, torch.cuda.get_device_name(0))"
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
+    ;;
+  offline)
+    python3 -m servescope overhead --model "$MODEL" --out /tmp/oh-offline --summary-to "$OUT/h200-overhead-offline.json" \
+      --load offline --arms "${ARMS:-4}" "${OFFLINE_SHAPE[@]}" --batches 6 --warmup-batches 1 --engine-args "$ENGINE_ARGS"
+    ;;
+  served)
+    python3 -m servescope overhead --model "$MODEL" --out /tmp/oh-served --summary-to "$OUT/h200-overhead-served.json" \
+      --load served --arms "${ARMS:-4}" --num-requests 500 --rate "${RATE:-40}" --warmup-requests 64 \
+      --prompt-len 512 --output-len 128 --engine-args "$ENGINE_ARGS"
+    ;;
+  breakdown)
+    script=servescope/overhead/user_scripts/offline.py
+    for n in 256 16; do
+      rm -rf "/tmp/st$n"
+      python3 -m servescope run --out "/tmp/st$n" --no-export --self-timing -- \
+        python3 "$script" "$MODEL" "/tmp/st$n.json" --num-requests "$n" --prompt-len 512 --output-len 128 \
+        --batches 3 --warmup-batches 1 --engine-args "$ENGINE_ARGS" > "/tmp/st$n.log" 2>&1 || { tail -50 "/tmp/st$n.log"; exit 1; }
+    done
+    python3 benchmarks/hook_breakdown.py /tmp/st256 /tmp/st16 --labels batch256,batch16 --out "$OUT/h200-hook-breakdown.json" \
+      --command "bash benchmarks/h200_overhead.sh breakdown"
+    ;;
+  *)
+    echo "usage: bash benchmarks/h200_overhead.sh setup|offline|served|breakdown" >&2
+    exit 2
+    ;;
+esac

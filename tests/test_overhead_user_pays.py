@@ -1,0 +1,80 @@
+"""`servescope overhead`'s arms: the untraced arm runs vLLM with no servescope code in any process (checked by
+an import sentinel, which itself is checked here), the traced arm records exactly what its script generated."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from servescope.overhead.user_pays import (UserPaysSpec, arm_environment, compare_arms, run_arm,
+                                           servescope_imports)
+
+
+def _python(code: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_the_sentinel_sees_every_process_that_imports_servescope(tmp_path):
+    sentinel = tmp_path / "sentinel"
+    sentinel.mkdir()
+    env = arm_environment("off", sentinel)
+    assert _python("import json, email.parser", env).returncode == 0
+    assert servescope_imports(sentinel) == {}
+    script = tmp_path / "spawns.py"
+    script.write_text(textwrap.dedent("""
+        import multiprocessing as mp
+        def child():
+            import servescope.run.names
+        if __name__ == "__main__":
+            p = mp.get_context("spawn").Process(target=child)
+            p.start(); p.join()
+            assert p.exitcode == 0
+    """))
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    imports = servescope_imports(sentinel)
+    assert len(imports) == 1 and "servescope.run.names" in next(iter(imports.values()))
+
+
+def test_the_sentinel_hands_over_to_an_existing_sitecustomize(tmp_path):
+    sentinel, other = tmp_path / "sentinel", tmp_path / "other"
+    sentinel.mkdir()
+    other.mkdir()
+    (other / "sitecustomize.py").write_text("import os\nos.environ['OTHER_SITECUSTOMIZE_RAN'] = '1'\n")
+    env = arm_environment("off", sentinel, base={"PYTHONPATH": str(other), "PATH": "/usr/bin:/bin"})
+    proc = _python("import os; print(os.environ.get('OTHER_SITECUSTOMIZE_RAN'))", env)
+    assert proc.stdout.strip() == "1", proc.stderr
+
+
+def test_the_untraced_arm_does_not_load_the_servescope_plugin(tmp_path):
+    pytest.importorskip("vllm")
+    env = arm_environment("off", tmp_path)
+    proc = _python("import vllm.plugins as p; print(sorted(p.load_plugins_by_group('vllm.general_plugins')))", env)
+    assert proc.returncode == 0, proc.stderr
+    assert "servescope" not in proc.stdout
+    on = arm_environment("on", tmp_path)
+    proc = _python("import vllm.plugins as p; print(sorted(p.load_plugins_by_group('vllm.general_plugins')))", on)
+    assert "servescope" in proc.stdout
+
+
+@pytest.mark.engine
+def test_one_untraced_and_one_traced_arm_on_the_cpu_engine(tmp_path, tiny_model_dir):
+    spec = UserPaysSpec(model=str(tiny_model_dir), arms=2, num_requests=6, prompt_len=32, output_len=8, batches=2,
+                        warmup_batches=1, engine_args={"max_model_len": 256})
+    from engine_fixtures import engine_env
+
+    env = engine_env()
+    off = run_arm(spec, "off", 0, tmp_path, env)
+    on = run_arm(spec, "on", 1, tmp_path, env)
+    assert off["processes_that_imported_servescope"] == 0
+    assert on["processes_that_imported_servescope"] >= 3  # servescope run, the script's process, its EngineCore
+    assert on["recording"]["complete"] and on["recording"]["tokens_recorded"] == 3 * 6 * 8
+    for arm in (off, on):
+        assert arm["output_tokens"] == 2 * 6 * 8 and len(arm["batches"]) == 2
+        assert arm["output_tokens_per_s"] > 0 and 0 < arm["ttft_p50_s"] <= arm["e2e_p99_s"]
+    comparison = compare_arms([off, dict(off, index=2), on, dict(on, index=3)], goal=0.01)
+    assert set(comparison["changes"]) >= {"output_tokens_per_s", "tbt_per_chunk_p50_s"}
+    json.dumps(comparison)
