@@ -86,8 +86,8 @@ CLIENT_CONVENTIONS = {
     "tbt_per_chunk": "one gap per token-carrying chunk after the first, as received (what vllm bench serve "
                      "reports as ITL); summary over all chunks of the requests that ended 'ok'",
     "preempted_s": "null: preemptions are scheduler events inside the engine",
-    "throughput": "duration_s = first send to the last token or end of a request that ended 'ok'; "
-                  "output_tokens and requests_per_s count requests that ended 'ok'",
+    "throughput": "over the requests that ended 'ok': duration_s = first send to the last token or end; "
+                  "output_tokens_per_s = their output tokens / duration_s; requests_per_s = their count / duration_s",
     "client_status": "requests that did not end 'ok' (error, timeout, cancelled) are listed in requests[] with "
                      "status and error and left out of every summary, fluidity aggregate and throughput; "
                      "run.client_status counts each status, run.excluded_requests the requests left out",
@@ -182,12 +182,12 @@ def conventions(view: RequestView) -> dict[str, str]:
 def run_info(run: RunData, view: RequestView) -> dict:
     """Return the run's size, start (ns, monotonic), duration (s), throughput (per s) and observers.
 
-    Only counted requests (all the engine's; the client's that ended 'ok') make the duration's
-    end, the output tokens and the finished requests.
+    Only counted requests (all the engine's; the client's that ended 'ok') make the duration,
+    the output tokens and the finished requests.
     """
     metrics, counted = view.metrics, view.counted
     arrivals = metrics.arrival_ns[metrics.arrival_ns != MISSING_NS]
-    duration = run_duration_s(metrics.arrival_ns, metrics.last_token_ns[counted], metrics.finished_ns[counted])
+    duration = run_duration_s(metrics.arrival_ns[counted], metrics.last_token_ns[counted], metrics.finished_ns[counted])
     duration = duration if duration > 0 else None  # NaN: nothing recorded
     finished = int(((metrics.finished_ns != MISSING_NS) & counted).sum())
     output_tokens = int(metrics.output_tokens[counted].sum())

@@ -28,9 +28,13 @@ def register(app: typer.Typer) -> None:
         base: Optional[List[Path]] = typer.Option(None, "--base", help="Baseline run (repeatable: repeats)."),
         treat: Optional[List[Path]] = typer.Option(None, "--treat", help="Treatment run (repeatable: repeats)."),
         as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
+        observer: Optional[str] = typer.Option(
+            None, "--observer", help="engine | client: whose record to compare (default: the engine's where every "
+            "run has one, else the client's, e.g. two client-only runs of servescope bench --endpoint)."),
     ) -> None:
         """Split the difference between two runs (or sets of repeats) into scheduling, prefill, decode,
-        GPU time, CPU overhead and idle, with confidence intervals and configuration differences."""
+        GPU time, CPU overhead and idle, with confidence intervals and configuration differences
+        (client-only runs: what the client sees, with the same intervals)."""
         from servescope.analysis.compare import compare_run_dirs
         from servescope.run.directory import RunDirError
 
@@ -42,8 +46,8 @@ def register(app: typer.Typer) -> None:
         if not base_dirs or not treat_dirs:
             raise typer.BadParameter("need a baseline and a treatment run")
         try:
-            result = compare_run_dirs([str(d) for d in base_dirs], [str(d) for d in treat_dirs])
-        except RunDirError as exc:
+            result = compare_run_dirs([str(d) for d in base_dirs], [str(d) for d in treat_dirs], observer=observer)
+        except (RunDirError, ValueError) as exc:
             typer.secho(f"servescope: {exc}", fg="red", err=True)
             raise typer.Exit(2)
         if as_json:

@@ -53,8 +53,11 @@ def analyze(
                                                  help="Fluidity's TTFT deadline = predicted prefill (servescope "
                                                       "calibrate-prefill) + --ttft-slack."),
     ttft_slack: float = typer.Option(0.0, "--ttft-slack", help="Slack added to the predicted prefill, seconds."),
+    observer: Optional[str] = typer.Option(None, "--observer",
+                                           help="engine | client: whose record to analyse (default: the engine's "
+                                                "when recorded, else the client's)."),
 ) -> None:
-    """Print the run's per-request metrics and their distributions."""
+    """Print the run's per-request metrics and their distributions (a client-only run: as the client saw them)."""
     from servescope.analysis.summary import analyze_run, summary_text
     from servescope.run.directory import RunDirError
 
@@ -65,7 +68,7 @@ def analyze(
 
             model = load_prefill_model(prefill_model)
         result = analyze_run(run_dir, tbt_slo_s=tbt_slo, ttft_slo_s=ttft_slo, include_requests=as_json,
-                             prefill_model=model, ttft_slack_s=ttft_slack)
+                             prefill_model=model, ttft_slack_s=ttft_slack, observer=observer)
     except (RunDirError, ValueError) as exc:
         _fail(str(exc))
     if as_json:

@@ -34,6 +34,7 @@ CAUSE_COLORS = {
     "prefill_interference": "#CC3311",
     "rejected_draft": "#0077BB",
     "long_forward": "#888888",
+    "unattributed": "#BBBBBB",
 }
 PHASE_COLORS = {"schedule": "#4477AA", "launch": "#66CCEE", "wait": "#CCCCCC", "update": "#228833"}
 REGION_COLORS = ("#882255", "#CC6677", "#DDCC77", "#AA4499", "#999933", "#44AA99", "#EE8866")
