@@ -30,7 +30,7 @@ from typing import Callable, List, Optional
 
 import typer
 
-from servescope.bench.load.client import DEFAULT_REQUEST_TIMEOUT_S, EndpointError
+from servescope.bench.load.client import API_VLLM, APIS, DEFAULT_REQUEST_TIMEOUT_S, EndpointError
 from servescope.bench.workloads.workload import WorkloadError
 from servescope.run.directory import RunDirError, ensure_run_id, read_json, write_json
 
@@ -66,12 +66,17 @@ class BenchSpec:
     server_env: tuple[tuple[str, str], ...] = ()
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
     extra: dict = field(default_factory=dict, compare=False)  # merged into bench.json (sweep point, probe)
+    api: str = API_VLLM  # what the client sends: vLLM's fields, or 'openai' (standard fields, text prompts)
+    extra_body: str = ""  # a JSON object merged into every request body (server-specific fields)
 
     def load_key(self) -> str:
         """Return a hash of what determines the load sent and the target (not the rate), to reuse cached runs."""
         facts = asdict(self)
         facts.pop("extra")
         facts.pop("rate_per_s")
+        for name, default in (("api", API_VLLM), ("extra_body", "")):  # at their defaults: the keys of before
+            if facts[name] == default:
+                facts.pop(name)
         return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -150,6 +155,24 @@ def _validate(spec: BenchSpec) -> None:
         raise BenchError("give --rate or --concurrency, not both")
     if spec.request_timeout_s <= 0:
         raise BenchError("--timeout must be > 0 s")
+    if spec.api not in APIS:
+        raise BenchError(f"--api is one of {', '.join(APIS)}, not {spec.api!r}")
+    if spec.in_process and (spec.api != API_VLLM or spec.extra_body):
+        raise BenchError("--api and --extra-body shape HTTP requests: not with --in-process")
+    _extra_body(spec)
+
+
+def _extra_body(spec: BenchSpec) -> dict | None:
+    """Return --extra-body as a dict (None when not given); raise BenchError naming the option when it is not a JSON object."""
+    if not spec.extra_body:
+        return None
+    try:
+        body = json.loads(spec.extra_body)
+    except json.JSONDecodeError as exc:
+        raise BenchError(f"--extra-body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BenchError("--extra-body must be a JSON object, e.g. '{\"temperature\": 0}'")
+    return body
 
 
 def run_bench(spec: BenchSpec, out: str | Path, *, progress: bool | None = None,
@@ -251,7 +274,8 @@ def _drive(spec: BenchSpec, plan, out: Path, served: dict | None, stats, facts: 
         facts["model"] = spec.model or served["id"]
         with live_progress(stats, enabled=progress):
             results = asyncio.run(drive_http(facts["endpoint"], plan, out, model=facts["model"],
-                                             request_timeout_s=spec.request_timeout_s, stats=stats))
+                                             request_timeout_s=spec.request_timeout_s, stats=stats,
+                                             api=spec.api, extra_body=_extra_body(spec)))
         if server is not None:  # vLLM's shutdown may kill its engine processes: let them write the run first
             wait_for_engine_records(out, {f"cmpl-{r.client_request_id}-0" for r in results if r.status == "ok"})
             time.sleep(1.5 * DEFAULT_FLUSH_INTERVAL_S)  # worker rows: each process writes every interval
@@ -587,11 +611,17 @@ def bench(
     seed: int = typer.Option(0, "--seed", help="Seed of lengths (presets), arrivals and prompt ids."),
     timeout: float = typer.Option(DEFAULT_REQUEST_TIMEOUT_S, "--timeout", help="Time limit of one request, seconds."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Live progress (default: on a terminal)."),
+    api: str = typer.Option(API_VLLM, "--api", help="vllm: token-id prompts with vLLM's ignore_eos and "
+                            "return_token_ids; openai: the standard fields only, prompts as text (other servers)."),
+    extra_body: str = typer.Option("", "--extra-body", help="JSON object merged into every request body "
+                                   "(server-specific fields)."),
 ) -> None:
-    """Send a workload to a vLLM server (or in-process engine) and record client and engine into one run."""
+    """Send a workload to an OpenAI-compatible server (or an in-process vLLM engine) and record client and
+    engine into one run (client only against a server servescope does not trace)."""
     spec = BenchSpec(workload, count, seed, rate, cv, concurrency, duration, time_scale, max_prompt_tokens,
                      max_output_tokens, vocab_size, endpoint, model, None if server_run is None else str(server_run),
-                     _engine_args(engine_args), in_process, spelling, _env_pairs(server_env), timeout)
+                     _engine_args(engine_args), in_process, spelling, _env_pairs(server_env), timeout,
+                     api=api, extra_body=extra_body)
     try:
         facts = run_bench(spec, out, progress=progress, echo=_echo)
     except (BenchError, WorkloadError, EndpointError, RunDirError, ValueError) as exc:

@@ -2,7 +2,12 @@
 
 One coroutine per request: ``StreamingClient.complete(request)`` POSTs ``/v1/completions``
 with the prompt as token ids, ``"stream": true``, ``"ignore_eos": true`` and
-``"return_token_ids": true``, and reads the server-sent events as they arrive. It records,
+``"return_token_ids": true``, and reads the server-sent events as they arrive. With
+``api="openai"`` (any other OpenAI-compatible server, e.g. ``transformers serve``) it sends only
+the standard fields: the prompt as text (the synthetic vocabulary's words of the ids, which the
+tokenizer of ``servescope model init`` encodes back to exactly those ids), ``max_tokens``,
+``stream`` and ``stream_options``; tokens are then counted one per non-empty text event and checked
+against the server's usage count. Server-specific fields go into ``extra_body``. It records,
 on the host's CLOCK_MONOTONIC (``time.monotonic_ns()``, the engine's clock too):
 
 * ``client_chunks``: one row per event that carried output tokens (arrival time, tokens in it);
@@ -36,8 +41,12 @@ from servescope.analysis.client_vs_engine import (  # noqa: F401
     client_vs_engine_text,
     engine_request_ids,
 )
+from servescope.bench.workloads.synthetic_tokenizer import ids_to_text
 from servescope.record.recorder import Recorder
 
+API_VLLM = "vllm"  # token-id prompts, ignore_eos, return_token_ids: vLLM's extensions of the API
+API_OPENAI = "openai"  # the standard Completions fields only, the prompt as text
+APIS = (API_VLLM, API_OPENAI)
 COMPLETIONS_PATH = "/v1/completions"
 MODELS_PATH = "/v1/models"
 DEFAULT_REQUEST_TIMEOUT_S = 600.0
@@ -135,7 +144,11 @@ class StreamingClient:
     """Streams completions from one server, one coroutine per request, recording every chunk and request."""
 
     def __init__(self, base_url: str, model: str, *, recorder: Recorder | None = None,
-                 request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S, extra_body: dict | None = None):
+                 request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S, extra_body: dict | None = None,
+                 api: str = API_VLLM):
+        if api not in APIS:
+            raise ValueError(f"api is one of {', '.join(APIS)}, not {api!r}")
+        self.api = api
         self.base_url = base_url_of(base_url)
         self.url = self.base_url + COMPLETIONS_PATH
         self.model = model
@@ -156,7 +169,11 @@ class StreamingClient:
             self._session = None
 
     def payload(self, request: CompletionRequest) -> dict:
-        """Return the JSON body of one streamed, token-id completion request."""
+        """Return the JSON body of one streamed completion request (token ids and vLLM's fields, or api 'openai')."""
+        if self.api == API_OPENAI:
+            prompt = request.prompt_text if request.prompt_text is not None else ids_to_text(request.prompt_token_ids)
+            return {"model": self.model, "prompt": prompt, "max_tokens": request.max_tokens, "stream": True,
+                    "stream_options": {"include_usage": True}, **self.extra_body}
         return {
             "model": self.model,
             "prompt": request.prompt_token_ids if request.prompt_text is None else request.prompt_text,

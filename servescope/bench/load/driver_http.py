@@ -29,6 +29,7 @@ import numpy as np
 
 from servescope.bench.load.arrivals import gamma_arrivals
 from servescope.bench.load.client import (
+    API_VLLM,
     DEFAULT_REQUEST_TIMEOUT_S,
     CompletionRequest,
     RequestResult,
@@ -181,11 +182,15 @@ async def _run_load(plan: LoadPlan, send: Send, stats: LiveStats | None) -> list
 
 async def drive_http(endpoint: str, plan: LoadPlan, run_dir: str | os.PathLike, *, model: str | None = None,
                      request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S, stats: LiveStats | None = None,
-                     ) -> list[RequestResult]:
-    """Run the plan against an OpenAI-compatible endpoint, recording the client tables into run_dir."""
+                     api: str = API_VLLM, extra_body: dict | None = None) -> list[RequestResult]:
+    """Run the plan against an OpenAI-compatible endpoint, recording the client tables into run_dir.
+
+    api and extra_body: what the client sends (StreamingClient: vLLM's fields, or the standard ones only).
+    """
     base_url = base_url_of(endpoint)
     if model is None:
         model = (await served_model(base_url))["id"]  # raises EndpointError naming the URL
     recorder = open_recorder(Path(run_dir).absolute())
-    async with StreamingClient(base_url, model, recorder=recorder, request_timeout_s=request_timeout_s) as client:
+    async with StreamingClient(base_url, model, recorder=recorder, request_timeout_s=request_timeout_s,
+                               api=api, extra_body=extra_body) as client:
         return await run_load(plan, client.complete, stats)
