@@ -176,3 +176,20 @@ def check_client_only_analysis(result: dict, raw: dict[str, ClientRequest], tbt_
     fluid = [fluidity_ttft_ignored(r.token_gaps_s(), tbt_slo_s) for r in ok]
     assert math.isclose(result["fluidity"]["service_miss_rate"],
                         sum(m for m, _ in fluid) / sum(d for _, d in fluid), rel_tol=1e-12)
+
+
+def read_engine_ttft(run_dir: Path) -> dict[str, dict]:
+    """Return, per external id (the front end's arrival detail), the engine's arrival and first emission (ns) from the Parquet parts."""
+    arrival, detail_of = {}, {}
+    for part in sorted((Path(run_dir) / "tables" / "request_events").glob("*.parquet")):
+        for row in pq.read_table(part).to_pylist():
+            if row["event"] == "arrival" and row["detail"] is not None:
+                arrival[row["request_id"]] = row["time_ns"]
+                detail_of[row["request_id"]] = row["detail"]
+    first = {}
+    for part in sorted((Path(run_dir) / "tables" / "token_emissions").glob("*.parquet")):
+        for row in pq.read_table(part).to_pylist():
+            if row["num_tokens"] and row["time_ns"] is not None:
+                first[row["request_id"]] = min(first.get(row["request_id"], row["time_ns"]), row["time_ns"])
+    return {detail_of[rid]: {"engine_id": rid, "arrival_ns": arrival[rid], "first_token_ns": first[rid]}
+            for rid in arrival if rid in first}

@@ -20,6 +20,7 @@ servescope's own analysis.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import shutil
@@ -53,15 +54,6 @@ VLLM_ARGS = ["--load-format", "dummy", "--max-model-len", "1024"]
 HF_REVISION = "0" * 40
 # transformers serve: no BOS (1) or EOS (2) generated, greedy; max_tokens comes from the request.
 TRANSFORMERS_BODY = json.dumps({"generation_config": json.dumps({"suppress_tokens": [1, 2], "do_sample": False})})
-FAILING_REQUEST = """
-import asyncio, json, sys
-from servescope.bench.load.driver_http import LoadPlan, drive_http
-from servescope.record.recorder import close_recorder
-url, run_dir, prompt, max_tokens, limit_s, prefix = sys.argv[1:]
-plan = LoadPlan([json.loads(prompt)], [int(max_tokens)], concurrency=1, id_prefix=prefix)
-asyncio.run(drive_http(url, plan, run_dir, request_timeout_s=float(limit_s)))
-close_recorder()
-"""
 
 
 def start(argv: list[str], log: Path, env: dict[str, str], port: int, timeout_s: float = 600):
@@ -88,7 +80,9 @@ def bench(url: str, trace: Path, out: Path, *args) -> None:
 @pytest.fixture(scope="module")
 def vllm_runs(tmp_path_factory, tiny_model_dir):
     """Two client-only runs of an untraced vLLM server (concurrency 4 with two failures; concurrency 1)."""
+    from servescope.bench.load.driver_http import LoadPlan, drive_http
     from servescope.bench.load.server import free_port
+    from servescope.record.recorder import close_recorder
 
     root = tmp_path_factory.mktemp("vllm-untraced")
     port = free_port()
@@ -97,14 +91,12 @@ def vllm_runs(tmp_path_factory, tiny_model_dir):
     try:
         trace = write_trace(root / "mixed.csv", LENGTHS)
         busy, alone = root / "concurrency-4", root / "concurrency-1"
-        # Two requests that fail for real, into the first run before its workload: an error, then a timeout.
-        # Each from a process of its own: a second recorder of one process in one run directory would
-        # write parts of the same names as the first (see the report of this change).
+        # Two requests that fail for real, into the first run before its workload: an error, then a timeout
+        # (three recorders of this process write into the one run directory: none may overwrite another's parts).
         for prompt, max_tokens, limit_s, prefix in (([5, 999_999], 8, 60.0, "bad-id"), ([5, 6, 7], 1000, 0.3, "slow")):
-            send = subprocess.run([sys.executable, "-c", FAILING_REQUEST, server.url, str(busy), json.dumps(prompt),
-                                   str(max_tokens), str(limit_s), prefix], env=engine_env(), capture_output=True,
-                                  text=True, timeout=120)
-            assert send.returncode == 0, send.stdout + send.stderr
+            plan = LoadPlan([prompt], [max_tokens], concurrency=1, id_prefix=prefix)
+            asyncio.run(drive_http(server.url, plan, busy, request_timeout_s=limit_s))
+            close_recorder()
         bench(server.url, trace, busy, "--concurrency", "4")
         bench(server.url, trace, alone, "--concurrency", "1")
     finally:

@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 
 from servescope.analysis.request_metrics import RequestMetrics, compute_request_metrics
 from servescope.run.data import RunData, load_run
+from servescope.run.directory import RunDirError
 from servescope.run.names import ClientStatus, RequestEvent, Table
 from servescope.run.schema import TABLES
 
@@ -102,7 +103,11 @@ def client_run_data(run: RunData) -> RunData:
 
 
 def client_requests(run: RunData) -> ClientRequests:
-    """Return the client's record of the run (empty when the client recorded nothing), requests by send time."""
+    """Return the client's record of the run (empty when the client recorded nothing), requests by send time.
+
+    Raises RunDirError naming the run when a client request id has two rows: two requests would be merged.
+    """
+    _check_unique_ids(run)
     metrics = compute_request_metrics(client_run_data(run))
     table = run.client_requests
     row = pc.index_in(pa.array(metrics.request_id.tolist(), pa.string()),
@@ -115,6 +120,17 @@ def client_requests(run: RunData) -> ClientRequests:
     return ClientRequests(metrics=metrics, status=column("status"), error=column("error"),
                           server_request_id=column("engine_request_id"), send_ns=metrics.arrival_ns,
                           end_ns=metrics.finished_ns)
+
+
+def _check_unique_ids(run: RunData) -> None:
+    ids = run.client_requests.column("client_request_id")
+    if pc.count_distinct(ids).as_py() == len(ids):
+        return
+    counts = pc.value_counts(ids.combine_chunks())
+    repeated = [c["values"] for c in counts.to_pylist() if c["counts"] > 1]
+    raise RunDirError(f"{run.path}: {len(repeated)} client request ids have more than one client_requests row "
+                      f"(first: {repeated[0]!r}); two benchmarks into one run directory with the same ids? Their "
+                      "chunks cannot be told apart")
 
 
 def client_request_metrics(run_dir: str | os.PathLike) -> RequestMetrics:

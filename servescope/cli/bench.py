@@ -24,6 +24,7 @@ import json
 import math
 import shlex
 import time
+import uuid
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, List, Optional
@@ -210,7 +211,7 @@ def run_bench(spec: BenchSpec, out: str | Path, *, progress: bool | None = None,
         prompts = _prompts_for(spec, _model_facts(spec, served))
         plan = plan_load(workload, prompts, rate_per_s=spec.rate_per_s, cv=spec.cv, concurrency=spec.concurrency,
                          duration_s=spec.duration_s, time_scale=spec.time_scale, seed=spec.seed,
-                         id_prefix=run_id[:12])
+                         id_prefix=f"{run_id[:8]}{uuid.uuid4().hex[:4]}")  # unique per bench, also in a shared RUN
         write_json(out / "workload.json", _workload_facts(spec, workload))
         facts["load"] = plan.describe()
         stats.planned = len(plan)

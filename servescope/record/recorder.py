@@ -172,8 +172,11 @@ class Recorder:
         arrays = [pa.array(col, type=c.type) for col, c in zip(columns, table.columns)]
         directory = table_dir(self.run_dir, name)
         directory.mkdir(parents=True, exist_ok=True)
-        self._seq += 1
-        path = directory / f"{_role()}-{self.pid}-{self._seq:06d}.parquet"
+        while True:  # a part of the same name may be an earlier recorder's of this process: never overwrite it
+            self._seq += 1
+            path = directory / f"{_role()}-{self.pid}-{self._seq:06d}.parquet"
+            if not path.exists():
+                break
         tmp = path.with_name("." + path.name + ".tmp")
         pq.write_table(pa.Table.from_arrays(arrays, schema=table.arrow_schema), tmp)
         os.replace(tmp, path)
