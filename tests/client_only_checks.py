@@ -3,8 +3,8 @@
 Nothing here imports servescope's analysis: the client's two tables are read straight from their
 Parquet parts with pyarrow, each request's metrics are computed from its rows in plain Python
 (the definitions of docs/json-contract.md's client conventions), percentiles with numpy's
-'linear' method, and the fluidity index with a line-by-line transcription of the recurrence in
-docs/metrics.md (the TTFT gap not judged).
+'linear' method, and the fluidity index with test_fluidity.py's line-by-line transcription of
+the recurrence in docs/metrics.md (the TTFT gap not judged).
 """
 
 from __future__ import annotations
@@ -83,16 +83,9 @@ def read_client_requests(run_dir: Path) -> dict[str, ClientRequest]:
 
 def fluidity_ttft_ignored(token_gaps_s: list[float], tbt_deadline_s: float) -> tuple[int, int]:
     """Return (misses, deadlines) of docs/metrics.md's recurrence over decode gaps (no TTFT deadline)."""
-    slack, misses, deadlines = 0.0, 0, 0
-    for g in token_gaps_s:
-        if g <= tbt_deadline_s + slack:
-            slack += tbt_deadline_s - g
-            deadlines += 1
-        else:
-            m = math.floor((g - slack - tbt_deadline_s) / tbt_deadline_s) + 1
-            misses += m
-            deadlines += m
-            slack = 0.0
+    from test_fluidity import reference  # the line-by-line transcription, independent of servescope
+
+    _, misses, deadlines = reference([math.nan, *token_gaps_s], math.nan, tbt_deadline_s)
     return misses, deadlines
 
 
