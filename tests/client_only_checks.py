@@ -172,7 +172,10 @@ def check_client_only_analysis(result: dict, raw: dict[str, ClientRequest], tbt_
 
 
 def read_engine_ttft(run_dir: Path) -> dict[str, dict]:
-    """Return, per external id (the front end's arrival detail), the engine's arrival and first emission (ns) from the Parquet parts."""
+    """Return, per external id (the front end's arrival detail), the engine's arrival and first emission (ns).
+
+    Read from the Parquet parts with pyarrow alone.
+    """
     arrival, detail_of = {}, {}
     for part in sorted((Path(run_dir) / "tables" / "request_events").glob("*.parquet")):
         for row in pq.read_table(part).to_pylist():

@@ -152,8 +152,9 @@ def test_a_client_clock_apart_from_the_engines_gives_no_split(tmp_path):
 
 
 def test_engine_runs_keep_their_contract(tmp_path):
-    run = RunBuilder(tmp_path, "engine").request("e", arrival_ns=0, queued_ns=0, scheduled_ns=MS,
-                                                  emissions=[(1, 5 * MS, 1), (2, 9 * MS, 2)], finished_ns=9 * MS).write()
+    builder = RunBuilder(tmp_path, "engine")
+    run = builder.request("e", arrival_ns=0, queued_ns=0, scheduled_ns=MS, emissions=[(1, 5 * MS, 1), (2, 9 * MS, 2)],
+                          finished_ns=9 * MS).write()
     result = analyze_json(run)
     assert result["run"]["source"] == "engine" and result["run"]["client_status"] is None
     assert set(result["sources"].values()) == {"engine"} and "client_vs_engine" not in result

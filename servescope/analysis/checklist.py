@@ -544,7 +544,8 @@ def audited_run(metrics: Any, manifest: dict[str, Any], *, label: str, side: str
 
 def audited_view(view: Any, manifest: dict[str, Any], *, label: str, side: str | None = None) -> AuditedRun:
     """Return an AuditedRun of a request_view.RequestView: its counted requests, its observer."""
-    return audited_run(view.counted_metrics(), manifest, label=label, side=side, observer=view.source or Observer.ENGINE,
+    return audited_run(view.counted_metrics(), manifest, label=label, side=side,
+                       observer=view.source or Observer.ENGINE,
                        excluded_requests=int(len(view.metrics) - np.count_nonzero(view.counted)))
 
 

@@ -31,7 +31,8 @@ from servescope.run.directory import RunDirError
 from servescope.run.names import ClientStatus, RequestEvent, Table
 from servescope.run.schema import TABLES
 
-ENGINE_TABLES = (Table.STEPS, Table.FRONTEND_STEPS, Table.WORKER_REGIONS, Table.CLIENT_REQUESTS, Table.CLIENT_CHUNKS)
+# The tables client_run_data leaves empty: no engine step, and no client table (its rows became the others).
+EMPTY_TABLES = (Table.STEPS, Table.FRONTEND_STEPS, Table.WORKER_REGIONS, Table.CLIENT_REQUESTS, Table.CLIENT_CHUNKS)
 
 
 @dataclass(eq=False)
@@ -62,7 +63,10 @@ class ClientRequests:
 
 
 def client_run_data(run: RunData) -> RunData:
-    """Return the run's client tables as a RunData of engine tables: send = 'arrival', end = 'finished', chunk = emission."""
+    """Return the run's client tables as a RunData of engine tables.
+
+    send = 'arrival', end = 'finished' (detail: the status), each chunk = one emission of its tokens.
+    """
     requests = run.client_requests
     chunks = run.client_chunks
     n = requests.num_rows
@@ -98,7 +102,7 @@ def client_run_data(run: RunData) -> RunData:
             "num_accepted_tokens": pa.nulls(rows, pa.int32()),
         }
     )
-    empty = {name: TABLES[name].arrow_schema.empty_table() for name in ENGINE_TABLES}
+    empty = {name: TABLES[name].arrow_schema.empty_table() for name in EMPTY_TABLES}
     return RunData(path=run.path, manifest=run.manifest, request_events=events, token_emissions=emissions, **empty)
 
 

@@ -213,5 +213,6 @@ def client_vs_engine_text(comparison: dict) -> str:
 
 
 def _text_row(label: str, side: str, stats: dict, scale: float) -> str:
-    cells = "".join(f"{'-' if stats.get(k) is None else f'{stats[k] * scale:.2f}':>10}" for k in ("p50", "p90", "p99", "mean"))
+    cells = "".join(f"{'-' if stats.get(k) is None else f'{stats[k] * scale:.2f}':>10}"
+                    for k in ("p50", "p90", "p99", "mean"))
     return f"{label:<16}{side:<12}{cells}"

@@ -77,17 +77,17 @@ def run_samples(metrics: Any, run: Any, label: str | None = None, observer: str 
     observer 'client': metrics are the client's (client_view.py; the requests that ended 'ok'): latency
     samples are CLIENT_LATENCY_METRICS and there are no engine steps.
     """
-    if observer == Observer.CLIENT:
-        latency = {"tbt_per_chunk": metrics.all_tbt_per_chunk_s()}
-        names = CLIENT_LATENCY_METRICS
-    else:
+    engine = observer == Observer.ENGINE
+    if engine:
         latency = {"tbt": decode_gaps_s(metrics.token_times_ns, metrics.token_offsets)[0]}
         names = LATENCY_METRICS
+    else:
+        latency = {"tbt_per_chunk": metrics.all_tbt_per_chunk_s()}
+        names = CLIENT_LATENCY_METRICS
     for name in names:
         if name not in latency:
             latency[name] = np.asarray(getattr(metrics, f"{name}_s"), dtype=np.float64)
-    steps = step_arrays(run.steps if observer == Observer.ENGINE else run.steps.schema.empty_table(),
-                        getattr(run, "worker_regions", None) if observer == Observer.ENGINE else None)
+    steps = step_arrays(run.steps, getattr(run, "worker_regions", None)) if engine else None
     finished_ns = getattr(metrics, "finished_ns", None)
     duration = run_duration_s(metrics.arrival_ns, metrics.token_times_ns, finished_ns)
     if finished_ns is not None:
@@ -95,22 +95,21 @@ def run_samples(metrics: Any, run: Any, label: str | None = None, observer: str 
     else:
         finished = int(np.count_nonzero(np.isfinite(latency["e2e"])))
     manifest = getattr(run, "manifest", None) or {}
-    engine = dict(manifest.get("engine") or {})
-    parameters = dict(engine.pop("parameters", None) or {})
+    engine_facts = dict(manifest.get("engine") or {})
+    parameters = dict(engine_facts.pop("parameters", None) or {})
     bench = manifest.get("bench") or {}
     return RunSamples(
         label=label or str(manifest.get("run_id", "")),
         latency_s=latency,
-        iteration_s=iteration_breakdown(steps) if observer == Observer.ENGINE else {},
+        iteration_s=iteration_breakdown(steps) if engine else {},
         output_tokens_per_s=float(np.sum(metrics.output_tokens)) / duration if duration > 0 else math.nan,
         requests_per_s=finished / duration if duration > 0 else math.nan,
-        gpu_time_source=_gpu_source(steps),
+        gpu_time_source=_gpu_source(steps) if engine else "none",
         observer=observer,
         served={k: bench[k] for k in ("endpoint", "model") if bench.get(k) is not None},
-        engine=engine,
+        engine=engine_facts,
         parameters=parameters,
-        host_paced_regions=(host_paced_regions(region_times_ms(getattr(run, "worker_regions", None)))
-                            if observer == Observer.ENGINE else {}),
+        host_paced_regions=host_paced_regions(region_times_ms(getattr(run, "worker_regions", None))) if engine else {},
     )
 
 
@@ -456,7 +455,8 @@ def _client_statement(result: dict[str, Any]) -> str:
                  "or bench --server-run).")
     served = result["configuration"].get("served") or {}
     if served.get("baseline") != served.get("treatment"):
-        lines.append(f"Targets: baseline {_target(served.get('baseline'))}, treatment {_target(served.get('treatment'))}.")
+        lines.append(f"Targets: baseline {_target(served.get('baseline'))}, "
+                     f"treatment {_target(served.get('treatment'))}.")
     lines += _configuration_lines(result["configuration"])
     return " ".join(lines)
 

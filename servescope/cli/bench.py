@@ -320,7 +320,7 @@ def bench_report(out: str | Path) -> str:
         for label, values in (("client TTFT", metrics.ttft_s), ("client TBT/chunk", metrics.all_tbt_per_chunk_s())):
             s = summarize(values)
             cells = ", ".join(f"{k} {s[k] * 1e3:.2f}" for k in ("p50", "p90", "p99") if s[k] is not None)
-            lines.append(f"{label} (ms, {s['count']} samples): {cells or '-'}  (client only: no engine records)")
+            lines.append(f"{label} (ms, {s['count']} samples): {cells or '-'}  (client only: no engine records in this run)")
     lines.append(f"next: servescope analyze {out}")
     return "\n".join(lines)
 
