@@ -11,11 +11,14 @@ tokenizer) is started for the module and shared:
    ITL percentiles must agree within the noise of repeated runs (tolerance below).
 3. `servescope capacity` runs end to end on a small range with tiny budgets.
 4. `servescope bench --in-process` drives an AsyncLLM without HTTP.
+5. A run with both records: analyze, the report and the Perfetto trace set the client's view
+   beside the engine's, checked against the two sides' Parquet rows read independently.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -27,6 +30,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from client_only_checks import read_client_requests, read_engine_ttft, stats
 from engine_fixtures import engine_env
 from servescope.analysis.request_metrics import compute_request_metrics
 from servescope.run.data import load_run
@@ -241,3 +245,55 @@ def test_in_process_driver_records_client_and_engine(tiny_model_dir, tmp_path):
     assert sorted(engine.output_tokens.tolist()) == [10] * 8
     client = read_table(out, "client_requests").to_pylist()
     assert all(r["output_tokens"] == 10 for r in client)
+
+
+# --------------------------------------------------------------------------- 5. client beside engine
+
+
+def test_client_beside_engine_in_analyze_report_and_perfetto(server, tmp_path):
+    from servescope.analysis.summary import analyze_run
+    from servescope.export.perfetto import write_perfetto_trace
+    from servescope.report.build import write_report
+    from test_perfetto import validate_trace
+
+    spec = BenchSpec(str(write_trace(tmp_path / "side.csv", [(32, 8), (96, 16), (160, 4), (64, 12)] * 2)),
+                     concurrency=4, endpoint=server.url)
+    facts = run_bench(spec, server.run_dir, progress=False)
+    assert facts["results"]["ok"] == 8
+    client = read_client_requests(server.run_dir)
+    assert wait_for_engine_records(server.run_dir, {f"cmpl-{cid}-0" for cid in client}) == len(client)
+    engine = read_engine_ttft(server.run_dir)
+
+    result = analyze_run(server.run_dir)
+    assert result["run"]["source"] == "engine" and result["run"]["observers"] == ["engine", "client"]
+    side = result["client_vs_engine"]
+    pairs = {cid: (c, engine[f"cmpl-{cid}-0"]) for cid, c in client.items() if c.status == "ok"}
+    assert side["compared_requests"] == len(pairs) and side["shared_clock"] is True
+    differences = [c.ttft_s() - (e["first_token_ns"] - e["arrival_ns"]) / 1e9 for c, e in pairs.values()]
+    before = [(e["arrival_ns"] - c.send_ns) / 1e9 for c, e in pairs.values()]
+    after = [(c.chunks[0][0] - e["first_token_ns"]) / 1e9 for c, e in pairs.values()]
+    for name, values in (("difference", differences),):
+        for stat in ("count", "p50", "p99"):
+            assert math.isclose(side["ttft_s"][name][stat], stats(values)[stat], rel_tol=1e-9, abs_tol=1e-12)
+    for name, values in (("before_arrival_s", before), ("after_first_emission_s", after)):
+        assert math.isclose(side[name]["p50"], stats(values)["p50"], rel_tol=1e-9, abs_tol=1e-12), name
+    assert min(before) >= 0 and min(after) >= 0
+    by_engine_id = {r["request_id"]: r for r in result["requests"]}
+    for cid, (c, e) in pairs.items():
+        record = by_engine_id[e["engine_id"]]
+        assert record["source"] == "engine" and record["status"] == "ok" and record["client"]["request_id"] == cid
+        expected = c.ttft_s() - (e["first_token_ns"] - e["arrival_ns"]) / 1e9
+        assert math.isclose(record["client"]["ttft_difference_s"], expected, rel_tol=1e-9, abs_tol=1e-12)
+        assert record["client"]["tbt_per_chunk_s"] == c.chunk_gaps_s()
+
+    index = write_report([server.run_dir], tmp_path / "report")
+    assert any(p.name.endswith("-client-vs-engine.png") for p in (tmp_path / "report" / "figures").iterdir())
+    assert "Client beside engine" in index.read_text()
+    trace = tmp_path / "trace.json"
+    write_perfetto_trace(server.run_dir, trace)
+    document = json.loads(trace.read_text())
+    events = validate_trace(document)
+    assert document["otherData"]["client_clock"].startswith("shared")
+    client_slices = {e["args"]["request_id"] for e in events if e["ph"] == "b" and e["name"] == "client request"}
+    assert client_slices == set(client)
+    assert any(e["ph"] == "b" and e["name"] == "request" for e in events)

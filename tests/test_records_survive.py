@@ -61,7 +61,7 @@ def _engine_core_pid(run_dir: Path) -> int:
 
 
 def _bench_in_background(url: str, model_dir: Path, run_dir: Path, tmp: Path) -> threading.Thread:
-    from servescope.cli.bench import BenchSpec, run_bench
+    from servescope.bench.run import BenchSpec, run_bench
 
     trace = tmp / "long.csv"
     trace.write_text("arrival_s,prompt_tokens,output_tokens\n" + "".join("0,64,300\n" for _ in range(48)))

@@ -6,6 +6,12 @@ The audit reads the runs' manifests (``engine`` {name, version, parameters}, ``m
 their per-request samples. A field that is absent is reported as "not recorded" (warn),
 never guessed. Runs carry a side (``baseline`` / ``treatment``); with exactly two runs and
 no sides, the first is the baseline. docs/analysis.md lists each item's rule.
+
+A run seen only by servescope's client (``observer == "client"``: ``servescope bench --endpoint``
+against a server servescope does not trace) is audited on what a client sees (TTFT, TBT per chunk,
+e2e, TPOT, lengths, workload, failed requests); each item says what it cannot see from outside
+(the engine and its version, its parameters, the model's architecture, the scheduling delay)
+instead of reporting it as merely "not recorded".
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
 import numpy as np
+
+from servescope.run.names import Observer
 
 Status = Literal["pass", "warn", "fail"]
 
@@ -61,8 +69,10 @@ class AuditedRun:
     label: str
     manifest: dict[str, Any]
     side: Literal["baseline", "treatment"] | None = None
+    observer: str = Observer.ENGINE  # who recorded the samples (names.Observer)
+    excluded_requests: int = 0  # requests left out of the samples (client: did not end 'ok')
     ttft_s: np.ndarray | None = None
-    tbt_s: np.ndarray | None = None  # per-token gaps
+    tbt_s: np.ndarray | None = None  # per-token gaps (engine); per-chunk gaps (client: no per-token times)
     e2e_s: np.ndarray | None = None
     tpot_s: np.ndarray | None = None
     scheduling_delay_s: np.ndarray | None = None
@@ -151,6 +161,22 @@ def _fmt_s(x: float) -> str:
     return f"{x * 1e3:.1f} ms" if abs(x) < 1 else f"{x:.2f} s"
 
 
+def _from_outside(run: AuditedRun) -> bool:
+    return run.observer == Observer.CLIENT
+
+
+def _served(run: AuditedRun) -> str:
+    """Return 'model M at URL' as the client's bench recorded it, for evidence about a client-only run."""
+    bench = nested_get(run.manifest, "bench") or {}
+    model, endpoint = bench.get("model"), bench.get("endpoint")
+    parts = ([f"model {model!r}"] if model else []) + ([f"at {endpoint}"] if endpoint else [])
+    return " ".join(parts) or "an endpoint"
+
+
+def _tbt_label(runs: Sequence[AuditedRun]) -> str:
+    return "TBT per chunk (client)" if any(_from_outside(r) for r in runs) else "TBT"
+
+
 # --------------------------------------------------------------------------- items
 
 
@@ -160,7 +186,13 @@ def check_implementation_fairness(runs: Sequence[AuditedRun], *, split_reported:
     engines = {}
     for r in runs:
         name, version = nested_get(r.manifest, "engine", "name"), nested_get(r.manifest, "engine", "version")
-        if name is None or version is None:
+        if (name is None or version is None) and _from_outside(r):
+            evidence.append(f"{r.label}: client-only run ({_served(r)}): the engine behind the endpoint and its "
+                            "version cannot be seen from outside, nor can a difference be split into GPU kernel "
+                            "time, CPU overhead and scheduling delay (that needs engine records); state the "
+                            "engines and versions compared yourself")
+            statuses.append("warn")
+        elif name is None or version is None:
             evidence.append(f"{r.label}: engine name/version not recorded")
             statuses.append("warn")
         engines[r.label] = (name, version)
@@ -198,7 +230,12 @@ def check_parameter_tuning(runs: Sequence[AuditedRun], *, studied: Sequence[str]
     recorded = []
     for r in runs:
         p = nested_get(r.manifest, "engine", "parameters")
-        if not isinstance(p, dict) or not p:
+        if (not isinstance(p, dict) or not p) and _from_outside(r):
+            evidence.append(f"{r.label}: client-only run: the engine's parameters cannot be seen from outside; "
+                            "record them with the deployment and compare them by hand")
+            statuses.append("warn")
+            p = None
+        elif not isinstance(p, dict) or not p:
             evidence.append(f"{r.label}: engine parameters not recorded")
             statuses.append("warn")
             p = None
@@ -252,6 +289,11 @@ def check_model_selection(runs: Sequence[AuditedRun]) -> CheckResult:
     attention, moe, sizes, archs = set(), set(), set(), set()
     for r in runs:
         model = nested_get(r.manifest, "model")
+        if not model and _from_outside(r):
+            evidence.append(f"{r.label}: client-only run ({_served(r)}): the model's architecture, attention type, "
+                            "dense or MoE and size cannot be seen from outside")
+            statuses.append("warn")
+            continue
         if not isinstance(model, dict):
             evidence.append(f"{r.label}: model not recorded")
             statuses.append("warn")
@@ -325,7 +367,7 @@ def check_latency_bounds(
     if not slos:
         return CheckResult(5, TITLES[5], "warn", ["no SLO given: latency judged only relative to the baseline"])
     evidence, statuses = [], []
-    for key, attr, label in (("ttft_s", "ttft_s", "TTFT"), ("tbt_s", "tbt_s", "TBT")):
+    for key, attr, label in (("ttft_s", "ttft_s", "TTFT"), ("tbt_s", "tbt_s", _tbt_label(runs))):
         bound = slos.get(key)
         if bound is None:
             evidence.append(f"no {label} SLO given")
@@ -356,13 +398,16 @@ def check_metric_selection(runs: Sequence[AuditedRun]) -> CheckResult:
             statuses.append("warn")
             continue
         out = np.asarray(r.output_tokens if r.output_tokens is not None else [], dtype=np.float64)
+        if _from_outside(r):
+            evidence.append(f"{r.label}: client-only run: TTFT, TBT per chunk, e2e, TPOT and normalized latency "
+                            "measured by the client; TBT per token, TTST, scheduling delay, prefill and "
+                            "preemptions are engine-only (null, not estimated)")
         if np.size(r.tbt_s) == 0 and np.any(out > 1):
-            evidence.append(f"{r.label}: no per-token emission times: TBT cannot be measured")
+            evidence.append(f"{r.label}: no per-token emission times: TBT cannot be measured"
+                            if not _from_outside(r) else f"{r.label}: no chunk arrival times: TBT cannot be measured")
             statuses.append("fail")
-    evidence.append(
-        "TTFT, TBT (per token and per chunk), TPOT = T_d / (n - 1), e2e and normalized latency "
-        "as defined in docs/metrics.md"
-    )
+    tbt = "TBT per chunk" if all(_from_outside(r) for r in runs) else "TBT (per token and per chunk)"
+    evidence.append(f"TTFT, {tbt}, TPOT = T_d / (n - 1), e2e and normalized latency as defined in docs/metrics.md")
     statuses.append("pass")
     return CheckResult(6, TITLES[6], _worst(statuses), evidence)
 
@@ -379,10 +424,15 @@ def check_performance_distribution(runs: Sequence[AuditedRun]) -> CheckResult:
         if n < MIN_REQUESTS_FOR_P99:
             few.append((r.label, f"only {n} requests: its P99 is nearly its maximum"))
             statuses.append("warn")
+        if r.excluded_requests:
+            evidence.append(f"{r.label}: {r.excluded_requests} requests did not end 'ok' (error, timeout, "
+                            "cancelled) and are left out of the percentiles, which then understate the tail: "
+                            "report them beside the distribution")
+            statuses.append("warn")
     evidence.extend(_grouped(few))
     base, treat = _sides(runs)
     if base and treat:
-        for attr, label in (("ttft_s", "TTFT"), ("tbt_s", "TBT"), ("e2e_s", "e2e latency")):
+        for attr, label in (("ttft_s", "TTFT"), ("tbt_s", _tbt_label(runs)), ("e2e_s", "e2e latency")):
             a, b = _pooled(base, attr), _pooled(treat, attr)
             if a is None or b is None or not a.size or not b.size:
                 continue
@@ -399,15 +449,21 @@ def check_performance_distribution(runs: Sequence[AuditedRun]) -> CheckResult:
 def check_normalization(runs: Sequence[AuditedRun], *, hidden_factor: float = 2.0) -> CheckResult:
     """Return item 8: normalized latency / TPOT rankings checked against raw P99 scheduling delay / TBT."""
     base, treat = _sides(runs)
+    outside = any(_from_outside(r) for r in runs)
+    hidden = ("client-only: the scheduling delay that normalized latency folds in cannot be seen from outside; "
+              "normalized latency is checked only against what the client sees")
     if not (base and treat):
-        return CheckResult(
-            8, TITLES[8], "pass", ["single side: normalized latency and TPOT are shown beside their raw parts"]
-        )
+        evidence = ["single side: normalized latency and TPOT are shown beside their raw parts"]
+        return CheckResult(8, TITLES[8], "warn" if outside else "pass", evidence + ([hidden] if outside else []))
     evidence, statuses = [], []
     pairs = (
         ("normalized_latency_s", "normalized latency", "scheduling_delay_s", "P99 scheduling delay"),
-        ("tpot_s", "TPOT", "tbt_s", "P99 TBT"),
+        ("tpot_s", "TPOT", "tbt_s", f"P99 {_tbt_label(runs)}"),
     )
+    if outside:
+        evidence.append(hidden)
+        statuses.append("warn")
+        pairs = pairs[1:]
     for norm_attr, norm_label, raw_attr, raw_label in pairs:
         na, nb = _pooled(base, norm_attr), _pooled(treat, norm_attr)
         ra, rb = _pooled(base, raw_attr), _pooled(treat, raw_attr)
@@ -460,15 +516,21 @@ def audit(
     ]
 
 
-def audited_run(metrics: Any, manifest: dict[str, Any], *, label: str, side: str | None = None) -> AuditedRun:
-    """Return an AuditedRun from RequestMetrics and a manifest."""
+def audited_run(metrics: Any, manifest: dict[str, Any], *, label: str, side: str | None = None,
+                observer: str = Observer.ENGINE, excluded_requests: int = 0) -> AuditedRun:
+    """Return an AuditedRun from RequestMetrics and a manifest (client observer: TBT = per-chunk gaps)."""
     from servescope.analysis.slo import decode_gaps_s
 
-    tbt, _ = decode_gaps_s(metrics.token_times_ns, metrics.token_offsets)
+    if observer == Observer.CLIENT:
+        tbt = metrics.all_tbt_per_chunk_s()
+    else:
+        tbt, _ = decode_gaps_s(metrics.token_times_ns, metrics.token_offsets)
     return AuditedRun(
         label=label,
         manifest=manifest or {},
         side=side,  # type: ignore[arg-type]
+        observer=observer,
+        excluded_requests=excluded_requests,
         ttft_s=np.asarray(metrics.ttft_s),
         tbt_s=tbt,
         e2e_s=np.asarray(metrics.e2e_s),
@@ -480,20 +542,24 @@ def audited_run(metrics: Any, manifest: dict[str, Any], *, label: str, side: str
     )
 
 
+def audited_view(view: Any, manifest: dict[str, Any], *, label: str, side: str | None = None) -> AuditedRun:
+    """Return an AuditedRun of a request_view.RequestView: its counted requests, its observer."""
+    return audited_run(view.counted_metrics(), manifest, label=label, side=side,
+                       observer=view.source or Observer.ENGINE,
+                       excluded_requests=int(len(view.metrics) - np.count_nonzero(view.counted)))
+
+
 def audit_run_dirs(
     baseline_dirs: Sequence[str], treatment_dirs: Sequence[str] = (), **kwargs: Any
 ) -> list[CheckResult]:
-    """Return audit() of run directories, loaded with load_run and compute_request_metrics."""
-    from servescope.analysis.request_metrics import compute_request_metrics
+    """Return audit() of run directories: each run's engine record, else its client's (request_view)."""
+    from servescope.analysis.request_view import request_view
     from servescope.run.data import load_run
 
     runs = []
     for side, dirs in (("baseline", baseline_dirs), ("treatment", treatment_dirs)):
         for d in dirs:
             run = load_run(d)
-            runs.append(
-                audited_run(
-                    compute_request_metrics(run), run.manifest, label=str(d), side=side if treatment_dirs else None
-                )
-            )
+            runs.append(audited_view(request_view(run), run.manifest, label=str(d),
+                                     side=side if treatment_dirs else None))
     return audit(runs, **kwargs)

@@ -8,6 +8,14 @@ time, CPU overhead and idle time (``iteration_breakdown``), which tells a faster
 (less GPU work) from a faster implementation (less host time with the GPU idle) from better
 scheduling. Configuration differences come from ``manifest["engine"]``.
 
+Client-only runs (``servescope bench --endpoint`` against a server servescope does not trace:
+two engines behind the same API, two deployments) are compared on what the client sees: TTFT,
+TBT per chunk, e2e, decode (first to last chunk), TPOT and normalized latency, with the same
+intervals, and throughput over the requests that ended 'ok'. The split into scheduling delay,
+prefill and decode, and of engine steps into GPU time and CPU overhead, needs engine records:
+the statement says so instead of guessing. Both sides must be seen by the same observer
+(``observer=``; by default the engine's record where every run has one, else the client's).
+
 Bootstrap: two-level, so repeat runs count as repeats: each replicate draws the side's runs
 with replacement, then from each drawn run as many samples as it has (at most
 ``max_bootstrap_samples``, which widens the interval, never narrows it), and recomputes the
@@ -26,8 +34,11 @@ from servescope.analysis.request_metrics import MISSING_NS
 from servescope.analysis.slo import decode_gaps_s, run_duration_s
 from servescope.analysis.iterations import host_paced_regions, iteration_breakdown, region_times_ms
 from servescope.analysis.stalls import StepArrays, step_arrays
+from servescope.run.names import Observer
 
 LATENCY_METRICS = ("ttft", "tbt", "e2e", "scheduling_delay", "prefill", "decode", "normalized_latency")
+# What a client sees of each request (client_view.py): no per-token TBT, no scheduling delay or prefill.
+CLIENT_LATENCY_METRICS = ("ttft", "tbt_per_chunk", "e2e", "decode", "tpot", "normalized_latency")
 ITERATION_PARTS = ("iteration", "gpu", "cpu_overhead", "idle")
 STATS = ("mean", "p50", "p90", "p99")
 PERCENTILE_METHOD = "linear"
@@ -43,6 +54,8 @@ class RunSamples:
     output_tokens_per_s: float
     requests_per_s: float
     gpu_time_source: str  # "gpu_events" | "host_wait" | "mixed" | "none"
+    observer: str = Observer.ENGINE  # who recorded the samples (names.Observer)
+    served: dict[str, Any] = field(default_factory=dict)  # the client's target: {endpoint, model} from manifest["bench"]
     engine: dict[str, Any] = field(default_factory=dict)  # manifest["engine"] without parameters
     parameters: dict[str, Any] = field(default_factory=dict)  # manifest["engine"]["parameters"]
     host_paced_regions: dict[str, dict] = field(default_factory=dict)  # iterations.host_paced_regions()
@@ -58,14 +71,23 @@ def _gpu_source(steps: StepArrays) -> str:
     return "gpu_events" if measured.all() else ("host_wait" if not measured.any() else "mixed")
 
 
-def run_samples(metrics: Any, run: Any, label: str | None = None) -> RunSamples:
-    """Return one run's comparison samples from RequestMetrics and RunData (steps, worker_regions, manifest)."""
-    tbt, _ = decode_gaps_s(metrics.token_times_ns, metrics.token_offsets)
-    latency = {"tbt": tbt}
-    for name in LATENCY_METRICS:
-        if name != "tbt":
+def run_samples(metrics: Any, run: Any, label: str | None = None, observer: str = Observer.ENGINE) -> RunSamples:
+    """Return one run's comparison samples from RequestMetrics and RunData (steps, worker_regions, manifest).
+
+    observer 'client': metrics are the client's (client_view.py; the requests that ended 'ok'): latency
+    samples are CLIENT_LATENCY_METRICS and there are no engine steps.
+    """
+    engine = observer == Observer.ENGINE
+    if engine:
+        latency = {"tbt": decode_gaps_s(metrics.token_times_ns, metrics.token_offsets)[0]}
+        names = LATENCY_METRICS
+    else:
+        latency = {"tbt_per_chunk": metrics.all_tbt_per_chunk_s()}
+        names = CLIENT_LATENCY_METRICS
+    for name in names:
+        if name not in latency:
             latency[name] = np.asarray(getattr(metrics, f"{name}_s"), dtype=np.float64)
-    steps = step_arrays(run.steps, getattr(run, "worker_regions", None))
+    steps = step_arrays(run.steps, getattr(run, "worker_regions", None)) if engine else None
     finished_ns = getattr(metrics, "finished_ns", None)
     duration = run_duration_s(metrics.arrival_ns, metrics.token_times_ns, finished_ns)
     if finished_ns is not None:
@@ -73,18 +95,21 @@ def run_samples(metrics: Any, run: Any, label: str | None = None) -> RunSamples:
     else:
         finished = int(np.count_nonzero(np.isfinite(latency["e2e"])))
     manifest = getattr(run, "manifest", None) or {}
-    engine = dict(manifest.get("engine") or {})
-    parameters = dict(engine.pop("parameters", None) or {})
+    engine_facts = dict(manifest.get("engine") or {})
+    parameters = dict(engine_facts.pop("parameters", None) or {})
+    bench = manifest.get("bench") or {}
     return RunSamples(
         label=label or str(manifest.get("run_id", "")),
         latency_s=latency,
-        iteration_s=iteration_breakdown(steps),
+        iteration_s=iteration_breakdown(steps) if engine else {},
         output_tokens_per_s=float(np.sum(metrics.output_tokens)) / duration if duration > 0 else math.nan,
         requests_per_s=finished / duration if duration > 0 else math.nan,
-        gpu_time_source=_gpu_source(steps),
-        engine=engine,
+        gpu_time_source=_gpu_source(steps) if engine else "none",
+        observer=observer,
+        served={k: bench[k] for k in ("endpoint", "model") if bench.get(k) is not None},
+        engine=engine_facts,
         parameters=parameters,
-        host_paced_regions=host_paced_regions(region_times_ms(getattr(run, "worker_regions", None))),
+        host_paced_regions=host_paced_regions(region_times_ms(getattr(run, "worker_regions", None))) if engine else {},
     )
 
 
@@ -218,16 +243,24 @@ def compare(
     treat = [treatment] if isinstance(treatment, RunSamples) else list(treatment)
     if not base or not treat:
         raise ValueError("each side needs at least one run")
+    observers = {r.observer for r in base + treat}
+    if len(observers) > 1:
+        shown = "; ".join(f"{r.label}: {r.observer}" for r in base + treat)
+        raise ValueError(f"the runs were seen by different observers ({shown}): compare client with client, "
+                         "engine with engine")
+    observer = observers.pop()
     kw = dict(n_boot=n_boot, confidence=confidence, max_bootstrap_samples=max_bootstrap_samples)
+    metric_names = CLIENT_LATENCY_METRICS if observer == Observer.CLIENT else LATENCY_METRICS
     latency = {
         m: compare_samples([r.latency_s[m] for r in base], [r.latency_s[m] for r in treat], seed=seed + i, **kw)
-        for i, m in enumerate(LATENCY_METRICS)
+        for i, m in enumerate(metric_names)
     }
+    parts = ITERATION_PARTS if observer == Observer.ENGINE else ()
     iteration = {
         p: compare_samples(
             [r.iteration_s[p] for r in base], [r.iteration_s[p] for r in treat], seed=seed + 100 + i, **kw
         )
-        for i, p in enumerate(ITERATION_PARTS)
+        for i, p in enumerate(parts)
     }
     rng = np.random.default_rng(seed + 1000)
     throughput = {
@@ -238,36 +271,43 @@ def compare(
             [r.requests_per_s for r in base], [r.requests_per_s for r in treat], rng, n_boot, confidence
         ),
     }
-    e2e_split = {part: latency[part]["mean"]["diff"] for part in ("scheduling_delay", "prefill", "decode")}
-    e2e_split["e2e"] = latency["e2e"]["mean"]["diff"]
     base_engine, base_params, notes = _side_config(base)
     treat_engine, treat_params, more = _side_config(treat)
     notes += more
+    engines = [(e.get("name"), e.get("version")) for e in (base_engine, treat_engine)]
     configuration = {
         "baseline_engine": base_engine,
         "treatment_engine": treat_engine,
-        "same_engine": (base_engine.get("name"), base_engine.get("version"))
-        == (treat_engine.get("name"), treat_engine.get("version")),
+        # None: an engine not recorded (a client-only run sees no engine): whether they match is unknown
+        "same_engine": None if any(None in e for e in engines) else engines[0] == engines[1],
         "parameter_differences": parameter_differences(base_params, treat_params),
         "parameters_recorded": {"baseline": bool(base_params), "treatment": bool(treat_params)},
     }
-    gpu_sources = sorted({r.gpu_time_source for r in base + treat})
-    attribution = _attribution(latency, iteration, e2e_split)
+    if observer == Observer.CLIENT:
+        configuration["served"] = {"baseline": base[0].served, "treatment": treat[0].served}
     result = {
         "runs": {"baseline": [r.label for r in base], "treatment": [r.label for r in treat]},
+        "observer": observer,
         "percentile_method": PERCENTILE_METHOD,
         "confidence": confidence,
         "latency": latency,
         "throughput": throughput,
         "iteration": iteration,
-        "iteration_gpu_time_source": gpu_sources,
-        "e2e_split": e2e_split,
         "configuration": configuration,
-        "attribution": attribution,
         "notes": notes,
-        "host_paced_regions": {"baseline": _host_paced(base), "treatment": _host_paced(treat)},
     }
-    result["statement"] = _statement(result)
+    if observer == Observer.ENGINE:
+        e2e_split = {part: latency[part]["mean"]["diff"] for part in ("scheduling_delay", "prefill", "decode")}
+        e2e_split["e2e"] = latency["e2e"]["mean"]["diff"]
+        result.update({
+            "iteration_gpu_time_source": sorted({r.gpu_time_source for r in base + treat}),
+            "e2e_split": e2e_split,
+            "attribution": _attribution(latency, iteration, e2e_split),
+            "host_paced_regions": {"baseline": _host_paced(base), "treatment": _host_paced(treat)},
+        })
+        result["statement"] = _statement(result)
+    else:
+        result["statement"] = _client_statement(result)
     return result
 
 
@@ -372,30 +412,85 @@ def _statement(result: dict[str, Any]) -> str:
                      "kernel time from above (part of that 'GPU work' is host launch cost): " + "; ".join(paced) + ".")
     tok = result["throughput"]["output_tokens_per_s"]
     lines.append(f"Output throughput changed by {tok['diff']:+.1f} tokens/s ({_pct(tok['relative'])}).")
-    cfg = result["configuration"]
-    if not cfg["same_engine"]:
+    lines += _configuration_lines(result["configuration"])
+    return " ".join(lines)
+
+
+def _configuration_lines(cfg: dict[str, Any]) -> list[str]:
+    """Return the statement's sentences about the engines and their parameters."""
+    lines = []
+    if cfg["same_engine"] is False:
         b, t = cfg["baseline_engine"], cfg["treatment_engine"]
         lines.append(
             f"The sides ran different engines ({b.get('name', '?')} {b.get('version', '?')} vs "
             f"{t.get('name', '?')} {t.get('version', '?')}): credit an algorithm only with the GPU-time part."
         )
+    elif cfg["same_engine"] is None:
+        lines.append("The engine (name and version) is not recorded for a side: whether both ran the same "
+                     "implementation cannot be told from these runs.")
     if cfg["parameter_differences"]:
         names = ", ".join(d["name"] for d in cfg["parameter_differences"][:8])
         more = len(cfg["parameter_differences"]) - 8
         lines.append(f"Engine parameters differ: {names}" + (f" and {more} more." if more > 0 else "."))
+    return lines
+
+
+def _client_statement(result: dict[str, Any]) -> str:
+    """Return the plain-language reading of a comparison of what the client saw."""
+    lat = result["latency"]
+    conf = int(round(result["confidence"] * 100))
+    e2e, ttft, tbt = lat["e2e"], lat["ttft"], lat["tbt_per_chunk"]
+    lines = [
+        "Seen from the client only (servescope's streaming client; requests that ended 'ok').",
+        f"Mean end-to-end latency changed by {_ms(e2e['mean']['diff'])} ({_pct(e2e['mean']['relative'])}; "
+        f"{conf}% {_ci_ms(e2e['mean']['ci'])}); P99 by {_ms(e2e['p99']['diff'])} ({_ci_ms(e2e['p99']['ci'])}).",
+        f"TTFT P50 changed by {_ms(ttft['p50']['diff'])} ({_ci_ms(ttft['p50']['ci'])}), P99 by "
+        f"{_ms(ttft['p99']['diff'])} ({_ci_ms(ttft['p99']['ci'])}); TBT per chunk P50 by {_ms(tbt['p50']['diff'])} "
+        f"({_ci_ms(tbt['p50']['ci'])}), P99 by {_ms(tbt['p99']['diff'])} ({_ci_ms(tbt['p99']['ci'])}).",
+    ]
+    tok = result["throughput"]["output_tokens_per_s"]
+    lines.append(f"Output throughput changed by {tok['diff']:+.1f} tokens/s ({_pct(tok['relative'])}).")
+    lines.append("What the client cannot see: how the change splits into scheduling delay, prefill and decode, "
+                 "and into GPU time and CPU overhead per engine step (that needs engine records: servescope run, "
+                 "or bench --server-run).")
+    served = result["configuration"].get("served") or {}
+    if served.get("baseline") != served.get("treatment"):
+        lines.append(f"Targets: baseline {_target(served.get('baseline'))}, "
+                     f"treatment {_target(served.get('treatment'))}.")
+    lines += _configuration_lines(result["configuration"])
     return " ".join(lines)
 
 
-def compare_run_dirs(baseline_dirs: Sequence[str], treatment_dirs: Sequence[str], **kwargs: Any) -> dict[str, Any]:
-    """Return compare() of run directories (loads each with load_run and compute_request_metrics)."""
-    from servescope.analysis.request_metrics import compute_request_metrics
+def _target(served: dict | None) -> str:
+    served = served or {}
+    return " at ".join(str(served[k]) for k in ("model", "endpoint") if served.get(k)) or "not recorded"
+
+
+def compare_run_dirs(baseline_dirs: Sequence[str], treatment_dirs: Sequence[str], *, observer: str | None = None,
+                     **kwargs: Any) -> dict[str, Any]:
+    """Return compare() of run directories, each seen by observer (None: the engine where every run has
+    engine records, else the client where every run has client records; ValueError otherwise)."""
+    from servescope.analysis.request_view import observers_of, request_view
     from servescope.run.data import load_run
+
+    runs = {d: load_run(d) for d in [*baseline_dirs, *treatment_dirs]}
+    if observer is None:
+        observer = common_observer({d: observers_of(run) for d, run in runs.items()})
 
     def side(dirs):
         out = []
         for d in dirs:
-            run = load_run(d)
-            out.append(run_samples(compute_request_metrics(run), run, label=str(d)))
+            view = request_view(runs[d], observer)
+            out.append(run_samples(view.counted_metrics(), runs[d], label=str(d), observer=observer))
         return out
 
     return compare(side(baseline_dirs), side(treatment_dirs), **kwargs)
+
+
+def common_observer(observers: dict[str, Sequence[str]]) -> str:
+    """Return the observer every run was recorded by (the engine first), or raise ValueError naming the runs."""
+    for observer in Observer.ALL:
+        if all(observer in seen for seen in observers.values()):
+            return observer
+    shown = "; ".join(f"{d}: {', '.join(seen) or 'no request records'}" for d, seen in observers.items())
+    raise ValueError(f"no observer recorded every run ({shown}): compare runs that share an observer")

@@ -94,6 +94,32 @@ class RequestMetrics:
         return ragged_gap_offsets(self.chunk_offsets)
 
 
+# The per-request arrays of RequestMetrics and its ragged (values, offsets) pairs: what take_requests selects.
+PER_REQUEST_FIELDS = ("request_id", "prompt_tokens", "output_tokens", "arrival_ns", "arrival_from_queue", "queued_ns",
+                      "first_scheduled_ns", "first_token_ns", "last_token_ns", "finished_ns", "finish_reason",
+                      "preemptions", "preempted_s", "ttft_s", "scheduling_delay_s", "prefill_s", "decode_s", "e2e_s",
+                      "ttst_s", "tpot_s", "normalized_latency_s")
+RAGGED_FIELDS = (("token_offsets", ("token_times_ns",)),
+                 ("chunk_offsets", ("chunk_times_ns", "chunk_num_tokens", "chunk_step_ids")))
+
+
+def take_requests(metrics: RequestMetrics, rows: np.ndarray) -> RequestMetrics:
+    """Return the RequestMetrics of the given requests only (row indices, in the order given); units unchanged."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if rows.size == len(metrics) and np.array_equal(rows, np.arange(len(metrics))):
+        return metrics
+    values = {name: getattr(metrics, name)[rows] for name in PER_REQUEST_FIELDS}
+    for offsets_name, names in RAGGED_FIELDS:
+        offsets = getattr(metrics, offsets_name)
+        starts = offsets[rows]
+        lengths = offsets[rows + 1] - starts
+        new_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        index = np.repeat(starts - new_offsets[:-1], lengths) + np.arange(new_offsets[-1], dtype=np.int64)
+        values[offsets_name] = new_offsets
+        values.update({name: getattr(metrics, name)[index] for name in names})
+    return RequestMetrics(**values)
+
+
 def ragged_gaps_s(times_ns: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """Return the gaps between consecutive times inside each segment, in seconds, flattened."""
     n = len(times_ns)

@@ -23,7 +23,10 @@ scheduling step k+1 is scheduled before step k's tokens are emitted. From those 
 
 The cause is the first that holds: ``preemption`` (preemptions > 0), ``cpu_overhead``
 (exposed_host_s >= cpu_share_threshold x gap), ``prefill_interference`` (prefill_tokens >=
-min_prefill_tokens), ``rejected_draft`` (draft_tokens > accepted_tokens), else ``long_forward``.
+min_prefill_tokens), ``rejected_draft`` (draft_tokens > accepted_tokens), else ``long_forward``;
+but a gap with no engine step recorded in it (a client-only run: servescope's client saw the gap
+from outside) is ``unattributed`` unless the request's preemption was recorded: without steps,
+zero GPU time means "not observed", not "the GPU was idle".
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ try:  # numba takes per-request medians 10x faster than one global sort; numpy i
 except Exception:  # pragma: no cover - exercised only where numba is missing
     _numba = None
 
-CAUSES = ("preemption", "cpu_overhead", "prefill_interference", "rejected_draft", "long_forward")
+# "unattributed": no engine step is recorded in the gap (a client-only run): the cause is not observable.
+CAUSES = ("preemption", "cpu_overhead", "prefill_interference", "rejected_draft", "long_forward", "unattributed")
 
 
 # --------------------------------------------------------------------------- GPU time per step
@@ -428,6 +432,7 @@ def attribute_stalls(
     cause[rejected] = "rejected_draft"
     cause[prefill >= min_prefill_tokens] = "prefill_interference"
     cause[exposed >= cpu_share_threshold * gap_s] = "cpu_overhead"
+    cause[num_steps == 0] = "unattributed"  # nothing recorded in the gap: no GPU time is not an idle GPU
     cause[preemptions > 0] = "preemption"
     return {
         "cause": cause.astype(str),

@@ -15,10 +15,13 @@ import os
 
 import numpy as np
 
+from servescope.analysis.client_vs_engine import ClientBesideEngine, client_vs_engine_text
 from servescope.analysis.distributions import P999_MIN_COUNT, summarize
-from servescope.analysis.request_metrics import MISSING_NS, NS_PER_S, RequestMetrics, compute_request_metrics
-from servescope.run.data import RunData, load_run, release_unused_memory
+from servescope.analysis.request_metrics import MISSING_NS, NS_PER_S
+from servescope.analysis.request_view import ENGINE_ONLY_FIELDS, RequestView, request_view
 from servescope.analysis.slo import run_duration_s
+from servescope.run.data import RunData, load_run, release_unused_memory
+from servescope.run.names import Observer
 
 # Per-request metrics summarised over requests, in report order.
 PER_REQUEST_METRICS = (
@@ -65,11 +68,43 @@ CONVENTIONS = {
 }
 
 
+# What changes when the client is the observer (a client-only run): the same keys, re-stated, and three more.
+CLIENT_CONVENTIONS = {
+    "clock": "client host CLOCK_MONOTONIC (time.monotonic_ns) of servescope's streaming client; every number "
+             "comes from the client (source 'client'): nothing inside the server was recorded",
+    "arrival": "a = the client sent the request (client_requests.send_ns)",
+    "scheduling_delay": "null: the scheduler's first 'scheduled' is inside the engine",
+    "prefill": "null: needs the first 'scheduled' (inside the engine)",
+    "decode": "T_d = last token-carrying chunk received - first one",
+    "e2e": "last token-carrying chunk received - a (the stream's closing events not counted)",
+    "ttst": "null: token 1 may sit inside the first chunk, and the time of a token inside a chunk is the engine's",
+    "tpot": "T_d / (n - 1), n = tokens received (the chunks' token_ids, else one per non-empty text chunk); "
+            "null when n < 2",
+    "normalized_latency": "e2e / N_d (T_s, which it would hide, is not visible from the client)",
+    "tbt_per_token": "null: a chunk can carry tokens of several engine steps, merged when the client or the "
+                     "server lags; only the engine knows when each was emitted",
+    "tbt_per_chunk": "one gap per token-carrying chunk after the first, as received (what vllm bench serve "
+                     "reports as ITL); summary over all chunks of the requests that ended 'ok'",
+    "preempted_s": "null: preemptions are scheduler events inside the engine",
+    "throughput": "over the requests that ended 'ok': duration_s = first send to the last token or end; "
+                  "output_tokens_per_s = their output tokens / duration_s; requests_per_s = their count / duration_s",
+    "client_status": "requests that did not end 'ok' (error, timeout, cancelled) are listed in requests[] with "
+                     "status and error and left out of every summary, fluidity aggregate and throughput; "
+                     "run.client_status counts each status, run.excluded_requests the requests left out",
+    "engine_only": "null from the client, never estimated: " + ", ".join(ENGINE_ONLY_FIELDS),
+    "fluidity": "gaps from the client: TTFT, then per token with a chunk's tokens arriving together "
+                "(gap 0 after the first), as a reader of the stream sees them",
+}
+
+
 def analyze_run(run_dir: str | os.PathLike, *, tbt_slo_s: float | None = None,
                 ttft_slo_s: float | None = None, include_requests: bool = True,
-                prefill_model=None, ttft_slack_s: float = 0.0) -> dict:
-    """Return the run's JSON contract (run, conventions, summary, requests); times in seconds.
+                prefill_model=None, ttft_slack_s: float = 0.0, observer: str | None = None) -> dict:
+    """Return the run's JSON contract (run, conventions, sources, summary, requests); times in seconds.
 
+    The requests are the engine's record when the run has one, else the client's (a client-only
+    run); observer ('engine' or 'client') asks for one (request_view.py). A run with both records
+    also gets "client_vs_engine" (client_vs_engine.py) and each request its client's view.
     With tbt_slo_s (the decode deadline D_d), every request also gets its fluidity
     index, deadline misses and deadlines (fluidity.py); ttft_slo_s is the first
     token's deadline (None: the TTFT gap is not judged, fluidity.py's convention).
@@ -83,9 +118,12 @@ def analyze_run(run_dir: str | os.PathLike, *, tbt_slo_s: float | None = None,
     from servescope.analysis.iterations import iteration_summary, speculative_summary
 
     run = load_run(run_dir)
-    metrics = compute_request_metrics(run)
-    info = run_info(run, metrics)
+    view = request_view(run, observer)
+    metrics = view.metrics
+    info = run_info(run, view)
     iterations, speculative = iteration_summary(run), speculative_summary(run)
+    beside = (ClientBesideEngine(run, view.client, metrics)
+              if view.source == Observer.ENGINE and view.client is not None else None)
     del run  # the tables: metrics hold everything needed from here on
     release_unused_memory()
     fluidity = None
@@ -96,44 +134,73 @@ def analyze_run(run_dir: str | os.PathLike, *, tbt_slo_s: float | None = None,
                                          prefill_model=prefill_model, ttft_slack_s=ttft_slack_s)
     tbt = {"tbt_per_token_s": metrics.all_tbt_per_token_s(),
            "tbt_per_chunk_s": metrics.all_tbt_per_chunk_s()}
+    counted = view.counted_metrics()
+    counted_tbt = tbt if counted is metrics else {"tbt_per_token_s": counted.all_tbt_per_token_s(),
+                                                  "tbt_per_chunk_s": counted.all_tbt_per_chunk_s()}
 
-    summary = {name: summarize(getattr(metrics, name)) for name in PER_REQUEST_METRICS}
-    summary.update({name: summarize(gaps) for name, gaps in tbt.items()})
+    def summarized(name: str, values) -> dict:
+        return summarize(values if view.observed(name) else ())
+
+    summary = {name: summarized(name, getattr(counted, name)) for name in PER_REQUEST_METRICS}
+    summary.update({name: summarized(name, gaps) for name, gaps in counted_tbt.items()})
     result = {
         "run": info,
-        "conventions": dict(CONVENTIONS),
+        "conventions": conventions(view),
+        "sources": {name: view.source if view.observed(name) else None
+                    for name in (*PER_REQUEST_METRICS, *TBT_METRICS, *(FLUIDITY_METRICS if fluidity else ()))},
         "summary": summary,
         "iterations": iterations,
     }
     if speculative is not None:
         result["speculative"] = speculative
     if fluidity is not None:
-        summary.update({name: summarize(fluidity[name]) for name in FLUIDITY_METRICS})
+        rows = np.flatnonzero(view.counted)
+        summary.update({name: summarize(fluidity[name][rows]) for name in FLUIDITY_METRICS})
         result["fluidity"] = {
             "tbt_deadline_s": tbt_slo_s,
             "ttft_deadline_s": ttft_slo_s,
             "prefill_model_s": list(prefill_model.coefficients_s) if prefill_model is not None else None,
             "ttft_slack_s": ttft_slack_s if prefill_model is not None else None,
-            "service_miss_rate": service_level_miss_rate(fluidity["deadline_misses"], fluidity["deadlines"]),
+            "service_miss_rate": service_level_miss_rate(fluidity["deadline_misses"][rows],
+                                                         fluidity["deadlines"][rows]),
         }
+    if beside is not None:
+        result["client_vs_engine"] = beside.summary()
     if include_requests:
-        result["requests"] = request_records(metrics, tbt, fluidity, info["start_ns"])
+        result["requests"] = request_records(view, tbt, fluidity, info["start_ns"], beside)
     return result
 
 
-def run_info(run: RunData, metrics: RequestMetrics) -> dict:
-    """Return the run's size, start (ns, monotonic), duration (s) and throughput (per s)."""
+def conventions(view: RequestView) -> dict[str, str]:
+    """Return how every number of the view was computed (the client's wording for a client view)."""
+    out = dict(CONVENTIONS)
+    if view.source == Observer.CLIENT:
+        out.update(CLIENT_CONVENTIONS)
+    return out
+
+
+def run_info(run: RunData, view: RequestView) -> dict:
+    """Return the run's size, start (ns, monotonic), duration (s), throughput (per s) and observers.
+
+    Only counted requests (all the engine's; the client's that ended 'ok') make the duration,
+    the output tokens and the finished requests.
+    """
+    metrics, counted = view.metrics, view.counted
     arrivals = metrics.arrival_ns[metrics.arrival_ns != MISSING_NS]
-    duration = run_duration_s(metrics.arrival_ns, metrics.last_token_ns, metrics.finished_ns)
+    duration = run_duration_s(metrics.arrival_ns[counted], metrics.last_token_ns[counted], metrics.finished_ns[counted])
     duration = duration if duration > 0 else None  # NaN: nothing recorded
-    finished = int((metrics.finished_ns != MISSING_NS).sum())
-    output_tokens = int(metrics.output_tokens.sum())
+    finished = int(((metrics.finished_ns != MISSING_NS) & counted).sum())
+    output_tokens = int(metrics.output_tokens[counted].sum())
     return {
         "path": str(run.path),
+        "source": view.source,
+        "observers": list(view.observers),
         "requests": len(metrics),
+        "excluded_requests": int(len(metrics) - np.count_nonzero(counted)),
+        "client_status": view.status_counts(),
         "finished_requests": finished,
-        "arrival_from_queue": int(metrics.arrival_from_queue.sum()),
-        "prompt_tokens": int(metrics.prompt_tokens[metrics.prompt_tokens >= 0].sum()),
+        "arrival_from_queue": int(metrics.arrival_from_queue.sum()) if view.observed("arrival_from_queue") else 0,
+        "prompt_tokens": int(metrics.prompt_tokens[(metrics.prompt_tokens >= 0) & counted].sum()),
         "output_tokens": output_tokens,
         "start_ns": int(arrivals.min()) if len(arrivals) else None,
         "duration_s": duration,
@@ -142,34 +209,55 @@ def run_info(run: RunData, metrics: RequestMetrics) -> dict:
     }
 
 
-def request_records(metrics: RequestMetrics, tbt: dict[str, np.ndarray], fluidity: dict | None,
-                    start_ns: int | None) -> list[dict]:
-    """Return one JSON-ready dict per request (by arrival): metrics in s, TBT lists in s, null for undefined."""
-    arrival_s = np.full(len(metrics), np.nan)
+def request_records(view: RequestView, tbt: dict[str, np.ndarray], fluidity: dict | None, start_ns: int | None,
+                    beside: ClientBesideEngine | None = None) -> list[dict]:
+    """Return one JSON-ready dict per request (by arrival): metrics in s, TBT lists in s, null for undefined.
+
+    Each names its source (the observer); status and error are the client's (null without one);
+    "client" is the client's view of an engine request (client_vs_engine.py), else null.
+    """
+    metrics = view.metrics
+    n = len(metrics)
+    arrival_s = np.full(n, np.nan)
     if start_ns is not None:
         known = metrics.arrival_ns != MISSING_NS
         arrival_s[known] = (metrics.arrival_ns[known] - start_ns) / NS_PER_S
+    nothing = [None] * n
+
+    def observed(name: str, values: list) -> list:
+        return values if view.observed(name) else nothing
+
+    client_views = beside.per_engine_request() if beside is not None else nothing
+    if view.source == Observer.CLIENT:
+        status, error = view.client.status.tolist(), view.client.error.tolist()
+    else:
+        status = [c["status"] if c else None for c in client_views]
+        error = [c["error"] if c else None for c in client_views]
     columns = {
         "request_id": metrics.request_id.tolist(),
+        "source": [view.source] * n,
+        "status": status,
+        "error": error,
         "prompt_tokens": [c if c >= 0 else None for c in metrics.prompt_tokens.tolist()],
         "output_tokens": metrics.output_tokens.tolist(),
         "arrival_s": _json_floats(arrival_s),
-        "arrival_from_queue": metrics.arrival_from_queue.tolist(),
-        "finish_reason": metrics.finish_reason.tolist(),
-        **{name: _json_floats(getattr(metrics, name)) for name in PER_REQUEST_METRICS},
-        "preempted_s": _json_floats(metrics.preempted_s),
+        "arrival_from_queue": observed("arrival_from_queue", metrics.arrival_from_queue.tolist()),
+        "finish_reason": observed("finish_reason", metrics.finish_reason.tolist()),
+        **{name: observed(name, _json_floats(getattr(metrics, name))) for name in PER_REQUEST_METRICS},
+        "preempted_s": observed("preempted_s", _json_floats(metrics.preempted_s)),
     }
     if fluidity is not None:
         columns.update({name: _json_floats(values) for name, values in fluidity.items()})
+    columns["client"] = client_views
     ragged = {
         "tbt_per_token_s": (tbt["tbt_per_token_s"].tolist(), metrics.tbt_per_token_offsets().tolist()),
         "tbt_per_chunk_s": (tbt["tbt_per_chunk_s"].tolist(), metrics.tbt_per_chunk_offsets().tolist()),
     }
     records = []
-    for i in range(len(metrics)):
+    for i in range(n):
         record = {name: values[i] for name, values in columns.items()}
         for name, (values, offsets) in ragged.items():
-            record[name] = values[offsets[i]:offsets[i + 1]]
+            record[name] = values[offsets[i]:offsets[i + 1]] if view.observed(name) else None
         records.append(record)
     return records
 
@@ -202,22 +290,30 @@ TEXT_STATS = ("count", "mean", "p50", "p90", "p99", "p999", "max")
 def summary_text(result: dict) -> str:
     """Return analyze_run's result as a compact text table (times in ms) with its conventions."""
     run = result["run"]
-    lines = [f"servescope analysis of {run['path']}", _run_line(run), ""]
+    sources = result.get("sources", {})
+    lines = [f"servescope analysis of {run['path']}", _run_line(run), *_observer_lines(run), ""]
     rows = [("metric", "unit", *TEXT_STATS)]
     for name, summary in result["summary"].items():
         label, unit, scale = TEXT_ROWS.get(name, (name, "", 1.0))
+        if run.get("source") == Observer.CLIENT and sources.get(name) is None:
+            rows.append((label, unit))  # engine-only: not a number the client has
+            continue
         rows.append((label, unit, str(summary["count"]),
                      *(_number(summary.get(stat), scale) for stat in TEXT_STATS[1:])))
-    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
+    widths = [max(len(row[c]) for row in rows if c < len(row)) for c in range(len(rows[0]))]
     for row in rows:
         cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])]
+        if len(row) == 2:
+            cells.append("null: engine only, not seen from the client")
         cells += [cell.rjust(width) for cell, width in zip(row[2:], widths[2:])]
         lines.append("  ".join(cells).rstrip())
     if "fluidity" in result:
         f = result["fluidity"]
         lines += ["", f"fluidity: TBT deadline {_number(f['tbt_deadline_s'], 1e3)} ms, TTFT deadline "
                       f"{_number(f['ttft_deadline_s'], 1e3)} ms, service-level miss rate "
-                      f"{f['service_miss_rate']:.4f}"]
+                      f"{_number(f['service_miss_rate'], 1.0, '.4f')}"]
+    if "client_vs_engine" in result:
+        lines += ["", client_vs_engine_text(result["client_vs_engine"])]
     lines += _iteration_lines(result.get("iterations") or {})
     spec = result.get("speculative")
     if spec:
@@ -234,10 +330,32 @@ def summary_text(result: dict) -> str:
         "  TBT per chunk = " + conventions["tbt_per_chunk"] + ".",
         "  Percentiles: " + conventions["percentiles"] + ".",
     ]
+    if "client_status" in conventions and run.get("source") == Observer.CLIENT:
+        lines.append("  Requests: " + conventions["client_status"] + ".")
     if run["arrival_from_queue"]:
         lines.append(f"  {run['arrival_from_queue']} requests have no front-end arrival: "
                      "their arrival is the scheduler's 'queued' event.")
     return "\n".join(lines)
+
+
+def _observer_lines(run: dict) -> list[str]:
+    """Return the lines naming who recorded the numbers and how the client's requests ended."""
+    source = run.get("source")
+    if source is None:
+        return ["no request records in this run (neither engine nor client)"]
+    lines = []
+    if source == Observer.CLIENT:
+        lines.append("observer: client only (servescope's streaming client); nothing inside the server was recorded")
+    elif Observer.CLIENT in run.get("observers", ()):
+        lines.append("observer: engine (the client's record is set beside it below)")
+    status = run.get("client_status")
+    if status:
+        counts = ", ".join(f"{count} {name}" for name, count in status.items() if count)
+        lines.append(f"client requests: {counts}")
+    if run.get("excluded_requests"):
+        lines.append(f"{run['excluded_requests']} requests did not end 'ok': listed with their status and error "
+                     "(--json requests[]), left out of every distribution and of the throughput")
+    return lines
 
 
 def _iteration_lines(iterations: dict) -> list[str]:
@@ -265,5 +383,5 @@ def _run_line(run: dict) -> str:
     return ", ".join(parts)
 
 
-def _number(value, scale: float) -> str:
-    return "-" if value is None else f"{value * scale:.2f}"
+def _number(value, scale: float, spec: str = ".2f") -> str:
+    return "-" if value is None else f"{value * scale:{spec}}"

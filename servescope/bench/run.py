@@ -30,11 +30,12 @@ import hashlib
 import itertools
 import json
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from servescope.bench.load.client import DEFAULT_REQUEST_TIMEOUT_S
+from servescope.bench.load.client import API_VLLM, APIS, DEFAULT_REQUEST_TIMEOUT_S
 from servescope.bench.load.server_watch import ServerGoneError
 from servescope.run.directory import ensure_run_id, read_json, table_dir, write_json
 from servescope.run.names import Table
@@ -75,12 +76,17 @@ class BenchSpec:
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
     max_failed_fraction: float = DEFAULT_MAX_FAILED_FRACTION  # of sent requests ending in error or timeout
     extra: dict = field(default_factory=dict, compare=False)  # merged into bench.json (sweep point, probe)
+    api: str = API_VLLM  # what the client sends: vLLM's fields, or 'openai' (standard fields, text prompts)
+    extra_body: str = ""  # a JSON object merged into every request body (server-specific fields)
 
     def load_key(self) -> str:
         """Return a hash of what determines the load sent and the target (not the rate), to reuse cached runs."""
         facts = asdict(self)
         for judged_not_sent in ("extra", "rate_per_s", "max_failed_fraction"):
             facts.pop(judged_not_sent)
+        for name, default in (("api", API_VLLM), ("extra_body", "")):  # at their defaults: the keys of before
+            if facts[name] == default:
+                facts.pop(name)
         return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -101,6 +107,24 @@ def check_spec(spec: BenchSpec) -> None:
         raise BenchError("--timeout must be > 0 s")
     if not 0 <= spec.max_failed_fraction <= 1:
         raise BenchError(f"--max-failed-fraction is a fraction in [0, 1], not {spec.max_failed_fraction}")
+    if spec.api not in APIS:
+        raise BenchError(f"--api is one of {', '.join(APIS)}, not {spec.api!r}")
+    if spec.in_process and (spec.api != API_VLLM or spec.extra_body):
+        raise BenchError("--api and --extra-body shape HTTP requests: not with --in-process")
+    extra_body_of(spec)
+
+
+def extra_body_of(spec: BenchSpec) -> dict | None:
+    """Return --extra-body as a dict (None when not given); raise BenchError naming the option when it is not a JSON object."""
+    if not spec.extra_body:
+        return None
+    try:
+        body = json.loads(spec.extra_body)
+    except json.JSONDecodeError as exc:
+        raise BenchError(f"--extra-body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BenchError("--extra-body must be a JSON object, e.g. '{\"temperature\": 0}'")
+    return body
 
 
 def recorded_files(out: Path, *, engine_too: bool = False) -> list[str]:
@@ -243,7 +267,7 @@ def run_bench(spec: BenchSpec, out: str | Path, *, progress: bool | None = None,
         prompts = _prompts_for(spec, _model_facts(spec, served))
         plan = plan_load(workload, prompts, rate_per_s=spec.rate_per_s, cv=spec.cv, concurrency=spec.concurrency,
                          duration_s=spec.duration_s, time_scale=spec.time_scale, seed=spec.seed,
-                         id_prefix=run_id[:12])
+                         id_prefix=f"{run_id[:8]}{uuid.uuid4().hex[:4]}")  # unique per bench, also in a shared RUN
         write_json(out / "workload.json", _workload_facts(spec, workload))
         facts["load"] = plan.describe()
         stats.planned = len(plan)
@@ -323,7 +347,8 @@ def _drive(spec: BenchSpec, plan, out: Path, served: dict | None, stats, facts: 
         with live_progress(stats, enabled=progress):
             results = asyncio.run(drive_http(facts["endpoint"], plan, out, model=facts["model"],
                                              request_timeout_s=spec.request_timeout_s, stats=stats,
-                                             server_process=None if server is None else server.process))
+                                             server_process=None if server is None else server.process,
+                                             api=spec.api, extra_body=extra_body_of(spec)))
         if server is not None:  # vLLM's shutdown may kill its engine processes: let them write the run first
             wait_for_engine_records(out, {f"cmpl-{r.client_request_id}-0" for r in results if r.status == "ok"})
         return results
@@ -363,11 +388,11 @@ def bench_report(out: str | Path) -> str:
         return "\n".join(lines)
     if len(read_table(out, Table.REQUEST_EVENTS)):
         lines.append(client_vs_engine_text(client_vs_engine(out)))
-        lines.append(f"next: servescope analyze {out}")
     else:
         metrics = client_request_metrics(out)
         for label, values in (("client TTFT", metrics.ttft_s), ("client TBT/chunk", metrics.all_tbt_per_chunk_s())):
             s = summarize(values)
             cells = ", ".join(f"{k} {s[k] * 1e3:.2f}" for k in ("p50", "p90", "p99") if s[k] is not None)
-            lines.append(f"{label} (ms, {s['count']} samples): {cells or '-'}  (no engine records in this run)")
+            lines.append(f"{label} (ms, {s['count']} samples): {cells or '-'}  (client only: no engine records in this run)")
+    lines.append(f"next: servescope analyze {out}")
     return "\n".join(lines)

@@ -10,7 +10,7 @@ from typing import List, Optional
 import typer
 
 from servescope.cli.errors import CommandError
-from servescope.cli.options import non_negative, output_file, positive
+from servescope.cli.options import non_negative, one_of, output_file, positive
 
 STATUS_STYLE = {"pass": "green", "warn": "yellow", "fail": "red"}
 
@@ -42,8 +42,11 @@ def analyze(
                                                       "calibrate-prefill) + --ttft-slack."),
     ttft_slack: float = typer.Option(0.0, "--ttft-slack", callback=non_negative,
                                      help="Slack added to the predicted prefill, seconds."),
+    observer: Optional[str] = typer.Option(None, "--observer", callback=one_of("engine", "client"),
+                                           help="engine | client: whose record to analyse (default: the engine's "
+                                                "when recorded, else the client's)."),
 ) -> None:
-    """Print the run's per-request metrics and their distributions."""
+    """Print the run's per-request metrics and their distributions (a client-only run: as the client saw them)."""
     from servescope.analysis.summary import analyze_run, summary_text
 
     model = None
@@ -52,7 +55,7 @@ def analyze(
 
         model = load_prefill_model(prefill_model)
     result = analyze_run(run_dir, tbt_slo_s=tbt_slo, ttft_slo_s=ttft_slo, include_requests=as_json,
-                         prefill_model=model, ttft_slack_s=ttft_slack)
+                         prefill_model=model, ttft_slack_s=ttft_slack, observer=observer)
     if as_json:
         json.dump(result, sys.stdout, allow_nan=False)
         sys.stdout.write("\n")
@@ -79,9 +82,14 @@ def compare(
     base: Optional[List[Path]] = typer.Option(None, "--base", help="Baseline run (repeatable: repeats)."),
     treat: Optional[List[Path]] = typer.Option(None, "--treat", help="Treatment run (repeatable: repeats)."),
     as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
+    observer: Optional[str] = typer.Option(
+        None, "--observer", callback=one_of("engine", "client"),
+        help="engine | client: whose record to compare (default: the engine's where every run has one, else the "
+             "client's, e.g. two client-only runs of servescope bench --endpoint)."),
 ) -> None:
     """Split the difference between two runs (or sets of repeats) into scheduling, prefill, decode,
-    GPU time, CPU overhead and idle, with confidence intervals and configuration differences."""
+    GPU time, CPU overhead and idle, with confidence intervals and configuration differences
+    (client-only runs: what the client sees, with the same intervals)."""
     from servescope.analysis.compare import compare_run_dirs
 
     base_dirs, treat_dirs = list(base or []), list(treat or [])
@@ -91,7 +99,7 @@ def compare(
         base_dirs, treat_dirs = [runs[0]], [runs[1]]
     if not base_dirs or not treat_dirs:
         raise CommandError("compare: needs a baseline and a treatment run (BASE TREAT, or --base/--treat)")
-    result = compare_run_dirs([str(d) for d in base_dirs], [str(d) for d in treat_dirs])
+    result = compare_run_dirs([str(d) for d in base_dirs], [str(d) for d in treat_dirs], observer=observer)
     if as_json:
         json.dump(result, sys.stdout, default=_json_default, indent=1)
         sys.stdout.write("\n")

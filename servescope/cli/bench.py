@@ -90,8 +90,14 @@ def bench(
     max_failed_fraction: float = typer.Option(DEFAULT_MAX_FAILED_FRACTION, "--max-failed-fraction", callback=fraction,
                                               help=MAX_FAILED_HELP),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Live progress (default: on a terminal)."),
+    api: str = typer.Option("vllm", "--api", callback=one_of("vllm", "openai"),
+                            help="vllm: token-id prompts with vLLM's ignore_eos and return_token_ids; openai: the "
+                                 "standard fields only, prompts as text (servers that are not vLLM)."),
+    extra_body: str = typer.Option("", "--extra-body", help="JSON object merged into every request body "
+                                                            "(server-specific fields)."),
 ) -> None:
-    """Send a workload to a vLLM server (or in-process engine) and record client and engine into one run."""
+    """Send a workload to an OpenAI-compatible server (or an in-process vLLM engine) and record client and
+    engine into one run (client only against a server servescope does not trace)."""
     from servescope.bench.run import COMPLETE, INTERRUPTED, BenchSpec, bench_report, check_spec, refuse_recorded_run, \
         run_bench
 
@@ -100,7 +106,8 @@ def bench(
                      max_output_tokens=max_output_tokens, vocab_size=vocab_size, endpoint=endpoint, model=model,
                      server_run=None if server_run is None else str(server_run), engine_args=engine_args or (),
                      in_process=in_process, spelling=spelling, server_env=tuple(server_env or ()),
-                     request_timeout_s=timeout, max_failed_fraction=max_failed_fraction)
+                     request_timeout_s=timeout, max_failed_fraction=max_failed_fraction, api=api,
+                     extra_body=extra_body)
     check_spec(spec)  # contradictory options and an existing run: nothing is written
     refuse_recorded_run(out, starts_engine=bool(spec.engine_args))
     try:

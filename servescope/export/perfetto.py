@@ -13,7 +13,13 @@ Layout of the trace (times in microseconds from the run's first record):
   the GPU timers resolved them, the same regions on a separate "GPU" track;
 * front end: the output processor's work per engine output (``frontend_steps``), and every
   request's lifetime as an async slice (arrival -> finished) with nested queued / prefill /
-  decode parts and instant events for the first token and each preemption.
+  decode parts and instant events for the first token and each preemption;
+* servescope's client (``client_requests``, ``client_chunks``; the only track of a client-only
+  run): every request as the client saw it, an async "client request" slice (sent -> end) with
+  nested "to first token" and "streaming" parts, and an instant named after its status when it
+  did not end 'ok' (its error in the arguments). The client's slices sit on the host clock
+  beside the engine's; a trace whose client and engine did not share a host clock says so in
+  ``otherData.client_clock``.
 
 Complete ("X") events are used for every slice on a thread track, nestable async events
 ("b"/"e"/"n") for requests, "C" for counters and "M" for names. Events are written sorted by
@@ -32,10 +38,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from servescope.analysis.client_view import ClientRequests, client_requests
+from servescope.analysis.client_vs_engine import ClientBesideEngine
 from servescope.analysis.request_metrics import MISSING_NS, compute_request_metrics
 from servescope.run.data import load_run
 from servescope.run import directory as rundir
-from servescope.run.names import RequestEvent, StepPhase, Table
+from servescope.run.names import ClientStatus, RequestEvent, StepPhase, Table
 from servescope.run.schema import TABLES
 
 PART_NAME = re.compile(r"^(?P<role>.+)-(?P<pid>\d+)-(?P<seq>\d+)\.parquet$")
@@ -49,12 +57,16 @@ WORKER_HOST_TID = 100  # + 10 * rank + lane
 WORKER_GPU_TID = 10_000  # + 10 * rank + lane
 SYNTHETIC_PID = 9_000_000  # processes known only by role (a part name without a pid)
 REQUEST_CATEGORY = "request"
+CLIENT_CATEGORY = "client_request"
+CLIENT_ID_BASE = 1 << 40  # client slices' async ids, apart from the engine requests' (0, 1, ...)
+CLIENT_ROLE = "servescope client"
 
 
 def write_perfetto_trace(run_dir: str | os.PathLike, path: str | os.PathLike) -> int:
     """Write the run as Chrome trace-event JSON to path; return the number of trace events."""
     run_path = rundir.check_run_dir(run_dir)
-    events = trace_events(run_path)
+    other: dict = {}
+    events = trace_events(run_path, other)
     manifest = _manifest(run_path)
     document = {
         "traceEvents": events,
@@ -66,6 +78,7 @@ def write_perfetto_trace(run_dir: str | os.PathLike, path: str | os.PathLike) ->
             "engine": " ".join(str(v) for v in ((manifest.get("engine") or {}).get("name"),
                                                 (manifest.get("engine") or {}).get("version")) if v),
             "clock": "CLOCK_MONOTONIC of the host; ts = microseconds since the run's first record",
+            **other,
         },
     }
     out = Path(path)
@@ -75,11 +88,12 @@ def write_perfetto_trace(run_dir: str | os.PathLike, path: str | os.PathLike) ->
     return len(events)
 
 
-def trace_events(run_dir: str | os.PathLike) -> list[dict]:
-    """Return the run's trace events (metadata first, then every event by time)."""
+def trace_events(run_dir: str | os.PathLike, other_data: dict | None = None) -> list[dict]:
+    """Return the run's trace events (metadata first, then every event by time); notes go into other_data."""
     run_path = rundir.check_run_dir(run_dir)
     roles = {int(p["pid"]): str(p.get("role") or "process") for p in rundir.read_processes(run_path)
              if p.get("pid") is not None}
+    engine_pids = set(roles)
     parts = {name: _parts(run_path, name, roles) for name in (Table.STEPS, Table.WORKER_REGIONS, Table.FRONTEND_STEPS)}
     run = load_run(run_path)
     t0 = _time_zero(run)
@@ -96,6 +110,14 @@ def trace_events(run_dir: str | os.PathLike) -> list[dict]:
         events += _frontend_events(front, pid, clock, names)
     request_pid = _request_pid(parts, run_path, roles)
     events += _request_events(run, request_pid, clock, names)
+    if run.client_requests.num_rows:
+        client = client_requests(run)
+        events += _client_events(client, _client_pid(run_path, roles, engine_pids), clock, names)
+        if run.request_events.num_rows and other_data is not None:
+            shared = ClientBesideEngine(run, client, compute_request_metrics(run)).shared_clock
+            other_data["client_clock"] = ("shared with the engine (one host)" if shared else
+                                          "not shown to be shared with the engine: the client's slices may be "
+                                          "offset from the engine's")
     events.sort(key=lambda e: e["ts"])  # stable: a parent emitted before its child stays first on ties
     return names.metadata(roles) + events
 
@@ -163,7 +185,8 @@ def _time_zero(run) -> int | None:
     columns = [(run.request_events, "time_ns"), (run.token_emissions, "time_ns"),
                (run.steps, "schedule_start_ns"), (run.steps, "update_end_ns"),
                (run.worker_regions, "host_start_ns"), (run.worker_regions, "gpu_start_ns"),
-               (run.frontend_steps, "process_start_ns")]
+               (run.frontend_steps, "process_start_ns"), (run.client_requests, "send_ns"),
+               (run.client_chunks, "time_ns")]
     lows = [pc.min(table[name]).as_py() for table, name in columns if table.num_rows]
     lows = [v for v in lows if v is not None]
     return min(lows) if lows else None
@@ -439,14 +462,73 @@ def _request_events(run, pid: int, clock: _Clock, names: _TrackNames) -> list[di
     return _ordered_per_request(events)
 
 
-def _ordered_per_request(events: list[dict]) -> list[dict]:
+def _client_pid(run_path: Path, roles: dict[int, str], engine_pids: set[int]) -> int:
+    """Return the process of the client's slices: the writer of client_requests (named 'servescope client' unless
+    it is also an engine process, as in process), else a synthetic one."""
+    for part in sorted(rundir.table_dir(run_path, Table.CLIENT_REQUESTS).glob("*.parquet")):
+        match = PART_NAME.match(part.name)
+        if match:
+            pid = int(match["pid"])
+            if pid not in engine_pids:
+                roles[pid] = f"{CLIENT_ROLE} ({match['role']})"
+            return pid
+    roles.setdefault(SYNTHETIC_PID - 2, CLIENT_ROLE)
+    return SYNTHETIC_PID - 2
+
+
+def _client_events(client: ClientRequests, pid: int, clock: _Clock, names: _TrackNames) -> list[dict]:
+    """Return every client request as an async slice (sent -> end) with 'to first token' and 'streaming' parts."""
+    m = client.metrics
+    start, end = m.arrival_ns, np.maximum(client.end_ns, m.last_token_ns)  # MISSING_NS is the int64 minimum
+    keep = np.flatnonzero((start != MISSING_NS) & (end != MISSING_NS) & (end >= start))
+    if keep.size == 0:
+        return []
+    names.process(pid)
+
+    def us(values: np.ndarray) -> list[float]:
+        return clock.us(np.where(values == MISSING_NS, 0, values))
+
+    start_us, end_us = us(start[keep]), us(end[keep])
+    first_us, last_us = us(m.first_token_ns[keep]), us(m.last_token_ns[keep])
+    has_token = m.first_token_ns[keep] != MISSING_NS
+    chunks = np.diff(m.chunk_offsets)[keep].tolist()
+    events = []
+    for k, row in enumerate(keep.tolist()):
+        a, e = start_us[k], end_us[k]
+        common = {"cat": CLIENT_CATEGORY, "id": f"0x{CLIENT_ID_BASE + row:x}", "pid": pid, "tid": 0}
+        status, error = client.status[row], client.error[row]
+        args = {"request_id": m.request_id[row], "status": status, "output_tokens": int(m.output_tokens[row]),
+                "chunks": chunks[k]}
+        if m.prompt_tokens[row] >= 0:
+            args["prompt_tokens"] = int(m.prompt_tokens[row])
+        if client.server_request_id[row] is not None:
+            args["server_request_id"] = client.server_request_id[row]
+        for key, value in (("ttft_ms", m.ttft_s[row]), ("e2e_ms", m.e2e_s[row])):
+            if value == value:  # not NaN
+                args[key] = round(float(value) * 1e3, 3)
+        if error is not None:
+            args["error"] = error
+        events.append({"ph": "b", "name": "client request", "ts": a, "args": args, **common})
+        if has_token[k]:
+            t0, tn = min(max(first_us[k], a), e), min(max(last_us[k], a), e)
+            for part, lo, hi in (("to first token", a, t0), ("streaming", t0, tn)):
+                if hi > lo:
+                    events.append({"ph": "b", "name": part, "ts": lo, **common})
+                    events.append({"ph": "e", "name": part, "ts": hi, **common})
+        if status != ClientStatus.OK:
+            events.append({"ph": "n", "name": str(status), "ts": e, "args": {"error": error}, **common})
+        events.append({"ph": "e", "name": "client request", "ts": e, **common})
+    return _ordered_per_request(events, parent="client request")
+
+
+def _ordered_per_request(events: list[dict], parent: str = "request") -> list[dict]:
     """Return one request's async events ordered so that, at equal times, ends precede begins (parent last/first).
 
     Order at one timestamp: child ends, instants, then begins; the request's own begin comes
     first and its own end last, so the stable global sort by time keeps them nested.
     """
     def rank(event: dict) -> int:
-        if event["name"] == "request":
+        if event["name"] == parent:
             return 0 if event["ph"] == "b" else 4
         return {"e": 1, "n": 2, "b": 3}[event["ph"]]
 

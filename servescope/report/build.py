@@ -21,12 +21,14 @@ import numpy as np
 
 from servescope import __version__
 from servescope.report import html as h
-from servescope.analysis.checklist import AuditedRun, audit, audited_run
+from servescope.analysis.checklist import AuditedRun, audit, audited_view
+from servescope.analysis.client_vs_engine import ClientBesideEngine
 from servescope.analysis.iterations import iteration_breakdown
 from servescope.analysis.distributions import P999_MIN_COUNT, summarize
 from servescope.report.figures import (
     RUN_COLORS,
     ReportRun,
+    client_engine_figure,
     fluidity_figure,
     iteration_timeline_figure,
     latency_cdf_figure,
@@ -37,12 +39,12 @@ from servescope.report.figures import (
     tpot_figure,
     ttft_vs_prompt_figure,
 )
-from servescope.analysis.request_metrics import compute_request_metrics
+from servescope.analysis.request_view import request_view
 from servescope.run.data import load_run, release_unused_memory
 from servescope.analysis.stalls import find_stalls, step_arrays
-from servescope.analysis.summary import CONVENTIONS, TEXT_ROWS, run_info
+from servescope.analysis.summary import CLIENT_CONVENTIONS, CONVENTIONS, TEXT_ROWS, run_info
 from servescope.run import directory as rundir
-from servescope.run.names import StepPhase
+from servescope.run.names import Observer, StepPhase
 
 DPI = 110
 DEFAULT_STALL_MEDIAN_MULTIPLE = 3.0
@@ -68,6 +70,18 @@ class PreparedRun:
     gpu_time_source: str
     audited: AuditedRun
     fluidity_text: str | None
+    source: str | None  # whose record the numbers come from (names.Observer); None: no request recorded
+    observers: tuple[str, ...]  # every observer with records in the run
+    engine_only: frozenset[str]  # summary metrics the source cannot know (a client-only run's engine-only fields)
+
+    @property
+    def observed_by(self) -> str:
+        """Return who recorded the run, in words: 'engine', 'engine + client', 'client only' or 'nothing'."""
+        if self.source is None:
+            return "nothing"
+        if self.source == Observer.CLIENT:
+            return "client only"
+        return " + ".join(self.observers)
 
 
 def run_labels(run_dirs: Sequence[Path]) -> list[str]:
@@ -114,9 +128,10 @@ def prepare_run(run_dir: str | os.PathLike, label: str, color: str, *, tbt_slo_s
     """Return everything the report needs of one run, computed once (vectorised over requests and tokens)."""
     run = load_run(run_dir)
     manifest = _load_manifest(run)
-    metrics = compute_request_metrics(run)
-    info = run_info(run, metrics)
-    tbt_token = metrics.all_tbt_per_token_s()
+    view = request_view(run)
+    metrics = view.counted_metrics()  # a client-only run: the requests that ended 'ok'
+    info = run_info(run, view)
+    tbt_token = metrics.all_tbt_per_token_s() if view.observed("tbt_per_token_s") else np.empty(0)
     tbt_chunk = metrics.all_tbt_per_chunk_s()
     stalls = find_stalls(metrics, run, threshold_s=stall_threshold_s, median_multiple=stall_median_multiple)
     steps = step_arrays(run.steps, run.worker_regions)
@@ -135,19 +150,25 @@ def prepare_run(run_dir: str | os.PathLike, label: str, color: str, *, tbt_slo_s
         fluidity_text = (f"service-level miss rate {service:.4f}; P99 request miss rate {p99:.3f} "
                          f"({'meets' if p99 <= 0.1 else 'misses'} the capacity SLO P99 miss rate <= 0.1)")
     samples = {"tbt_per_token_s": tbt_token, "tbt_per_chunk_s": tbt_chunk}
-    summary = {name: summarize(samples[name] if name in samples else getattr(metrics, name))
+    engine_only = frozenset(name for name in SUMMARY_METRICS if not view.observed(name))
+    summary = {name: summarize(() if name in engine_only else samples[name] if name in samples
+                               else getattr(metrics, name))
                for name in SUMMARY_METRICS}
+    beside = (ClientBesideEngine(run, view.client, view.metrics)
+              if view.source == Observer.ENGINE and view.client is not None else None)
     figure_data = ReportRun(
         label=label, color=color, metrics=metrics, tbt_per_token_s=tbt_token, tbt_per_chunk_s=tbt_chunk,
         stalls=stalls, stall_rule=stall_rule(stall_threshold_s, stall_median_multiple), steps=run.steps,
         worker_regions=run.worker_regions, frontend_steps=run.frontend_steps, fluidity=fluidity,
+        observer=view.source or Observer.ENGINE, beside=beside,
     )
-    audited = audited_run(metrics, manifest, label=label)
+    audited = audited_view(view, manifest, label=label)
     del run  # the per-token tables: metrics hold what is needed from here on
     release_unused_memory()
     return PreparedRun(figures=figure_data, path=Path(run_dir), manifest=manifest, info=info, summary=summary,
                        iterations=iterations, gpu_time_source=gpu_source, audited=audited,
-                       fluidity_text=fluidity_text)
+                       fluidity_text=fluidity_text, source=view.source, observers=view.observers,
+                       engine_only=engine_only)
 
 
 # --------------------------------------------------------------------------- figures
@@ -164,8 +185,10 @@ class FigureSpec:
     how_to_read: str
 
 
-def figure_specs(tbt_slo_s: float | None) -> list[FigureSpec]:
-    """Return the report's figures in page order (fluidity only with a TBT SLO)."""
+def figure_specs(tbt_slo_s: float | None, *, client_beside_engine: bool = False,
+                 engine_steps: bool = True) -> list[FigureSpec]:
+    """Return the report's figures in page order: fluidity only with a TBT SLO, the client beside the engine
+    only when a run has both records, the iteration timeline only when a run has engine steps."""
     specs = [
         FigureSpec("ttft-cdf", "latency", "Time to first token", lambda runs: latency_cdf_figure(runs, "ttft_s"),
                    "Left: the fraction of requests whose TTFT is at most x (markers: P50, P90, P99). Right: the "
@@ -179,6 +202,14 @@ def figure_specs(tbt_slo_s: float | None) -> list[FigureSpec]:
         FigureSpec("e2e-cdf", "latency", "End-to-end latency", lambda runs: latency_cdf_figure(runs, "e2e_s"),
                    "Arrival to last token, per request. It grows with the output length, so compare runs "
                    "with the same workload only."),
+        FigureSpec("client-vs-engine", "latency", "The client's view beside the engine's", client_engine_figure,
+                   "For runs with both records (servescope bench against a recorded server), the same requests "
+                   "as servescope's client saw them (dashed: request sent to chunk received) and as the engine "
+                   "recorded them (solid: front-end arrival to emission): TTFT, TBT per chunk and end-to-end "
+                   "latency. The gap between a run's two curves is time outside the engine's own stamps: HTTP, "
+                   "parsing and tokenization before the arrival stamp, output processing, SSE and network after "
+                   "the emission. Bottom right: that difference per request (client TTFT - engine TTFT) and its "
+                   "median share of the client's TTFT."),
         FigureSpec("tpot", "latency", "TPOT at P50 and P99, and what it hides", tpot_figure,
                    "TPOT is a request's mean gap, T_d / (n - 1). Left: its P50/P90/P99 over requests beside "
                    "the P50/P90/P99 of every single gap (TBT per token): a TPOT P99 well below the TBT P99 "
@@ -211,6 +242,9 @@ def figure_specs(tbt_slo_s: float | None) -> list[FigureSpec]:
                    "processing, each worker's timed regions on the host, and their GPU time where CUDA timers "
                    "measured it. Gaps in the wait row with the GPU row empty are CPU overhead."),
     ]
+    left_out = ({"client-vs-engine"} if not client_beside_engine else set()) | (
+        {"iteration-timeline"} if not engine_steps else set())
+    specs = [spec for spec in specs if spec.name not in left_out]
     if tbt_slo_s is not None:
         specs.append(FigureSpec(
             "fluidity", "fluidity", "Fluidity index at percentiles",
@@ -239,24 +273,43 @@ def _runs_section(runs: Sequence[PreparedRun]) -> h.Markup:
     for r in runs:
         engine = r.manifest.get("engine") or {}
         model = r.manifest.get("model") or {}
+        served = r.manifest.get("bench") or {}
         info = r.info
+        outside = r.source == Observer.CLIENT
+        engine_text = " ".join(str(x) for x in (engine.get("name"), engine.get("version")) if x)
+        model_text = model.get("architecture") or model.get("path")
         rows.append([
             h.run_name(r.figures.label, r.figures.color),
             h.tag("span", str(r.path), class_="mono"),
-            " ".join(str(x) for x in (engine.get("name"), engine.get("version")) if x) or "not recorded",
-            model.get("architecture") or model.get("path") or "not recorded",
+            r.observed_by,
+            engine_text or ("not visible from the client" if outside else "not recorded"),
+            model_text or (f"served as {served['model']}" if served.get("model") else "not recorded"),
             h.number(info["requests"]), h.number(info["finished_requests"]), h.number(info["output_tokens"]),
             h.number(info["duration_s"]), h.number(info["requests_per_s"]), h.number(info["output_tokens_per_s"]),
         ])
-    header = ["run", "path", "engine", "model", "requests", "finished", "output tokens", "duration (s)",
-              "requests/s", "output tokens/s"]
+    header = ["run", "path", "recorded by", "engine", "model", "requests", "finished", "output tokens",
+              "duration (s)", "requests/s", "output tokens/s"]
     parts = [h.tag("div", h.table(header, rows, class_="numbers"), class_="scroll")]
     notes = [f"{r.figures.label}: {r.info['arrival_from_queue']} requests have no front-end arrival event; their "
              "arrival is the scheduler's 'queued' event" for r in runs if r.info["arrival_from_queue"]]
+    for r in runs:
+        status = r.info.get("client_status") or {}
+        if r.source == Observer.CLIENT:
+            notes.append(f"{r.figures.label}: client-only run: every number is what servescope's client saw "
+                         f"(sent, chunks received); finished = requests that ended 'ok'. Client statuses: "
+                         + ", ".join(f"{n} {k}" for k, n in status.items() if n)
+                         + (f"; the {r.info['excluded_requests']} not 'ok' are left out of every figure and number "
+                            "(servescope analyze --json lists them with their errors)" if r.info["excluded_requests"]
+                            else ""))
+        elif status and any(n for k, n in status.items() if k != "ok"):
+            notes.append(f"{r.figures.label}: the client's requests ended " + ", ".join(f"{n} {k}" for k, n in
+                                                                                     status.items() if n))
     if notes:
         parts.append(h.bullet_list(notes))
-    return h.section("runs", "Runs", parts,
-                     "Each run has one color in every figure. Times are engine-side (CLOCK_MONOTONIC of the host).")
+    intro = "Each run has one color in every figure. Times are engine-side (CLOCK_MONOTONIC of the host)"
+    if any(r.source == Observer.CLIENT for r in runs):
+        intro += ", except for client-only runs: there they are the client's (request sent, chunks received)"
+    return h.section("runs", "Runs", parts, intro + ".")
 
 
 def _summary_section(runs: Sequence[PreparedRun]) -> h.Markup:
@@ -269,12 +322,20 @@ def _summary_section(runs: Sequence[PreparedRun]) -> h.Markup:
         for k, r in enumerate(runs):
             s = r.summary[name]
             first = h.tag("b", f"{label} ({unit})") if k == 0 else ""
-            cells = [h.number(s.get(stat), scale) if s.get(stat) is not None else "—" for stat in stats]
-            rows.append([first, h.run_name(r.figures.label, r.figures.color), h.number(s["count"]), *cells])
+            if name in r.engine_only:
+                cells = ["engine only"] + ["—"] * (len(stats) - 1)
+                rows.append([first, h.run_name(r.figures.label, r.figures.color), "—", *cells])
+            else:
+                cells = [h.number(s.get(stat), scale) if s.get(stat) is not None else "—" for stat in stats]
+                rows.append([first, h.run_name(r.figures.label, r.figures.color), h.number(s["count"]), *cells])
             classes.append("first" if k == 0 else "")
     intro = ("Every metric is a distribution: P50, P90, P99 (P99.9 from 10,000 samples) with the number of samples "
              "behind it. Percentiles interpolate linearly between order statistics. TBT rows count gaps, the other "
              "rows count requests.")
+    if any(r.source == Observer.CLIENT for r in runs):
+        intro += (" A client-only run's numbers are the client's (requests that ended 'ok'); 'engine only' marks "
+                  "what only the engine can know (scheduling delay, prefill, TTST, TBT per token, preemptions): "
+                  "null, never estimated.")
     return h.section("summary", "Key numbers", [h.tag("div", h.table(header, rows, class_="numbers",
                                                                       row_classes=classes), class_="scroll")],
                      intro)
@@ -381,8 +442,45 @@ def _health_table(runs: Sequence[PreparedRun], header: list) -> h.Markup:
     return h.join([h.tag("div", h.table(header, rows, row_classes=classes), class_="scroll"), note])
 
 
-def _conventions_section() -> h.Markup:
+def _client_engine_table(runs: Sequence[PreparedRun]) -> h.Markup | None:
+    """Return the side-by-side numbers (ms) of each run with both records, None when no run has both."""
+    rows = []
+    for r in runs:
+        beside = r.figures.beside
+        if beside is None or not beside.compared.size:
+            continue
+        summary = beside.summary()
+        for name, label in (("ttft_s", "TTFT"), ("tbt_per_chunk_s", "TBT per chunk"), ("e2e_s", "end-to-end")):
+            for side in ("client", "engine", "difference"):
+                stats = summary[name][side]
+                rows.append([h.run_name(r.figures.label, r.figures.color), label, side,
+                             *[h.number(stats.get(k), 1e3) if stats.get(k) is not None else "—"
+                               for k in ("p50", "p90", "p99", "mean")]])
+        share = summary["network_front_end_share_of_ttft"]
+        rows.append([h.run_name(r.figures.label, r.figures.color), "outside the engine", "% of client TTFT",
+                     *[h.number(share.get(k), 100) if share.get(k) is not None else "—"
+                       for k in ("p50", "p90", "p99", "mean")]])
+        for name, label in (("before_arrival_s", "before the arrival stamp"),
+                            ("after_first_emission_s", "after the first emission")):
+            stats = summary.get(name)
+            if stats:
+                rows.append([h.run_name(r.figures.label, r.figures.color), label, "ms",
+                             *[h.number(stats.get(k), 1e3) if stats.get(k) is not None else "—"
+                               for k in ("p50", "p90", "p99", "mean")]])
+    if not rows:
+        return None
+    table = h.table(["run", "metric", "side", "P50 (ms)", "P90", "P99", "mean"], rows, class_="numbers")
+    note = ("Same requests on both sides (joined on the request id, ended 'ok' for the client). Difference: per "
+            "request for TTFT and end-to-end, of the two distributions for TBT per chunk. Before / after: only "
+            "where client and engine share the host's clock.")
+    return h.join([h.tag("h3", "Client beside engine"), h.paragraph(note),
+                   h.tag("div", table, class_="scroll")])
+
+
+def _conventions_section(runs: Sequence[PreparedRun] = ()) -> h.Markup:
     rows = [[h.tag("span", key, class_="mono"), CONVENTIONS[key]] for key in CONVENTIONS_SHOWN]
+    if any(r.source == Observer.CLIENT for r in runs):
+        rows += [[h.tag("span", f"client-only: {key}", class_="mono"), text] for key, text in CLIENT_CONVENTIONS.items()]
     return h.section("conventions", "Conventions", [h.table(["", "definition"], rows)],
                      "How every number on this page was computed (docs/metrics.md, docs/report.md).")
 
@@ -425,7 +523,7 @@ def write_report(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
         stall_median_multiple = None if tbt_slo_s is not None else DEFAULT_STALL_MEDIAN_MULTIPLE
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    specs = figure_specs(tbt_slo_s)
+    specs = figure_specs(tbt_slo_s, client_beside_engine=True)  # every figure that may be drawn
     labels = run_labels(run_dirs)
     with _progress(len(run_dirs) + len(specs) + 1, show_progress) as advance:
         runs = []
@@ -435,7 +533,13 @@ def write_report(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
                                     ttft_slo_s=ttft_slo_s, stall_threshold_s=stall_threshold_s,
                                     stall_median_multiple=stall_median_multiple))
         figures: dict[str, list[h.EmbeddedFigure]] = {}
-        for number, spec in enumerate(specs, start=1):
+        drawn = figure_specs(tbt_slo_s, engine_steps=any(r.figures.steps.num_rows for r in runs),
+                             client_beside_engine=any(r.figures.beside is not None and r.figures.beside.compared.size
+                                                      for r in runs))
+        for spec in specs:
+            if spec.name not in {d.name for d in drawn}:
+                advance(f"leaving out {spec.title} (nothing to draw for these runs)")
+        for number, spec in enumerate(drawn, start=1):
             advance(f"drawing {spec.title}")
             fig = spec.draw([r.figures for r in runs])
             if not fig.get_suptitle():
@@ -461,8 +565,13 @@ def _page(runs: Sequence[PreparedRun], figures: dict[str, list[h.EmbeddedFigure]
             rules = sorted({r.figures.stall_rule for r in runs})
             intro = f"{intro} Rule: {'; '.join(rules)}."
             parts += [h.tag("h3", f"The {WORST_STALLS_LISTED} longest stalls per run"), _stalls_table(runs)]
+        if anchor == "latency":
+            table = _client_engine_table(runs)
+            parts += [table] if table is not None else []
         if anchor == "iterations":
             parts = [_iterations_table(runs)] + parts
+            if not any(r.figures.steps.num_rows for r in runs):
+                parts = [h.paragraph("No engine steps recorded: client-only runs see no engine iteration.")]
         if anchor == "fluidity":
             if tbt_slo_s is None:
                 parts = [h.paragraph("Give a TBT SLO (servescope report --tbt-slo SECONDS) to compute the "
@@ -474,7 +583,7 @@ def _page(runs: Sequence[PreparedRun], figures: dict[str, list[h.EmbeddedFigure]
                 intro = f"TBT deadline {tbt_slo_s * 1e3:g} ms, {deadline}."
         sections.append(h.section(anchor, title, parts, intro))
         nav.append((anchor, title))
-    sections += [_checklist_section(runs, tbt_slo_s, ttft_slo_s), _config_section(runs), _conventions_section()]
+    sections += [_checklist_section(runs, tbt_slo_s, ttft_slo_s), _config_section(runs), _conventions_section(runs)]
     nav += [("checklist", "Checklist"), ("configuration", "Configuration"), ("conventions", "Conventions")]
     title = "servescope report: " + ", ".join(r.figures.label for r in runs)
     subtitle = h.join([h.run_name(r.figures.label, r.figures.color) for r in runs], " &nbsp; ")
@@ -482,7 +591,8 @@ def _page(runs: Sequence[PreparedRun], figures: dict[str, list[h.EmbeddedFigure]
                        f"{sum(r.info['requests'] for r in runs):,} requests, "
                        f"{sum(r.info['output_tokens'] for r in runs):,} output tokens"])
     footer = (f"Generated by servescope {__version__}. Figures are also in figures/*.png. "
-              "Engine-side times from the tracer; definitions in docs/metrics.md.")
+              "Engine-side times from the tracer, client-side times from servescope's client (marked); "
+              "definitions in docs/metrics.md.")
     return h.page(title, subtitle, nav, sections, footer)
 
 

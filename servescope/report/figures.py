@@ -22,10 +22,11 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from servescope.analysis.client_vs_engine import ClientBesideEngine
 from servescope.analysis.distributions import cdf, percentile
 from servescope.analysis.request_metrics import MISSING_NS, NS_PER_S, RequestMetrics
 from servescope.analysis.stalls import CAUSES, Stalls
-from servescope.run.names import StepPhase
+from servescope.run.names import Observer, StepPhase
 
 # Okabe-Ito: distinguishable with every common colour-vision deficiency.
 RUN_COLORS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
@@ -35,6 +36,7 @@ CAUSE_COLORS = {
     "prefill_interference": "#CC3311",
     "rejected_draft": "#0077BB",
     "long_forward": "#888888",
+    "unattributed": "#BBBBBB",
 }
 PHASE_COLORS = {StepPhase.SCHEDULE: "#4477AA", StepPhase.EXECUTE: "#66CCEE", StepPhase.WAIT: "#CCCCCC",
                 StepPhase.UPDATE: "#228833"}
@@ -64,6 +66,14 @@ class ReportRun:
     worker_regions: pa.Table
     frontend_steps: pa.Table
     fluidity: dict | None = None  # fluidity.fluidity_for_requests() when a TBT SLO was given
+    observer: str = Observer.ENGINE  # who recorded metrics (a client-only run: Observer.CLIENT)
+    beside: ClientBesideEngine | None = None  # the client's record beside the engine's, when the run has both
+
+    def decode_gaps(self) -> tuple[np.ndarray, np.ndarray]:
+        """Return (every gap, per-request offsets) that TPOT averages: per token, per chunk for a client's record."""
+        if self.observer == Observer.CLIENT:
+            return self.tbt_per_chunk_s, self.metrics.tbt_per_chunk_offsets()
+        return self.tbt_per_token_s, self.metrics.tbt_per_token_offsets()
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -90,6 +100,14 @@ def style_axes(ax, xlabel: str = "", ylabel: str = "", title: str = "") -> None:
     ax.set_axisbelow(True)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
+
+
+ENGINE_ONLY_MESSAGE = "engine only: not seen by servescope's client\n(the runs are client-only)"
+
+
+def _missing(runs: Sequence[ReportRun]) -> str:
+    """Return the empty-panel message for an engine-only quantity: why it is missing when every run is client-only."""
+    return ENGINE_ONLY_MESSAGE if runs and all(r.observer == Observer.CLIENT for r in runs) else "no samples"
 
 
 def _no_data(ax, message: str = "no samples") -> None:
@@ -135,7 +153,7 @@ def thinned_cdf(values) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _cdf_panels(ax_cdf, ax_tail, runs: Sequence[ReportRun], samples: Sequence[np.ndarray],
-                scale: float, unit: str, what: str) -> None:
+                scale: float, unit: str, what: str, missing: str = "no samples") -> None:
     """Draw one CDF per run (linear) and its tail (fraction >= x, log scale), P50/P90/P99 marked."""
     drawn = False
     for run, values in zip(runs, samples):
@@ -153,8 +171,8 @@ def _cdf_panels(ax_cdf, ax_tail, runs: Sequence[ReportRun], samples: Sequence[np
             ax_cdf.plot([ps[q] * scale], [q / 100], marker=marker, color=run.color, markersize=6,
                         markeredgecolor="white", linestyle="none")
     if not drawn:
-        _no_data(ax_cdf)
-        _no_data(ax_tail)
+        _no_data(ax_cdf, missing)
+        _no_data(ax_tail, missing)
         return
     style_axes(ax_cdf, f"{what} ({unit})", "fraction of samples <= x", "CDF")
     style_axes(ax_tail, f"{what} ({unit})", "fraction of samples >= x", "tail (log scale)")
@@ -210,7 +228,7 @@ def tbt_cdf_figure(runs: Sequence[ReportRun]) -> Figure:
     scale, unit = time_unit(per_token + per_chunk)
     fig = new_figure(8.0)
     axes = fig.subplots(2, 2)
-    _cdf_panels(axes[0, 0], axes[0, 1], runs, per_token, scale, unit, "TBT per token")
+    _cdf_panels(axes[0, 0], axes[0, 1], runs, per_token, scale, unit, "TBT per token", _missing(runs))
     _cdf_panels(axes[1, 0], axes[1, 1], runs, per_chunk, scale, unit, "TBT per chunk")
     axes[0, 0].set_title("per token: every output token's gap (0 inside a multi-token step)", fontsize=10,
                          loc="left")
@@ -226,12 +244,12 @@ def tpot_figure(runs: Sequence[ReportRun]) -> Figure:
     fig = new_figure(4.6)
     ax_bars, ax_scatter = fig.subplots(1, 2, width_ratios=[1.1, 1])
     stats = [("TPOT", 50), ("TPOT", 90), ("TPOT", 99), ("TBT", 50), ("TBT", 90), ("TBT", 99)]
-    samples = [run.metrics.tpot_s for run in runs] + [run.tbt_per_token_s for run in runs]
+    samples = [run.metrics.tpot_s for run in runs] + [run.decode_gaps()[0] for run in runs]
     scale, unit = time_unit(samples)
     width = 0.8 / max(len(runs), 1)
     positions = np.arange(len(stats))
     for k, run in enumerate(runs):
-        values = [percentile(run.metrics.tpot_s if name == "TPOT" else run.tbt_per_token_s, q) * scale
+        values = [percentile(run.metrics.tpot_s if name == "TPOT" else run.decode_gaps()[0], q) * scale
                   for name, q in stats]
         bars = ax_bars.bar(positions + (k - (len(runs) - 1) / 2) * width, np.nan_to_num(values), width,
                            color=run.color, label=plain(run.label))
@@ -244,7 +262,7 @@ def tpot_figure(runs: Sequence[ReportRun]) -> Figure:
     drawn = False
     for run in runs:
         m = run.metrics
-        worst = _per_request_max(run.tbt_per_token_s, m.tbt_per_token_offsets())
+        worst = _per_request_max(*run.decode_gaps())
         ok = np.flatnonzero(np.isfinite(m.tpot_s) & np.isfinite(worst))
         ok = ok[_sample_rows(ok.size)]
         if ok.size:
@@ -272,9 +290,9 @@ def normalization_figure(runs: Sequence[ReportRun]) -> Figure:
     delay = [run.metrics.scheduling_delay_s for run in runs]
     n_scale, n_unit = time_unit(normalized)
     d_scale, d_unit = time_unit(delay)
-    for ax, samples, scale, unit, title in (
-        (ax_norm, normalized, n_scale, f"{n_unit}/token", "normalized latency (e2e / tokens)"),
-        (ax_delay, delay, d_scale, d_unit, "raw scheduling delay T_s"),
+    for ax, samples, scale, unit, title, missing in (
+        (ax_norm, normalized, n_scale, f"{n_unit}/token", "normalized latency (e2e / tokens)", "no samples"),
+        (ax_delay, delay, d_scale, d_unit, "raw scheduling delay T_s", _missing(runs)),
     ):
         drawn = False
         for run, values in zip(runs, samples):
@@ -288,7 +306,7 @@ def normalization_figure(runs: Sequence[ReportRun]) -> Figure:
             style_axes(ax, unit, "fraction of requests <= x", title)
             ax.legend(fontsize=8, loc="lower right")
         else:
-            _no_data(ax)
+            _no_data(ax, missing)
     drawn = False
     for run in runs:
         m = run.metrics
@@ -303,7 +321,7 @@ def normalization_figure(runs: Sequence[ReportRun]) -> Figure:
                    "per request: waits it folds in")
         ax_scatter.legend(fontsize=8, loc="best")
     else:
-        _no_data(ax_scatter)
+        _no_data(ax_scatter, _missing(runs))
     return fig
 
 
@@ -331,6 +349,8 @@ def ttft_vs_prompt_figure(runs: Sequence[ReportRun]) -> Figure:
         if drawn:
             style_axes(ax, "prompt length (tokens)", unit, title)
             ax.legend(fontsize=8, loc="best")
+        elif metric == "prefill_s" and _missing(runs) == ENGINE_ONLY_MESSAGE:
+            _no_data(ax, ENGINE_ONLY_MESSAGE)
         else:
             _no_data(ax, "no request with a recorded prompt length and first token")
     return fig
@@ -510,6 +530,62 @@ def fluidity_figure(runs: Sequence[ReportRun], tbt_slo_s: float, min_fluidity: f
         ax_cdf.legend(fontsize=8, loc="upper left")
     fig.suptitle(f"Deadline-based fluidity index, TBT deadline D_d = {tbt_slo_s * 1e3:g} ms", fontsize=12,
                  x=0.01, ha="left")
+    return fig
+
+
+# --------------------------------------------------------------------------- client beside engine
+
+CLIENT_LINESTYLE = (0, (4, 2))  # dashed: the client's record; solid: the engine's
+
+
+def client_engine_figure(runs: Sequence[ReportRun]) -> Figure:
+    """Return client-side beside engine-side CDFs of TTFT, TBT per chunk and e2e, and the per-request TTFT difference."""
+    fig = new_figure(8.0)
+    axes = fig.subplots(2, 2).ravel()
+    both = [run for run in runs if run.beside is not None and run.beside.compared.size]
+    panels = (
+        ("TTFT", lambda b: (b.ttft_client_s, b.ttft_engine_s)),
+        ("TBT per chunk", lambda b: (b.chunk_gaps_s("client"), b.chunk_gaps_s("engine"))),
+        ("end-to-end latency", lambda b: (b.e2e_client_s, b.e2e_engine_s)),
+    )
+    for ax, (what, samples_of) in zip(axes, panels):
+        pairs = [samples_of(run.beside) for run in both]
+        scale, unit = time_unit([v for pair in pairs for v in pair])
+        for run, (client, engine) in zip(both, pairs):
+            for values, side, style in ((engine, "engine", "-"), (client, "client", CLIENT_LINESTYLE)):
+                values = _finite(values)
+                if values.size == 0:
+                    continue
+                x, y, _ = thinned_cdf(values)
+                ax.plot(x * scale, y, drawstyle="steps-post", color=run.color, linewidth=1.8, linestyle=style,
+                        label=f"{plain(run.label)} {side}: P50 {_fmt(percentile(values, 50) * scale, unit)}, "
+                              f"P99 {_fmt(percentile(values, 99) * scale, unit)}")
+        if ax.lines:
+            style_axes(ax, f"{what} ({unit})", "fraction of samples <= x", what)
+            ax.set_ylim(0, 1.02)
+            ax.legend(fontsize=7, loc="lower right")
+        else:
+            _no_data(ax, "no run with both client and engine records")
+    ax = axes[3]
+    differences = [run.beside.ttft_difference_s for run in both]
+    scale, unit = time_unit(differences)
+    for run, values in zip(both, differences):
+        values = _finite(values)
+        if values.size:
+            x, y, _ = thinned_cdf(values)
+            share = percentile(run.beside.network_front_end_share, 50)
+            ax.plot(x * scale, y, drawstyle="steps-post", color=run.color, linewidth=1.8,
+                    label=f"{plain(run.label)}: P50 {_fmt(percentile(values, 50) * scale, unit)} "
+                          f"({share * 100:.0f}% of the client's TTFT at P50)")
+    if ax.lines:
+        style_axes(ax, f"client TTFT - engine TTFT ({unit})", "fraction of requests <= x",
+                   "outside the engine: network and front end, per request")
+        ax.set_ylim(0, 1.02)
+        ax.legend(fontsize=7, loc="lower right")
+    else:
+        _no_data(ax, "no run with both client and engine records")
+    fig.suptitle("The client's view (dashed) beside the engine's (solid), same requests", fontsize=12, x=0.01,
+                 ha="left")
     return fig
 
 

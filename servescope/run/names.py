@@ -79,3 +79,21 @@ class FinishReason:
     """Finish reasons written on 'finished' events beside the engine's own (stop, length, abort)."""
 
     ABORT = "abort"
+
+
+class Observer:
+    """Who recorded a number: the engine's own tracer, or servescope's streaming client outside it."""
+
+    ENGINE = "engine"  # request_events, token_emissions, steps, ... written inside the engine's processes
+    CLIENT = "client"  # client_requests, client_chunks: what a client of the server saw
+    ALL = (ENGINE, CLIENT)
+
+
+class ClientStatus:
+    """How a request ended for the client (client_requests.status)."""
+
+    OK = "ok"  # the stream ended with every token the server counted
+    ERROR = "error"  # an HTTP error, an error event, a refused connection, a short stream
+    TIMEOUT = "timeout"  # the request's time limit passed
+    CANCELLED = "cancelled"  # Ctrl-C or the run's end
+    ALL = (OK, ERROR, TIMEOUT, CANCELLED)

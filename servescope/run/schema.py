@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from servescope.run.names import Region, RequestEvent, Table
+from servescope.run.names import ClientStatus, Region, RequestEvent, Table
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +173,7 @@ CLIENT_REQUESTS_TABLE = TableSpec(
         _c("prompt_tokens", I32, "tokens", "prompt length sent"),
         _c("max_tokens", I32, "tokens", "max_tokens asked for"),
         _c("output_tokens", I32, "tokens", "tokens received"),
-        _c("status", STR, "", "ok | error | timeout | cancelled"),
+        _c("status", STR, "", " | ".join(ClientStatus.ALL)),
         _c("error", STR, "", "error text, if any"),
         _c("scheduled_send_ns", I64, "ns, monotonic", "when the arrival process wanted it sent"),
     ),

@@ -2,7 +2,12 @@
 
 One coroutine per request: ``StreamingClient.complete(request)`` POSTs ``/v1/completions``
 with the prompt as token ids, ``"stream": true``, ``"ignore_eos": true`` and
-``"return_token_ids": true``, and reads the server-sent events as they arrive. It records,
+``"return_token_ids": true``, and reads the server-sent events as they arrive. With
+``api="openai"`` (any other OpenAI-compatible server, e.g. ``transformers serve``) it sends only
+the standard fields: the prompt as text (the synthetic vocabulary's words of the ids, which the
+tokenizer of ``servescope model init`` encodes back to exactly those ids), ``max_tokens``,
+``stream`` and ``stream_options``; tokens are then counted one per non-empty text event and checked
+against the server's usage count. Server-specific fields go into ``extra_body``. It records,
 on the host's CLOCK_MONOTONIC (``time.monotonic_ns()``, the engine's clock too):
 
 * ``client_chunks``: one row per event that carried output tokens (arrival time, tokens in it);
@@ -12,10 +17,11 @@ on the host's CLOCK_MONOTONIC (``time.monotonic_ns()``, the engine's clock too):
 
 The request carries ``X-Request-Id: <client id>``; vLLM then names the completion
 ``cmpl-<client id>`` and gives the engine the external id ``cmpl-<client id>-0``, which the
-front end records as the ``arrival`` event's ``detail``. ``engine_request_ids`` joins the two
-sides on it; ``client_request_metrics`` rebuilds per-request latencies from the client tables
-(the same ``RequestMetrics`` the engine-side analysis uses, so SLOs and summaries apply), and
-``client_vs_engine`` puts client and engine TTFT and per-chunk TBT side by side.
+front end records as the ``arrival`` event's ``detail``. Reading the tables back is the
+analysis's job (re-exported here): ``analysis.client_view`` rebuilds per-request latencies from
+the client tables (``client_request_metrics``: the same ``RequestMetrics`` the engine-side
+analysis uses, so SLOs and summaries apply) and ``analysis.client_vs_engine`` joins the two sides
+(``engine_request_ids``) and sets client and engine TTFT and per-chunk TBT side by side.
 ``CompletionRequest.prompt_text`` sends text instead of the ids where that is needed.
 """
 
@@ -24,22 +30,23 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import aiohttp
-import numpy as np
-import pyarrow as pa
 
-from servescope.analysis.distributions import summarize
-from servescope.analysis.request_metrics import RequestMetrics, compute_request_metrics
-from servescope.run.data import RunData, load_run
+from servescope.analysis.client_view import client_request_metrics  # noqa: F401 (what the client recorded, read back)
+from servescope.analysis.client_vs_engine import (  # noqa: F401
+    client_vs_engine,
+    client_vs_engine_text,
+    engine_request_ids,
+)
+from servescope.bench.workloads.synthetic_tokenizer import ids_to_text
 from servescope.record.recorder import Recorder
-from servescope.run.directory import read_table
-from servescope.run.schema import TABLES
 
+API_VLLM = "vllm"  # token-id prompts, ignore_eos, return_token_ids: vLLM's extensions of the API
+API_OPENAI = "openai"  # the standard Completions fields only, the prompt as text
+APIS = (API_VLLM, API_OPENAI)
 COMPLETIONS_PATH = "/v1/completions"
 MODELS_PATH = "/v1/models"
 DEFAULT_REQUEST_TIMEOUT_S = 600.0
@@ -139,7 +146,11 @@ class StreamingClient:
     """Streams completions from one server, one coroutine per request, recording every chunk and request."""
 
     def __init__(self, base_url: str, model: str, *, recorder: Recorder | None = None,
-                 request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S, extra_body: dict | None = None):
+                 request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S, extra_body: dict | None = None,
+                 api: str = API_VLLM):
+        if api not in APIS:
+            raise ValueError(f"api is one of {', '.join(APIS)}, not {api!r}")
+        self.api = api
         self.base_url = base_url_of(base_url)
         self.url = self.base_url + COMPLETIONS_PATH
         self.model = model
@@ -160,7 +171,11 @@ class StreamingClient:
             self._session = None
 
     def payload(self, request: CompletionRequest) -> dict:
-        """Return the JSON body of one streamed, token-id completion request."""
+        """Return the JSON body of one streamed completion request (token ids and vLLM's fields, or api 'openai')."""
+        if self.api == API_OPENAI:
+            prompt = request.prompt_text if request.prompt_text is not None else ids_to_text(request.prompt_token_ids)
+            return {"model": self.model, "prompt": prompt, "max_tokens": request.max_tokens, "stream": True,
+                    "stream_options": {"include_usage": True}, **self.extra_body}
         return {
             "model": self.model,
             "prompt": request.prompt_token_ids if request.prompt_text is None else request.prompt_text,
@@ -261,120 +276,3 @@ def record_result(recorder: Recorder | None, result: RequestResult) -> None:
     for t, n in zip(result.chunk_times_ns, result.chunk_tokens):
         recorder.append("client_chunks", (result.client_request_id, t, n))
     recorder.append("client_requests", result.row())
-
-
-# --------------------------------------------------------------------------- reading back
-
-
-def engine_request_ids(run_dir: str | os.PathLike) -> dict[str, str]:
-    """Return client_request_id -> the engine's internal request id, joined on the front end's arrival 'detail'."""
-    events = read_table(run_dir, "request_events").select(["request_id", "event", "detail"]).to_pydict()
-    by_external: dict[str, str] = {}
-    for rid, event, detail in zip(events["request_id"], events["event"], events["detail"]):
-        if event == "arrival" and detail is not None:
-            by_external.setdefault(detail, rid)
-    client = read_table(run_dir, "client_requests").select(["client_request_id", "engine_request_id"]).to_pydict()
-    joined = {}
-    for cid, eid in zip(client["client_request_id"], client["engine_request_id"]):
-        # HTTP: completion id 'cmpl-<cid>', external id 'cmpl-<cid>-0'; in process: the id itself.
-        for external in (eid, f"{eid}-0", f"cmpl-{cid}-0", cid):
-            if external is not None and external in by_external:
-                joined[cid] = by_external[external]
-                break
-    return joined
-
-
-def client_run_data(run_dir: str | os.PathLike) -> RunData:
-    """Return the client's observations as a RunData: send = 'arrival', end = 'finished' (detail: status), chunks = emissions."""
-    requests = read_table(run_dir, "client_requests").to_pydict()
-    chunks = read_table(run_dir, "client_chunks")
-    n = len(requests["client_request_id"])
-    events = pa.table(
-        {
-            "request_id": requests["client_request_id"] * 2,
-            "event": ["arrival"] * n + ["finished"] * n,
-            "time_ns": requests["send_ns"] + requests["end_ns"],
-            "step_id": pa.nulls(2 * n, pa.int64()),
-            "prompt_tokens": requests["prompt_tokens"] + [None] * n,
-            "max_tokens": requests["max_tokens"] + [None] * n,
-            "output_tokens": [None] * n + requests["output_tokens"],
-            "detail": requests["client_request_id"] + requests["status"],
-        },
-        schema=TABLES["request_events"].arrow_schema,
-    )
-    emissions = pa.table(
-        {
-            "request_id": chunks.column("client_request_id"),
-            "step_id": pa.nulls(len(chunks), pa.int64()),
-            "time_ns": chunks.column("time_ns"),
-            "num_tokens": chunks.column("num_tokens"),
-            "num_draft_tokens": pa.nulls(len(chunks), pa.int32()),
-            "num_accepted_tokens": pa.nulls(len(chunks), pa.int32()),
-        },
-        schema=TABLES["token_emissions"].arrow_schema,
-    )
-    empty = {name: TABLES[name].arrow_schema.empty_table()
-             for name in ("steps", "frontend_steps", "worker_regions", "client_requests", "client_chunks")}
-    return RunData(path=Path(run_dir), manifest={}, request_events=events, token_emissions=emissions, **empty)
-
-
-def client_request_metrics(run_dir: str | os.PathLike) -> RequestMetrics:
-    """Return per-request latencies as the client saw them (arrival = send), in the engine analysis's RequestMetrics."""
-    return compute_request_metrics(client_run_data(run_dir))
-
-
-def client_vs_engine(run_dir: str | os.PathLike) -> dict:
-    """Return client-side and engine-side TTFT and per-chunk TBT distributions (s) of the joined requests, and their difference."""
-    joined = engine_request_ids(run_dir)
-    client = client_request_metrics(run_dir)
-    engine = compute_request_metrics(load_run(run_dir))
-    client_index = {rid: i for i, rid in enumerate(client.request_id.tolist())}
-    engine_index = {rid: i for i, rid in enumerate(engine.request_id.tolist())}
-    pairs = [(client_index[c], engine_index[e]) for c, e in joined.items() if c in client_index and e in engine_index]
-    ci = np.asarray([c for c, _ in pairs], dtype=np.int64)
-    ei = np.asarray([e for _, e in pairs], dtype=np.int64)
-
-    def chunk_gaps(metrics: RequestMetrics, rows: np.ndarray) -> np.ndarray:
-        gaps = [metrics.tbt_per_chunk(i) for i in rows.tolist()]
-        return np.concatenate(gaps) if gaps else np.empty(0)
-
-    result = {
-        "joined_requests": len(pairs),
-        "client_requests": len(client),
-        "engine_requests": len(engine),
-        "conventions": {
-            "ttft": "client: first token-carrying event received - request sent; engine: first emission - "
-                    "front-end arrival; difference per request (client - engine)",
-            "tbt_per_chunk": "client: gaps between token-carrying events; engine: gaps between emission steps; "
-                             "difference of the distributions' percentiles (client - engine)",
-            "percentiles": "numpy 'linear'",
-        },
-    }
-    for name, client_values, engine_values in (
-        ("ttft_s", client.ttft_s[ci], engine.ttft_s[ei]),
-        ("e2e_s", client.e2e_s[ci], engine.e2e_s[ei]),
-        ("tbt_per_chunk_s", chunk_gaps(client, ci), chunk_gaps(engine, ei)),
-    ):
-        c, e = summarize(client_values), summarize(engine_values)
-        if name == "tbt_per_chunk_s":
-            difference = {k: None if c[k] is None or e[k] is None else c[k] - e[k]
-                          for k in ("mean", "p50", "p90", "p99")}
-        else:
-            difference = summarize(client_values - engine_values)
-        result[name] = {"client": c, "engine": e, "difference": difference}
-    return result
-
-
-def client_vs_engine_text(comparison: dict) -> str:
-    """Return client_vs_engine's result as a text table, times in ms."""
-    lines = [f"client vs engine ({comparison['joined_requests']} requests joined; client "
-             f"{comparison['client_requests']}, engine {comparison['engine_requests']})",
-             f"{'metric':<16}{'side':<12}{'p50':>10}{'p90':>10}{'p99':>10}{'mean':>10}"]
-    for name, label in (("ttft_s", "TTFT"), ("tbt_per_chunk_s", "TBT/chunk"), ("e2e_s", "end-to-end")):
-        for side in ("client", "engine", "difference"):
-            stats = comparison[name][side]
-            cells = "".join(f"{'-' if stats.get(k) is None else f'{stats[k] * 1e3:.2f}':>10}"
-                            for k in ("p50", "p90", "p99", "mean"))
-            lines.append(f"{label if side == 'client' else '':<16}{side:<12}{cells}")
-    lines.append("times in ms; " + comparison["conventions"]["tbt_per_chunk"])
-    return "\n".join(lines)

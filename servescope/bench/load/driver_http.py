@@ -31,6 +31,7 @@ import numpy as np
 
 from servescope.bench.workloads.arrivals import gamma_arrivals
 from servescope.bench.load.client import (
+    API_VLLM,
     DEFAULT_REQUEST_TIMEOUT_S,
     CompletionRequest,
     RequestResult,
@@ -213,16 +214,20 @@ async def _run_load(plan: LoadPlan, send: Send, stats: LiveStats | None,
 async def drive_http(endpoint: str, plan: LoadPlan, run_dir: str | os.PathLike, *, model: str | None = None,
                      request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S, stats: LiveStats | None = None,
                      server_process: subprocess.Popen | None = None,
-                     server_gone_after_s: float | None = SERVER_GONE_AFTER_S) -> list[RequestResult]:
+                     server_gone_after_s: float | None = SERVER_GONE_AFTER_S,
+                     api: str = API_VLLM, extra_body: dict | None = None) -> list[RequestResult]:
     """Run the plan against an OpenAI-compatible endpoint, recording the client tables into run_dir.
 
     Stops with ServerGoneError when the server is gone (server_watch.py; server_process: the
-    server servescope started, if any; server_gone_after_s None: never stop early)."""
+    server servescope started, if any; server_gone_after_s None: never stop early). api and
+    extra_body: what the client sends (StreamingClient: vLLM's fields, or the standard ones only).
+    """
     base_url = base_url_of(endpoint)
     if model is None:
         model = (await served_model(base_url))["id"]  # raises EndpointError naming the URL
     recorder = open_recorder(Path(run_dir).absolute())
     watch = None if server_gone_after_s is None else ServerWatch(base_url, server_process,
                                                                   gone_after_s=server_gone_after_s)
-    async with StreamingClient(base_url, model, recorder=recorder, request_timeout_s=request_timeout_s) as client:
+    async with StreamingClient(base_url, model, recorder=recorder, request_timeout_s=request_timeout_s,
+                               api=api, extra_body=extra_body) as client:
         return await run_load(plan, client.complete, stats, watch)
