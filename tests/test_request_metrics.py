@@ -297,11 +297,18 @@ def test_load_run_explains_what_is_wrong(tmp_path):
     (bad_manifest / "manifest.json").write_text("{not json")
     with pytest.raises(RunDirError, match="unreadable manifest"):
         load_run(bad_manifest)
-    cut_short = RunBuilder(tmp_path, "cut-short").request("r", emissions=[(1, T, 1)]).write()
-    part = next((cut_short / "tables" / "token_emissions").glob("*.parquet"))
-    part.write_bytes(part.read_bytes()[:20])
-    with pytest.raises(RunDirError, match="unreadable Parquet part"):
-        load_run(cut_short)
+    # A part cut short is named and left out (the rest is read); strict makes it an error.
+    for indexed, what, strict_error in ((True, "changed since it was written", "changed since it was written"),
+                                        (False, "unreadable Parquet part", "cannot be verified")):
+        cut_short = RunBuilder(tmp_path, f"cut-short-{indexed}").request("r", emissions=[(1, T, 1)]).write(
+            indexed=indexed)
+        part = next((cut_short / "tables" / "token_emissions").glob("*.parquet"))
+        part.write_bytes(part.read_bytes()[:20])
+        run = load_run(cut_short)
+        assert run.token_emissions.num_rows == 0
+        assert [w for w in run.warnings if str(part) in w and what in w], run.warnings
+        with pytest.raises(RunDirError, match=strict_error):  # unindexed: strict refuses it at once
+            load_run(cut_short, strict=True)
 
 
 def test_plain_string_ids_give_the_same_metrics_as_dictionary_ids(tmp_path):

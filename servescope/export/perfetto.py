@@ -16,6 +16,9 @@ Layout of the trace (times in microseconds from the run's first record):
 Complete ("X") events are used for every slice on a thread track, nestable async events
 ("b"/"e"/"n") for requests, "C" for counters and "M" for names. Events are written sorted by
 time, so every track's timestamps increase.
+
+Privacy: a request's slice carries its request id only with ``include_request_ids=True`` (vLLM's
+ids embed the client's ``X-Request-Id``); by default it is named by its position in the run.
 """
 
 from __future__ import annotations
@@ -28,12 +31,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from servescope.analysis.request_metrics import MISSING_NS, compute_request_metrics
 from servescope.run.data import load_run
 from servescope.run import directory as rundir
-from servescope.run.schema import TABLES
 
 PART_NAME = re.compile(r"^(?P<role>.+)-(?P<pid>\d+)-(?P<seq>\d+)\.parquet$")
 STEP_PHASES = (("schedule", "schedule_start_ns", "schedule_end_ns"),
@@ -51,10 +52,14 @@ SYNTHETIC_PID = 9_000_000  # processes known only by role (a part name without a
 REQUEST_CATEGORY = "request"
 
 
-def write_perfetto_trace(run_dir: str | os.PathLike, path: str | os.PathLike) -> int:
-    """Write the run as Chrome trace-event JSON to path; return the number of trace events."""
+def write_perfetto_trace(run_dir: str | os.PathLike, path: str | os.PathLike, *, include_request_ids: bool = False,
+                         strict: bool = False, warnings: list[str] | None = None) -> int:
+    """Write the run as Chrome trace-event JSON to path; return the number of trace events.
+
+    The run's problems (load_run's warnings) are appended to warnings; strict raises RunDirError instead.
+    """
     run_path = rundir.check_run_dir(run_dir)
-    events = trace_events(run_path)
+    events = trace_events(run_path, include_request_ids=include_request_ids, strict=strict, warnings=warnings)
     manifest = _manifest(run_path)
     document = {
         "traceEvents": events,
@@ -75,13 +80,15 @@ def write_perfetto_trace(run_dir: str | os.PathLike, path: str | os.PathLike) ->
     return len(events)
 
 
-def trace_events(run_dir: str | os.PathLike) -> list[dict]:
+def trace_events(run_dir: str | os.PathLike, *, include_request_ids: bool = False, strict: bool = False,
+                 warnings: list[str] | None = None) -> list[dict]:
     """Return the run's trace events (metadata first, then every event by time)."""
     run_path = rundir.check_run_dir(run_dir)
+    run = load_run(run_path, strict=strict)
+    rundir.report_warnings(run.warnings, warnings)
     roles = {int(p["pid"]): str(p.get("role") or "process") for p in rundir.read_processes(run_path)
              if p.get("pid") is not None}
-    parts = {name: _parts(run_path, name, roles) for name in ("steps", "worker_regions", "frontend_steps")}
-    run = load_run(run_path)
+    parts = {name: _parts(run, name, roles) for name in ("steps", "worker_regions", "frontend_steps")}
     t0 = _time_zero(run)
     if t0 is None:
         return []
@@ -94,8 +101,8 @@ def trace_events(run_dir: str | os.PathLike) -> list[dict]:
         events += _region_events(regions, pid, clock, names)
     for pid, front in parts["frontend_steps"]:
         events += _frontend_events(front, pid, clock, names)
-    request_pid = _request_pid(parts, run_path, roles)
-    events += _request_events(run, request_pid, clock, names)
+    request_pid = _request_pid(parts, run, roles)
+    events += _request_events(run, request_pid, clock, names, include_request_ids)
     events.sort(key=lambda e: e["ts"])  # stable: a parent emitted before its child stays first on ties
     return names.metadata(roles) + events
 
@@ -111,36 +118,37 @@ def _manifest(run_path: Path) -> dict:
     return manifest if isinstance(manifest, dict) else {}
 
 
-def _parts(run_path: Path, table: str, roles: dict[int, str]) -> list[tuple[int, pa.Table]]:
-    """Return (writer pid, rows) per writer of a table; a part without a pid in its name gets a synthetic one."""
+def _parts(run, table: str, roles: dict[int, str]) -> list[tuple[int, pa.Table]]:
+    """Return (writer pid, rows) per writer of a loaded table; a part without a pid in its name gets a synthetic one."""
     by_pid: dict[int, list[pa.Table]] = {}
-    schema = TABLES[table].arrow_schema
-    for part in sorted(rundir.table_dir(run_path, table).glob("*.parquet")):
-        match = PART_NAME.match(part.name)
-        if match:
-            pid = int(match["pid"])
-            roles.setdefault(pid, match["role"])
-        else:
-            role = part.stem
-            pid = next((p for p, r in roles.items() if r == role and p >= SYNTHETIC_PID), None)
-            if pid is None:
-                pid = SYNTHETIC_PID + len([p for p in roles if p >= SYNTHETIC_PID])
-                roles[pid] = role
-        try:
-            data = pq.read_table(part, schema=schema)
-        except Exception as exc:  # a part cut short by a killed process
-            raise rundir.RunDirError(f"{part}: unreadable Parquet part ({exc})") from exc
+    for span, data in run.rows_by_part(table):
+        pid = _writer_pid(Path(span.file), roles)
         by_pid.setdefault(pid, []).append(data)
     return [(pid, pa.concat_tables(tables)) for pid, tables in sorted(by_pid.items()) if sum(map(len, tables))]
 
 
-def _request_pid(parts: dict, run_path: Path, roles: dict[int, str]) -> int:
+def _writer_pid(part: Path, roles: dict[int, str]) -> int:
+    """Return the pid in a part's name (noting its role), else a synthetic pid for the name's role."""
+    match = PART_NAME.match(part.name)
+    if match:
+        pid = int(match["pid"])
+        roles.setdefault(pid, match["role"])
+        return pid
+    role = part.stem
+    pid = next((p for p, r in roles.items() if r == role and p >= SYNTHETIC_PID), None)
+    if pid is None:
+        pid = SYNTHETIC_PID + len([p for p in roles if p >= SYNTHETIC_PID])
+        roles[pid] = role
+    return pid
+
+
+def _request_pid(parts: dict, run, roles: dict[int, str]) -> int:
     """Return the process that shows request lifetimes: the front end, else the EngineCore, else a synthetic one."""
     for table in ("frontend_steps", "steps"):
         if parts[table]:
             return parts[table][0][0]
-    for part in sorted(rundir.table_dir(run_path, "request_events").glob("*.parquet")):
-        match = PART_NAME.match(part.name)
+    for span in run.parts.get("request_events", []):
+        match = PART_NAME.match(Path(span.file).name)
         if match:
             roles.setdefault(int(match["pid"]), match["role"])
             return int(match["pid"])
@@ -371,8 +379,11 @@ def _frontend_events(front: pa.Table, pid: int, clock: _Clock, names: _TrackName
 # --------------------------------------------------------------------------- requests
 
 
-def _request_events(run, pid: int, clock: _Clock, names: _TrackNames) -> list[dict]:
-    """Return every request's lifetime as nestable async slices with queued / prefill / decode parts and instants."""
+def _request_events(run, pid: int, clock: _Clock, names: _TrackNames, include_request_ids: bool) -> list[dict]:
+    """Return every request's lifetime as nestable async slices with queued / prefill / decode parts and instants.
+
+    A request's args carry its id only when include_request_ids; otherwise "request": its position (from 0).
+    """
     m = compute_request_metrics(run)
     if len(m) == 0:
         return []
@@ -403,7 +414,8 @@ def _request_events(run, pid: int, clock: _Clock, names: _TrackNames) -> list[di
     for k, request_id in enumerate(ids):
         a, e = start_us[k], end_us[k]
         common = {"cat": REQUEST_CATEGORY, "id": f"0x{int(keep[k]):x}", "pid": pid, "tid": 0}
-        args = {"request_id": request_id, "output_tokens": output[k]}
+        args = {"request_id": request_id} if include_request_ids else {"request": int(keep[k])}
+        args["output_tokens"] = output[k]
         if prompt[k] >= 0:
             args["prompt_tokens"] = prompt[k]
         if reasons[k] is not None:

@@ -38,10 +38,12 @@ def run_command(command: list[str], run_dir: str | os.PathLike, *, export_spans:
     into RUN/otlp/spans.jsonl as OTLP-JSON lines."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "command.json", {"argv": command, "cwd": os.getcwd(), "started_wall_ns": time.time_ns()})
+    facts = {"argv": command, "cwd": os.getcwd(), "started_wall_ns": time.time_ns()}
+    write_json(run_dir / "command.json", facts)
     try:
         proc = subprocess.Popen(command, env=child_environment(run_dir))
-    except FileNotFoundError as exc:
+    except OSError as exc:  # not found, not executable
+        _record_exit(run_dir, facts, 127, error=f"cannot start {command[0]!r}: {exc.strerror}")
         raise SystemExit(f"servescope run: cannot start {command[0]!r}: {exc.strerror}") from exc
 
     def forward(signum, _frame):
@@ -53,10 +55,19 @@ def run_command(command: list[str], run_dir: str | os.PathLike, *, export_spans:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    write_manifest(run_dir)
+    _record_exit(run_dir, facts, code)
     if export_spans:
         export_spans_of(run_dir)
     return code
+
+
+def _record_exit(run_dir: Path, facts: dict, code: int, error: str | None = None) -> None:
+    """Keep the command's exit code (negative: the signal that ended it) in command.json, then write the manifest."""
+    ended = {"exit_code": code, "ended_wall_ns": time.time_ns()}
+    if error is not None:
+        ended["error"] = error
+    write_json(run_dir / "command.json", {**facts, **ended})
+    write_manifest(run_dir)
 
 
 def export_spans_of(run_dir: Path) -> None:

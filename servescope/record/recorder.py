@@ -23,11 +23,11 @@ import threading
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from servescope import __version__
 from servescope.run.clock import clock_anchor
-from servescope.run.directory import ensure_run_id, table_dir, write_json
+from servescope.run.directory import ensure_run_id, write_json
+from servescope.run.parts import write_part
 from servescope.run.schema import TABLES
 
 logger = logging.getLogger("servescope")
@@ -170,13 +170,10 @@ class Recorder:
         table = TABLES[name]
         columns = list(zip(*rows))
         arrays = [pa.array(col, type=c.type) for col, c in zip(columns, table.columns)]
-        directory = table_dir(self.run_dir, name)
-        directory.mkdir(parents=True, exist_ok=True)
         self._seq += 1
-        path = directory / f"{_role()}-{self.pid}-{self._seq:06d}.parquet"
-        tmp = path.with_name("." + path.name + ".tmp")
-        pq.write_table(pa.Table.from_arrays(arrays, schema=table.arrow_schema), tmp)
-        os.replace(tmp, path)
+        writer = f"{_role()}-{self.pid}"
+        write_part(self.run_dir, name, pa.Table.from_arrays(arrays, schema=table.arrow_schema), writer=writer,
+                   name=f"{writer}-{self._seq:06d}", run_id=self.run_id)
 
     def _counters_changed(self) -> bool:
         counters = (self.internal_errors, tuple(self.dropped.values()))

@@ -6,21 +6,22 @@ Layout::
       manifest.json            engine, versions, parameters, model, host, workload, clocks
       processes/<pid>.json     one per recording process: role, clock anchor, drop and error counts
       engine/<role>-<pid>.json what each engine process learned of its configuration
-      tables/<table>/<role>-<pid>-<seq>.parquet   the records (schema.py)
+      tables/<table>/<role>-<pid>-<seq>.parquet   the records (schema.py), written once each (parts.py)
+      parts/<writer>.jsonl     the part index: every part's table, rows, sha256 and run id (parts.py)
       otlp/spans-<pid>.jsonl   OTLP-JSON span lines when no OTLP endpoint was set
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from servescope.run.schema import TABLES
+logger = logging.getLogger("servescope")
 
 RUN_DIR_ENV = "SERVESCOPE_RUN_DIR"
 
@@ -33,32 +34,39 @@ def table_dir(run_dir: str | os.PathLike, table: str) -> Path:
     return Path(run_dir) / "tables" / table
 
 
-def read_table(run_dir: str | os.PathLike, table: str, *, dictionary_column: str | None = None) -> pa.Table:
-    """Return all parts of one table, concatenated (an empty table if none were written).
+def read_table(run_dir: str | os.PathLike, table: str, *, dictionary_column: str | None = None,
+               strict: bool = False, warnings: list[str] | None = None) -> pa.Table:
+    """Return every part of one table that passes its checks, concatenated (an empty table if none).
 
-    dictionary_column: read this string column dictionary-encoded (Parquet's dictionary pages
-    become Arrow dictionaries, no string materialised per row: what keeps per-token tables small).
+    Each part is checked against the run's part index (run/integrity.py); a problem is one line
+    appended to warnings (logged on the "servescope" logger when warnings is None), or, with
+    strict, a RunDirError. dictionary_column: read this string column dictionary-encoded
+    (Parquet's dictionary pages become Arrow dictionaries, no string materialised per row: what
+    keeps per-token tables small).
     """
-    schema = TABLES[table].arrow_schema
-    if dictionary_column is not None:
-        index = schema.get_field_index(dictionary_column)
-        schema = schema.set(index, pa.field(dictionary_column, pa.dictionary(pa.int32(), pa.string())))
-    parts = sorted(table_dir(run_dir, table).glob("*.parquet"))
-    tables = []
-    for part in parts:
-        try:
-            if dictionary_column is None:
-                data = pq.read_table(part, schema=schema)
-            else:
-                data = pq.ParquetFile(part, read_dictionary=[dictionary_column]).read()
-                if not data.schema.equals(schema):  # an older writer: let Parquet map the schema
-                    data = pq.read_table(part, schema=schema)
-        except Exception as exc:  # a part cut short by a killed process
-            raise RunDirError(f"{part}: unreadable Parquet part ({exc})") from exc
-        tables.append(data)
-    if not tables:
-        return schema.empty_table()
-    return pa.concat_tables(tables)
+    from servescope.run.integrity import Problems, RunParts
+
+    problems = Problems(strict, warnings)
+    try:
+        from servescope.run.manifest import read_manifest
+
+        manifest = read_manifest(run_dir)
+    except RunDirError as exc:
+        problems.add(str(exc))
+        manifest = {}
+    data = RunParts(run_dir, manifest=manifest, problems=problems).read(table, dictionary_column=dictionary_column).data
+    if warnings is None:
+        report_warnings(problems.messages, None)
+    return data
+
+
+def report_warnings(messages: list[str], into: list[str] | None) -> None:
+    """Append a read's warnings to into, or, when into is None, log each on the "servescope" logger; returns None."""
+    if into is not None:
+        into.extend(m for m in messages if m not in into)
+        return
+    for message in messages:
+        logger.warning("servescope: warning: %s", message)
 
 
 def read_json(path: Path) -> Any:
@@ -76,13 +84,27 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def read_processes(run_dir: str | os.PathLike) -> list[dict]:
-    """Return the per-process records (role, pid, clock anchor, counters)."""
-    return [read_json(p) for p in sorted((Path(run_dir) / "processes").glob("*.json"))]
+    """Return the per-process records (role, pid, clock anchor, counters); unreadable ones are left out."""
+    return _json_objects(sorted((Path(run_dir) / "processes").glob("*.json")))
 
 
 def read_engine_facts(run_dir: str | os.PathLike) -> list[dict]:
-    """Return what each engine process recorded about its configuration."""
-    return [read_json(p) for p in sorted((Path(run_dir) / "engine").glob("*.json"))]
+    """Return what each engine process recorded about its configuration; unreadable files are left out."""
+    return _json_objects(sorted((Path(run_dir) / "engine").glob("*.json")))
+
+
+def _json_objects(paths: list[Path]) -> list[dict]:
+    """Return the JSON objects in these files, skipping any that is unreadable or not an object (load_run names them)."""
+    out = []
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                obj = json.load(f)
+        except (OSError, ValueError, RecursionError):
+            continue
+        if isinstance(obj, dict):
+            out.append(obj)
+    return out
 
 
 def ensure_run_id(run_dir: str | os.PathLike) -> str:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 from servescope import __version__
-from servescope.run.directory import ensure_run_id, read_engine_facts, read_json, read_processes, write_json
+from servescope.run.directory import (RunDirError, ensure_run_id, read_engine_facts, read_json, read_processes,
+                                      write_json)
+from servescope.run.parts import manifest_part_entries
 
 
 def build_manifest(run_dir: str | os.PathLike) -> dict[str, Any]:
@@ -47,6 +50,7 @@ def build_manifest(run_dir: str | os.PathLike) -> dict[str, Any]:
         path = run_dir / f"{extra}.json"
         if path.exists():
             manifest[extra] = read_json(path)
+    manifest["parts"] = manifest_part_entries(run_dir)  # every part with its rows and sha256 (parts.py)
     return manifest
 
 
@@ -61,3 +65,18 @@ def load_manifest(run_dir: str | os.PathLike) -> dict[str, Any]:
     """Return manifest.json, building it from the process files when it was never written."""
     path = Path(run_dir) / "manifest.json"
     return read_json(path) if path.exists() else build_manifest(run_dir)
+
+
+def read_manifest(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """Return RUN/manifest.json as a dict ({} when there is none); raise RunDirError naming it when unreadable."""
+    path = Path(run_dir) / "manifest.json"
+    if not path.exists():
+        return {}
+    try:
+        with open(path, "rb") as f:
+            manifest = json.load(f)
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or not UTF-8
+        raise RunDirError(f"{path}: unreadable manifest ({str(exc)[:120]})") from None
+    if not isinstance(manifest, dict):
+        raise RunDirError(f"{path}: manifest is not a JSON object")
+    return manifest

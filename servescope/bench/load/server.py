@@ -270,4 +270,5 @@ def copy_engine_records(server_run: str | os.PathLike, run_dir: str | os.PathLik
 
 
 def _write_copy(run_dir: Path, name: str, table: pa.Table) -> int:
-    return write_table_part(run_dir, name, table, f"server-copy-{os.getpid()}-{time.monotonic_ns()}")
+    writer = f"server-copy-{os.getpid()}"
+    return write_table_part(run_dir, name, table, f"{writer}-{time.monotonic_ns()}", writer=writer)
