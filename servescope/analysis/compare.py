@@ -386,16 +386,26 @@ def _statement(result: dict[str, Any]) -> str:
     return " ".join(lines)
 
 
-def compare_run_dirs(baseline_dirs: Sequence[str], treatment_dirs: Sequence[str], **kwargs: Any) -> dict[str, Any]:
-    """Return compare() of run directories (loads each with load_run and compute_request_metrics)."""
+def compare_run_dirs(baseline_dirs: Sequence[str], treatment_dirs: Sequence[str], *, strict: bool = False,
+                     **kwargs: Any) -> dict[str, Any]:
+    """Return compare() of run directories (loads each with load_run and compute_request_metrics).
+
+    The result's "run_warnings" maps each run's path to its problems (load_run's warnings); strict
+    raises RunDirError at the first problem instead.
+    """
     from servescope.analysis.request_metrics import compute_request_metrics
     from servescope.run.data import load_run
+
+    warnings: dict[str, list[str]] = {}
 
     def side(dirs):
         out = []
         for d in dirs:
-            run = load_run(d)
+            run = load_run(d, strict=strict)
+            warnings[str(d)] = list(run.warnings)
             out.append(run_samples(compute_request_metrics(run), run, label=str(d)))
         return out
 
-    return compare(side(baseline_dirs), side(treatment_dirs), **kwargs)
+    result = compare(side(baseline_dirs), side(treatment_dirs), **kwargs)
+    result["run_warnings"] = warnings
+    return result

@@ -67,7 +67,7 @@ CONVENTIONS = {
 
 def analyze_run(run_dir: str | os.PathLike, *, tbt_slo_s: float | None = None,
                 ttft_slo_s: float | None = None, include_requests: bool = True,
-                prefill_model=None, ttft_slack_s: float = 0.0) -> dict:
+                prefill_model=None, ttft_slack_s: float = 0.0, strict: bool = False) -> dict:
     """Return the run's JSON contract (run, conventions, summary, requests); times in seconds.
 
     With tbt_slo_s (the decode deadline D_d), every request also gets its fluidity
@@ -77,12 +77,14 @@ def analyze_run(run_dir: str | os.PathLike, *, tbt_slo_s: float | None = None,
     isolated prefill time plus ttft_slack_s, as metrics.md defines D_p (ttft_slo_s, when given, wins).
     include_requests=False leaves out "requests" (one Python float per token: what
     costs time and memory on a large run) when only the summary is wanted.
+    run.warnings lists every problem found reading the run (load_run's); strict raises
+    RunDirError at the first instead.
     """
     if (ttft_slo_s is not None or prefill_model is not None) and tbt_slo_s is None:
         raise ValueError("a TTFT deadline or prefill model is part of the fluidity index: give tbt_slo_s too")
     from servescope.analysis.iterations import iteration_summary, speculative_summary
 
-    run = load_run(run_dir)
+    run = load_run(run_dir, strict=strict)
     metrics = compute_request_metrics(run)
     info = run_info(run, metrics)
     iterations, speculative = iteration_summary(run), speculative_summary(run)
@@ -122,7 +124,7 @@ def analyze_run(run_dir: str | os.PathLike, *, tbt_slo_s: float | None = None,
 
 
 def run_info(run: RunData, metrics: RequestMetrics) -> dict:
-    """Return the run's size, start (ns, monotonic), duration (s) and throughput (per s)."""
+    """Return the run's size, start (ns, monotonic), duration (s), throughput (per s) and reading warnings."""
     arrivals = metrics.arrival_ns[metrics.arrival_ns != MISSING_NS]
     duration = run_duration_s(metrics.arrival_ns, metrics.last_token_ns, metrics.finished_ns)
     duration = duration if duration > 0 else None  # NaN: nothing recorded
@@ -139,6 +141,7 @@ def run_info(run: RunData, metrics: RequestMetrics) -> dict:
         "duration_s": duration,
         "output_tokens_per_s": output_tokens / duration if duration else None,
         "requests_per_s": finished / duration if duration else None,
+        "warnings": list(getattr(run, "warnings", [])),  # problems reading the run: the numbers are from the rest
     }
 
 
@@ -203,6 +206,9 @@ def summary_text(result: dict) -> str:
     """Return analyze_run's result as a compact text table (times in ms) with its conventions."""
     run = result["run"]
     lines = [f"servescope analysis of {run['path']}", _run_line(run), ""]
+    if run.get("warnings"):
+        lines[2:2] = [f"{len(run['warnings'])} problem(s) reading this run (listed on stderr and in run.warnings): "
+                      "the numbers below come from what could be read"]
     rows = [("metric", "unit", *TEXT_STATS)]
     for name, summary in result["summary"].items():
         label, unit, scale = TEXT_ROWS.get(name, (name, "", 1.0))

@@ -9,6 +9,8 @@ from typing import List, Optional
 
 import typer
 
+from servescope.cli.run_warnings import STRICT_HELP, echo_run_warnings
+
 STATUS_STYLE = {"pass": "green", "warn": "yellow", "fail": "red"}
 
 
@@ -28,6 +30,7 @@ def register(app: typer.Typer) -> None:
         base: Optional[List[Path]] = typer.Option(None, "--base", help="Baseline run (repeatable: repeats)."),
         treat: Optional[List[Path]] = typer.Option(None, "--treat", help="Treatment run (repeatable: repeats)."),
         as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
+        strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
     ) -> None:
         """Split the difference between two runs (or sets of repeats) into scheduling, prefill, decode,
         GPU time, CPU overhead and idle, with confidence intervals and configuration differences."""
@@ -42,10 +45,11 @@ def register(app: typer.Typer) -> None:
         if not base_dirs or not treat_dirs:
             raise typer.BadParameter("need a baseline and a treatment run")
         try:
-            result = compare_run_dirs([str(d) for d in base_dirs], [str(d) for d in treat_dirs])
+            result = compare_run_dirs([str(d) for d in base_dirs], [str(d) for d in treat_dirs], strict=strict)
         except RunDirError as exc:
             typer.secho(f"servescope: {exc}", fg="red", err=True)
             raise typer.Exit(2)
+        echo_run_warnings(result["run_warnings"])
         if as_json:
             json.dump(result, sys.stdout, default=_json_default, indent=1)
             sys.stdout.write("\n")
@@ -61,21 +65,25 @@ def register(app: typer.Typer) -> None:
         studied: Optional[List[str]] = typer.Option(
             None, "--studied", help="An engine parameter (or name prefix) the comparison is about, e.g. speculative: "
             "its difference is the treatment, not untuned baseline (repeatable)."),
-        as_json: bool = typer.Option(False, "--json", help="Print the verdicts as JSON."),
+        as_json: bool = typer.Option(False, "--json", help="Print {items: the verdicts, run_warnings} as JSON."),
+        strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
     ) -> None:
         """Audit runs against the eight-item checklist of 'On Evaluating Performance of LLM Inference Systems'."""
         from servescope.analysis.checklist import audit_run_dirs
         from servescope.run.directory import RunDirError
 
         slos = {k: v for k, v in (("ttft_s", ttft_slo), ("tbt_s", tbt_slo)) if v is not None} or None
+        run_warnings: dict[str, list[str]] = {}
         try:
             results = audit_run_dirs([str(r) for r in runs], [str(t) for t in (treat or [])], slos=slos,
-                                     studied=studied or ())
+                                     studied=studied or (), strict=strict, run_warnings=run_warnings)
         except RunDirError as exc:
             typer.secho(f"servescope: {exc}", fg="red", err=True)
             raise typer.Exit(2)
+        echo_run_warnings(run_warnings)
         if as_json:
-            json.dump([r.to_dict() for r in results], sys.stdout, indent=1, default=_json_default)
+            json.dump({"items": [r.to_dict() for r in results], "run_warnings": run_warnings}, sys.stdout, indent=1,
+                      default=_json_default)
             sys.stdout.write("\n")
             return
         from rich.console import Console

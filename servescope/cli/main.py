@@ -9,6 +9,8 @@ from typing import List, Optional
 
 import typer
 
+from servescope.cli.run_warnings import STRICT_HELP
+
 app = typer.Typer(
     name="servescope",
     help="Measure LLM serving engines from the inside: record every request, token and engine step, "
@@ -53,9 +55,11 @@ def analyze(
                                                  help="Fluidity's TTFT deadline = predicted prefill (servescope "
                                                       "calibrate-prefill) + --ttft-slack."),
     ttft_slack: float = typer.Option(0.0, "--ttft-slack", help="Slack added to the predicted prefill, seconds."),
+    strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
 ) -> None:
     """Print the run's per-request metrics and their distributions."""
     from servescope.analysis.summary import analyze_run, summary_text
+    from servescope.cli.run_warnings import echo_run_warnings
     from servescope.run.directory import RunDirError
 
     try:
@@ -65,9 +69,10 @@ def analyze(
 
             model = load_prefill_model(prefill_model)
         result = analyze_run(run_dir, tbt_slo_s=tbt_slo, ttft_slo_s=ttft_slo, include_requests=as_json,
-                             prefill_model=model, ttft_slack_s=ttft_slack)
+                             prefill_model=model, ttft_slack_s=ttft_slack, strict=strict)
     except (RunDirError, ValueError) as exc:
         _fail(str(exc))
+    echo_run_warnings(result["run"]["warnings"])
     if as_json:
         json.dump(result, sys.stdout, allow_nan=False)
         sys.stdout.write("\n")
@@ -100,25 +105,35 @@ def export(
     otlp: Optional[str] = typer.Option(None, "--otlp", help="OTLP endpoint, e.g. http://127.0.0.1:4318"),
     protocol: Optional[str] = typer.Option(None, "--protocol", help="http/protobuf (default) or grpc"),
     perfetto: Optional[Path] = typer.Option(None, "--perfetto", help="Write a Perfetto/Chrome trace JSON file."),
+    include_request_ids: bool = typer.Option(False, "--include-request-ids",
+                                             help="Put request ids in the spans / trace (they carry the client's "
+                                                  "X-Request-Id; left out by default)."),
+    strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
 ) -> None:
     """Export a finished run as OpenTelemetry spans (OTLP, or OTLP-JSON lines in RUN) or a Perfetto trace."""
+    from servescope.cli.run_warnings import echo_run_warnings
     from servescope.run.directory import RunDirError, check_run_dir
 
+    warnings: list[str] = []
     try:
         check_run_dir(run_dir)
         if perfetto is not None:
             from servescope.export.perfetto import write_perfetto_trace
 
-            n = write_perfetto_trace(run_dir, perfetto)
+            n = write_perfetto_trace(run_dir, perfetto, include_request_ids=include_request_ids, strict=strict,
+                                     warnings=warnings)
             typer.echo(f"servescope: wrote {n} trace events to {perfetto} (open it at ui.perfetto.dev)")
         if perfetto is None or otlp is not None:
             from servescope.export.otel_export import export_run
 
-            n = export_run(run_dir, endpoint=otlp, protocol=protocol)
+            n = export_run(run_dir, endpoint=otlp, protocol=protocol, include_request_ids=include_request_ids,
+                           strict=strict, warnings=warnings)
             where = otlp or str(Path(run_dir) / "otlp" / "spans.jsonl")
             typer.echo(f"servescope: exported {n} spans to {where}")
     except RunDirError as exc:
         _fail(str(exc))
+    finally:
+        echo_run_warnings(warnings)
 
 
 @app.command()

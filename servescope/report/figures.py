@@ -62,6 +62,13 @@ class ReportRun:
     worker_regions: pa.Table
     frontend_steps: pa.Table
     fluidity: dict | None = None  # fluidity.fluidity_for_requests() when a TBT SLO was given
+    include_request_ids: bool = False  # False: requests are named by position (request ids carry the client's)
+
+    def request_name(self, index: int) -> str:
+        """Return how the report names request `index` of metrics: its id (if asked for), else 'request <n>'."""
+        if self.include_request_ids:
+            return _short_id(self.metrics.request_id[index])
+        return f"request {int(index)}"
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -411,7 +418,7 @@ def _draw_token_timeline(ax, run: ReportRun, request: int, scale: float, color) 
     x = np.concatenate([[0.0], (times[keep] - arrival) / NS_PER_S * scale])
     y = np.concatenate([[0], tokens[keep]])
     longest = run.stalls.gap_s[mine].max() if mine.size else np.nanmax(np.diff(times), initial=0) / NS_PER_S
-    label = f"{plain(_short_id(m.request_id[request]))}: longest gap {_fmt(longest * 1e3, 'ms')}"
+    label = f"{plain(run.request_name(request))}: longest gap {_fmt(longest * 1e3, 'ms')}"
     ax.plot(x, y, drawstyle="steps-post", color=color, linewidth=1.6, label=label)
     causes = set()
     for k in mine:
@@ -598,7 +605,7 @@ def _mark_stall(ax, run: ReportRun, lo: int, rows: int) -> None:
     end = (run.stalls.end_ns[k] - lo) / 1e6
     color = CAUSE_COLORS.get(str(run.stalls.cause[k]), "#888888")
     ax.axvspan(start, end, color=color, alpha=0.10, linewidth=0)
-    ax.text(max(start, 0.0), -0.75, f" stall of {_short_id(run.stalls.request_id[k])}: "
+    ax.text(max(start, 0.0), -0.75, f" stall of {run.request_name(run.stalls.request_index[k])}: "
             f"{run.stalls.gap_s[k] * 1e3:.1f} ms, {run.stalls.cause[k]}", fontsize=8, color=color, va="top")
 
 

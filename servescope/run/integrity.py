@@ -14,8 +14,8 @@ when it is:
 * **mis-shaped**: a column missing (while other parts have it) or of another type, or a row count
   that differs from the index.
 
-A column absent from *every* part of a table (a run recorded before the column existed) is read
-as nulls, with one message. A run recorded before servescope kept a part index is read with the
+A column absent from *every* part of a table is read as nulls, with one message (none for the
+columns schema.py gained later, ``ADDED_COLUMNS``, in a run older than the index). A run recorded before servescope kept a part index is read with the
 checks that need no index (duplicates, unreadable parts, columns) and one message saying it cannot
 be verified. With ``strict=True`` the first message raises RunDirError instead.
 """
@@ -35,6 +35,12 @@ from servescope.run.parts import (PARTS_DIR, PartEntry, file_sha256, index_files
                                   read_part_index)
 from servescope.run.schema import TABLES
 
+# Columns added to schema.py after runs were first recorded: absent from every part of older runs, read as null
+# there without a message (the run's note already says it predates the index).
+ADDED_COLUMNS = {
+    "steps": {"engine_timestamp_ns"},
+    "worker_regions": {"engine_index", "host_cpu_ns", "voluntary_switches", "involuntary_switches"},
+}
 LEGACY_NOTE = ("recorded before servescope kept a part index (RUN/parts/): its parts cannot be verified "
                "(a missing or foreign part would go unnoticed)")
 
@@ -258,7 +264,8 @@ class RunParts:
             return set()
         present = {name for c in candidates for name in c.schema.names}
         absent = {name for name in TABLES[table].column_names if name not in present}
-        if absent:
+        expected = ADDED_COLUMNS.get(table, set()) if not self.indexed else set()
+        if absent - expected:
             self.problems.add(f"{table_dir(self.run_dir, table)}: column(s) {', '.join(sorted(absent))} absent from "
                               "every part (recorded by an older servescope?); read as null")
         return absent
