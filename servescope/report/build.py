@@ -299,7 +299,7 @@ def _stalls_table(runs: Sequence[PreparedRun]) -> h.Markup:
         evidence = table["evidence"].to_pylist()
         for k in np.argsort(-stalls.gap_s, kind="stable")[:WORST_STALLS_LISTED]:
             rows.append([h.run_name(r.figures.label, r.figures.color),
-                         h.tag("span", r.figures.request_name(stalls.request_index[k]), class_="mono"),
+                         h.tag("span", r.figures.request_name(stalls.request_index[k], width=None), class_="mono"),
                          h.number(int(stalls.token_index[k])), h.number(stalls.gap_s[k], 1e3),
                          stalls.cause[k], evidence[k]])
     if not rows:

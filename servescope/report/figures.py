@@ -64,10 +64,11 @@ class ReportRun:
     fluidity: dict | None = None  # fluidity.fluidity_for_requests() when a TBT SLO was given
     include_request_ids: bool = False  # False: requests are named by position (request ids carry the client's)
 
-    def request_name(self, index: int) -> str:
-        """Return how the report names request `index` of metrics: its id (if asked for), else 'request <n>'."""
+    def request_name(self, index: int, width: int | None = 18) -> str:
+        """Return how the report names request `index` of metrics: its id (if asked for; cut to width), else 'request <n>'."""
         if self.include_request_ids:
-            return _short_id(self.metrics.request_id[index])
+            text = str(self.metrics.request_id[index])
+            return text if width is None else _short_id(text, width)
         return f"request {int(index)}"
 
 
