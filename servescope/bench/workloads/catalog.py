@@ -55,9 +55,12 @@ def sniff_trace_format(path: str | Path) -> str:
         raise WorkloadError(f"{path}: empty file")
     if line.startswith("{"):
         try:
-            keys = set(json.loads(line))
-        except (json.JSONDecodeError, TypeError):
+            record = json.loads(line)
+        except (ValueError, RecursionError):  # JSONDecodeError; an integer of too many digits; deep nesting
             raise WorkloadError(f"{path}, line 1: malformed JSON") from None
+        if not isinstance(record, dict):
+            raise WorkloadError(f"{path}, line 1: malformed row, expected a JSON object")
+        keys = set(record)
         if "input_length" in keys:
             return "mooncake"
         if "arrival_s" in keys:
