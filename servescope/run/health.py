@@ -57,7 +57,11 @@ def recording_problems(run_dir: str | os.PathLike, manifest: dict, processes: li
 
 def rows_written_check(run_dir: str | os.PathLike, rows_read: dict[str, int], processes: list[dict],
                        problems: Problems) -> None:
-    """Add one message per table with fewer rows than its processes report writing (for runs without a part index)."""
+    """Add one message per table with fewer rows read than its processes report writing (processes/*.json).
+
+    This catches what a part index cannot: parts removed together with their index lines, and, in
+    runs recorded before the index, missing parts.
+    """
     written: dict[str, int] = {}
     for p in processes:
         counts = p.get("rows_written")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -230,6 +231,12 @@ def seconds_column(columns: Columns, field: str, scale: float = 1.0) -> np.ndarr
 def datetime_seconds_column(columns: Columns, field: str) -> np.ndarray:
     """Returns 'YYYY-MM-DD HH:MM:SS.fffffff' timestamps as seconds after the first row (float64)."""
     raw = columns.values[field]
+    with warnings.catch_warnings():  # a timezone suffix is converted to UTC; numpy warns that it is deprecated
+        warnings.simplefilter("ignore", UserWarning)
+        return _datetime_seconds(columns, field, raw)
+
+
+def _datetime_seconds(columns: Columns, field: str, raw: list) -> np.ndarray:
     try:
         stamps = np.asarray(raw, dtype="datetime64[ns]")
         ok = not np.any(np.isnat(stamps))
