@@ -178,15 +178,22 @@ def check(run: Path, model: Model, indexed: bool) -> None:
             raise AssertionError("strict read of a damaged run did not raise")
 
 
+def damaged_run(directory: str, data, indexed: bool) -> tuple[Path, Model, int]:
+    """Build a run, apply 0 to 3 random damage ops to it; return it, its model and its undamaged token total."""
+    run = build(directory, data, indexed=indexed)
+    model = Model(run)
+    clean = model.expected(indexed)
+    ops = INDEXED_DAMAGE if indexed else LEGACY_DAMAGE
+    for op in data.draw(st.lists(st.sampled_from(ops), min_size=0, max_size=3), label="damage"):
+        damage(model, op, data, indexed=indexed)
+    return run, model, clean
+
+
 @settings(FUZZ, max_examples=60)
 @given(data=st.data())
 def test_damage_to_an_indexed_run_is_never_silent(data):
     with tempfile.TemporaryDirectory() as directory:
-        run = build(directory, data, indexed=True)
-        model = Model(run)
-        clean = model.expected(True)
-        for op in data.draw(st.lists(st.sampled_from(INDEXED_DAMAGE), min_size=0, max_size=3), label="damage"):
-            damage(model, op, data, indexed=True)
+        run, model, clean = damaged_run(directory, data, indexed=True)
         check(run, model, indexed=True)
         if model.expected(True) != clean:
             assert load_run(run).warnings
@@ -198,10 +205,7 @@ def test_damage_to_a_run_without_an_index_is_read_around(data):
     # Garbage written inside a part of such a run may leave readable Parquet with other numbers (its
     # pages carry no checksum): the run's note says it cannot be verified; that case is left out here.
     with tempfile.TemporaryDirectory() as directory:
-        run = build(directory, data, indexed=False)
-        model = Model(run)
-        for op in data.draw(st.lists(st.sampled_from(LEGACY_DAMAGE), min_size=0, max_size=3), label="damage"):
-            damage(model, op, data, indexed=False)
+        run, model, _ = damaged_run(directory, data, indexed=False)
         check(run, model, indexed=False)
 
 

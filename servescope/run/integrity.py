@@ -117,6 +117,7 @@ class RunParts:
             entries += self._manifest_entries(listed_in_manifest, known={e.file for e in entries})
             self.indexed = True
         self.by_table: dict[str, list[PartEntry]] = {}
+        self._by_file: dict[str, PartEntry] = {}
         for entry in entries:
             self._add_entry(entry)
         if not self.indexed:
@@ -134,10 +135,10 @@ class RunParts:
         return out
 
     def _add_entry(self, entry: PartEntry) -> None:
-        listed = self.by_table.setdefault(entry.table, [])
-        same = next((e for e in listed if e.file == entry.file), None)
+        same = self._by_file.get(entry.file)
         if same is None:
-            listed.append(entry)
+            self._by_file[entry.file] = entry
+            self.by_table.setdefault(entry.table, []).append(entry)
         elif same.sha256 != entry.sha256:
             self.problems.add(f"{self.run_dir / entry.file}: listed twice with different checksums "
                               f"(writers {same.writer}, {entry.writer}); the first listing is used")
