@@ -1,7 +1,7 @@
 import sys
 from collections import defaultdict
 import numpy as np
-from servescope.run.directory import read_table
+from servescope.run.tables import read_table
 rows = read_table(sys.argv[1], "worker_regions").to_pylist()
 by = defaultdict(dict)
 for r in rows:

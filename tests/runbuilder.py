@@ -9,12 +9,14 @@
     )
 
 ``request`` adds one request's lifecycle events and token emissions; ``row`` adds any
-row to any table of tracer/schema.py (columns not given are null). ``write`` writes
-every table that has rows as Parquet parts with the schema, like the tracer does.
+row to any table of run/schema.py (columns not given are null). ``write`` writes
+every table that has rows as Parquet parts through ``parts.write_part``, indexed like the
+recorder's (``indexed=False``: bare Parquet files, as servescope wrote before it kept an index).
 """
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from servescope.run.directory import table_dir, write_json
+from servescope.run.parts import write_part
 from servescope.run.schema import TABLES
+
+BUILDER_WRITER = "builder-1"  # <role>-<pid>, as a recording process names its parts
 
 
 class RunBuilder:
@@ -87,14 +92,22 @@ class RunBuilder:
             self.event(request_id, "finished", finished_ns, output_tokens=total, detail=finish_reason)
         return self
 
-    def write(self, parts: int = 1, sort_by_time: bool = True) -> Path:
+    def write(self, parts: int = 1, sort_by_time: bool = True, writers: dict[str, str] | None = None,
+              indexed: bool = True) -> Path:
         """Write manifest.json and each non-empty table as `parts` Parquet parts; return the run directory.
 
         sort_by_time orders each table's rows by its first ``*_ns`` column, as a recorder
         appends them (requests interleaved); False keeps the order rows were added in.
+        writers: table -> the writer (``<role>-<pid>``) of its parts, default builder-1; parts are
+        named ``<writer>-<k>``. indexed: write through parts.write_part (run id: the manifest's, else a
+        fresh one, in run.json); False writes bare Parquet files and no run.json, as before the index.
         """
         write_json(self.path / "manifest.json", self.manifest)
         (self.path / "tables").mkdir(parents=True, exist_ok=True)
+        run_id = None
+        if indexed:
+            run_id = self.manifest.get("run_id") or uuid.uuid4().hex
+            write_json(self.path / "run.json", {"run_id": run_id})
         for name, rows in self.rows.items():
             if not rows:
                 continue
@@ -102,8 +115,13 @@ class RunBuilder:
             time_column = next((c for c in TABLES[name].column_names if c.endswith("_ns")), None)
             if sort_by_time and time_column is not None:
                 table = table.take(np.argsort(table.column(time_column).to_numpy(), kind="stable"))
+            writer = (writers or {}).get(name, BUILDER_WRITER)
             directory = table_dir(self.path, name)
             directory.mkdir(parents=True, exist_ok=True)
             for k, part_rows in enumerate(np.array_split(np.arange(len(table)), parts)):
-                pq.write_table(table.take(part_rows), directory / f"builder-1-{k:03d}.parquet")
+                if indexed:
+                    write_part(self.path, name, table.take(part_rows), writer=writer, name=f"{writer}-{k:03d}",
+                               run_id=run_id)
+                else:
+                    pq.write_table(table.take(part_rows), directory / f"{writer}-{k:03d}.parquet")
         return self.path

@@ -30,7 +30,8 @@ from servescope.bench.sweep import grid_points, parse_grid, point_dir_name, poin
 from servescope.cli.main import app
 from servescope.record.recorder import Recorder
 from servescope.run.compact import compact_run
-from servescope.run.directory import read_json, read_table
+from servescope.run.directory import read_json
+from servescope.run.tables import read_table
 
 S = 1_000_000_000
 

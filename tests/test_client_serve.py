@@ -41,7 +41,8 @@ from servescope.bench.capacity import evaluate_run
 from servescope.bench.run import BenchSpec, run_bench
 from servescope.cli.main import app
 from servescope.bench.load.server import start_server, wait_for_engine_records
-from servescope.run.directory import read_json, read_table
+from servescope.run.directory import read_json
+from servescope.run.tables import read_table
 
 pytestmark = pytest.mark.engine
 

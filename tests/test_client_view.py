@@ -18,7 +18,8 @@ from servescope.analysis.request_metrics import compute_request_metrics, take_re
 from servescope.analysis.request_view import request_view
 from servescope.analysis.stalls import find_stalls
 from servescope.run.data import load_run
-from servescope.run.directory import RunDirError, read_table
+from servescope.run.directory import RunDirError
+from servescope.run.tables import read_table
 
 MS = 1_000_000
 

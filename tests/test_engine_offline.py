@@ -5,7 +5,7 @@ from collections import defaultdict
 import pytest
 
 from servescope.run.manifest import load_manifest
-from servescope.run.directory import read_table
+from servescope.run.tables import read_table
 
 pytestmark = pytest.mark.engine
 

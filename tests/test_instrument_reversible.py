@@ -70,7 +70,8 @@ def test_a_second_instrument_starts_a_fresh_recording(tmp_path, tiny_model_dir):
     import sys
 
     from engine_fixtures import TESTS, engine_env
-    from servescope.run.directory import read_json, read_table
+    from servescope.run.directory import read_json
+    from servescope.run.tables import read_table
 
     run1, run2, out = tmp_path / "one", tmp_path / "two", tmp_path / "out.json"
     proc = subprocess.run([sys.executable, str(TESTS / "engine_scripts" / "instrument_twice.py"), str(tiny_model_dir),

@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
@@ -19,7 +18,8 @@ from servescope.export.otel_export import (
     span_batches,
 )
 from servescope.export.otel_spans import build_run_spans
-from servescope.run.directory import RunDirError, table_dir, write_json
+from servescope.run.directory import RunDirError, write_json
+from servescope.run.parts import write_part
 from servescope.run.schema import TABLES
 
 from otlp_receiver import (  # tests/ is on sys.path (conftest.py)
@@ -44,12 +44,11 @@ DP0, DP1, FRONT = 1, 4343, 1000  # RunBuilder names its parts builder-1-<k>: pid
 
 # ---- the run under test ------------------------------------------------------------------------
 def _write_part(run_dir: Path, table: str, role: str, pid: int, rows: list[dict]) -> None:
-    """Write one Parquet part as the recorder names it: tables/<table>/<role>-<pid>-<seq>.parquet."""
+    """Write one indexed part as the recorder names it: tables/<table>/<role>-<pid>-<seq>.parquet."""
     spec = TABLES[table]
     columns = {c.name: [row.get(c.name) for row in rows] for c in spec.columns}
-    directory = table_dir(run_dir, table)
-    directory.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table(columns, schema=spec.arrow_schema), directory / f"{role}-{pid}-000001.parquet")
+    write_part(run_dir, table, pa.table(columns, schema=spec.arrow_schema), writer=f"{role}-{pid}",
+               name=f"{role}-{pid}-000001")
 
 
 def _ev(rid, event, ms, step=None, prompt=None, max_tokens=None, out=None, detail=None) -> dict:
@@ -185,6 +184,8 @@ def run_dir_snapshot(run_dir: Path) -> dict[str, bytes]:
 
 
 def export_over_http(run_dir: Path, **kwargs) -> tuple[int, list[Span], OtlpHttpReceiver]:
+    """Export over HTTP to a real receiver; request ids included unless the caller says otherwise."""
+    kwargs.setdefault("include_request_ids", True)
     with OtlpHttpReceiver() as receiver:
         count = export_run(run_dir, endpoint=receiver.endpoint, **kwargs)
     return count, receiver.spans(), receiver
@@ -360,7 +361,7 @@ def test_traces_endpoint_variable_is_used_as_given(monkeypatch):
 
 # ---- gRPC ----------------------------------------------------------------------------------------
 def test_grpc_export_sends_the_same_spans_as_http(run_dir):
-    _, http_spans, _ = export_over_http(run_dir)
+    _, http_spans, _ = export_over_http(run_dir, include_request_ids=False)
     with OtlpGrpcReceiver() as receiver:
         count = export_run(run_dir, endpoint=receiver.endpoint, protocol="grpc", headers={"x-tenant": "t1"})
     grpc_spans = receiver.spans()
@@ -440,7 +441,7 @@ def test_without_endpoint_spans_go_to_otlp_json_lines(run_dir):
     assert all(len(link["spanId"]) == 16 for link in step["links"])
 
     # the same spans, ids and times as an OTLP/HTTP receiver gets
-    _, http_spans, _ = export_over_http(run_dir)
+    _, http_spans, _ = export_over_http(run_dir, include_request_ids=False)
     assert sorted(s.SerializeToString(deterministic=True) for s in spans) == \
         sorted(s.SerializeToString(deterministic=True) for s in http_spans)
 
@@ -464,7 +465,7 @@ def test_batches_split_on_span_and_link_counts(run_dir):
 # ---- a real vLLM run (CPU build) -----------------------------------------------------------------
 @pytest.mark.engine
 def test_a_real_vllm_run_exports_a_span_per_request_and_step(offline_run):
-    from servescope.run.directory import read_table
+    from servescope.run.tables import read_table
 
     _, spans, _ = export_over_http(offline_run.run_dir)
     requests = request_spans(spans)

@@ -90,7 +90,7 @@ def _load(path) -> dict:
 def test_trace_of_a_synthetic_engine_run(tmp_path):
     run = build_engine_run(tmp_path)
     requests, steps, regions, frontend = simulate_engine()
-    n = write_perfetto_trace(run, tmp_path / "trace.json")
+    n = write_perfetto_trace(run, tmp_path / "trace.json", include_request_ids=True)
     events = validate_trace(_load(tmp_path / "trace.json"))
     assert n == len(events)
 

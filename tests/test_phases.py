@@ -17,7 +17,8 @@ from runbuilder import RunBuilder
 from servescope.studies.spec_study import crossover, speedups
 from servescope.studies.spec_study_report import lease_to_lease
 from servescope.run.phases import Phase, read_phases, record_phase, split_run
-from servescope.run.directory import RunDirError, read_table
+from servescope.run.directory import RunDirError
+from servescope.run.tables import read_table
 
 
 def _two_phase_run(tmp_path: Path) -> Path:

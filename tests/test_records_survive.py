@@ -24,7 +24,8 @@ import pytest
 from engine_fixtures import engine_env
 from servescope.bench.load.client import engine_request_ids
 from servescope.bench.load.server import free_port
-from servescope.run.directory import read_json, read_table
+from servescope.run.directory import read_json
+from servescope.run.tables import read_table
 
 pytestmark = pytest.mark.engine
 

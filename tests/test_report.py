@@ -24,7 +24,7 @@ from runbuilder import RunBuilder
 from servescope.report.build import figure_specs, write_report
 from servescope.cli.main import app
 from servescope.report.figures import RUN_COLORS
-from servescope.run.directory import RunDirError, table_dir, write_json
+from servescope.run.directory import RunDirError, write_json
 
 MS = 1_000_000
 US = 1_000
@@ -159,13 +159,9 @@ def build_engine_run(root: Path, name: str = "run", *, slow: float = 1.0, **para
         builder.row("worker_regions", **row)
     for row in frontend:
         builder.row("frontend_steps", **row)
-    path = builder.write()
     writers = {"frontend_steps": "frontend", "request_events": "engine", "token_emissions": "engine",
                "steps": "engine", "worker_regions": "worker"}
-    for table, writer in writers.items():
-        pid, role = PROCESSES[writer]
-        for part in sorted(table_dir(path, table).glob("*.parquet")):
-            part.rename(part.with_name(f"{role}-{pid}-{part.name.rsplit('-', 1)[1]}"))
+    path = builder.write(writers={table: "{1}-{0}".format(*PROCESSES[w]) for table, w in writers.items()})
     for pid, role in PROCESSES.values():
         write_json(path / "processes" / f"{pid}.json", {"pid": pid, "role": role, "closed": True})
     return path

@@ -9,7 +9,8 @@ from runbuilder import RunBuilder
 
 from servescope.analysis.request_metrics import MISSING_NS, compute_request_metrics
 from servescope.run.data import load_run
-from servescope.run.directory import RunDirError, read_table
+from servescope.run.directory import RunDirError
+from servescope.run.tables import read_table
 
 MS = 1_000_000
 # A monotonic clock 115 days after boot: beyond 2**53 ns, where float64 loses nanoseconds.
@@ -297,11 +298,18 @@ def test_load_run_explains_what_is_wrong(tmp_path):
     (bad_manifest / "manifest.json").write_text("{not json")
     with pytest.raises(RunDirError, match="manifest.json, line 1: not valid JSON"):
         load_run(bad_manifest)
-    cut_short = RunBuilder(tmp_path, "cut-short").request("r", emissions=[(1, T, 1)]).write()
-    part = next((cut_short / "tables" / "token_emissions").glob("*.parquet"))
-    part.write_bytes(part.read_bytes()[:20])
-    with pytest.raises(RunDirError, match="unreadable Parquet part"):
-        load_run(cut_short)
+    # A part cut short is named and left out (the rest is read); strict makes it an error.
+    for indexed, what, strict_error in ((True, "changed since it was written", "changed since it was written"),
+                                        (False, "unreadable Parquet part", "cannot be verified")):
+        cut_short = RunBuilder(tmp_path, f"cut-short-{indexed}").request("r", emissions=[(1, T, 1)]).write(
+            indexed=indexed)
+        part = next((cut_short / "tables" / "token_emissions").glob("*.parquet"))
+        part.write_bytes(part.read_bytes()[:20])
+        run = load_run(cut_short)
+        assert run.token_emissions.num_rows == 0
+        assert [w for w in run.warnings if str(part) in w and what in w], run.warnings
+        with pytest.raises(RunDirError, match=strict_error):  # unindexed: strict refuses it at once
+            load_run(cut_short, strict=True)
 
 
 def test_plain_string_ids_give_the_same_metrics_as_dictionary_ids(tmp_path):

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from engine_fixtures import engine_env
-from servescope.run.directory import read_table
+from servescope.run.tables import read_table
 
 pytestmark = pytest.mark.engine
 

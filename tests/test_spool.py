@@ -14,10 +14,9 @@ import threading
 import pytest
 
 from servescope.record.recorder import Recorder
-from servescope.run.compact import compact_run
+from servescope.run.compact import close_run, compact_run
 from servescope.run.config import Config
-from servescope.run.directory import read_table
-from servescope.run.manifest import write_manifest
+from servescope.run.tables import read_table
 from servescope.run.names import RequestEvent, Table
 from servescope.run.rows import RequestEventRow, StepRow, WorkerRegionRow
 from servescope.run.spool import HEADER_BYTES, read_header, read_spools, segments
@@ -76,7 +75,7 @@ def test_sigkill_loses_nothing_that_was_appended(tmp_path):
     assert len(segments(tmp_path)) > 1
     ids = read_table(tmp_path, Table.REQUEST_EVENTS).column("request_id").to_pylist()
     assert ids == [f"r{i}" for i in range(5000)]
-    manifest = write_manifest(tmp_path)  # compacts first
+    manifest = close_run(tmp_path)  # compacts, then writes the manifest
     assert segments(tmp_path) == []
     assert manifest["health"]["processes_killed"] == [pid] and manifest["health"]["rows_dropped"] == 0
     assert read_table(tmp_path, Table.REQUEST_EVENTS).num_rows == 5000
@@ -108,18 +107,19 @@ def test_compaction_is_complete_and_never_counts_twice(tmp_path):
     write_spool_parts(tmp_path, read_spools(tmp_path)[0])
     assert read_table(tmp_path, Table.REQUEST_EVENTS).num_rows == 100  # the spool wins over its own parts
     result = compact_run(tmp_path)
-    assert result.compacted == [f"MainProcess-{os.getpid()}"] and result.rows == 100
+    assert result.compacted == [rec.spool_name] and result.rows == 100
     assert read_table(tmp_path, Table.REQUEST_EVENTS).num_rows == 100
     assert compact_run(tmp_path).compacted == []
     record = json.loads((tmp_path / "processes" / f"{os.getpid()}.json").read_text())
     assert record["ended"] == "closed" and record["rows_recorded"] == {"request_events": 100}
+    assert record["spools"][rec.spool_name]["rows_recorded"] == {"request_events": 100}
 
 
 def test_a_running_process_spool_is_left_alone(tmp_path):
     rec = Recorder(Config.from_options(str(tmp_path)))
     rec.append(Table.REQUEST_EVENTS, _event(1))
     result = compact_run(tmp_path)
-    assert result.compacted == [] and result.left_running == [f"MainProcess-{os.getpid()}"]
+    assert result.compacted == [] and result.left_running == [rec.spool_name]
     rec.append(Table.REQUEST_EVENTS, _event(2))
     assert read_table(tmp_path, Table.REQUEST_EVENTS).num_rows == 2
     rec.close()

@@ -550,16 +550,23 @@ def audited_view(view: Any, manifest: dict[str, Any], *, label: str, side: str |
 
 
 def audit_run_dirs(
-    baseline_dirs: Sequence[str], treatment_dirs: Sequence[str] = (), **kwargs: Any
+    baseline_dirs: Sequence[str], treatment_dirs: Sequence[str] = (), *, strict: bool = False,
+    run_warnings: dict[str, list[str]] | None = None, **kwargs: Any
 ) -> list[CheckResult]:
-    """Return audit() of run directories: each run's engine record, else its client's (request_view)."""
+    """Return audit() of run directories: each run's engine record, else its client's (request_view).
+
+    run_warnings (when given) receives each run's problems (load_run's warnings) under its path;
+    strict raises RunDirError at the first problem instead.
+    """
     from servescope.analysis.request_view import request_view
     from servescope.run.data import load_run
 
     runs = []
     for side, dirs in (("baseline", baseline_dirs), ("treatment", treatment_dirs)):
         for d in dirs:
-            run = load_run(d)
+            run = load_run(d, strict=strict)
+            if run_warnings is not None:
+                run_warnings[str(d)] = list(run.warnings)
             runs.append(audited_view(request_view(run), run.manifest, label=str(d),
                                      side=side if treatment_dirs else None))
     return audit(runs, **kwargs)

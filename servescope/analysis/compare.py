@@ -467,13 +467,18 @@ def _target(served: dict | None) -> str:
 
 
 def compare_run_dirs(baseline_dirs: Sequence[str], treatment_dirs: Sequence[str], *, observer: str | None = None,
-                     **kwargs: Any) -> dict[str, Any]:
+                     strict: bool = False, **kwargs: Any) -> dict[str, Any]:
     """Return compare() of run directories, each seen by observer (None: the engine where every run has
-    engine records, else the client where every run has client records; ValueError otherwise)."""
+    engine records, else the client where every run has client records; ValueError otherwise).
+
+    The result's "run_warnings" maps each run's path to its problems (load_run's warnings); strict
+    raises RunDirError at the first problem instead.
+    """
     from servescope.analysis.request_view import observers_of, request_view
     from servescope.run.data import load_run
 
-    runs = {d: load_run(d) for d in [*baseline_dirs, *treatment_dirs]}
+    runs = {d: load_run(d, strict=strict) for d in [*baseline_dirs, *treatment_dirs]}
+    warnings = {str(d): list(run.warnings) for d, run in runs.items()}
     if observer is None:
         observer = common_observer({d: observers_of(run) for d, run in runs.items()})
 
@@ -484,7 +489,9 @@ def compare_run_dirs(baseline_dirs: Sequence[str], treatment_dirs: Sequence[str]
             out.append(run_samples(view.counted_metrics(), runs[d], label=str(d), observer=observer))
         return out
 
-    return compare(side(baseline_dirs), side(treatment_dirs), **kwargs)
+    result = compare(side(baseline_dirs), side(treatment_dirs), **kwargs)
+    result["run_warnings"] = warnings
+    return result
 
 
 def common_observer(observers: dict[str, Sequence[str]]) -> str:

@@ -99,7 +99,8 @@ CLIENT_CONVENTIONS = {
 
 def analyze_run(run_dir: str | os.PathLike, *, tbt_slo_s: float | None = None,
                 ttft_slo_s: float | None = None, include_requests: bool = True,
-                prefill_model=None, ttft_slack_s: float = 0.0, observer: str | None = None) -> dict:
+                prefill_model=None, ttft_slack_s: float = 0.0, observer: str | None = None,
+                strict: bool = False) -> dict:
     """Return the run's JSON contract (run, conventions, sources, summary, requests); times in seconds.
 
     The requests are the engine's record when the run has one, else the client's (a client-only
@@ -112,12 +113,14 @@ def analyze_run(run_dir: str | os.PathLike, *, tbt_slo_s: float | None = None,
     isolated prefill time plus ttft_slack_s, as metrics.md defines D_p (ttft_slo_s, when given, wins).
     include_requests=False leaves out "requests" (one Python float per token: what
     costs time and memory on a large run) when only the summary is wanted.
+    run.warnings lists every problem found reading the run (load_run's); strict raises
+    RunDirError at the first instead.
     """
     if (ttft_slo_s is not None or prefill_model is not None) and tbt_slo_s is None:
         raise ValueError("a TTFT deadline or prefill model is part of the fluidity index: give tbt_slo_s too")
     from servescope.analysis.iterations import iteration_summary, speculative_summary
 
-    run = load_run(run_dir)
+    run = load_run(run_dir, strict=strict)
     view = request_view(run, observer)
     metrics = view.metrics
     info = run_info(run, view)
@@ -180,7 +183,7 @@ def conventions(view: RequestView) -> dict[str, str]:
 
 
 def run_info(run: RunData, view: RequestView) -> dict:
-    """Return the run's size, start (ns, monotonic), duration (s), throughput (per s) and observers.
+    """Return the run's size, start (ns, monotonic), duration (s), throughput (per s), observers and reading warnings.
 
     Only counted requests (all the engine's; the client's that ended 'ok') make the duration,
     the output tokens and the finished requests.
@@ -206,6 +209,7 @@ def run_info(run: RunData, view: RequestView) -> dict:
         "duration_s": duration,
         "output_tokens_per_s": output_tokens / duration if duration else None,
         "requests_per_s": finished / duration if duration else None,
+        "warnings": list(getattr(run, "warnings", [])),  # problems reading the run: the numbers are from the rest
     }
 
 
@@ -292,6 +296,9 @@ def summary_text(result: dict) -> str:
     run = result["run"]
     sources = result.get("sources", {})
     lines = [f"servescope analysis of {run['path']}", _run_line(run), *_observer_lines(run), ""]
+    if run.get("warnings"):
+        lines[-1:-1] = [f"{len(run['warnings'])} problem(s) reading this run (listed on stderr and in run.warnings): "
+                        "the numbers below come from what could be read"]
     rows = [("metric", "unit", *TEXT_STATS)]
     for name, summary in result["summary"].items():
         label, unit, scale = TEXT_ROWS.get(name, (name, "", 1.0))

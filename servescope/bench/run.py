@@ -204,13 +204,28 @@ def _prompts_for(spec: BenchSpec, config: dict):
     return SyntheticPrompts(int(vocab), sorted(i for i in special if 0 <= i < vocab), seed=spec.seed)
 
 
-def _check_fits(plan, max_model_len: int | None) -> None:
+def _check_fits(tokens_needed, max_model_len: int | None) -> None:
+    """Raise BenchError when a request needs more than max_model_len tokens (tokens_needed: prompt + output each)."""
     if not max_model_len:
         return
-    too_long = sum(1 for p, m in zip(plan.prompts, plan.max_tokens) if len(p) + m > max_model_len)
+    too_long = sum(1 for n in tokens_needed if n > max_model_len)
     if too_long:
-        raise BenchError(f"{too_long} of {len(plan)} requests need more than the server's max_model_len "
+        raise BenchError(f"{too_long} of {len(tokens_needed)} requests need more than the server's max_model_len "
                          f"{max_model_len} tokens (prompt + output): use --max-prompt-tokens / --max-output-tokens")
+
+
+def _planned_max_model_len(spec: BenchSpec, served: dict | None, config: dict) -> int | None:
+    """Return the context limit known before any prompt is built: the server's, else --max-model-len, else the model's."""
+    if served is not None:
+        return served.get("max_model_len")
+    args = list(spec.engine_args)
+    for i, arg in enumerate(args):
+        value = arg.split("=", 1)[1] if arg.startswith("--max-model-len=") else (
+            args[i + 1] if arg == "--max-model-len" and i + 1 < len(args) else None)
+        if value is not None and value.isdigit():
+            return int(value)
+    limit = config.get("max_position_embeddings")
+    return limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
 
 
 def _workload_facts(spec: BenchSpec, workload) -> dict:
@@ -239,7 +254,7 @@ def run_bench(spec: BenchSpec, out: str | Path, *, progress: bool | None = None,
     from servescope.bench.load.progress import LiveStats
     from servescope.bench.load.server import copy_engine_records, wait_for_engine_records
     from servescope.record.recorder import close_recorder
-    from servescope.run.manifest import write_manifest
+    from servescope.run.compact import close_run
 
     check_spec(spec)
     out = Path(out)
@@ -264,15 +279,15 @@ def run_bench(spec: BenchSpec, out: str | Path, *, progress: bool | None = None,
         served = None
         if spec.endpoint is not None:
             served = asyncio.run(served_model(base_url_of(spec.endpoint)))  # EndpointError names the URL
-        prompts = _prompts_for(spec, _model_facts(spec, served))
+        config = _model_facts(spec, served)
+        _check_fits(workload.tokens_needed(), _planned_max_model_len(spec, served, config))  # before any prompt
+        prompts = _prompts_for(spec, config)
         plan = plan_load(workload, prompts, rate_per_s=spec.rate_per_s, cv=spec.cv, concurrency=spec.concurrency,
                          duration_s=spec.duration_s, time_scale=spec.time_scale, seed=spec.seed,
                          id_prefix=f"{run_id[:8]}{uuid.uuid4().hex[:4]}")  # unique per bench, also in a shared RUN
         write_json(out / "workload.json", _workload_facts(spec, workload))
         facts["load"] = plan.describe()
         stats.planned = len(plan)
-        if served is not None:
-            _check_fits(plan, served.get("max_model_len"))
         results = _drive(spec, plan, out, served, stats, facts, progress, echo)
         facts["status"] = COMPLETE
     except ServerGoneError as exc:
@@ -301,7 +316,7 @@ def run_bench(spec: BenchSpec, out: str | Path, *, progress: bool | None = None,
                 spec.server_run, out, {f"cmpl-{r.client_request_id}-0" for r in results},
                 min(r.send_ns for r in results), max(r.end_ns for r in results))
             write_json(out / "bench.json", facts)
-        write_manifest(out)
+        close_run(out)
     return facts
 
 
@@ -340,7 +355,7 @@ def _drive(spec: BenchSpec, plan, out: Path, served: dict | None, stats, facts: 
             echo(f"servescope: starting a recorded vLLM server (log: {out / 'server.log'}) ...")
             server = start_server(list(spec.engine_args), out, extra_env=dict(spec.server_env), spelling=spec.spelling)
             served = asyncio.run(served_model(server.url))
-            _check_fits(plan, served.get("max_model_len"))
+            _check_fits([len(p) + m for p, m in zip(plan.prompts, plan.max_tokens)], served.get("max_model_len"))
             facts["server"] = {"argv": server.argv, "url": server.url, "started_by_servescope": True}
         facts["endpoint"] = base_url_of(server.url if server is not None else spec.endpoint)
         facts["model"] = spec.model or served["id"]
@@ -373,7 +388,7 @@ def bench_report(out: str | Path) -> str:
     """Return the end-of-run text: request counts, then client vs engine (or client-only) TTFT and TBT in ms."""
     from servescope.analysis.distributions import summarize
     from servescope.bench.load.client import client_request_metrics, client_vs_engine, client_vs_engine_text
-    from servescope.run.directory import read_table
+    from servescope.run.tables import read_table
 
     facts = read_json(Path(out) / "bench.json")
     r = facts.get("results", {})

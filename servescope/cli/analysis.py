@@ -11,6 +11,7 @@ import typer
 
 from servescope.cli.errors import CommandError
 from servescope.cli.options import non_negative, one_of, output_file, positive
+from servescope.cli.run_warnings import STRICT_HELP, echo_run_warnings
 
 STATUS_STYLE = {"pass": "green", "warn": "yellow", "fail": "red"}
 
@@ -45,6 +46,7 @@ def analyze(
     observer: Optional[str] = typer.Option(None, "--observer", callback=one_of("engine", "client"),
                                            help="engine | client: whose record to analyse (default: the engine's "
                                                 "when recorded, else the client's)."),
+    strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
 ) -> None:
     """Print the run's per-request metrics and their distributions (a client-only run: as the client saw them)."""
     from servescope.analysis.summary import analyze_run, summary_text
@@ -55,7 +57,8 @@ def analyze(
 
         model = load_prefill_model(prefill_model)
     result = analyze_run(run_dir, tbt_slo_s=tbt_slo, ttft_slo_s=ttft_slo, include_requests=as_json,
-                         prefill_model=model, ttft_slack_s=ttft_slack, observer=observer)
+                         prefill_model=model, ttft_slack_s=ttft_slack, observer=observer, strict=strict)
+    echo_run_warnings(result["run"]["warnings"])
     if as_json:
         json.dump(result, sys.stdout, allow_nan=False)
         sys.stdout.write("\n")
@@ -86,6 +89,7 @@ def compare(
         None, "--observer", callback=one_of("engine", "client"),
         help="engine | client: whose record to compare (default: the engine's where every run has one, else the "
              "client's, e.g. two client-only runs of servescope bench --endpoint)."),
+    strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
 ) -> None:
     """Split the difference between two runs (or sets of repeats) into scheduling, prefill, decode,
     GPU time, CPU overhead and idle, with confidence intervals and configuration differences
@@ -99,7 +103,9 @@ def compare(
         base_dirs, treat_dirs = [runs[0]], [runs[1]]
     if not base_dirs or not treat_dirs:
         raise CommandError("compare: needs a baseline and a treatment run (BASE TREAT, or --base/--treat)")
-    result = compare_run_dirs([str(d) for d in base_dirs], [str(d) for d in treat_dirs], observer=observer)
+    result = compare_run_dirs([str(d) for d in base_dirs], [str(d) for d in treat_dirs], observer=observer,
+                              strict=strict)
+    echo_run_warnings(result["run_warnings"])
     if as_json:
         json.dump(result, sys.stdout, default=_json_default, indent=1)
         sys.stdout.write("\n")
@@ -117,16 +123,20 @@ def audit(
     studied: Optional[List[str]] = typer.Option(
         None, "--studied", help="An engine parameter (or name prefix) the comparison is about, e.g. speculative: "
         "its difference is the treatment, not untuned baseline (repeatable)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the verdicts as JSON."),
+    as_json: bool = typer.Option(False, "--json", help="Print {items: the verdicts, run_warnings} as JSON."),
+    strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
 ) -> None:
     """Audit runs against the eight-item checklist of 'On Evaluating Performance of LLM Inference Systems'."""
     from servescope.analysis.checklist import audit_run_dirs
 
     slos = {k: v for k, v in (("ttft_s", ttft_slo), ("tbt_s", tbt_slo)) if v is not None} or None
+    run_warnings: dict[str, list[str]] = {}
     results = audit_run_dirs([str(r) for r in runs], [str(t) for t in (treat or [])], slos=slos,
-                             studied=studied or ())
+                             studied=studied or (), strict=strict, run_warnings=run_warnings)
+    echo_run_warnings(run_warnings)
     if as_json:
-        json.dump([r.to_dict() for r in results], sys.stdout, indent=1, default=_json_default)
+        json.dump({"items": [r.to_dict() for r in results], "run_warnings": run_warnings}, sys.stdout, indent=1,
+                  default=_json_default)
         sys.stdout.write("\n")
         return
     from rich.console import Console

@@ -213,14 +213,21 @@ def send_spans(spans: Iterable[ReadableSpan], exporter: SpanExporter, *, url: st
 
 def export_run(run_dir: str | os.PathLike, *, endpoint: str | None = None, protocol: str | None = None,
                headers: Mapping[str, str] | str | None = None, timeout_s: float | None = None,
-               max_links_per_step: int = DEFAULT_MAX_LINKS_PER_STEP) -> int:
-    """Export a run's spans to the OTLP endpoint (or to RUN/otlp/spans.jsonl without one); return the span count."""
+               max_links_per_step: int = DEFAULT_MAX_LINKS_PER_STEP, include_request_ids: bool = False,
+               strict: bool = False, warnings: list[str] | None = None) -> int:
+    """Export a run's spans to the OTLP endpoint (or to RUN/otlp/spans.jsonl without one); return the span count.
+
+    Request ids are left out unless include_request_ids (otel_spans.py: they carry the client's ids).
+    The run's problems (load_run's warnings) are appended to warnings; strict raises RunDirError instead.
+    """
+    read = {"max_links_per_step": max_links_per_step, "include_request_ids": include_request_ids,
+            "strict": strict, "warnings": warnings}
     if not (endpoint or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
             or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()):
-        spans = iter_run_spans(run_dir, max_links_per_step=max_links_per_step)
+        spans = iter_run_spans(run_dir, **read)
         return write_otlp_jsonl(spans, Path(run_dir) / JSONL_PATH)
     chosen = resolve_protocol(protocol)
     url = resolve_endpoint(endpoint, chosen)
-    spans = iter_run_spans(run_dir, max_links_per_step=max_links_per_step)  # reads and checks the run first
+    spans = iter_run_spans(run_dir, **read)  # reads and checks the run first
     exporter = make_span_exporter(url, chosen, headers, timeout_s)
     return send_spans(spans, exporter, url=url, protocol=chosen)

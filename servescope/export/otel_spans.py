@@ -8,6 +8,12 @@ emitted. docs/opentelemetry.md lists every span, attribute and its source.
 Ids are derived from the run id and the record's key (SHA-256), so exporting a run twice sends
 the same trace and span ids. Times: the tables' CLOCK_MONOTONIC ns plus the offset of the clock
 anchor in processes/<pid>.json (the EngineCore's, else any: one clock per host).
+
+Privacy: by default no request id leaves the run. vLLM builds its engine request ids from the
+client's ``X-Request-Id`` (``cmpl-<client id>-0-…``), so every id counts as client-supplied:
+``servescope.request_id`` and ``gen_ai.response.id`` are left out, and a request span's ids are
+derived from the request's position in the run (``request-<n>``) instead of its id.
+``include_request_ids=True`` puts them back. The tables hold no prompt text and no token ids.
 """
 
 from __future__ import annotations
@@ -24,7 +30,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.util import BoundedList
@@ -32,16 +37,10 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from servescope import __version__
-from servescope.run.directory import (
-    RunDirError,
-    check_run_dir,
-    read_engine_facts,
-    read_json,
-    read_processes,
-    table_dir,
-)
+from servescope.run.directory import RunDirError, check_run_dir, read_engine_facts, read_processes
+from servescope.run.tables import report_warnings
+from servescope.run.manifest import read_manifest
 from servescope.run.names import RequestEvent, StepPhase, Table
-from servescope.run.schema import TABLES
 
 DEFAULT_MAX_LINKS_PER_STEP = 128
 GEN_AI_PROVIDER = "vllm"
@@ -76,9 +75,9 @@ def _nonzero(value: int) -> int:
     return value or 1  # an all-zero id is invalid in OpenTelemetry
 
 
-def request_span_context(run_id: str, request_id: str) -> SpanContext:
-    """Return the (deterministic) trace and span id of one request's span."""
-    d = _digest("servescope", run_id, "request", request_id)
+def request_span_context(run_id: str, request_key: str) -> SpanContext:
+    """Return the (deterministic) trace and span id of one request's span (key: its id, or request-<n>)."""
+    d = _digest("servescope", run_id, "request", request_key)
     return SpanContext(_nonzero(int.from_bytes(d[:16], "big")), _nonzero(int.from_bytes(d[16:24], "big")),
                        is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))
 
@@ -127,8 +126,7 @@ def epoch_offset_ns(run_dir: str | os.PathLike) -> int:
 
 # ---- run facts -------------------------------------------------------------------------------
 def _read_manifest(run_dir: Path) -> dict:
-    path = run_dir / "manifest.json"
-    return read_json(path) if path.exists() else {}
+    return read_manifest(run_dir)  # RunDirError naming the file when it is unreadable
 
 
 def model_name(manifest: dict, engine_facts: list[dict]) -> str | None:
@@ -229,18 +227,20 @@ def _metric(metrics: Any, name: str, i: int) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def _request_attributes(metrics: Any, i: int, rid: str, lifecycle: list[tuple], model: str | None) -> dict:
-    """The GenAI and servescope attributes of request i."""
+def _request_attributes(metrics: Any, i: int, rid: str, lifecycle: list[tuple], model: str | None,
+                        include_request_ids: bool) -> dict:
+    """The GenAI and servescope attributes of request i (its ids only when include_request_ids)."""
     max_tokens = next((row[3] for row in lifecycle if row[3] is not None), None)
-    response_id = next((row[5] for row in lifecycle if row[1] == RequestEvent.ARRIVAL and row[5]), None) or rid
     finish_reason = _text(_metric(metrics, "finish_reason", i))
     attributes: dict[str, Any] = {
         "gen_ai.operation.name": GEN_AI_OPERATION,
         "gen_ai.provider.name": GEN_AI_PROVIDER,
         "gen_ai.system": GEN_AI_PROVIDER,  # deprecated for gen_ai.provider.name; older backends key on it
-        "gen_ai.response.id": str(response_id),
-        "servescope.request_id": rid,
     }
+    if include_request_ids:
+        response_id = next((row[5] for row in lifecycle if row[1] == RequestEvent.ARRIVAL and row[5]), None) or rid
+        attributes["gen_ai.response.id"] = str(response_id)
+        attributes["servescope.request_id"] = rid
     _put(attributes, "gen_ai.request.model", model)
     _put(attributes, "gen_ai.request.max_tokens", _ns(max_tokens))
     if finish_reason:
@@ -275,10 +275,17 @@ def _request_events(lifecycle: list[tuple], first_token: int | None, offset_ns: 
     return events
 
 
+def request_span_keys(metrics: Any, include_request_ids: bool) -> dict[str, str]:
+    """Return request id -> the key its span ids derive from: the id itself, or request-<n> (its position, from 0)."""
+    ids = [str(v) for v in metrics.request_id]
+    return {rid: (rid if include_request_ids else f"request-{i}") for i, rid in enumerate(ids)}
+
+
 def request_spans(run, metrics, *, run_id: str, offset_ns: int, resource: Resource,
-                  model: str | None) -> Iterator[ReadableSpan]:
+                  model: str | None, include_request_ids: bool = False) -> Iterator[ReadableSpan]:
     """Yield one SERVER span per request of compute_request_metrics(run), with its lifecycle as events."""
     rows = _request_rows(run.request_events)
+    keys = request_span_keys(metrics, include_request_ids)
     name = f"{GEN_AI_OPERATION} {model}" if model else GEN_AI_OPERATION
     for i in range(len(metrics.request_id)):
         rid = str(_metric(metrics, "request_id", i))
@@ -294,13 +301,13 @@ def request_spans(run, metrics, *, run_id: str, offset_ns: int, resource: Resour
         end = next((times[k] for k in ("finished_ns", "last_token_ns") if times[k] is not None), None)
         end = max(start, end if end is not None else max([start] + [row[0] for row in lifecycle]))
 
-        attributes = _request_attributes(metrics, i, rid, lifecycle, model)
+        attributes = _request_attributes(metrics, i, rid, lifecycle, model, include_request_ids)
         status = Status(StatusCode.UNSET)
         if "error.type" in attributes:
             status = Status(StatusCode.ERROR, f"request finished with reason '{attributes['error.type']}'")
         yield ReadableSpan(
             name=name,
-            context=request_span_context(run_id, rid),
+            context=request_span_context(run_id, keys[rid]),
             parent=None,
             resource=resource,
             attributes=attributes,
@@ -324,22 +331,11 @@ def _pid_of_part(part: Path) -> int | None:
         return None
 
 
-def read_table_by_process(run_dir: str | os.PathLike, table: str,
-                          dictionary_columns: tuple[str, ...] = ()) -> dict[int | None, pa.Table]:
-    """Return one table's rows grouped by the pid that wrote them (steps of two EngineCores share step ids).
-
-    dictionary_columns are read dictionary-encoded, as Parquet stores them (one id string per
-    distinct value rather than per row: token_emissions has a row per step and request).
-    """
-    schema = TABLES[table].arrow_schema
-    for column in dictionary_columns:
-        schema = schema.set(schema.get_field_index(column), pa.field(column, pa.dictionary(pa.int32(), pa.string())))
+def rows_by_process(run, table: str) -> dict[int | None, pa.Table]:
+    """Return one loaded table's rows grouped by the pid that wrote them (steps of two EngineCores share step ids)."""
     parts: dict[int | None, list[pa.Table]] = defaultdict(list)
-    for part in sorted(table_dir(run_dir, table).glob("*.parquet")):
-        try:
-            parts[_pid_of_part(part)].append(pq.read_table(part, schema=schema))
-        except Exception as exc:
-            raise RunDirError(f"{part}: unreadable Parquet part ({exc})") from exc
+    for span, rows in run.rows_by_part(table):
+        parts[_pid_of_part(Path(span.file))].append(rows)
     return {pid: pa.concat_tables(tables) for pid, tables in parts.items()}
 
 
@@ -385,34 +381,37 @@ class EmissionsByStep:
         return list(zip(*(rows[c].to_pylist() for c in self.COLUMNS)))
 
 
-def _step_links(run_id: str, emitted: list[tuple], total: int, cap: int) -> BoundedList:
+def _step_links(run_id: str, emitted: list[tuple], total: int, cap: int, keys: dict[str, str]) -> BoundedList:
     links = BoundedList(cap)
     for rid, n, drafted, accepted in emitted[:cap]:
+        if rid not in keys:  # a request the metrics do not know: no span to link to
+            continue
         attributes: dict[str, Any] = {}
         _put(attributes, "servescope.num_tokens", n)
         _put(attributes, "servescope.num_draft_tokens", drafted)
         _put(attributes, "servescope.num_accepted_tokens", accepted)
-        links.append(Link(request_span_context(run_id, rid), attributes))
+        links.append(Link(request_span_context(run_id, keys[rid]), attributes))
     links.dropped = max(0, total - len(links))
     return links
 
 
-def step_spans(run_dir: str | os.PathLike, *, run_id: str, offset_ns: int, resource: Resource,
+def step_spans(run, *, run_id: str, offset_ns: int, resource: Resource, request_keys: dict[str, str],
                max_links_per_step: int = DEFAULT_MAX_LINKS_PER_STEP) -> Iterator[ReadableSpan]:
-    """Yield one servescope.step span per engine step, then its phase spans, linked to the requests it emitted for."""
+    """Yield one servescope.step span per engine step of a loaded run, then its phase spans, linked to the
+    requests it emitted for (request_keys: request_span_keys())."""
     if max_links_per_step < 0:
         raise ValueError("max_links_per_step must be >= 0")
-    emissions = read_table_by_process(run_dir, Table.TOKEN_EMISSIONS, dictionary_columns=("request_id",))
-    by_pid = read_table_by_process(run_dir, Table.STEPS)
+    emissions = rows_by_process(run, Table.TOKEN_EMISSIONS)
+    by_pid = rows_by_process(run, Table.STEPS)
     for pid, steps in sorted(by_pid.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)):
         emitted = EmissionsByStep(emissions.pop(pid, None))
         for row in steps.to_pylist():
             yield from _one_step(row, pid, emitted, run_id=run_id, offset_ns=offset_ns, resource=resource,
-                                 cap=max_links_per_step)
+                                 cap=max_links_per_step, keys=request_keys)
 
 
 def _one_step(row: dict, pid: int | None, emitted: EmissionsByStep, *, run_id: str, offset_ns: int,
-              resource: Resource, cap: int) -> Iterable[ReadableSpan]:
+              resource: Resource, cap: int, keys: dict[str, str]) -> Iterable[ReadableSpan]:
     step_id = row["step_id"]
     phases = {p: tuple(row[c] for c in StepPhase.columns(p)) for p in STEP_PHASES}
     times = [t for pair in phases.values() for t in pair if t is not None]
@@ -430,7 +429,7 @@ def _one_step(row: dict, pid: int | None, emitted: EmissionsByStep, *, run_id: s
     for column in STEP_BATCH_COLUMNS:
         _put(attributes, f"servescope.step.{column}", row[column])
     total = emitted.count(step_id)
-    links = _step_links(run_id, emitted.first(step_id, cap), total, cap)
+    links = _step_links(run_id, emitted.first(step_id, cap), total, cap, keys)
     attributes["servescope.step.linked_requests"] = total
     attributes["servescope.step.links_dropped"] = links.dropped
 
@@ -450,12 +449,15 @@ def _one_step(row: dict, pid: int | None, emitted: EmissionsByStep, *, run_id: s
 
 
 # ---- the whole run ---------------------------------------------------------------------------
-def iter_run_spans(run_dir: str | os.PathLike, *,
-                   max_links_per_step: int = DEFAULT_MAX_LINKS_PER_STEP) -> Iterator[ReadableSpan]:
+def iter_run_spans(run_dir: str | os.PathLike, *, max_links_per_step: int = DEFAULT_MAX_LINKS_PER_STEP,
+                   include_request_ids: bool = False, strict: bool = False,
+                   warnings: list[str] | None = None) -> Iterator[ReadableSpan]:
     """Return an iterator over every span of a run: request spans, then each step span and its phases.
 
-    The run is read and checked before this returns (a bad run directory raises here); spans are
-    built as the iterator is consumed, so a long run is never held in memory as spans at once.
+    The run is read and checked before this returns (a bad run directory raises here; with strict,
+    also a damaged one); its warnings (load_run's) are appended to warnings. Spans are built as the
+    iterator is consumed, so a long run is never held in memory as spans at once. Request ids are
+    left out unless include_request_ids (see the module's docstring).
     """
     from servescope.analysis.request_metrics import compute_request_metrics
     from servescope.run.data import load_run
@@ -466,18 +468,22 @@ def iter_run_spans(run_dir: str | os.PathLike, *,
     run_id = run_id_of(run_dir)
     offset = epoch_offset_ns(run_dir)
     resource = run_resource(run_dir)
-    run = load_run(run_dir)
+    run = load_run(run_dir, strict=strict)
+    report_warnings(run.warnings, warnings)
     manifest = getattr(run, "manifest", None) or _read_manifest(run_dir)
     model = model_name(manifest, read_engine_facts(run_dir))
     metrics = compute_request_metrics(run)
+    keys = request_span_keys(metrics, include_request_ids)
     return itertools.chain(
-        request_spans(run, metrics, run_id=run_id, offset_ns=offset, resource=resource, model=model),
-        step_spans(run_dir, run_id=run_id, offset_ns=offset, resource=resource,
+        request_spans(run, metrics, run_id=run_id, offset_ns=offset, resource=resource, model=model,
+                      include_request_ids=include_request_ids),
+        step_spans(run, run_id=run_id, offset_ns=offset, resource=resource, request_keys=keys,
                    max_links_per_step=max_links_per_step),
     )
 
 
-def build_run_spans(run_dir: str | os.PathLike, *,
-                    max_links_per_step: int = DEFAULT_MAX_LINKS_PER_STEP) -> list[ReadableSpan]:
+def build_run_spans(run_dir: str | os.PathLike, *, max_links_per_step: int = DEFAULT_MAX_LINKS_PER_STEP,
+                    include_request_ids: bool = False) -> list[ReadableSpan]:
     """Return every span of a run as a list (iter_run_spans, materialized)."""
-    return list(iter_run_spans(run_dir, max_links_per_step=max_links_per_step))
+    return list(iter_run_spans(run_dir, max_links_per_step=max_links_per_step,
+                               include_request_ids=include_request_ids))

@@ -24,6 +24,9 @@ Layout of the trace (times in microseconds from the run's first record):
 Complete ("X") events are used for every slice on a thread track, nestable async events
 ("b"/"e"/"n") for requests, "C" for counters and "M" for names. Events are written sorted by
 time, so every track's timestamps increase.
+
+Privacy: a request's slice carries its request id only with ``include_request_ids=True`` (vLLM's
+ids embed the client's ``X-Request-Id``); by default it is named by its position in the run.
 """
 
 from __future__ import annotations
@@ -36,15 +39,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from servescope.analysis.client_view import ClientRequests, client_requests
 from servescope.analysis.client_vs_engine import ClientBesideEngine
 from servescope.analysis.request_metrics import MISSING_NS, compute_request_metrics
 from servescope.run.data import load_run
 from servescope.run import directory as rundir
+from servescope.run.tables import report_warnings
 from servescope.run.names import ClientStatus, RequestEvent, StepPhase, Table
-from servescope.run.schema import TABLES
 
 PART_NAME = re.compile(r"^(?P<role>.+)-(?P<pid>\d+)-(?P<seq>\d+)\.parquet$")
 STEP_PHASES = tuple((StepPhase.DISPLAY[p], *StepPhase.columns(p)) for p in StepPhase.ALL)  # (slice name, start, end)
@@ -62,11 +64,15 @@ CLIENT_ID_BASE = 1 << 40  # client slices' async ids, apart from the engine requ
 CLIENT_ROLE = "servescope client"
 
 
-def write_perfetto_trace(run_dir: str | os.PathLike, path: str | os.PathLike) -> int:
-    """Write the run as Chrome trace-event JSON to path; return the number of trace events."""
+def write_perfetto_trace(run_dir: str | os.PathLike, path: str | os.PathLike, *, include_request_ids: bool = False,
+                         strict: bool = False, warnings: list[str] | None = None) -> int:
+    """Write the run as Chrome trace-event JSON to path; return the number of trace events.
+
+    The run's problems (load_run's warnings) are appended to warnings; strict raises RunDirError instead.
+    """
     run_path = rundir.check_run_dir(run_dir)
     other: dict = {}
-    events = trace_events(run_path, other)
+    events = trace_events(run_path, other, include_request_ids=include_request_ids, strict=strict, warnings=warnings)
     manifest = _manifest(run_path)
     document = {
         "traceEvents": events,
@@ -88,14 +94,16 @@ def write_perfetto_trace(run_dir: str | os.PathLike, path: str | os.PathLike) ->
     return len(events)
 
 
-def trace_events(run_dir: str | os.PathLike, other_data: dict | None = None) -> list[dict]:
+def trace_events(run_dir: str | os.PathLike, other_data: dict | None = None, *, include_request_ids: bool = False,
+                 strict: bool = False, warnings: list[str] | None = None) -> list[dict]:
     """Return the run's trace events (metadata first, then every event by time); notes go into other_data."""
     run_path = rundir.check_run_dir(run_dir)
+    run = load_run(run_path, strict=strict)
+    report_warnings(run.warnings, warnings)
     roles = {int(p["pid"]): str(p.get("role") or "process") for p in rundir.read_processes(run_path)
              if p.get("pid") is not None}
     engine_pids = set(roles)
-    parts = {name: _parts(run_path, name, roles) for name in (Table.STEPS, Table.WORKER_REGIONS, Table.FRONTEND_STEPS)}
-    run = load_run(run_path)
+    parts = {name: _parts(run, name, roles) for name in (Table.STEPS, Table.WORKER_REGIONS, Table.FRONTEND_STEPS)}
     t0 = _time_zero(run)
     if t0 is None:
         return []
@@ -108,11 +116,11 @@ def trace_events(run_dir: str | os.PathLike, other_data: dict | None = None) -> 
         events += _region_events(regions, pid, clock, names)
     for pid, front in parts[Table.FRONTEND_STEPS]:
         events += _frontend_events(front, pid, clock, names)
-    request_pid = _request_pid(parts, run_path, roles)
-    events += _request_events(run, request_pid, clock, names)
+    request_pid = _request_pid(parts, run, roles)
+    events += _request_events(run, request_pid, clock, names, include_request_ids)
     if run.client_requests.num_rows:
         client = client_requests(run)
-        events += _client_events(client, _client_pid(run_path, roles, engine_pids), clock, names)
+        events += _client_events(client, _client_pid(run, roles, engine_pids), clock, names, include_request_ids)
         if run.request_events.num_rows and other_data is not None:
             shared = ClientBesideEngine(run, client, compute_request_metrics(run)).shared_clock
             other_data["client_clock"] = ("shared with the engine (one host)" if shared else
@@ -133,46 +141,46 @@ def _manifest(run_path: Path) -> dict:
     return manifest if isinstance(manifest, dict) else {}
 
 
-def _parts(run_path: Path, table: str, roles: dict[int, str]) -> list[tuple[int, pa.Table]]:
-    """Return (writer pid, rows) per writer of a table; a part without a pid in its name gets a synthetic one."""
+def _parts(run, table: str, roles: dict[int, str]) -> list[tuple[int, pa.Table]]:
+    """Return (writer pid, rows) per writer of a loaded table; a part without a pid in its name gets a synthetic one."""
     by_pid: dict[int, list[pa.Table]] = {}
-    schema = TABLES[table].arrow_schema
-    for part in sorted(rundir.table_dir(run_path, table).glob("*.parquet")):
-        match = _writer_of(part, roles)
-        if match:
-            pid = int(match["pid"])
-            roles.setdefault(pid, match["role"])
-        else:
-            role = part.stem
-            pid = next((p for p, r in roles.items() if r == role and p >= SYNTHETIC_PID), None)
-            if pid is None:
-                pid = SYNTHETIC_PID + len([p for p in roles if p >= SYNTHETIC_PID])
-                roles[pid] = role
-        try:
-            data = pq.read_table(part, schema=schema)
-        except Exception as exc:  # a part cut short by a killed process
-            raise rundir.RunDirError(f"{part}: unreadable Parquet part ({exc})") from exc
+    for span, data in run.rows_by_part(table):
+        pid = _writer_pid(Path(span.file), roles)
         by_pid.setdefault(pid, []).append(data)
     return [(pid, pa.concat_tables(tables)) for pid, tables in sorted(by_pid.items()) if sum(map(len, tables))]
 
 
 def _writer_of(part: Path, roles: dict[int, str]) -> dict | None:
-    """Return {role, pid} of the process that wrote a part, from its name, or None."""
-    for pid, role in roles.items():  # the recorded processes: <role>-<pid>.parquet (.pNNN: a chunk of a large table)
+    """Return {role, pid} of the process that wrote a part (or a spool), from its name, or None."""
+    for pid, role in roles.items():  # recorded processes: <role>-<pid>-<instance>[.pNNN] (a spool's parts, or itself)
         name = f"{role}-{pid}"
-        if part.stem == name or part.stem.startswith(name + ".p"):
+        if part.stem == name or part.stem.startswith((name + "-", name + ".p")):
             return {"role": role, "pid": pid}
     match = PART_NAME.match(part.name)  # <role>-<pid>-<seq>.parquet: runs recorded before servescope 0.2
     return {"role": match["role"], "pid": int(match["pid"])} if match else None
 
 
-def _request_pid(parts: dict, run_path: Path, roles: dict[int, str]) -> int:
+def _writer_pid(part: Path, roles: dict[int, str]) -> int:
+    """Return the pid of the process that wrote a part (noting its role), else a synthetic pid for the name."""
+    match = _writer_of(part, roles)
+    if match:
+        roles.setdefault(match["pid"], match["role"])
+        return match["pid"]
+    role = part.stem
+    pid = next((p for p, r in roles.items() if r == role and p >= SYNTHETIC_PID), None)
+    if pid is None:
+        pid = SYNTHETIC_PID + len([p for p in roles if p >= SYNTHETIC_PID])
+        roles[pid] = role
+    return pid
+
+
+def _request_pid(parts: dict, run, roles: dict[int, str]) -> int:
     """Return the process that shows request lifetimes: the front end, else the EngineCore, else a synthetic one."""
     for table in (Table.FRONTEND_STEPS, Table.STEPS):
         if parts[table]:
             return parts[table][0][0]
-    for part in sorted(rundir.table_dir(run_path, Table.REQUEST_EVENTS).glob("*.parquet")):
-        match = _writer_of(part, roles)
+    for span in run.parts.get(Table.REQUEST_EVENTS, []):
+        match = _writer_of(Path(span.file), roles)
         if match:
             roles.setdefault(int(match["pid"]), match["role"])
             return int(match["pid"])
@@ -404,8 +412,11 @@ def _frontend_events(front: pa.Table, pid: int, clock: _Clock, names: _TrackName
 # --------------------------------------------------------------------------- requests
 
 
-def _request_events(run, pid: int, clock: _Clock, names: _TrackNames) -> list[dict]:
-    """Return every request's lifetime as nestable async slices with queued / prefill / decode parts and instants."""
+def _request_events(run, pid: int, clock: _Clock, names: _TrackNames, include_request_ids: bool) -> list[dict]:
+    """Return every request's lifetime as nestable async slices with queued / prefill / decode parts and instants.
+
+    A request's args carry its id only when include_request_ids; otherwise "request": its position (from 0).
+    """
     m = compute_request_metrics(run)
     if len(m) == 0:
         return []
@@ -436,7 +447,8 @@ def _request_events(run, pid: int, clock: _Clock, names: _TrackNames) -> list[di
     for k, request_id in enumerate(ids):
         a, e = start_us[k], end_us[k]
         common = {"cat": REQUEST_CATEGORY, "id": f"0x{int(keep[k]):x}", "pid": pid, "tid": 0}
-        args = {"request_id": request_id, "output_tokens": output[k]}
+        args = {"request_id": request_id} if include_request_ids else {"request": int(keep[k])}
+        args["output_tokens"] = output[k]
         if prompt[k] >= 0:
             args["prompt_tokens"] = prompt[k]
         if reasons[k] is not None:
@@ -462,11 +474,11 @@ def _request_events(run, pid: int, clock: _Clock, names: _TrackNames) -> list[di
     return _ordered_per_request(events)
 
 
-def _client_pid(run_path: Path, roles: dict[int, str], engine_pids: set[int]) -> int:
+def _client_pid(run, roles: dict[int, str], engine_pids: set[int]) -> int:
     """Return the process of the client's slices: the writer of client_requests (named 'servescope client' unless
     it is also an engine process, as in process), else a synthetic one."""
-    for part in sorted(rundir.table_dir(run_path, Table.CLIENT_REQUESTS).glob("*.parquet")):
-        match = PART_NAME.match(part.name)
+    for span in run.parts.get(Table.CLIENT_REQUESTS, []):
+        match = _writer_of(Path(span.file), {})
         if match:
             pid = int(match["pid"])
             if pid not in engine_pids:
@@ -476,7 +488,8 @@ def _client_pid(run_path: Path, roles: dict[int, str], engine_pids: set[int]) ->
     return SYNTHETIC_PID - 2
 
 
-def _client_events(client: ClientRequests, pid: int, clock: _Clock, names: _TrackNames) -> list[dict]:
+def _client_events(client: ClientRequests, pid: int, clock: _Clock, names: _TrackNames,
+                   include_request_ids: bool) -> list[dict]:
     """Return every client request as an async slice (sent -> end) with 'to first token' and 'streaming' parts."""
     m = client.metrics
     start, end = m.arrival_ns, np.maximum(client.end_ns, m.last_token_ns)  # MISSING_NS is the int64 minimum
@@ -497,11 +510,11 @@ def _client_events(client: ClientRequests, pid: int, clock: _Clock, names: _Trac
         a, e = start_us[k], end_us[k]
         common = {"cat": CLIENT_CATEGORY, "id": f"0x{CLIENT_ID_BASE + row:x}", "pid": pid, "tid": 0}
         status, error = client.status[row], client.error[row]
-        args = {"request_id": m.request_id[row], "status": status, "output_tokens": int(m.output_tokens[row]),
-                "chunks": chunks[k]}
+        args = {"request_id": m.request_id[row]} if include_request_ids else {"request": row}
+        args.update({"status": status, "output_tokens": int(m.output_tokens[row]), "chunks": chunks[k]})
         if m.prompt_tokens[row] >= 0:
             args["prompt_tokens"] = int(m.prompt_tokens[row])
-        if client.server_request_id[row] is not None:
+        if include_request_ids and client.server_request_id[row] is not None:
             args["server_request_id"] = client.server_request_id[row]
         for key, value in (("ttft_ms", m.ttft_s[row]), ("e2e_ms", m.e2e_s[row])):
             if value == value:  # not NaN

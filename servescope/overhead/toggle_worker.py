@@ -89,7 +89,7 @@ def _profiled_batch(engine, prompts, params, run_dir) -> dict:
     from torch.autograd import DeviceType
 
     from servescope.patches.vllm.engine_core_hooks import STATE
-    from servescope.run.directory import read_table
+    from servescope.run.tables import read_table
 
     first_step = STATE.next_step_id
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,

@@ -154,7 +154,7 @@ def run_arm(spec: UserPaysSpec, arm: str, index: int, out_dir: Path, env: dict[s
 
 def recording_check(run_dir: Path, expected_tokens: int) -> dict:
     """Return what the traced arm recorded against the tokens its script generated (warm-up included)."""
-    from servescope.run.directory import read_table
+    from servescope.run.tables import read_table
     from servescope.run.manifest import load_manifest
 
     emissions = read_table(run_dir, "token_emissions")

@@ -76,7 +76,7 @@ def finish_run(run_dir: Path, *, exit_code: int | None, signals: list[str] | Non
     deadline = time.monotonic() + ENGINE_EXIT_GRACE_S
     while time.monotonic() < deadline and _spool_owners_alive(run_dir):
         time.sleep(0.1)
-    compaction = compact_run(run_dir)  # write_manifest compacts too; this one says what was left running
+    compaction = compact_run(run_dir)
     command_path = run_dir / "command.json"
     command = read_json(command_path) if command_path.exists() else {}
     command.update({"exit_code": exit_code, "signals": signals or [], "ended_wall_ns": time.time_ns(),
@@ -86,7 +86,7 @@ def finish_run(run_dir: Path, *, exit_code: int | None, signals: list[str] | Non
 
 
 def _spool_owners_alive(run_dir: Path) -> bool:
-    return any(process_alive(pid) for _, pid in group_segments(segments(run_dir)))
+    return any(process_alive(pid) for _, pid, _ in group_segments(segments(run_dir)))
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from servescope import __version__
 from servescope.record.spool_writer import SpoolWriter
 from servescope.run.clock import clock_anchor
 from servescope.run.config import Config
-from servescope.run.directory import ensure_run_id, write_json
+from servescope.run.directory import ensure_run_id, read_json, write_json
 from servescope.run.spool import EMISSIONS, EVENTS, REGION, REGION_GPU, ROW, TABLE_INDEX, spool_dir
 
 logger = logging.getLogger("servescope")
@@ -166,26 +166,43 @@ class Recorder:
         multiprocessing.util.Finalize(None, self.close, exitpriority=100)
 
     def _write_process_record(self) -> None:
+        """Write this process's record, processes/<pid>.json: role, clock anchor, and this recorder's counters
+        under its spool's name (a second recorder of the process adds its own entry; compaction adds the rest)."""
+        path = self.run_dir / "processes" / f"{self.pid}.json"
         try:
-            write_json(
-                self.run_dir / "processes" / f"{self.pid}.json",
-                {
-                    "pid": self.pid,
-                    "ppid": os.getppid(),
-                    "role": self.role,
-                    "argv": sys.argv,
-                    **self._anchor,
-                    "servescope_version": __version__,
-                    "parts": sorted(self.config.parts),
-                    "spool": f"{self.role}-{self.pid}",
-                    "closed": self._closed,
-                    "internal_errors": self.internal_errors,
-                    "rows_dropped": self.rows_dropped + self._rows_lost_without_spool,
-                },
-            )
+            try:
+                record = read_json(path) if path.exists() else {}
+            except ValueError:
+                record = {}
+            record.update({
+                "pid": self.pid,
+                "ppid": os.getppid(),
+                "role": self.role,
+                "argv": sys.argv,
+                **self._anchor,
+                "servescope_version": __version__,
+                "recording_parts": sorted(self.config.parts),
+            })
+            if self._spool is not None:
+                spools = record.get("spools") if isinstance(record.get("spools"), dict) else {}
+                spools.setdefault(self.spool_name, {}).update({
+                    "closed": self._closed, "internal_errors": self.internal_errors,
+                    "rows_dropped": self.rows_dropped + self._rows_lost_without_spool})
+                record["spools"] = spools
+            record.setdefault("internal_errors", 0)
+            record["internal_errors"] = max(record["internal_errors"], self.internal_errors)
+            record["rows_dropped"] = max(int(record.get("rows_dropped") or 0),
+                                         self.rows_dropped + self._rows_lost_without_spool)
+            write_json(path, record)
         except Exception as exc:
             self.internal_errors += 1
             logger.warning("servescope: cannot write the process record: %r", exc)
+
+    @property
+    def spool_name(self) -> str | None:
+        """Return the name of this recorder's spool, <role>-<pid>-<instance> (its parts carry it), or None."""
+        spool = self._spool
+        return None if spool is None else f"{self.role}-{self.pid}-{spool.instance}"
 
 
 def _role() -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import secrets
 import struct
 import threading
 from pathlib import Path
@@ -29,6 +30,7 @@ class SpoolWriter:
         self.dir = Path(directory)
         self.role = role
         self.pid = os.getpid()
+        self.instance = secrets.token_hex(4)  # two recorders of one process never share a spool
         self.segment_bytes = segment_bytes
         self.rows_dropped = 0
         self.internal_errors = 0
@@ -125,7 +127,7 @@ class SpoolWriter:
 
     def _open_segment(self) -> bool:
         self.segment += 1
-        path = segment_path(self.dir, self.role, self.pid, self.segment)
+        path = segment_path(self.dir, self.role, self.pid, self.instance, self.segment)
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         except OSError:
@@ -154,6 +156,7 @@ class SpoolWriter:
         pack_header(mm, "segment", self.segment)
         pack_header(mm, "capacity", self.segment_bytes - HEADER_BYTES)
         pack_header(mm, "role", self.role.encode()[:64])
+        pack_header(mm, "instance", self.instance.encode())
         self._mm = mm
         self._pos = HEADER_BYTES
         self._records = 0

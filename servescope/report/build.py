@@ -82,6 +82,7 @@ class PreparedRun:
         if self.source == Observer.CLIENT:
             return "client only"
         return " + ".join(self.observers)
+    warnings: list[str]  # problems reading the run (load_run's): its numbers come from the rest
 
 
 def run_labels(run_dirs: Sequence[Path]) -> list[str]:
@@ -124,9 +125,10 @@ def stall_rule(threshold_s: float | None, median_multiple: float | None) -> str:
 
 def prepare_run(run_dir: str | os.PathLike, label: str, color: str, *, tbt_slo_s: float | None,
                 ttft_slo_s: float | None, stall_threshold_s: float | None,
-                stall_median_multiple: float | None) -> PreparedRun:
+                stall_median_multiple: float | None, include_request_ids: bool = False,
+                strict: bool = False) -> PreparedRun:
     """Return everything the report needs of one run, computed once (vectorised over requests and tokens)."""
-    run = load_run(run_dir)
+    run = load_run(run_dir, strict=strict)
     manifest = _load_manifest(run)
     view = request_view(run)
     metrics = view.counted_metrics()  # a client-only run: the requests that ended 'ok'
@@ -160,15 +162,16 @@ def prepare_run(run_dir: str | os.PathLike, label: str, color: str, *, tbt_slo_s
         label=label, color=color, metrics=metrics, tbt_per_token_s=tbt_token, tbt_per_chunk_s=tbt_chunk,
         stalls=stalls, stall_rule=stall_rule(stall_threshold_s, stall_median_multiple), steps=run.steps,
         worker_regions=run.worker_regions, frontend_steps=run.frontend_steps, fluidity=fluidity,
-        observer=view.source or Observer.ENGINE, beside=beside,
+        observer=view.source or Observer.ENGINE, beside=beside, include_request_ids=include_request_ids,
     )
+    warnings = list(run.warnings)
     audited = audited_view(view, manifest, label=label)
     del run  # the per-token tables: metrics hold what is needed from here on
     release_unused_memory()
     return PreparedRun(figures=figure_data, path=Path(run_dir), manifest=manifest, info=info, summary=summary,
                        iterations=iterations, gpu_time_source=gpu_source, audited=audited,
                        fluidity_text=fluidity_text, source=view.source, observers=view.observers,
-                       engine_only=engine_only)
+                       engine_only=engine_only, warnings=warnings)
 
 
 # --------------------------------------------------------------------------- figures
@@ -306,6 +309,12 @@ def _runs_section(runs: Sequence[PreparedRun]) -> h.Markup:
                                                                                      status.items() if n))
     if notes:
         parts.append(h.bullet_list(notes))
+    for r in runs:
+        if r.warnings:
+            parts.append(h.tag("div", h.join([
+                h.tag("b", f"{r.figures.label}: {len(r.warnings)} problem(s) reading this run; its numbers come "
+                           "from what could be read"),
+                h.bullet_list(r.warnings)]), class_="warning"))
     intro = "Each run has one color in every figure. Times are engine-side (CLOCK_MONOTONIC of the host)"
     if any(r.source == Observer.CLIENT for r in runs):
         intro += ", except for client-only runs: there they are the client's (request sent, chunks received)"
@@ -350,8 +359,8 @@ def _stalls_table(runs: Sequence[PreparedRun]) -> h.Markup:
         table = stalls.to_table()
         evidence = table["evidence"].to_pylist()
         for k in np.argsort(-stalls.gap_s, kind="stable")[:WORST_STALLS_LISTED]:
-            rows.append([h.run_name(r.figures.label, r.figures.color), h.tag("span", stalls.request_id[k],
-                                                                            class_="mono"),
+            rows.append([h.run_name(r.figures.label, r.figures.color),
+                         h.tag("span", r.figures.request_name(stalls.request_index[k], width=None), class_="mono"),
                          h.number(int(stalls.token_index[k])), h.number(stalls.gap_s[k], 1e3),
                          stalls.cause[k], evidence[k]])
     if not rows:
@@ -504,12 +513,15 @@ SECTIONS = (
 def write_report(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
                  tbt_slo_s: float | None = None, ttft_slo_s: float | None = None,
                  stall_threshold_s: float | None = None, stall_median_multiple: float | None = None,
-                 show_progress: bool | None = None) -> Path:
+                 show_progress: bool | None = None, include_request_ids: bool = False, strict: bool = False,
+                 run_warnings: dict[str, list[str]] | None = None) -> Path:
     """Write index.html and figures/*.png for the runs (overlaid, one color each) into out_dir; return index.html.
 
     Stalls: gaps above stall_threshold_s (default: the TBT SLO) and/or stall_median_multiple x
     the request's median gap (default 3 when neither is given). Raises rundir.RunDirError,
-    naming the path, for a directory that is not a readable run.
+    naming the path, for a directory that is not a readable run (with strict, also a damaged one).
+    Each run's problems are shown on the page and, when run_warnings is given, stored under its
+    path. Requests are named by position unless include_request_ids (ids carry the client's).
     """
     run_dirs = [Path(p) for p in run_dirs]
     if not run_dirs:
@@ -531,7 +543,10 @@ def write_report(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
             advance(f"loading {label}")
             runs.append(prepare_run(path, label, RUN_COLORS[k % len(RUN_COLORS)], tbt_slo_s=tbt_slo_s,
                                     ttft_slo_s=ttft_slo_s, stall_threshold_s=stall_threshold_s,
-                                    stall_median_multiple=stall_median_multiple))
+                                    stall_median_multiple=stall_median_multiple,
+                                    include_request_ids=include_request_ids, strict=strict))
+            if run_warnings is not None:
+                run_warnings[str(path)] = list(runs[-1].warnings)
         figures: dict[str, list[h.EmbeddedFigure]] = {}
         drawn = figure_specs(tbt_slo_s, engine_steps=any(r.figures.steps.num_rows for r in runs),
                              client_beside_engine=any(r.figures.beside is not None and r.figures.beside.compared.size

@@ -74,6 +74,14 @@ class ReportRun:
         if self.observer == Observer.CLIENT:
             return self.tbt_per_chunk_s, self.metrics.tbt_per_chunk_offsets()
         return self.tbt_per_token_s, self.metrics.tbt_per_token_offsets()
+    include_request_ids: bool = False  # False: requests are named by position (request ids carry the client's)
+
+    def request_name(self, index: int, width: int | None = 18) -> str:
+        """Return how the report names request `index` of metrics: its id (if asked for; cut to width), else 'request <n>'."""
+        if self.include_request_ids:
+            text = str(self.metrics.request_id[index])
+            return text if width is None else _short_id(text, width)
+        return f"request {int(index)}"
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -433,7 +441,7 @@ def _draw_token_timeline(ax, run: ReportRun, request: int, scale: float, color) 
     x = np.concatenate([[0.0], (times[keep] - arrival) / NS_PER_S * scale])
     y = np.concatenate([[0], tokens[keep]])
     longest = run.stalls.gap_s[mine].max() if mine.size else np.nanmax(np.diff(times), initial=0) / NS_PER_S
-    label = f"{plain(_short_id(m.request_id[request]))}: longest gap {_fmt(longest * 1e3, 'ms')}"
+    label = f"{plain(run.request_name(request))}: longest gap {_fmt(longest * 1e3, 'ms')}"
     ax.plot(x, y, drawstyle="steps-post", color=color, linewidth=1.6, label=label)
     causes = set()
     for k in mine:
@@ -676,7 +684,7 @@ def _mark_stall(ax, run: ReportRun, lo: int, rows: int) -> None:
     end = (run.stalls.end_ns[k] - lo) / 1e6
     color = CAUSE_COLORS.get(str(run.stalls.cause[k]), "#888888")
     ax.axvspan(start, end, color=color, alpha=0.10, linewidth=0)
-    ax.text(max(start, 0.0), -0.75, f" stall of {_short_id(run.stalls.request_id[k])}: "
+    ax.text(max(start, 0.0), -0.75, f" stall of {run.request_name(run.stalls.request_index[k])}: "
             f"{run.stalls.gap_s[k] * 1e3:.1f} ms, {run.stalls.cause[k]}", fontsize=8, color=color, va="top")
 
 

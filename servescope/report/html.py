@@ -197,6 +197,7 @@ code, .mono { font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace; 
 .card { border:1px solid var(--line); border-radius:6px; padding:8px 14px; min-width:150px; }
 .card .k { color:var(--muted); font-size:12px; } .card .v { font-size:20px; font-weight:600; }
 .note { color:var(--muted); font-size:13px; }
+.warning { background:#fde8e6; border-left:4px solid var(--fail); padding:6px 12px; margin:8px 0; font-size:13.5px; }
 .scroll { overflow-x:auto; }
 footer { color:var(--muted); font-size:12.5px; text-align:center; padding:10px 0 28px; }
 """

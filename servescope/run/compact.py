@@ -1,15 +1,20 @@
-"""Compaction: a finished process's spool becomes Parquet table parts, outside the engine.
+"""Compaction: a finished recorder's spool becomes Parquet table parts, outside the engine.
 
-``compact_run(RUN)`` decodes the spool of every process that has ended (its spool closed, or the
-process gone) into one part per table, ``tables/<table>/<role>-<pid>.parquet``, brings its
-process record up to date with how the process ended and what it recorded or lost, and only then
-deletes the spool. Until the spool is deleted it stays the source of truth: a reader that finds
-both a spool and parts of the same name reads the spool (so a compaction interrupted half-way is
-neither lost nor counted twice, and running it again completes it).
+``compact_run(RUN)`` decodes the spool of every recorder whose process has ended (its spool
+closed, or the process gone) into one part per table, ``tables/<table>/<spool>.parquet`` (chunks of
+``ROWS_PER_PART`` rows as ``<spool>.pNNN``), each written once and indexed by ``parts.write_part``
+under the spool's name; it brings the process record up to date with how the process ended and what
+the spool held or lost, and only then deletes the spool.
 
-Who compacts: ``servescope run`` when the command has ended, ``servescope.uninstrument()`` for the
-processes already ended, the benchmark at the end of a run. Readers never need to: they decode
-spools that are still there.
+Until the spool is deleted it stays the source of truth: a reader that finds both a spool and parts
+of the same name reads the spool (integrity.py). A compaction cut short is completed by the next:
+parts already written and indexed are kept as they are (the spool decodes to the same rows), a part
+written but not yet indexed is indexed, the missing ones are written. So nothing is lost and nothing
+is counted twice, whenever it stops.
+
+Who compacts: ``servescope run`` when the command has ended, ``servescope.uninstrument()``, and
+whatever ends a run with ``close_run`` (the benchmark, the studies). Readers never need to: they decode spools that are
+still there.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from servescope.run.directory import read_json, rows_to_table, table_dir, write_json
+from servescope.run.parts import index_existing_part, read_part_index, write_part
 from servescope.run.spool import ProcessSpool, decode_process, group_segments, segments
 
 ROWS_PER_PART = 4_000_000
@@ -45,11 +51,11 @@ def process_alive(pid: int) -> bool:
 
 
 def compact_run(run_dir: str | os.PathLike, *, include_running: bool = False) -> CompactionResult:
-    """Turn the spools of ended processes into Parquet parts and delete them; return what was done."""
+    """Turn the spools of ended processes into indexed Parquet parts and delete them; return what was done."""
     run_dir = Path(run_dir)
     result = CompactionResult()
-    for (role, pid), paths in group_segments(segments(run_dir)).items():
-        spool = decode_process(role, pid, paths)
+    for (role, pid, instance), paths in group_segments(segments(run_dir)).items():
+        spool = decode_process(role, pid, instance, paths)
         ended = spool.closed_cleanly or not process_alive(pid)
         if not ended and not include_running:
             result.left_running.append(spool.name)
@@ -65,40 +71,50 @@ def compact_run(run_dir: str | os.PathLike, *, include_running: bool = False) ->
     return result
 
 
+def close_run(run_dir: str | os.PathLike) -> dict:
+    """Compact the spools of the run's ended processes, then write manifest.json; return the manifest."""
+    from servescope.run.manifest import write_manifest
+
+    compact_run(run_dir)
+    return write_manifest(run_dir)
+
+
 def write_spool_parts(run_dir: Path, spool: ProcessSpool) -> int:
-    """Write one process spool's rows as Parquet parts named after it; return the rows written."""
+    """Write (or complete) one spool's parts, each indexed under the spool's name; return the rows they hold."""
+    indexed = {e.file for e in read_part_index(run_dir)[0] if e.writer == spool.name}
     total = 0
     for name, rows in spool.rows.items():
         if not rows:
             continue
-        for k, start in enumerate(range(0, len(rows), ROWS_PER_PART)):
-            chunk = rows[start:start + ROWS_PER_PART]
-            table = rows_to_table(name, chunk)
-            part = spool.name if len(rows) <= ROWS_PER_PART else f"{spool.name}.p{k:03d}"
-            _write_part(run_dir, name, table, part)
+        chunks = range(0, len(rows), ROWS_PER_PART)
+        for k, start in enumerate(chunks):
+            part = spool.name if len(chunks) == 1 else f"{spool.name}.p{k:03d}"
+            path = table_dir(run_dir, name) / f"{part}.parquet"
+            file = path.relative_to(run_dir).as_posix()
+            if file in indexed:
+                continue  # written and indexed by a compaction cut short after it
+            if path.exists():  # written, not indexed: its content is what the spool decodes to
+                index_existing_part(run_dir, name, path, writer=spool.name)
+                continue
+            write_part(run_dir, name, rows_to_table(name, rows[start:start + ROWS_PER_PART]), writer=spool.name,
+                       name=part)
         total += len(rows)
     return total
 
 
-def _write_part(run_dir: Path, name: str, table: pa.Table, part: str) -> None:
-    import pyarrow.parquet as pq
-
-    directory = table_dir(run_dir, name)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{part}.parquet"
-    tmp = path.with_name("." + path.name + ".tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-
-
 def update_process_record(run_dir: Path, spool: ProcessSpool, *, ended: bool) -> None:
-    """Write what the spool says about its process into processes/<pid>.json."""
+    """Write what the spool says about its process into processes/<pid>.json (one entry per recorder)."""
     path = run_dir / "processes" / f"{spool.pid}.json"
     try:
-        record = read_json(path) if path.exists() else {"pid": spool.pid, "role": spool.role}
+        record = read_json(path) if path.exists() else {}
     except Exception:
-        record = {"pid": spool.pid, "role": spool.role}
-    record.update({
+        record = {}
+    if not isinstance(record, dict):
+        record = {}
+    record.setdefault("pid", spool.pid)
+    record.setdefault("role", spool.role)
+    spools = record.get("spools") if isinstance(record.get("spools"), dict) else {}
+    spools[spool.name] = {
         "ended": ("closed" if spool.closed_cleanly else "killed or crashed (spool never closed)") if ended
         else "running",
         "closed": spool.closed_cleanly,
@@ -107,8 +123,37 @@ def update_process_record(run_dir: Path, spool: ProcessSpool, *, ended: bool) ->
         "internal_errors": spool.internal_errors,
         "unreadable_records": spool.unreadable_records,
         "regions_without_gpu_time": spool.regions_without_gpu_time,
-        "compacted": True,
         **({"hook_cost": {name: {"calls": calls, "ns": ns} for name, (calls, ns) in spool.hook_cost.items()}}
            if spool.hook_cost else {}),
-    })
+    }
+    record["spools"] = spools
+    record.update(_process_totals(spools))
     write_json(path, record)
+
+
+def _process_totals(spools: dict) -> dict:
+    """Return a process's totals over its recorders' spools (most processes have one)."""
+    entries = list(spools.values())  # an entry only its recorder wrote (not compacted yet) lacks the counts
+    rows: dict[str, int] = {}
+    for e in entries:
+        for table, n in (e.get("rows_recorded") or {}).items():
+            rows[table] = rows.get(table, 0) + n
+    ends = [e.get("ended", "running") for e in entries]
+    hook_cost: dict[str, dict] = {}
+    for e in entries:
+        for name, cost in (e.get("hook_cost") or {}).items():
+            mine = hook_cost.setdefault(name, {"calls": 0, "ns": 0})
+            mine["calls"] += cost["calls"]
+            mine["ns"] += cost["ns"]
+    return {
+        "ended": next((x for x in ends if x != "closed"), "closed"),
+        "closed": all(e.get("closed") for e in entries),
+        "rows_recorded": rows,
+        "rows_dropped": sum(e.get("rows_dropped", 0) for e in entries),
+        "internal_errors": sum(e.get("internal_errors", 0) for e in entries),
+        "unreadable_records": sum(e.get("unreadable_records", 0) for e in entries),
+        "regions_without_gpu_time": sum(e.get("regions_without_gpu_time", 0) for e in entries),
+        "compacted": all("rows_recorded" in e for e in entries),
+        **({"hook_cost": hook_cost} if hook_cost else {}),
+    }
+

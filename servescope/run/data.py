@@ -1,9 +1,13 @@
-"""A run directory loaded into memory: its manifest and the tables the analysis reads.
+"""A run directory loaded into memory: its manifest, the tables the analysis reads, and what is wrong with them.
 
-``load_run(RUN)`` reads every Parquet part of each table (``tracer/rundir.py``) and
-keeps them as pyarrow tables with the columns of ``tracer/schema.py``, with one
-exception made for size: the request-id column of the two per-token tables
-(``token_emissions.request_id``, ``client_chunks.client_request_id``) is kept
+``load_run(RUN)`` reads every Parquet part of each table, checked against the run's part index
+(``run/integrity.py``), and keeps them as pyarrow tables with the columns of ``run/schema.py``.
+Every problem found (a missing, changed, duplicated, foreign or unlisted part, recorder errors,
+an engine that never ran) is one line in ``RunData.warnings``; the tables hold the rest. With
+``strict=True`` the first problem raises RunDirError instead.
+
+One exception to schema.py's types is made for size: the request-id column of the two
+per-token tables (``token_emissions.request_id``, ``client_chunks.client_request_id``) is kept
 dictionary-encoded (``dictionary<int32, string>``), as Parquet stores it. A run of
 100 million tokens would otherwise hold 100 million copies of ~50-character ids
 (about 5 GB). Compute functions accept dictionary arrays; ``.cast(pa.string())``
@@ -12,14 +16,16 @@ gives plain strings where one is needed.
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 
 from servescope.run import directory as rundir
+from servescope.run.health import read_process_records, recording_problems, rows_written_check
+from servescope.run.integrity import PartSpan, Problems, RunParts
+from servescope.run.manifest import read_manifest
 
 # Table name -> the id column read dictionary-encoded (one row per token or chunk).
 DICTIONARY_ID_COLUMNS = {
@@ -41,6 +47,17 @@ class RunData:
     worker_regions: pa.Table
     client_requests: pa.Table
     client_chunks: pa.Table
+    warnings: list[str] = field(default_factory=list)  # one line per problem found reading the run
+    parts: dict[str, list[PartSpan]] = field(default_factory=dict)  # table -> the parts read, in row order
+
+    def rows_by_part(self, table: str) -> list[tuple[PartSpan, pa.Table]]:
+        """Return each part that was read of a loaded table with its rows (zero-copy slices), in row order."""
+        data: pa.Table = getattr(self, table)
+        out, offset = [], 0
+        for span in self.parts.get(table, []):
+            out.append((span, data.slice(offset, span.rows)))
+            offset += span.rows
+        return out
 
 
 LOADED_TABLES = (
@@ -54,11 +71,22 @@ LOADED_TABLES = (
 )
 
 
-def load_run(run_dir: str | os.PathLike) -> RunData:
-    """Return the run directory's manifest and tables; raise rundir.RunDirError if unreadable."""
+def load_run(run_dir: str | os.PathLike, *, strict: bool = False) -> RunData:
+    """Return the run directory's manifest, checked tables and warnings; raise rundir.RunDirError if unreadable.
+
+    strict: raise RunDirError at the first problem instead of listing it in RunData.warnings.
+    """
     path = rundir.check_run_dir(run_dir)
-    tables = rundir.read_tables(path, {name: DICTIONARY_ID_COLUMNS.get(name) for name in LOADED_TABLES})
-    return RunData(path=path, manifest=_read_manifest(path), **tables)
+    manifest = read_manifest(path)
+    problems = Problems(strict)
+    parts = RunParts(path, manifest=manifest, problems=problems)
+    reads = {name: parts.read(name, dictionary_column=DICTIONARY_ID_COLUMNS.get(name)) for name in LOADED_TABLES}
+    processes = read_process_records(path, manifest, problems)
+    if "phase" not in manifest:  # a phase's process records count the whole engine run
+        rows_written_check(path, {name: r.data.num_rows for name, r in reads.items()}, processes, problems)
+    recording_problems(path, manifest, processes, steps_recorded=reads["steps"].data.num_rows, problems=problems)
+    return RunData(path=path, manifest=manifest, **{name: r.data for name, r in reads.items()},
+                   warnings=problems.messages, parts={name: r.parts for name, r in reads.items()})
 
 
 def release_unused_memory() -> None:
@@ -69,19 +97,3 @@ def release_unused_memory() -> None:
     run's peak resident memory to what is actually in use.
     """
     pa.default_memory_pool().release_unused()
-
-
-def _read_manifest(path: Path) -> dict:
-    """Return manifest.json as a dict, {} when the run has none."""
-    manifest_path = path / "manifest.json"
-    if not manifest_path.exists():
-        return {}
-    try:
-        manifest = rundir.read_json(manifest_path)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise rundir.RunDirError(f"{manifest_path}: unreadable manifest ({exc})") from exc
-    if not isinstance(manifest, dict):
-        raise rundir.RunDirError(f"{manifest_path}: manifest is not a JSON object")
-    return manifest
-
-

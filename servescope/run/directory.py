@@ -6,8 +6,10 @@ Layout::
       manifest.json            engine, versions, parameters, model, host, workload, clocks
       processes/<pid>.json     one per recording process: role, clock anchor, drop and error counts
       engine/<role>-<pid>.json what each engine process learned of its configuration
-      spool/<role>-<pid>-<segment>.spool  what each process appended, until compacted (spool.py)
-      tables/<table>/<role>-<pid>.parquet the records (schema.py), compacted from the spools
+      spool/<role>-<pid>-<instance>-<segment>.spool  what each recorder appended, until compacted (spool.py)
+      tables/<table>/<role>-<pid>-<instance>.parquet the records (schema.py), compacted from a spool, written
+                               once each (parts.py)
+      parts/<writer>.jsonl     the part index: every part's table, rows, sha256 and run id (parts.py)
       otlp/spans-<pid>.jsonl   OTLP-JSON span lines when no OTLP endpoint was set
 """
 
@@ -19,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from servescope.run.config import RUN_DIR_ENV
+from servescope.run.config import RUN_DIR_ENV  # noqa: F401  (where the run directory is named to a process)
 from servescope.run.schema import TABLES
+
 
 
 class RunDirError(Exception):
@@ -31,54 +33,6 @@ class RunDirError(Exception):
 
 def table_dir(run_dir: str | os.PathLike, table: str) -> Path:
     return Path(run_dir) / "tables" / table
-
-
-def read_table(run_dir: str | os.PathLike, table: str, *, dictionary_column: str | None = None) -> pa.Table:
-    """Return every row of one table: its Parquet parts and the spools not compacted yet (empty if none).
-
-    dictionary_column: read this string column dictionary-encoded (Parquet's dictionary pages
-    become Arrow dictionaries, no string materialised per row: what keeps per-token tables small).
-    """
-    return read_tables(run_dir, {table: dictionary_column})[table]
-
-
-def read_tables(run_dir: str | os.PathLike, tables: dict[str, str | None]) -> dict[str, pa.Table]:
-    """Return several tables at once ({name: dictionary column or None}), decoding the spools once."""
-    from servescope.run.spool import part_spool_name, read_spools
-
-    spools = read_spools(run_dir)
-    live = {s.name for s in spools}
-    out = {}
-    for name, dictionary_column in tables.items():
-        schema = _read_schema(name, dictionary_column)
-        parts = [p for p in sorted(table_dir(run_dir, name).glob("*.parquet")) if part_spool_name(p.stem) not in live]
-        pieces = [_read_part(part, schema, dictionary_column) for part in parts]
-        for spool in spools:
-            rows = spool.rows.get(name)
-            if rows:
-                pieces.append(rows_to_table(name, rows).cast(schema))
-        out[name] = pa.concat_tables(pieces) if pieces else schema.empty_table()
-    return out
-
-
-def _read_schema(table: str, dictionary_column: str | None) -> pa.Schema:
-    schema = TABLES[table].arrow_schema
-    if dictionary_column is not None:
-        index = schema.get_field_index(dictionary_column)
-        schema = schema.set(index, pa.field(dictionary_column, pa.dictionary(pa.int32(), pa.string())))
-    return schema
-
-
-def _read_part(part: Path, schema: pa.Schema, dictionary_column: str | None) -> pa.Table:
-    try:
-        if dictionary_column is None:
-            return pq.read_table(part, schema=schema)
-        data = pq.ParquetFile(part, read_dictionary=[dictionary_column]).read()
-        if not data.schema.equals(schema):  # an older writer: let Parquet map the schema
-            data = pq.read_table(part, schema=schema)
-        return data
-    except Exception as exc:  # a part cut short
-        raise RunDirError(f"{part}: unreadable Parquet part ({exc})") from exc
 
 
 def rows_to_table(table: str, rows: list[tuple]) -> pa.Table:
@@ -110,13 +64,27 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def read_processes(run_dir: str | os.PathLike) -> list[dict]:
-    """Return the per-process records (role, pid, clock anchor, counters)."""
-    return [read_json(p) for p in sorted((Path(run_dir) / "processes").glob("*.json"))]
+    """Return the per-process records (role, pid, clock anchor, counters); unreadable ones are left out."""
+    return _json_objects(sorted((Path(run_dir) / "processes").glob("*.json")))
 
 
 def read_engine_facts(run_dir: str | os.PathLike) -> list[dict]:
-    """Return what each engine process recorded about its configuration."""
-    return [read_json(p) for p in sorted((Path(run_dir) / "engine").glob("*.json"))]
+    """Return what each engine process recorded about its configuration; unreadable files are left out."""
+    return _json_objects(sorted((Path(run_dir) / "engine").glob("*.json")))
+
+
+def _json_objects(paths: list[Path]) -> list[dict]:
+    """Return the JSON objects in these files, skipping any that is unreadable or not an object (load_run names them)."""
+    out = []
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                obj = json.load(f)
+        except (OSError, ValueError, RecursionError):
+            continue
+        if isinstance(obj, dict):
+            out.append(obj)
+    return out
 
 
 def ensure_run_id(run_dir: str | os.PathLike) -> str:
@@ -135,7 +103,7 @@ def ensure_run_id(run_dir: str | os.PathLike) -> str:
     for _ in range(100):  # another process may be writing it right now
         try:
             return read_json(path)["run_id"]
-        except (RunDirError, KeyError):
+        except (json.JSONDecodeError, KeyError):
             import time
 
             time.sleep(0.01)

@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from servescope import __version__
-from servescope.run.directory import ensure_run_id, read_engine_facts, read_json, read_processes, write_json
+from servescope.run.directory import (RunDirError, ensure_run_id, read_engine_facts, read_json, read_processes,
+                                      write_json)
+from servescope.run.parts import manifest_part_entries
 
 
 def _count(value) -> int:
@@ -49,7 +51,7 @@ def build_manifest(run_dir: str | os.PathLike) -> dict[str, Any]:
         "model_runners": sorted({w["model_runner"] for w in workers}),
         "processes": [
             {k: p.get(k) for k in ("pid", "ppid", "role", "wall_ns", "monotonic_ns", "anchor_uncertainty_ns",
-                                    "parts", "ended", "closed", "rows_recorded", "rows_dropped",
+                                    "recording_parts", "ended", "closed", "rows_recorded", "rows_dropped",
                                     "regions_without_gpu_time", "internal_errors", "hook_cost")}
             for p in processes
         ],
@@ -65,14 +67,12 @@ def build_manifest(run_dir: str | os.PathLike) -> dict[str, Any]:
         path = run_dir / f"{extra}.json"
         if path.exists():
             manifest[extra] = read_json(path)
+    manifest["parts"] = manifest_part_entries(run_dir)  # every part with its rows and sha256 (parts.py)
     return manifest
 
 
 def write_manifest(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """Compact the spools of the run's ended processes, build manifest.json in run_dir and return it."""
-    from servescope.run.compact import compact_run
-
-    compact_run(run_dir)
+    """Build manifest.json in run_dir and return it (run.compact.close_run compacts the spools first)."""
     manifest = build_manifest(run_dir)
     write_json(Path(run_dir) / "manifest.json", manifest)
     return manifest
@@ -82,3 +82,17 @@ def load_manifest(run_dir: str | os.PathLike) -> dict[str, Any]:
     """Return manifest.json, building it from the process files when it was never written."""
     path = Path(run_dir) / "manifest.json"
     return read_json(path) if path.exists() else build_manifest(run_dir)
+
+
+def read_manifest(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """Return RUN/manifest.json as a dict ({} when there is none); raise RunDirError naming it when unreadable."""
+    path = Path(run_dir) / "manifest.json"
+    if not path.exists():
+        return {}
+    try:
+        manifest = read_json(path)  # RunDirError naming the file, and the line of bad JSON
+    except (OSError, RecursionError) as exc:
+        raise RunDirError(f"{path}: unreadable manifest ({str(exc)[:120]})") from None
+    if not isinstance(manifest, dict):
+        raise RunDirError(f"{path}: manifest is not a JSON object")
+    return manifest

@@ -31,10 +31,10 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from servescope.run.directory import (RunDirError, check_run_dir, read_json, read_table, table_dir,
-                                      write_json)
+from servescope.run.directory import RunDirError, check_run_dir, read_json, write_json
+from servescope.run.tables import read_table
+from servescope.run.parts import manifest_part_entries, write_part
 from servescope.run.schema import TABLES
 
 PHASES_FILE = "phases.json"
@@ -109,6 +109,8 @@ def slice_run(source: Path, tables: dict[str, pa.Table], phase: Phase, dest: Pat
     """Write the rows of one phase of the source run's tables as a run directory at dest; return dest."""
     if dest.exists():
         shutil.rmtree(dest)
+    run_id = uuid.uuid4().hex
+    write_json(dest / "run.json", {"run_id": run_id, "parent_run_dir": str(source.absolute())})  # before its parts
     kept_steps = None
     for name in ("steps", *[t for t in PHASE_MEMBERSHIP if t != "steps"]):  # steps first: regions join them
         table = tables[name]
@@ -127,8 +129,7 @@ def slice_run(source: Path, tables: dict[str, pa.Table], phase: Phase, dest: Pat
     for folder in ("processes", "engine"):
         if (source / folder).is_dir():
             shutil.copytree(source / folder, dest / folder)
-    write_json(dest / "run.json", {"run_id": uuid.uuid4().hex, "parent_run_dir": str(source.absolute())})
-    write_json(dest / "manifest.json", _phase_manifest(source, phase))
+    write_json(dest / "manifest.json", _phase_manifest(source, phase, dest, run_id))
     return dest
 
 
@@ -138,21 +139,22 @@ def window_mask(table: pa.Table, column: str, start_ns: int, end_ns: int) -> pa.
     return pc.and_(pc.greater_equal(times, start_ns), pc.less_equal(times, end_ns))
 
 
-def write_table_part(run_dir: Path, name: str, table: pa.Table, part_name: str) -> int:
-    """Write table as one Parquet part of run_dir's table name (atomically; nothing if empty); return its rows."""
+def write_table_part(run_dir: Path, name: str, table: pa.Table, part_name: str, *, writer: str | None = None) -> int:
+    """Write table as one indexed Parquet part of run_dir's table name (parts.write_part; nothing if empty); return its rows.
+
+    writer: the part index to append to (RUN/parts/<writer>.jsonl); default part_name.
+    """
     if len(table) == 0:
         return 0
-    directory = table_dir(run_dir, name)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{part_name}.parquet"
-    tmp = path.with_name("." + path.name + ".tmp")
-    pq.write_table(table.cast(TABLES[name].arrow_schema), tmp)
-    os.replace(tmp, path)
+    write_part(run_dir, name, table, writer=writer or part_name, name=part_name)
     return len(table)
 
 
-def _phase_manifest(source: Path, phase: Phase) -> dict[str, Any]:
+def _phase_manifest(source: Path, phase: Phase, dest: Path, run_id: str) -> dict[str, Any]:
     manifest = read_json(source / "manifest.json") if (source / "manifest.json").exists() else {}
+    manifest["parent_run_id"] = manifest.get("run_id")
+    manifest["run_id"] = run_id
+    manifest["parts"] = manifest_part_entries(dest)  # the slice's own parts, not the engine run's
     manifest["workload"] = phase.workload
     manifest["phase"] = {**asdict(phase), "parent_run_dir": str(source.absolute())}
     return manifest

@@ -1,7 +1,8 @@
 """The spool: where a recording process's records live from the instant they are appended.
 
 Each recording process writes length-framed records into memory-mapped segment files,
-``RUN/spool/<role>-<pid>-<segment>.spool`` (the writer: ``servescope/record/spool_writer.py``).
+``RUN/spool/<role>-<pid>-<instance>-<segment>.spool`` (the writer: ``servescope/record/spool_writer.py``;
+the instance, eight random hex digits, tells two recorders of one process apart).
 A record is in the page cache the moment the append returns, so it survives the process being
 killed (SIGKILL, a crash, vLLM killing its EngineCore at shutdown): only a crash of the machine
 itself can lose it. Nothing is encoded to Parquet inside the engine's processes: ``compact.py``
@@ -69,6 +70,7 @@ HEADER_FIELDS = {
     "rows_dropped": (48, "<Q"),  # rows not recorded (disk full, record too large): process total so far
     "internal_errors": (56, "<Q"),  # exceptions caught inside servescope in this process so far
     "records": (64, "<Q"),  # records in this segment (written when it is closed)
+    "instance": (72, "8s"),  # which recorder of the process (two recorders never share a spool)
     "role": (128, "64s"),
 }
 CLOSED_CLEANLY = 1
@@ -92,9 +94,9 @@ def spool_dir(run_dir: str | os.PathLike) -> Path:
     return Path(run_dir) / SPOOL_DIR
 
 
-def segment_path(directory: Path, role: str, pid: int, segment: int) -> Path:
-    """Return the file of one segment of a process's spool."""
-    return directory / f"{role}-{pid}-{segment:06d}{SUFFIX}"
+def segment_path(directory: Path, role: str, pid: int, instance: str, segment: int) -> Path:
+    """Return the file of one segment of a recorder's spool."""
+    return directory / f"{role}-{pid}-{instance}-{segment:06d}{SUFFIX}"
 
 
 class SpoolError(Exception):
@@ -108,6 +110,7 @@ class SegmentHeader:
     path: Path
     pid: int
     role: str
+    instance: str
     segment: int
     closed: int
     rows_dropped: int
@@ -125,6 +128,7 @@ def read_header(path: Path) -> SegmentHeader:
         raise SpoolError(f"{path}: not a servescope spool segment")
     return SegmentHeader(path=path, pid=unpack_header(head, "pid"),
                          role=unpack_header(head, "role").rstrip(b"\0").decode(errors="replace"),
+                         instance=unpack_header(head, "instance").rstrip(b"\0").decode(errors="replace"),
                          segment=unpack_header(head, "segment"), closed=unpack_header(head, "closed"),
                          rows_dropped=unpack_header(head, "rows_dropped"),
                          internal_errors=unpack_header(head, "internal_errors"))
@@ -157,6 +161,7 @@ class ProcessSpool:
 
     role: str
     pid: int
+    instance: str
     paths: list[Path]
     rows: dict[str, list[tuple]] = field(default_factory=lambda: defaultdict(list))
     closed_cleanly: bool = False
@@ -168,25 +173,25 @@ class ProcessSpool:
 
     @property
     def name(self) -> str:
-        """Return the spool's name, as its parts are named: <role>-<pid>."""
-        return f"{self.role}-{self.pid}"
+        """Return the spool's name, as its parts and its part index are named: <role>-<pid>-<instance>."""
+        return f"{self.role}-{self.pid}-{self.instance}"
 
 
-def group_segments(paths: list[Path]) -> dict[tuple[str, int], list[Path]]:
-    """Return the segment files of each (role, pid), in segment order; non-segments are skipped."""
-    groups: dict[tuple[str, int], list[tuple[int, Path]]] = defaultdict(list)
+def group_segments(paths: list[Path]) -> dict[tuple[str, int, str], list[Path]]:
+    """Return the segment files of each recorder (role, pid, instance), in segment order; non-segments skipped."""
+    groups: dict[tuple[str, int, str], list[tuple[int, Path]]] = defaultdict(list)
     for path in paths:
         try:
             header = read_header(path)
         except SpoolError:
             continue
-        groups[(header.role, header.pid)].append((header.segment, path))
+        groups[(header.role, header.pid, header.instance)].append((header.segment, path))
     return {key: [p for _, p in sorted(items)] for key, items in groups.items()}
 
 
-def decode_process(role: str, pid: int, paths: list[Path]) -> ProcessSpool:
-    """Decode one process's segments into table rows (in append order) and its counters."""
-    spool = ProcessSpool(role=role, pid=pid, paths=paths)
+def decode_process(role: str, pid: int, instance: str, paths: list[Path]) -> ProcessSpool:
+    """Decode one recorder's segments into table rows (in append order) and its counters."""
+    spool = ProcessSpool(role=role, pid=pid, instance=instance, paths=paths)
     regions: dict[int, list] = {}
     region_order: list[int] = []
     for path in paths:
@@ -249,12 +254,13 @@ def _decode_record(record: tuple, rows: dict, regions: dict, region_order: list)
 
 def read_spools(run_dir: str | os.PathLike) -> list[ProcessSpool]:
     """Return every process spool of a run (compacted spools are gone from the folder)."""
-    return [decode_process(role, pid, paths) for (role, pid), paths in group_segments(segments(run_dir)).items()]
+    return [decode_process(role, pid, instance, paths)
+            for (role, pid, instance), paths in group_segments(segments(run_dir)).items()]
 
 
 def spool_names(run_dir: str | os.PathLike) -> set[str]:
-    """Return the names (<role>-<pid>) of the spools present: parts of the same name are not to be read."""
-    return {f"{role}-{pid}" for role, pid in group_segments(segments(run_dir))}
+    """Return the names (<role>-<pid>-<instance>) of the spools present: parts of the same name are not read."""
+    return {f"{role}-{pid}-{instance}" for role, pid, instance in group_segments(segments(run_dir))}
 
 
 def part_spool_name(part_stem: str) -> str:

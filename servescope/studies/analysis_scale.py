@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from servescope.run.directory import table_dir, write_json
+from servescope.run.directory import write_json
+from servescope.run.parts import write_part
 from servescope.run.schema import TABLES
 
 STEP_NS = 20_000_000  # mean engine step: 20 ms
@@ -201,9 +201,7 @@ def _write_steps(run_dir, schedule_start, schedule_end, update_end) -> None:
 
 
 def _write_part(run_dir: Path, table: str, role: str, seq: int, data: pa.Table) -> None:
-    directory = table_dir(run_dir, table)
-    directory.mkdir(parents=True, exist_ok=True)
-    pq.write_table(data, directory / f"{role}-1-{seq:06d}.parquet")
+    write_part(run_dir, table, data, writer=f"{role}-1", name=f"{role}-1-{seq:06d}")
 
 
 def measure(run_dir: Path) -> dict:

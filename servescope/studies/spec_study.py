@@ -124,7 +124,7 @@ def phase_plans(args: argparse.Namespace, vocab_size: int) -> list:
 def run_engine(config: str, args: argparse.Namespace, run_dir: Path) -> None:
     """Record every phase of one configuration on one engine (called in its own process)."""
     from servescope.bench.load.driver_inprocess import drive_phases
-    from servescope.run.manifest import write_manifest
+    from servescope.run.compact import close_run
     from servescope.run.directory import write_json
 
     extra_args, _ = engine_setup(config, args.models_dir)
@@ -139,14 +139,14 @@ def run_engine(config: str, args: argparse.Namespace, run_dir: Path) -> None:
                           "seconds": round((phase.end_ns - phase.start_ns) / 1e9, 1)}), flush=True)
 
     asyncio.run(drive_phases(engine_args, phase_plans(args, vocab), run_dir, on_phase=progress))
-    write_manifest(run_dir)
+    close_run(run_dir)
 
 
 def summarize_phase(run_dir: Path, vllm_counters: dict) -> dict:
     """Return the study's numbers for one phase's run directory."""
     from servescope.analysis.iterations import region_times_ms
     from servescope.analysis.summary import analyze_run
-    from servescope.run.directory import read_table
+    from servescope.run.tables import read_table
 
     result = analyze_run(run_dir, tbt_slo_s=TBT_DEADLINE_S, include_requests=False)
     s = result["summary"]

@@ -36,7 +36,8 @@ from servescope.record.launcher import child_environment
 from servescope.run.compact import compact_run
 from servescope.run.config import Config
 from servescope.run.phases import window_mask, write_table_part
-from servescope.run.directory import read_table, write_json
+from servescope.run.directory import write_json
+from servescope.run.tables import read_table
 from servescope.run.names import RequestEvent, Table
 
 HOST = "127.0.0.1"
@@ -275,4 +276,5 @@ def copy_engine_records(server_run: str | os.PathLike, run_dir: str | os.PathLik
 
 
 def _write_copy(run_dir: Path, name: str, table: pa.Table) -> int:
-    return write_table_part(run_dir, name, table, f"server-copy-{os.getpid()}-{time.monotonic_ns()}")
+    writer = f"server-copy-{os.getpid()}"
+    return write_table_part(run_dir, name, table, f"{writer}-{time.monotonic_ns()}", writer=writer)

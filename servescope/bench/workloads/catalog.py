@@ -55,23 +55,34 @@ def sniff_trace_format(path: str | Path) -> str:
         raise WorkloadError(f"{path}: empty file")
     if line.startswith("{"):
         try:
-            keys = set(json.loads(line))
-        except (json.JSONDecodeError, TypeError):
+            record = json.loads(line)
+        except (ValueError, RecursionError):  # JSONDecodeError; an integer of too many digits; deep nesting
             raise WorkloadError(f"{path}, line 1: malformed JSON") from None
+        if not isinstance(record, dict):
+            raise WorkloadError(f"{path}, line 1: malformed row, expected a JSON object")
+        keys = set(record)
         if "input_length" in keys:
             return "mooncake"
         if "arrival_s" in keys:
             return "generic"
         raise WorkloadError(f"{path}, line 1: unknown JSONL trace, keys {sorted(keys)}")
     header = {name.strip().strip('"') for name in line.split(",")}
-    if {"TIMESTAMP", "ContextTokens", "GeneratedTokens"} <= header:
-        return "azure"
-    if {"Request tokens", "Response tokens"} <= header:
-        return "burstgpt"
-    if {"arrival_s", "prompt_tokens", "output_tokens"} <= header:
-        return "generic"
+    for fmt, needed in CSV_HEADERS.items():
+        if needed <= header:
+            return fmt
+    closest, needed = max(CSV_HEADERS.items(), key=lambda item: len(item[1] & header))
+    if needed & header:
+        raise WorkloadError(f"{path}, line 1: unknown CSV trace header {sorted(header)}: a {closest} trace "
+                            f"header lacks field(s) {sorted(needed - header)}")
     raise WorkloadError(f"{path}, line 1: unknown CSV trace header {sorted(header)}")
 
+
+# CSV format -> the header fields that identify it (in sniffing order).
+CSV_HEADERS = {
+    "azure": {"TIMESTAMP", "ContextTokens", "GeneratedTokens"},
+    "burstgpt": {"Request tokens", "Response tokens"},
+    "generic": {"arrival_s", "prompt_tokens", "output_tokens"},
+}
 
 _LOADERS = {
     "azure": load_azure_trace,

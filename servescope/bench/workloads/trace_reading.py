@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import csv
 import gzip
-import io
 import json
+import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -21,20 +22,48 @@ import numpy as np
 from servescope.bench.workloads.workload import WorkloadError
 
 
-def open_trace_text(path: str | Path) -> IO[str]:
-    """Returns a text stream over the file, transparently gunzipping names ending in .gz."""
+MAX_LINE_BYTES = 1 << 20  # a trace row is a few dozen bytes; a longer line is not a trace row
+MAX_TOKENS = 2**31 - 1  # lengths are int32 in the run's tables
+MAX_SECONDS = 1e10  # about 317 years: a larger time offset is in the wrong unit
+BOM = "\ufeff"
+
+
+def open_trace_bytes(path: str | Path) -> IO[bytes]:
+    """Returns a binary stream over the file, transparently gunzipping names ending in .gz."""
     path = Path(path)
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def trace_lines(path: str | Path):
+    """Yields (line number from 1, text) of each line, decoded as UTF-8 (a leading BOM dropped).
+
+    Raises WorkloadError naming the file and line for bytes that are not UTF-8 text, a line over
+    MAX_LINE_BYTES (read no further than that), or a damaged gzip stream. The text keeps its line end.
+    """
+    path = Path(path)
+    try:
+        with open_trace_bytes(path) as stream:
+            number = 0
+            while raw := stream.readline(MAX_LINE_BYTES + 1):
+                number += 1
+                if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                    raise WorkloadError(f"{path}, line {number}: longer than {MAX_LINE_BYTES} bytes "
+                                        "(not a trace row: binary data?)")
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise WorkloadError(f"{path}, line {number}: not UTF-8 text (binary data?)") from None
+                yield number, text.lstrip(BOM) if number == 1 else text
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise WorkloadError(f"{path}: unreadable ({exc.strerror or exc if isinstance(exc, OSError) else exc})") \
+            from None
 
 
 def first_line(path: str | Path) -> str:
     """Returns the first non-blank line of the file, stripped (empty string if none)."""
-    with open_trace_text(path) as stream:
-        for line in stream:
-            if line.strip():
-                return line.strip().lstrip("\ufeff")
+    for _, line in trace_lines(path):
+        if line.strip():
+            return line.strip()
     return ""
 
 
@@ -55,12 +84,12 @@ class Columns:
 def read_csv_columns(path: str | Path, required: list[str]) -> Columns:
     """Returns the named columns of a headed CSV as strings, with each row's line number."""
     path = Path(path)
-    with open_trace_text(path) as stream:
-        reader = csv.reader(stream)
+    reader = csv.reader(text for _, text in trace_lines(path))
+    try:
         header = next(reader, None)
         if header is None:
             raise WorkloadError(f"{path}: empty file, expected a header with {required}")
-        header = [name.strip().lstrip("\ufeff") for name in header]
+        header = [name.strip() for name in header]
         missing = [name for name in required if name not in header]
         if missing:
             raise WorkloadError(f"{path}, line 1: header lacks field(s) {missing}; found {header}")
@@ -78,6 +107,8 @@ def read_csv_columns(path: str | Path, required: list[str]) -> Columns:
             for name, i in zip(required, index):
                 values[name].append(row[i].strip())
             lines.append(reader.line_num)
+    except csv.Error as exc:  # a field over csv.field_size_limit(), a NUL byte, an unclosed quote
+        raise WorkloadError(f"{path}, line {reader.line_num}: malformed CSV ({exc})") from None
     return Columns(path, values, np.asarray(lines, dtype=np.int64), all_text=True)
 
 
@@ -87,22 +118,23 @@ def read_jsonl_columns(path: str | Path, required: list[str], optional: list[str
     names = list(required) + list(optional)
     values: dict[str, list] = {name: [] for name in names}
     lines: list[int] = []
-    with open_trace_text(path) as stream:
-        for line_number, line in enumerate(stream, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise WorkloadError(f"{path}, line {line_number}: malformed JSON ({error.msg})") from None
-            if not isinstance(record, dict):
-                raise WorkloadError(f"{path}, line {line_number}: malformed row, expected a JSON object")
-            for name in required:
-                if name not in record:
-                    raise WorkloadError(f"{path}, line {line_number}: field '{name}' is missing")
-            for name in names:
-                values[name].append(record.get(name))
-            lines.append(line_number)
+    for line_number, line in trace_lines(path):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise WorkloadError(f"{path}, line {line_number}: malformed JSON ({error.msg})") from None
+        except (RecursionError, ValueError) as error:  # nesting too deep; an integer of too many digits
+            raise WorkloadError(f"{path}, line {line_number}: malformed JSON ({type(error).__name__})") from None
+        if not isinstance(record, dict):
+            raise WorkloadError(f"{path}, line {line_number}: malformed row, expected a JSON object")
+        for name in required:
+            if name not in record:
+                raise WorkloadError(f"{path}, line {line_number}: field '{name}' is missing")
+        for name in names:
+            values[name].append(record.get(name))
+        lines.append(line_number)
     return Columns(path, values, np.asarray(lines, dtype=np.int64))
 
 
@@ -113,13 +145,28 @@ def _is_integral(value) -> bool:
         return True
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return False
-    return np.isfinite(number) and number == int(number)
+    return bool(np.isfinite(number)) and number == int(number)
+
+
+def _length_problem(value) -> str:
+    """Returns why value is not a usable token length ("" if it is one)."""
+    if not _is_integral(value):
+        return f"must be a non-negative integer, got {_shown(value)}"
+    if float(value) > MAX_TOKENS:
+        return f"is too large ({_shown(value)}; at most {MAX_TOKENS} tokens)"
+    return ""
+
+
+def _shown(value) -> str:
+    """Returns a value as an error message shows it: repr, cut to 40 characters."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def token_lengths(columns: Columns, field: str, minimum: int = 0) -> np.ndarray:
-    """Returns a length column as int64 tokens; raises naming the first non-integer or too-small value."""
+    """Returns a length column as int64 tokens; raises naming the first non-integer, too-large or too-small value."""
     raw = columns.values[field]
     try:
         lengths = np.asarray(raw, dtype=np.int64) if raw else np.zeros(0, np.int64)
@@ -128,11 +175,15 @@ def token_lengths(columns: Columns, field: str, minimum: int = 0) -> np.ndarray:
         exact = False
     if not exact or (lengths.size and not columns.all_text and not _all_exact(raw)):
         for value, line in zip(raw, columns.line_numbers.tolist()):
-            if not _is_integral(value):
-                raise WorkloadError(
-                    f"{columns.path}, line {line}: field '{field}' must be a non-negative integer, got {value!r}"
-                )
-        lengths = np.asarray([int(float(v)) for v in raw], dtype=np.int64)
+            problem = _length_problem(value)
+            if problem:
+                raise WorkloadError(f"{columns.path}, line {line}: field '{field}' {problem}")
+        lengths = np.asarray([int(float(v)) if not isinstance(v, int) else v for v in raw], dtype=np.int64)
+    large = np.flatnonzero(lengths > MAX_TOKENS)
+    if large.size:
+        i = int(large[0])
+        raise WorkloadError(f"{columns.path}, line {columns.line_numbers[i]}: field '{field}' "
+                            f"{_length_problem(raw[i])}")
     bad = np.flatnonzero(lengths < minimum)
     if bad.size:
         i = int(bad[0])
@@ -150,42 +201,57 @@ def _all_exact(raw: list) -> bool:
 
 
 def seconds_column(columns: Columns, field: str, scale: float = 1.0) -> np.ndarray:
-    """Returns a numeric time column multiplied by ``scale`` (to seconds); raises naming the first non-number."""
+    """Returns a numeric time column multiplied by ``scale`` (to seconds); raises naming the first non-number.
+
+    A time beyond MAX_SECONDS (after scaling) is refused as a unit error.
+    """
     raw = columns.values[field]
     try:
         times = np.asarray(raw, dtype=np.float64) if raw else np.zeros(0)
         ok = not any(isinstance(v, bool) for v in raw)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         ok = False
     if not ok or not np.all(np.isfinite(times)):
         for value, line in zip(raw, columns.line_numbers.tolist()):
             try:
-                good = not isinstance(value, bool) and np.isfinite(float(value))
-            except (TypeError, ValueError):
+                good = not isinstance(value, bool) and bool(np.isfinite(float(value)))
+            except (TypeError, ValueError, OverflowError):
                 good = False
             if not good:
-                raise WorkloadError(f"{columns.path}, line {line}: field '{field}' is not a number: {value!r}")
-    return times * scale
+                raise WorkloadError(f"{columns.path}, line {line}: field '{field}' is not a number: {_shown(value)}")
+    seconds = times * scale
+    large = np.flatnonzero(np.abs(seconds) > MAX_SECONDS)
+    if large.size:
+        i = int(large[0])
+        raise WorkloadError(f"{columns.path}, line {columns.line_numbers[i]}: field '{field}' is too large "
+                            f"({_shown(raw[i])}: over {MAX_SECONDS:.0e} s; wrong unit?)")
+    return seconds
 
 
 def datetime_seconds_column(columns: Columns, field: str) -> np.ndarray:
     """Returns 'YYYY-MM-DD HH:MM:SS.fffffff' timestamps as seconds after the first row (float64)."""
     raw = columns.values[field]
+    with warnings.catch_warnings():  # a timezone suffix is converted to UTC; numpy warns that it is deprecated
+        warnings.simplefilter("ignore", UserWarning)
+        return _datetime_seconds(columns, field, raw)
+
+
+def _datetime_seconds(columns: Columns, field: str, raw: list) -> np.ndarray:
     try:
         stamps = np.asarray(raw, dtype="datetime64[ns]")
         ok = not np.any(np.isnat(stamps))
-    except ValueError:
+    except (ValueError, TypeError, OverflowError):
         ok = False
     if not ok:
         for value, line in zip(raw, columns.line_numbers.tolist()):
             try:
                 good = not np.isnat(np.datetime64(value, "ns"))
-            except ValueError:
+            except (ValueError, TypeError, OverflowError):
                 good = False
             if not good:
                 raise WorkloadError(
                     f"{columns.path}, line {line}: field '{field}' is not a timestamp "
-                    f"'YYYY-MM-DD HH:MM:SS.fffffff': {value!r}"
+                    f"'YYYY-MM-DD HH:MM:SS.fffffff': {_shown(value)}"
                 )
     if stamps.size == 0:
         return np.zeros(0)

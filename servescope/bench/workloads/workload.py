@@ -8,6 +8,7 @@ are token counts. Prompt text never exists here: ``servescope.bench.workloads.pr
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
@@ -100,6 +101,10 @@ class Workload:
         """Returns every request's output length, in tokens (int64 array)."""
         return np.fromiter((r.output_tokens for r in self.requests), np.int64, len(self.requests))
 
+    def tokens_needed(self) -> np.ndarray:
+        """Returns each request's context as sent, prompt + output tokens (each at least 1), int64 array; builds no prompt."""
+        return np.maximum(self.prompt_tokens, 1) + np.maximum(self.output_tokens, 1)
+
     def prompt_stats(self) -> LengthStats:
         """Returns the prompt-length distribution summary, in tokens."""
         return length_stats(self.prompt_tokens)
@@ -130,8 +135,14 @@ class Workload:
         return replace(self, requests=requests, has_arrival_times=True)
 
     def first(self, count: int) -> Workload:
-        """Returns a workload of the first ``count`` requests (all if fewer)."""
-        return replace(self, requests=self.requests[:count])
+        """Returns a workload of the first ``count`` requests (all if fewer); count < 1 raises WorkloadError."""
+        try:
+            whole = operator.index(count)  # an int or numpy integer, not 2.5
+        except TypeError:
+            whole = None
+        if whole is None or isinstance(count, bool) or whole < 1:
+            raise WorkloadError(f"{self.name}: the request count must be an integer >= 1, got {count!r}")
+        return replace(self, requests=self.requests[:whole])
 
     def capped(self, max_prompt_tokens: int | None = None, max_output_tokens: int | None = None) -> Workload:
         """Returns this workload with lengths clipped to the given maxima, in tokens (e.g. to fit a small model)."""
