@@ -325,7 +325,7 @@ def test_iteration_breakdown_of_a_real_run_equals_the_raw_rows_and_the_token_gap
             checked += 1
     assert checked == offline_run.num_requests * (offline_run.max_tokens - 1)
     # the configuration comes from the engine that ran, as the fixture started it
-    assert samples.engine == {"name": "vllm", "version": vllm.__version__}
+    assert (samples.engine["name"], samples.engine["version"]) == ("vllm", vllm.__version__)
     assert samples.parameters["max_num_batched_tokens"] == 128
 
 

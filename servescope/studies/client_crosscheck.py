@@ -13,12 +13,26 @@ prompt of prompt-len tokens as text (servescope's client sends the tokenizer's d
 ids: sending ids instead skips the server's tokenizer, a difference of the requests, not of the
 clients), ignore_eos, output-len tokens.
 
-The report compares TTFT and per-chunk ITL percentiles pooled over the rounds. Tolerance:
-|servescope - vLLM| <= max(2 x noise, floor), where noise is the larger of the two clients'
-ranges (max - min) of that percentile over the rounds: the run-to-run noise measured in the
-same experiment. 2x: two clients with identical behaviour still differ by up to about one
-range between rounds; the floor (1 ms TTFT, 0.5 ms ITL: event-loop and scheduler granularity)
-keeps a lucky, tiny range from failing the check.
+The report compares TTFT and per-chunk ITL percentiles pooled over the rounds against
+tolerances fixed here, before any data (TOLERANCE_MS), never derived from the spread of the
+measurement being judged (a jittery client must not widen its own tolerance):
+
+- TTFT P50: 10 ms. Both clients send to one server at the same moments; what may differ is each
+  client's own path, from its send stamp to the request on the wire and from the first event on
+  the wire to its stamp. On 2 shared cores running server, EngineCore, worker and two clients, a
+  runnable client can wait for a core at each of those two points (Linux's scheduling latency,
+  a few ms per wait), plus its event loop's own work: about 10 ms in all.
+- ITL P50 1 ms, ITL P90 2 ms: a gap is the difference of two stamps taken by the same loop, so
+  only the waits between them count, not the send path: one wait at P50, two at P90.
+- TTFT P90 (and every P99) is reported, not judged: on a loaded 2-core machine TTFT tails are
+  stalls of 100-600 ms in the API server or a starved client process (benchmarking.md), which
+  hit the two clients unequally; a P99 of a few hundred TTFTs rests on two samples.
+
+Each comparison also carries a 95% bootstrap interval of the difference (requests resampled
+within each round, both clients), and ``equivalent``: whether that whole interval lies inside
+the tolerance, the stronger claim. A noisy round can only widen the interval and so withhold
+that claim, never loosen the check. ``failures`` lists the judged percentiles whose difference
+exceeds its tolerance.
 """
 
 from __future__ import annotations
@@ -36,8 +50,9 @@ from pathlib import Path
 
 import numpy as np
 
-FLOOR_MS = {"ttft": 1.0, "itl": 0.5}
-PERCENTILES = (50, 90)  # a P99 of a few hundred TTFTs rests on two samples: it measures luck, not the client
+# (metric, percentile) -> |servescope - vLLM| allowed, ms; fixed before the data (reasons above); None: reported only
+TOLERANCE_MS = {("ttft", 50): 10.0, ("ttft", 90): None, ("itl", 50): 1.0, ("itl", 90): 2.0}
+BOOTSTRAP_REPLICATES = 2000
 CHILD_TIMEOUT_S = 600
 
 VLLM_CLIENT = r"""
@@ -193,30 +208,64 @@ def cross_check(url: str, model_dir: Path, load: CrossCheckLoad, work_dir: Path,
 
 
 def compare_samples(samples: dict, load: CrossCheckLoad) -> dict:
-    """Return per metric and percentile: both clients' pooled values, difference, noise, tolerance, verdict."""
+    """Return per metric and percentile: both clients' pooled values (ms), their difference, the fixed
+    tolerance, a 95% bootstrap interval of the difference, and the verdicts; failures lists the judged
+    percentiles whose difference exceeds its tolerance."""
     report = {"load": vars(load),
               "counts": {c: {"ttft": sum(map(len, samples[c]["ttft"])), "itl": sum(map(len, samples[c]["itl"]))}
                          for c in samples},
+              "tolerance_rule": "fixed before the data: servescope.studies.client_crosscheck.TOLERANCE_MS",
               "comparison": {}, "failures": []}
-    for metric in ("ttft", "itl"):
-        for q in PERCENTILES:
-            per_round = {c: [float(np.percentile(s, q)) for s in samples[c][metric]] for c in samples}
-            pooled = {c: float(np.percentile(np.concatenate(samples[c][metric]), q)) for c in samples}
-            noise = max(max(v) - min(v) for v in per_round.values())
-            tolerance = max(2 * noise, FLOOR_MS[metric])
-            difference = pooled["servescope"] - pooled["vllm"]
-            report["comparison"][f"{metric}_p{q}_ms"] = {
-                "servescope": pooled["servescope"], "vllm": pooled["vllm"], "difference": difference,
-                "noise": noise, "tolerance": tolerance, "agree": abs(difference) <= tolerance, "per_round": per_round}
-            if abs(difference) > tolerance:
+    rng = np.random.default_rng(0)
+    for (metric, q), tolerance in TOLERANCE_MS.items():
+        rounds = {c: [np.asarray(r, dtype=float) for r in samples[c][metric]] for c in samples}
+        per_round = {c: [float(np.percentile(r, q)) for r in rounds[c]] for c in samples}
+        pooled = {c: float(np.percentile(np.concatenate(rounds[c]), q)) for c in samples}
+        difference = pooled["servescope"] - pooled["vllm"]
+        lo, hi = bootstrap_difference(rounds["servescope"], rounds["vllm"], q, rng)
+        entry = {"servescope": pooled["servescope"], "vllm": pooled["vllm"], "difference": difference,
+                 "tolerance": tolerance, "difference_ci95": [lo, hi],
+                 "round_range": max(max(v) - min(v) for v in per_round.values()), "per_round": per_round}
+        if tolerance is not None:
+            entry["agree"] = abs(difference) <= tolerance
+            entry["equivalent"] = -tolerance <= lo and hi <= tolerance
+            if not entry["agree"]:
                 report["failures"].append(
                     f"{metric} P{q}: servescope {pooled['servescope']:.2f} ms, vLLM {pooled['vllm']:.2f} ms, "
                     f"|difference| {abs(difference):.2f} > tolerance {tolerance:.2f} ms")
+        report["comparison"][f"{metric}_p{q}_ms"] = entry
     return report
+
+
+def bootstrap_difference(ours: list[np.ndarray], theirs: list[np.ndarray], q: float, rng,
+                         replicates: int = BOOTSTRAP_REPLICATES) -> tuple[float, float]:
+    """Return the 95% percentile-bootstrap interval (ms) of pooled P_q(ours) - P_q(theirs), resampling
+    each client's samples within each round (rounds ran at the same time for both clients)."""
+    def replicate_percentiles(rounds: list[np.ndarray], count: int) -> np.ndarray:
+        drawn = [r[rng.integers(0, r.size, (count, r.size))] for r in rounds if r.size]
+        return np.percentile(np.concatenate(drawn, axis=1), q, axis=1)
+
+    diffs = np.concatenate([replicate_percentiles(ours, n) - replicate_percentiles(theirs, n)
+                            for n in np.diff(np.r_[0:replicates:250, replicates])])
+    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def comparison_text(report: dict) -> str:
+    """Return the comparison as a short text table (ms)."""
+    lines = [f"{'':12}{'servescope':>11}{'vLLM':>9}{'diff':>8}{'95% CI':>18}{'tolerance':>11}  verdict"]
+    for name, r in report["comparison"].items():
+        ci = "[{:.2f}, {:.2f}]".format(*r["difference_ci95"])
+        tol = "-" if r["tolerance"] is None else f"{r['tolerance']:.1f}"
+        verdict = ("reported only" if r["tolerance"] is None else
+                   ("equivalent" if r["equivalent"] else "agree" if r["agree"] else "DIFFER"))
+        lines.append(f"{name:12}{r['servescope']:11.2f}{r['vllm']:9.2f}{r['difference']:8.2f}{ci:>18}{tol:>11}  {verdict}")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> None:
     from servescope.bench.load.server import start_server
+    from servescope.run.machine import machine_facts
 
     ap = argparse.ArgumentParser(prog="python -m servescope.studies.client_crosscheck")
     ap.add_argument("--model", type=Path, required=True, help="model directory with a tokenizer")
@@ -237,9 +286,9 @@ def main(argv=None) -> None:
     finally:
         server.stop()
     report["engine_args"] = args.engine_args
+    report["machine"] = machine_facts(["python", "-m", "servescope.studies.client_crosscheck", *(argv or sys.argv[1:])])
     args.out.write_text(json.dumps(report, indent=2))
-    print(json.dumps({k: {n: round(v, 2) for n, v in r.items() if n not in ("per_round", "agree")}
-                      for k, r in report["comparison"].items()}, indent=1))
+    print(comparison_text(report))
     print("agree" if not report["failures"] else "\n".join(report["failures"]))
 
 
