@@ -55,7 +55,7 @@ def test_the_last_delivery_cut_at_max_tokens_is_a_bound_and_its_undelivered_toke
     deliveries = {"a": [Delivery(1, 0, False), Delivery(2, 1, True)]}  # 2 of the step's 4 tokens were wanted
     rows = [row("a", 0, 1), row("a", 1, 2, 3, 3)]
     result = compare_deliveries(deliveries, rows)
-    assert result["agree"] and result["steps_capped_at_max_tokens"] == 1
+    assert result["agree"] and result["steps_cut_at_max_tokens"] == 1
     assert result["accepted_not_delivered"] == 2 and result["per_request"]["a"]["accepted_recorded"] == 3
     below = compare_deliveries({"a": [Delivery(1, 0, False), Delivery(3, 1, True)]}, [row("a", 0, 1), row("a", 1, 3, 1, 3)])
     assert not below["agree"]  # fewer recorded than the caller got is never a cut

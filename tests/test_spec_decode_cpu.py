@@ -43,7 +43,7 @@ def test_ngram_acceptance_matches_vllm_counters(tmp_path, tiny_model_dir):
     assert second["agree"], second["mismatches"]
     assert second["requests"] == second["requests_agreeing"] == 8
     assert second["steps_compared"] == len(rows) and second["step_totals_equal"]
-    assert second["steps_exact"] + second["steps_capped_at_max_tokens"] == second["steps_compared"]
+    assert second["steps_exact"] + second["steps_cut_at_max_tokens"] == second["steps_compared"]
     assert second["accepted_seen_by_caller"] > 0
     # what the caller received plus what was cut at max_tokens is what vLLM's counter counted
     assert (second["accepted_seen_by_caller"] + second["accepted_not_delivered"]

@@ -98,15 +98,15 @@ def compare_deliveries(deliveries: dict[str, list[Delivery]], emissions: Iterabl
             steps_compared += 1
             observed += caller
             recorded += ours
-            bounded = d.capped and ours >= caller
+            cut = d.capped and ours > caller  # accepted by vLLM, cut at max_tokens before delivery
             observed_by_call[d.call] = observed_by_call.get(d.call, 0) + caller
-            recorded_by_step[row["step_id"]] = recorded_by_step.get(row["step_id"], 0) + (caller if bounded else ours)
-            if bounded:
-                steps_capped += 1
-                not_delivered += ours - caller
-                continue
+            recorded_by_step[row["step_id"]] = recorded_by_step.get(row["step_id"], 0) + (caller if cut else ours)
             if ours == caller:
                 steps_exact += 1
+                continue
+            if cut:
+                steps_capped += 1
+                not_delivered += ours - caller
                 continue
             agree = False
             mismatches.append(f"{rid} delivery {k} (step {row['step_id']}): the caller got {d.num_tokens} tokens "
@@ -121,7 +121,7 @@ def compare_deliveries(deliveries: dict[str, list[Delivery]], emissions: Iterabl
     return {
         "requests": len(per_request),
         "requests_agreeing": sum(1 for r in per_request.values() if r["agree"]),
-        "steps_compared": steps_compared, "steps_exact": steps_exact, "steps_capped_at_max_tokens": steps_capped,
+        "steps_compared": steps_compared, "steps_exact": steps_exact, "steps_cut_at_max_tokens": steps_capped,
         "accepted_seen_by_caller": sum(r.get("accepted_seen_by_caller", 0) for r in per_request.values()),
         "accepted_recorded": sum(r.get("accepted_recorded", 0) for r in per_request.values()),
         "accepted_not_delivered": sum(r.get("accepted_not_delivered", 0) for r in per_request.values()),

@@ -61,8 +61,8 @@ def main(argv=None) -> None:
     engine = LLMEngine.from_engine_args(EngineArgs(
         model=args.target, load_format="dummy", skip_tokenizer_init=True, max_model_len=args.max_model_len,
         disable_log_stats=False, speculative_config=spec))
-    params = SamplingParams(max_tokens=args.output_len, ignore_eos=True, detokenize=False, temperature=0.0,
-                            output_kind=RequestOutputKind.DELTA)  # each step's new tokens: the second observer
+    params = SamplingParams(max_tokens=args.output_len, ignore_eos=True, detokenize=False,
+                            temperature=0.0, output_kind=RequestOutputKind.DELTA)  # each step's new tokens: the second observer
     vocab = engine.model_config.get_vocab_size()
     rng = np.random.default_rng(0)
     observer = DeliveryObserver(max_tokens={})
