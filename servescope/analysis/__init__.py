@@ -49,6 +49,9 @@ PUBLIC_API: dict[str, str] = {
     "iteration_summary": "iterations",
     "speculative_summary": "iterations",
     "region_times_ms": "iterations",
+    # kernel time by region and step (a profile window joined to the run)
+    "kernel_attribution_summary": "kernel_attribution",
+    "attribute_kernels": "kernel_attribution",
     # comparing runs (compare() itself is servescope.analysis.compare.compare: the module has its name)
     "compare_run_dirs": "compare",
     "run_samples": "compare",

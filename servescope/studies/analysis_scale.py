@@ -251,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=256, help="requests decoding at once")
     p.add_argument("--dir", type=Path, help="run directory to write (default: a temporary one, removed after)")
     p.add_argument("--reuse", action="store_true", help="measure --dir as it is, do not synthesise")
+    p.add_argument("--out", type=Path, help="also write the result, with the machine and command, to this JSON file")
     p.add_argument("--measure-only", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
@@ -276,6 +277,15 @@ def main(argv: list[str] | None = None) -> int:
               f"peak RSS {result['peak_rss_bytes'] / 2**30:.2f} GiB  "
               f"(load average {result['load_average_1min']} on {result['cpus']} CPUs)")
         print(json.dumps(result))
+        if args.out:
+            from servescope.run.machine import machine_facts
+
+            setup = {"requests": args.requests, "tokens": args.tokens, "tokens_per_chunk": args.tokens_per_chunk,
+                     "concurrency": args.concurrency, "reuse": args.reuse}
+            command = ["python", "-m", "servescope.studies.analysis_scale",
+                       *(argv if argv is not None else sys.argv[1:])]
+            args.out.write_text(json.dumps({"setup": setup, "synthesis": None if args.reuse else size,
+                                            "result": result, "machine": machine_facts(command)}, indent=1))
     finally:
         if args.dir is None:
             shutil.rmtree(run_dir.parent, ignore_errors=True)
