@@ -93,6 +93,12 @@ def test_steps_not_wholly_inside_the_profiled_span_are_left_out():
     assert s["steps"] == [1] and s["regions"]["forward"]["instances"] == 1
 
 
+def test_a_window_that_covers_no_whole_step_reports_nothing_rather_than_failing():
+    s = kernel_attribution_summary(profile_table(KERNELS), REGIONS, {**FACTS, "profiled_to_ns": 50 * US})
+    assert s["steps"] == [] and s["regions"] == {} and s["outside"]["kernels"] == 0
+    assert s["per_step"]["difference_ms"]["count"] == 0
+
+
 def test_host_operators_are_placed_in_host_intervals():
     rows = [{"step_id": 3, "rank": 0, "region": "execute_model", "host_start_ns": 0, "host_end_ns": 50 * US},
             {"step_id": 3, "rank": 0, "region": "forward", "host_start_ns": 5 * US, "host_end_ns": 40 * US}]

@@ -153,7 +153,10 @@ def kernel_attribution_summary(profile: pa.Table, worker_regions: pa.Table, fact
     busy = np.array([busy_ns(k_start, k_end, regions.start_ns[i], regions.end_ns[i]) for i in range(len(regions))],
                     dtype=np.int64)
     # kernels inside the covered steps' span only: before the first / after the last covered step is not "outside"
-    span = (k_end > regions.start_ns.min()) & (k_start < regions.end_ns.max()) if len(regions) else np.zeros(0, bool)
+    if len(regions):
+        span = (k_end > regions.start_ns.min()) & (k_start < regions.end_ns.max())
+    else:
+        span = np.zeros(k_start.size, dtype=bool)
     top = outermost(regions)
     per_region = {}
     for name in sorted(set(regions.region.tolist())):
