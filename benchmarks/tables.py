@@ -178,6 +178,9 @@ def crosscheck(name: str) -> list[str]:
         out.append(row(f"{metric.upper()} P{q}", f"{c['servescope']:.2f}", f"{c['vllm']:.2f}", f"{diff:+.2f}",
                        "-" if ci is None else f"[{ci[0]:+.2f}, {ci[1]:+.2f}]",
                        "-" if tolerance is None else f"{tolerance:g}", verdict, rounds))
+    load = d.get("load_average_1min_at_end")
+    if load is not None:
+        out.append(row("machine load", "", "", "", "", "", f"1-min load average {load:.1f} at the end", ""))
     return out
 
 

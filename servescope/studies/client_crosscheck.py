@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import queue
 import shlex
 import subprocess
@@ -286,6 +287,7 @@ def main(argv=None) -> None:
     finally:
         server.stop()
     report["engine_args"] = args.engine_args
+    report["load_average_1min_at_end"] = os.getloadavg()[0]  # other work on the machine skews both clients
     report["machine"] = machine_facts(["python", "-m", "servescope.studies.client_crosscheck", *(argv or sys.argv[1:])])
     args.out.write_text(json.dumps(report, indent=2))
     print(comparison_text(report))
