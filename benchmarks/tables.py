@@ -154,34 +154,36 @@ def cpu_kernel_time() -> list[str]:
 # --------------------------------------------------------------------------- client cross-checks
 
 
-def crosscheck(name: str) -> list[str]:
-    """The two clients' pooled percentiles, judged against the fixed tolerances of client_crosscheck."""
+def crosscheck(*names: str) -> list[str]:
+    """The two clients' pooled percentiles per run file, judged against client_crosscheck's fixed tolerances."""
     from servescope.studies.client_crosscheck import TOLERANCE_MS
 
-    d = load(name)
-    out = header("metric (ms)", "servescope client", "`vllm bench serve`", "difference", "95% interval",
+    out = header("run", "metric (ms)", "servescope client", "`vllm bench serve`", "difference", "95% interval",
                  "tolerance (fixed)", "verdict", "per round, servescope / vLLM")
-    for key, c in d["comparison"].items():
-        metric, q = key.split("_p")[0], int(key.split("_p")[1].split("_")[0])
-        tolerance = TOLERANCE_MS.get((metric, q))
-        diff = c["difference"]
-        ci = c.get("difference_ci95")
-        if tolerance is None:
-            verdict = "reported only"
-        elif abs(diff) > tolerance:
-            verdict = "DIFFER"
-        elif ci is not None and -tolerance <= ci[0] and ci[1] <= tolerance:
-            verdict = "equivalent (interval inside)"
-        else:
-            verdict = "agree" + ("" if ci else " (no interval in this file)")
-        rounds = ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(c["per_round"]["servescope"], c["per_round"]["vllm"]))
-        out.append(row(f"{metric.upper()} P{q}", f"{c['servescope']:.2f}", f"{c['vllm']:.2f}", f"{diff:+.2f}",
-                       "-" if ci is None else f"[{ci[0]:+.2f}, {ci[1]:+.2f}]",
-                       "-" if tolerance is None else f"{tolerance:g}", verdict, rounds))
-    load = d.get("load_average_1min_at_end")
-    if load is not None:
-        out.append(row("machine load", "", "", "", "", "", f"1-min load average {load:.1f} at the end", ""))
+    for n, name in enumerate(names, 1):
+        d = load(name)
+        load_avg = d.get("load_average_1min_at_end")
+        label = f"{n} (load {load_avg:.1f})" if load_avg is not None else f"{n} (load not recorded)"
+        for key, c in d["comparison"].items():
+            metric, q = key.split("_p")[0], int(key.split("_p")[1].split("_")[0])
+            tolerance = TOLERANCE_MS.get((metric, q))
+            diff, ci = c["difference"], c.get("difference_ci95")
+            if tolerance is None:
+                verdict = "reported only"
+            elif abs(diff) > tolerance:
+                verdict = "DIFFER"
+            elif ci is not None and -tolerance <= ci[0] and ci[1] <= tolerance:
+                verdict = "equivalent (interval inside)"
+            else:
+                verdict = "agree" + ("" if ci else " (no interval in this file)")
+            rounds = ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(c["per_round"]["servescope"], c["per_round"]["vllm"]))
+            out.append(row(label if len(names) > 1 else "", f"{metric.upper()} P{q}", f"{c['servescope']:.2f}",
+                           f"{c['vllm']:.2f}", f"{diff:+.2f}", "-" if ci is None else f"[{ci[0]:+.2f}, {ci[1]:+.2f}]",
+                           "-" if tolerance is None else f"{tolerance:g}", verdict, rounds))
     return out
+
+
+CPU_CROSSCHECKS = ("cpu-client-crosscheck-loaded-1.json", "cpu-client-crosscheck-loaded-2.json")
 
 
 # --------------------------------------------------------------------------- analysis-scale.md
@@ -355,7 +357,7 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[], list[str]]]] = {
     "moe-off-on": (("h100-moe.json",), lambda: off_on_change("h100-moe.json")),
     "cpu-second-observer": (("cpu-spec-second-observer.json",), cpu_second_observer),
     "cpu-kernel-time": (("cpu-kernel-time.json",), cpu_kernel_time),
-    "cpu-client-crosscheck": (("cpu-client-crosscheck.json",), lambda: crosscheck("cpu-client-crosscheck.json")),
+    "cpu-client-crosscheck": (CPU_CROSSCHECKS, lambda: crosscheck(*CPU_CROSSCHECKS)),
     "h100-client-crosscheck": (("h100-crosscheck-spec.json",), lambda: crosscheck("h100-crosscheck-spec.json")),
     "analysis-scale": (("cpu-analysis-scale-1m.json",), analysis_scale),
     "spec-latency": ((STUDY,), spec_latency),
