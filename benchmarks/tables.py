@@ -114,8 +114,9 @@ def off_on_change(name: str) -> list[str]:
     return out
 
 
-def cpu_second_observer() -> list[str]:
-    d = load("cpu-spec-second-observer.json")
+def second_observer(name: str) -> list[str]:
+    """spec_check's second observer (the caller's deliveries) against token_emissions and vLLM's counter."""
+    d = load(name)
     s, c = d["second_observer"], d["vllm_counters"]
     return header("what", "count") + [
         row("requests (both observers agree on every one)", f"{s['requests_agreeing']} of {s['requests']}"),
@@ -131,11 +132,12 @@ def cpu_second_observer() -> list[str]:
     ]
 
 
-def cpu_kernel_time() -> list[str]:
-    d = load("cpu-kernel-time.json")
-    (w,) = d["windows"]
+def kernel_time(name: str) -> list[str]:
+    """studies.kernel_time's summary of one profile window: per region and per step event, busy and gap."""
+    d = load(name)
+    (w,) = d["windows"][:1]
     s, clock = w["summary"], w["facts"]["clock"]
-    out = header("region (host intervals, CPU build)", "instances", "event time P50 (ms)", "operator busy P50 (ms)",
+    out = header(f"region ({s['source']} intervals)", "instances", "event time P50 (ms)", "operator busy P50 (ms)",
                  "gap P50 (ms)", "operators (innermost)")
     for name, r in s["regions"].items():
         out.append(row(f"`{name}`", r["instances"], f"{r['event_ms']['p50']:.3f}", f"{r['busy_ms']['p50']:.3f}",
@@ -355,8 +357,8 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[], list[str]]]] = {
     "spec-profile": (("h100-spec-profile.json",), spec_profile),
     "spec-counts": (("h100-spec-draft-model.json",), spec_counts),
     "moe-off-on": (("h100-moe.json",), lambda: off_on_change("h100-moe.json")),
-    "cpu-second-observer": (("cpu-spec-second-observer.json",), cpu_second_observer),
-    "cpu-kernel-time": (("cpu-kernel-time.json",), cpu_kernel_time),
+    "cpu-second-observer": (("cpu-spec-second-observer.json",), lambda: second_observer("cpu-spec-second-observer.json")),
+    "cpu-kernel-time": (("cpu-kernel-time.json",), lambda: kernel_time("cpu-kernel-time.json")),
     "cpu-client-crosscheck": (CPU_CROSSCHECKS, lambda: crosscheck(*CPU_CROSSCHECKS)),
     "h100-client-crosscheck": (("h100-crosscheck-spec.json",), lambda: crosscheck("h100-crosscheck-spec.json")),
     "analysis-scale": (("cpu-analysis-scale-1m.json",), analysis_scale),

@@ -89,3 +89,24 @@ def test_served_comparison_joins_client_and_engine_ids():
     rows = [row("e1", 0, 1), row("e1", 1, 3, 2, 3), row("e1", 2, 2, 1, 3)]
     result = served_comparison(chunks, rows, {"c1": "e1"}, 3)  # chunks sorted by time: 1, 3, 2 tokens
     assert result["agree"] and result["requests"] == 1 and result["exact"] == 3
+
+
+def test_served_acceptance_joins_a_client_run_to_the_servers_records(tmp_path):
+    from runbuilder import RunBuilder
+
+    from servescope.studies.acceptance_observer import served_acceptance
+
+    server = RunBuilder(tmp_path, "server")
+    server.event("e1", "arrival", 1, detail="cmpl-c1-0")
+    for r in (row("e1", 0, 1), row("e1", 1, 3, 2, 3), row("e1", 2, 2, 1, 3), row("e1", 3, 2, 1, 3)):
+        server.row("token_emissions", time_ns=10 + r["step_id"], **r)
+    client = RunBuilder(tmp_path, "client")
+    client.row("client_requests", client_request_id="c1", engine_request_id="cmpl-c1", status="ok")
+    for t, n in ((1, 1), (2, 3), (3, 4)):  # the last chunk merges steps 2 and 3
+        client.row("client_chunks", client_request_id="c1", time_ns=t, num_tokens=n)
+    result = served_acceptance(server.write(), [client.write()])
+    assert result["agree"] and result["num_speculative_tokens"] == 3 and result["requests"] == 1
+    assert (result["compared"], result["merged_chunks"], result["requests_with_merged_chunks"]) == (2, 1, 1)
+    plain = RunBuilder(tmp_path, "plain")
+    plain.row("token_emissions", request_id="x", step_id=0, time_ns=1, num_tokens=1)
+    assert served_acceptance(plain.write(), []) is None  # no speculation: nothing to observe

@@ -266,6 +266,7 @@ def comparison_text(report: dict) -> str:
 
 def main(argv=None) -> None:
     from servescope.bench.load.server import start_server
+    from servescope.studies.acceptance_observer import served_acceptance
     from servescope.run.machine import machine_facts
 
     ap = argparse.ArgumentParser(prog="python -m servescope.studies.client_crosscheck")
@@ -286,6 +287,9 @@ def main(argv=None) -> None:
         report = cross_check(server.url, args.model, load, work)
     finally:
         server.stop()
+    # under speculation: accepted tokens as servescope's client received them, against the engine's records
+    report["acceptance_seen_by_client"] = served_acceptance(work / "server",
+                                                            [work / f"servescope-{r}" for r in range(load.rounds)])
     report["engine_args"] = args.engine_args
     report["load_average_1min_at_end"] = os.getloadavg()[0]  # other work on the machine skews both clients
     report["machine"] = machine_facts(["python", "-m", "servescope.studies.client_crosscheck", *(argv or sys.argv[1:])])

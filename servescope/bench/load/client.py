@@ -263,9 +263,10 @@ def record_result(recorder: Recorder | None, result: RequestResult) -> None:
 # --------------------------------------------------------------------------- reading back
 
 
-def engine_request_ids(run_dir: str | os.PathLike) -> dict[str, str]:
-    """Return client_request_id -> the engine's internal request id, joined on the front end's arrival 'detail'."""
-    events = read_table(run_dir, "request_events").select(["request_id", "event", "detail"]).to_pydict()
+def engine_request_ids(run_dir: str | os.PathLike, engine_run_dir: str | os.PathLike | None = None) -> dict[str, str]:
+    """Return client_request_id -> the engine's internal request id, joined on the front end's arrival 'detail'
+    (the engine's records in run_dir, or in engine_run_dir when the server recorded elsewhere)."""
+    events = read_table(engine_run_dir or run_dir, "request_events").select(["request_id", "event", "detail"]).to_pydict()
     by_external: dict[str, str] = {}
     for rid, event, detail in zip(events["request_id"], events["event"], events["detail"]):
         if event == "arrival" and detail is not None:
