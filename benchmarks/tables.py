@@ -185,17 +185,21 @@ def crosscheck(*names: str) -> list[str]:
     return out
 
 
-CPU_CROSSCHECKS = ("cpu-client-crosscheck-loaded-1.json", "cpu-client-crosscheck-loaded-2.json")
+CPU_CROSSCHECKS = ("cpu-client-crosscheck-1.json", "cpu-client-crosscheck-2.json", "cpu-client-crosscheck-3.json")
 
 
 # --------------------------------------------------------------------------- analysis-scale.md
 
 
+SCALE_RUNS = (("1 M requests, 100 M tokens, 1 token/step (one row per token: the worst case)",
+               "cpu-analysis-scale-1m.json"),
+              ("the same run directory again (`--dir D --reuse`)", "cpu-analysis-scale-1m-reuse.json"))
+
+
 def analysis_scale() -> list[str]:
     out = header("run", "emission rows", "load", "metrics", "summaries", "total (wall)", "CPU time (process)",
                  "peak RSS", "1-min load average (2 CPUs)")
-    for label, name in (("1 M requests, 100 M tokens, 1 token/step (one row per token: the worst case)",
-                         "cpu-analysis-scale-1m.json"),):
+    for label, name in SCALE_RUNS:
         r = load(name)["result"]
         out.append(row(label, f"{r['emission_rows']:,}", f"{r['load_s']} s", f"{r['metrics_s']} s",
                        f"{r['summaries_s']} s", f"**{r['total_s']} s**", f"**{r['cpu_s']} s**",
@@ -361,7 +365,7 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[], list[str]]]] = {
     "cpu-kernel-time": (("cpu-kernel-time.json",), lambda: kernel_time("cpu-kernel-time.json")),
     "cpu-client-crosscheck": (CPU_CROSSCHECKS, lambda: crosscheck(*CPU_CROSSCHECKS)),
     "h100-client-crosscheck": (("h100-crosscheck-spec.json",), lambda: crosscheck("h100-crosscheck-spec.json")),
-    "analysis-scale": (("cpu-analysis-scale-1m.json",), analysis_scale),
+    "analysis-scale": (tuple(name for _, name in SCALE_RUNS), analysis_scale),
     "spec-latency": ((STUDY,), spec_latency),
     "spec-speedup": ((STUDY,), spec_speedup),
     "spec-lease-to-lease": ((STUDY,), spec_lease_to_lease),
