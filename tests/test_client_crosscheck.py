@@ -16,8 +16,9 @@ def test_the_tolerance_does_not_widen_with_the_instruments_noise():
     def rounds(offset_ms, jitter_ms):
         base = [rng.normal(20 + jitter_ms * r, 1.0, 48) for r in range(4)]
         itl = [rng.normal(3.0, 0.2, 480) for _ in range(4)]
-        return {"servescope": {"ttft": [b + offset_ms for b in base], "itl": itl},
-                "vllm": {"ttft": base, "itl": itl}}
+        decode = [rng.normal(150, 5.0, 48) for _ in range(4)]
+        return {"servescope": {"ttft": [b + offset_ms for b in base], "itl": itl, "decode": decode},
+                "vllm": {"ttft": base, "itl": itl, "decode": decode}}
 
     for jitter in (0.0, 100.0):
         close = compare_samples(rounds(3.0, jitter), LOAD)
