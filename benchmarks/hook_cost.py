@@ -1,6 +1,6 @@
 """Host cost of servescope's per-step work, hook by hook, on this machine's CPU.
 
-    python benchmarks/hook_cost.py [--batch 32] [--steps 20000]
+    python benchmarks/hook_cost.py [--batch 32] [--steps 20000] [--out RESULT.json]
 
 Calls the EngineCore hooks' bodies (what runs after vLLM's own Scheduler.schedule and
 update_from_output return) and the worker region timer on stand-ins shaped like vLLM's
@@ -12,6 +12,9 @@ microseconds per step.
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import sys
 import tempfile
 import time
 from types import SimpleNamespace
@@ -34,6 +37,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=20000)
+    ap.add_argument("--out", help="also write the numbers, the machine and the command to this JSON file")
     args = ap.parse_args()
     rec = Recorder(tempfile.mkdtemp())
     PARTS.set(DEFAULT_PARTS)
@@ -67,6 +71,14 @@ def main() -> None:
           f"5 host-timed worker regions {bare_region_us:.1f} us/step ({region_us:.1f} us with the thread's "
           f"CPU time and switches, the `thread` part); "
           f"per emitted token {step_us / args.batch:.2f} us")
+    if args.out:
+        from servescope.run.machine import machine_facts
+
+        with open(args.out, "w") as f:
+            json.dump({"batch": args.batch, "steps": args.steps, "engine_core_hooks_us_per_step": step_us,
+                       "five_regions_us_per_step": bare_region_us, "five_regions_thread_usage_us_per_step": region_us,
+                       "load_average_1min": os.getloadavg()[0],
+                       "machine": machine_facts(["python", "benchmarks/hook_cost.py", *sys.argv[1:]])}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ tokenizer) is started for the module and shared:
    token counts, client TTFT >= engine TTFT, and consistent chunk counts.
 2. vLLM's benchmark client (``vllm.benchmarks.serve``, driven from Python in a child
    process) and servescope's client run side by side against it; their TTFT and per-chunk
-   ITL percentiles must agree within the noise of repeated runs (tolerance below).
+   ITL percentiles must agree within tolerances fixed before the data (client_crosscheck.TOLERANCE_MS).
 3. `servescope capacity` runs end to end on a small range with tiny budgets.
 4. `servescope bench --in-process` drives an AsyncLLM without HTTP.
 5. A run with both records: analyze, the report and the Perfetto trace set the client's view
@@ -35,7 +35,7 @@ from engine_fixtures import engine_env
 from servescope.analysis.request_metrics import compute_request_metrics
 from servescope.run.data import load_run
 from servescope.bench.load.client import client_request_metrics, client_vs_engine, engine_request_ids
-from servescope.studies.client_crosscheck import CrossCheckLoad, cross_check
+from servescope.studies.client_crosscheck import TOLERANCE_MS, CrossCheckLoad, comparison_text, cross_check
 from servescope.analysis.slo import build_slos
 from servescope.bench.capacity import evaluate_run
 from servescope.bench.run import BenchSpec, run_bench
@@ -186,17 +186,20 @@ def _group_of(pid: int) -> int | None:
 
 # servescope.studies.client_crosscheck runs the rounds: each runs vLLM's client and servescope's
 # client at the same time against the one server, and compares TTFT and per-chunk ITL
-# percentiles within the noise of the rounds (its docstring states the tolerance).
+# percentiles against tolerances fixed in advance (TOLERANCE_MS; its docstring gives the reasons).
 CROSS_CHECK_LOAD = CrossCheckLoad(rounds=4, requests=48, concurrency=4, prompt_len=64, output_len=32)
 
 
 def test_vllm_benchmark_client_and_servescope_client_agree(server, tiny_model_dir, tmp_path):
     report = cross_check(server.url, tiny_model_dir, CROSS_CHECK_LOAD, tmp_path, env=engine_env())
     (tmp_path / "cross-check.json").write_text(json.dumps(report, indent=2))
-    print("\ncross-check (ms):", json.dumps({k: {n: round(v, 2) for n, v in r.items() if n not in ("per_round", "agree")}
-                                             for k, r in report["comparison"].items()}, indent=1))
+    print("\ncross-check (ms):\n" + comparison_text(report))
     expected = CROSS_CHECK_LOAD.rounds * CROSS_CHECK_LOAD.requests
     assert report["counts"]["servescope"]["ttft"] == report["counts"]["vllm"]["ttft"] == expected
+    judged = {name: r for name, r in report["comparison"].items() if r["tolerance"] is not None}
+    assert set(judged) == {"ttft_p50_ms", "decode_p50_ms", "itl_p90_ms"}
+    assert all(r["tolerance"] == TOLERANCE_MS[(name.split("_")[0], int(name.split("_p")[1][:2]))]
+               for name, r in judged.items())  # the fixed tolerance, whatever the rounds' spread
     assert not report["failures"], "\n".join(report["failures"]) + "\n" + json.dumps(report, indent=1)
 
 

@@ -23,7 +23,8 @@ DP, DD = 1.0, 0.25
 
 
 def reference(gaps, d_p, d_d):
-    """docs/metrics.md's recurrence, transcribed line by line (independent of the module)."""
+    """docs/metrics.md's recurrence, transcribed line by line (independent of the module), counting
+    missed periods with Python's float floor division as Etalon's reference code does (docs/analysis.md)."""
     slack = 0
     misses = 0
     deadlines = 0
@@ -35,7 +36,7 @@ def reference(gaps, d_p, d_d):
             slack += D - g
             deadlines += 1
         else:
-            m = math.floor((g - slack - D) / d_d) + 1
+            m = int(1 + (g - slack - D) // d_d) if i == 0 else int((g - slack) // d_d)
             misses += m
             deadlines += m
             slack = 0
@@ -180,38 +181,67 @@ def test_service_level_and_percentile_miss_rate():
     assert miss_rate_percentile(misses, deadlines, 99) == 0.9
 
 
-def test_min_tbt_deadline_of_steady_gaps_is_the_gap():
-    d = min_tbt_deadline([5.0, 0.1, 0.1, 0.1], 0.1, rel_tol=1e-4)
-    assert 0.1 <= d <= 0.1 * (1 + 1e-4)
+def test_min_tbt_deadline_of_steady_gaps_is_the_gap_within_a_tenth_of_a_millisecond():
+    d = min_tbt_deadline([5.0, 0.1, 0.1, 0.1], 0.1)
+    assert 0.1 <= d <= 0.1 + 1e-4
+    # the precision is absolute: a request with one 30 s stall is still resolved to 0.1 ms, not to 30 ms
+    gaps = [0.5] + [0.02] * 99 + [30.0]  # 100 decode gaps; one miss of many periods is allowed at 10%
+    d = min_tbt_deadline(gaps, 0.1)
+    assert fluidity_index(gaps, math.nan, d)[1] / fluidity_index(gaps, math.nan, d)[2] <= 0.1
+    assert 1 - fluidity_index(gaps, math.nan, d - 1e-4)[0] > 0.1
 
 
 def test_min_tbt_deadline_edge_requests():
     assert math.isnan(min_tbt_deadline([3.0]))
     assert math.isnan(min_tbt_deadline([]))
     assert min_tbt_deadline([3.0, 0.0, 0.0]) == 0.0
+    with pytest.raises(ValueError):
+        min_tbt_deadline([1.0, 0.5], precision_s=0.0)
 
 
 @pytest.mark.parametrize("target", [0.0, 0.1, 0.3])
-def test_min_tbt_deadlines_are_minimal_within_tolerance(target):
+def test_min_tbt_deadlines_are_minimal_within_the_fixed_precision(target):
     rng = np.random.default_rng(11)
     gaps, offsets = _random_requests(rng, 400)
-    rel_tol = 1e-3
-    result = min_tbt_deadlines(gaps, offsets, target, rel_tol=rel_tol)
+    precision = 1e-4
+    result = min_tbt_deadlines(gaps, offsets, target)
     for r in range(400):
         g = gaps[offsets[r] : offsets[r + 1]]
         if g.size < 2:
             assert math.isnan(result[r])
             continue
-        max_gap = g[1:].max()
-        if max_gap == 0:
+        if g[1:].max() == 0:
             assert result[r] == 0.0
             continue
         fluid, _, _ = reference(g.tolist(), math.nan, result[r])
         assert 1 - fluid <= target
-        below = result[r] - rel_tol * max_gap
+        below = result[r] - precision
         if below > 0:
             fluid_below, _, _ = reference(g.tolist(), math.nan, below)
             assert 1 - fluid_below > target
+
+
+# --------------------------------------------------------------------------- exact period boundaries
+
+
+def test_a_gap_of_whole_periods_counts_like_etalon_at_the_boundary():
+    """1.0 s against D_d = 0.1 s: the double 0.1 is 0.1000000000000000055..., so 1.0 holds 9.99...
+    of its periods and Etalon's floor division counts 9 missed deadlines; the rounded quotient
+    (floor((1.0 - 0.1) / 0.1) + 1) would count 10."""
+    assert math.floor((1.0 - 0.1) / 0.1) + 1 == 10  # what the rounded-quotient formula gives
+    assert fluidity_index([0.0, 1.0], math.nan, 0.1) == (0.0, 9, 9)
+    # binary fractions are exact: 0.75 against 0.25 is 3 periods, and a gap equal to D + slack is met
+    assert fluidity_index([0.0, 0.75], math.nan, 0.25) == (0.0, 3, 3)
+    assert fluidity_index([0.0, 0.0, 0.5], math.nan, 0.25) == (1.0, 0, 2)
+    # the first token: 1 + (g - D_p) // D_d; TTFT 1.1 s against D_p = D_d = 0.1 s: 1.1 - 0.1 is the
+    # double 1.0, 1.0 // 0.1 == 9.0, so 10 missed deadlines (the rounded quotient would give 11)
+    assert fluidity_index([1.1], 0.1, 0.1) == (0.0, 10, 10)
+    for use_numba in _paths():
+        gaps = np.array([0.0, 1.0, 1.1, 0.0, 0.75])
+        offsets = np.array([0, 2, 3, 5])
+        _, misses, deadlines = fluidity_batch(gaps, offsets, np.array([math.nan, 0.1, math.nan]),
+                                              np.array([0.1, 0.1, 0.25]), use_numba=use_numba)
+        assert misses.tolist() == [9, 10, 3] and deadlines.tolist() == [9, 10, 3]
 
 
 def test_fluid_token_generation_rate_stops_at_first_failure():

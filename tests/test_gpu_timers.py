@@ -154,9 +154,11 @@ def test_calibration_is_stable_and_methods_agree():
     assert c1.uncertainty_ns < 20_000 and c2.uncertainty_ns < 20_000, (c1, c2)
     assert abs(c2.offset_ns - c1.offset_ns) <= c1.uncertainty_ns + c2.uncertainty_ns + 25_000
     assert abs(c3.offset_ns - c2.offset_ns) <= c3.uncertainty_ns + c2.uncertainty_ns + 5_000
-    # globaltimer is wall-clock-like: its offset to monotonic is close to time.time_ns()'s
+    # globaltimer counts from the Unix epoch, like CLOCK_REALTIME (not from boot): its offset to
+    # monotonic is time.time_ns()'s to within the ~1 ms measured on two H100s (gpu-timers.md) plus
+    # its drift of ~22 us/s over a machine lease of at most 30 min (40 ms): bound 50 ms, fixed here
     wall_minus_mono = time.time_ns() - time.monotonic_ns()
-    assert abs(c2.offset_ns - wall_minus_mono) < 1_000_000_000
+    assert abs(c2.offset_ns - wall_minus_mono) < 50_000_000
 
 
 def test_clock_tracker_keeps_the_map_current(mats):
@@ -180,6 +182,7 @@ def test_clock_tracker_keeps_the_map_current(mats):
     busy_s = time.perf_counter() - t0
     torch.cuda.synchronize()
     assert busy_s < 0.01, busy_s  # one ready wait (2 ms) + launches at most
+    assert busy_ok, tracker.as_dict()  # the high-priority stream got an SM: the calibration was accepted
     fresh = calibrate(method="handshake")
     err = tracker.offset_at(fresh.taken_at_monotonic_ns) - fresh.offset_ns
     assert abs(err) <= fresh.uncertainty_ns + tracker.latest.uncertainty_ns + 3_000, (err, tracker.as_dict())

@@ -183,11 +183,11 @@ def test_study_report_merges_studies_and_draws_its_figures(ngram_study, tmp_path
     report = tmp_path / "report"
     subprocess.run([sys.executable, "-m", "servescope.studies.spec_study_report", str(out), f"{out}@again",
                     "--out", str(report), "--step-load", "r2"], check=True, capture_output=True, timeout=300)
+    # what merging computes is checked with known answers in test_spec_study_report.py; here: the real
+    # study's directories are read, the tag keeps the copy apart, and the figures are drawn
     merged = json.loads((report / "study.json").read_text())
     assert set(merged["aggregate"]) == {"ar", "ngram-k3", "ar@again", "ngram-k3@again"}
-    assert merged["aggregate"]["ngram-k3@again"] == merged["aggregate"]["ngram-k3"]
     assert set(merged["speedup"]["ngram-k3@again"]) == {"ar@again"}
-    assert all(r == 1.0 for c in ("ar@again", "ngram-k3@again") for r in merged["lease_to_lease"][c]["ratio"])
     tables = (report / "tables.md").read_text()
     assert "| ngram-k3 | 6 | yes |" in tables and "| ngram-k3@again | 6 | yes |" in tables
     for name in ("latency-vs-load", "speedup", "step-times", "tpot-p50-p99"):

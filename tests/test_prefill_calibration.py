@@ -67,6 +67,21 @@ def test_calibration_run_on_the_cpu_engine_feeds_fluidity(tmp_path, tiny_model_d
     run = load_run(run_dir)
     found, prefill = isolated_prefills(run, compute_request_metrics(run))
     assert sorted(found.tolist()) == lengths  # one request in flight: every prefill ran alone
+    # each prefill time recomputed from the raw rows: first token emitted minus first scheduled
+    from servescope.run.tables import read_table
+
+    scheduled, first_token, prompt = {}, {}, {}
+    for e in read_table(run_dir, "request_events").to_pylist():
+        if e["event"] == "scheduled":
+            scheduled.setdefault(e["request_id"], e["time_ns"])
+        if e["prompt_tokens"] is not None:
+            prompt[e["request_id"]] = e["prompt_tokens"]
+    for r in read_table(run_dir, "token_emissions").to_pylist():
+        first_token[r["request_id"]] = min(first_token.get(r["request_id"], r["time_ns"]), r["time_ns"])
+    expected = sorted((prompt[rid], (first_token[rid] - scheduled[rid]) / 1e9) for rid in first_token)
+    got = sorted(zip(found.tolist(), prefill.tolist()))
+    assert [p for p, _ in got] == [p for p, _ in expected]
+    np.testing.assert_allclose([t for _, t in got], [t for _, t in expected], rtol=0, atol=1e-9)
     model_path = tmp_path / "prefill.json"
     out = subprocess.run([sys.executable, "-m", "servescope", "calibrate-prefill", str(run_dir), "--out",
                           str(model_path)], capture_output=True, text=True, check=True)

@@ -1,5 +1,6 @@
 """Speculative decoding (ngram, the CPU build): servescope's per-request, per-step accounting
-against vLLM's own spec-decode counters for the same run."""
+against vLLM's own spec-decode counters for the same run, and against a second observer that does
+not read the scheduler's stats: the tokens each step delivered to the caller (n = accepted + 1)."""
 
 import json
 import subprocess
@@ -36,6 +37,19 @@ def test_ngram_acceptance_matches_vllm_counters(tmp_path, tiny_model_dir):
     for step_id in {r["step_id"] for r in spec_rows}:
         verified = sum(r["num_draft_tokens"] for r in spec_rows if r["step_id"] == step_id)
         assert steps[step_id]["num_spec_tokens"] >= verified
+
+    # the second observer: LLMEngine.step()'s DELTA outputs, per step and per request
+    second = result["second_observer"]
+    assert second["agree"], second["mismatches"]
+    assert second["requests"] == second["requests_agreeing"] == 8
+    assert second["steps_compared"] == len(rows) and second["step_totals_equal"]
+    assert second["steps_exact"] + second["steps_cut_at_max_tokens"] == second["steps_compared"]
+    assert second["accepted_seen_by_caller"] > 0
+    # what the caller received plus what was cut at max_tokens is what vLLM's counter counted
+    assert (second["accepted_seen_by_caller"] + second["accepted_not_delivered"]
+            == theirs["vllm:spec_decode_num_accepted_tokens"])
+    for rid, r in result["second_observer_per_request"].items():
+        assert r["agree"] and r["accepted_seen_by_caller"] + r["accepted_not_delivered"] == r["accepted_recorded"], rid
 
     from servescope.analysis.summary import analyze_run
 

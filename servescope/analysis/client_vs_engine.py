@@ -172,11 +172,13 @@ def _number(value) -> float | None:
 # --------------------------------------------------------------------------- one run directory
 
 
-def engine_request_ids(run_dir: str | os.PathLike) -> dict[str, str]:
-    """Return client_request_id -> the engine's internal request id of every joined request of a run directory."""
+def engine_request_ids(run_dir: str | os.PathLike, engine_run_dir: str | os.PathLike | None = None) -> dict[str, str]:
+    """Return client_request_id -> the engine's internal request id of every joined request: the client's records in
+    run_dir, the engine's there too, or in engine_run_dir when the server recorded elsewhere."""
     run = load_run(run_dir)
-    client, engine = client_requests(run), compute_request_metrics(run)
-    rows = engine_rows_of_client(run, client, engine)
+    engine_run = run if engine_run_dir is None else load_run(engine_run_dir)
+    client, engine = client_requests(run), compute_request_metrics(engine_run)
+    rows = engine_rows_of_client(engine_run, client, engine)
     return {cid: engine.request_id[r] for cid, r in zip(client.metrics.request_id.tolist(), rows.tolist()) if r >= 0}
 
 

@@ -13,6 +13,15 @@ same order, so they agree exactly.
 Conventions (docs/analysis.md): a request with no gaps has 0 deadlines, miss
 rate 0 and fluidity 1; a NaN first-token deadline means "ignore the TTFT entry"
 (no deadline for ``g_0``), which is how ``min_tbt_deadline`` ignores TTFT.
+
+Missed periods are counted with the same floor division as the authors' reference code
+(Etalon's ``get_request_level_deadline_miss_rate``): ``(g - slack) // D_d`` for a decode gap and
+``1 + (g - slack - D_p) // D_d`` for the first token, where ``//`` is Python's float floor
+division (the exact floor of the exact quotient of the two doubles; numpy's ``floor_divide`` and
+numba's ``//`` compute the same). metrics.md writes ``floor((g - slack - D) / D_d) + 1``, equal
+in real arithmetic; in doubles the two differ at exact period boundaries (a 1.0 s gap against
+D_d = 0.1 s: 9 here and in Etalon, 10 by the rounded quotient, because the double 0.1 is
+slightly more than 1/10).
 """
 
 from __future__ import annotations
@@ -51,12 +60,19 @@ def fluidity_index(gaps_s: Sequence[float], ttft_deadline_s: float, tbt_deadline
             slack += d - g
             deadlines += 1
         else:
-            m = math.floor((g - slack - d) / d_decode) + 1
+            m = int(missed_periods(g, slack, d, d_decode, i == 0))
             misses += m
             deadlines += m
             slack = 0.0
     miss_rate = misses / deadlines if deadlines else 0.0
     return 1.0 - miss_rate, misses, deadlines
+
+
+def missed_periods(gap_s: float, slack_s: float, deadline_s: float, tbt_deadline_s: float, first: bool) -> float:
+    """Return the deadlines (a whole number, as float) a late token missed: Etalon's floor division."""
+    if first:
+        return 1.0 + (gap_s - slack_s - deadline_s) // tbt_deadline_s
+    return (gap_s - slack_s) // tbt_deadline_s
 
 
 # --------------------------------------------------------------------------- many requests
@@ -84,8 +100,13 @@ def _counts_python(gaps, offsets, d_first, d_decode, misses_out, deadlines_out):
             if g <= d + slack:
                 slack += d - g
                 deadlines += 1
+            elif k == start:
+                m = np.int64(1.0 + (g - slack - d) // dd)
+                misses += m
+                deadlines += m
+                slack = 0.0
             else:
-                m = np.int64(np.floor((g - slack - d) / dd)) + 1
+                m = np.int64((g - slack) // dd)
                 misses += m
                 deadlines += m
                 slack = 0.0
@@ -124,7 +145,10 @@ def _counts_lockstep(gaps, offsets, d_first, d_decode):
         s = slack[active]
         hit = g <= d + s
         s_hit = s + (d - g)
-        m = np.floor((g - s - d) / d_decode[active]).astype(np.int64) + 1
+        if pos == 0:
+            m = (1.0 + np.floor_divide(g - s - d, d_decode[active])).astype(np.int64)
+        else:
+            m = np.floor_divide(g - s, d_decode[active]).astype(np.int64)
         misses[active] += np.where(hit, 0, m)
         deadlines[active] += np.where(hit, 1, m)
         slack[active] = np.where(hit, s_hit, 0.0)
@@ -315,20 +339,26 @@ def miss_rate_percentile(misses: np.ndarray, deadlines: np.ndarray, percentile: 
     return float(np.percentile(rates, percentile, method="inverted_cdf"))
 
 
+MIN_TBT_DEADLINE_PRECISION_S = 1e-4  # 0.1 ms, Etalon's search granularity; fixed, not relative to the gaps
+
+
 def min_tbt_deadlines(
     gaps_flat_s: np.ndarray,
     offsets: np.ndarray,
     target_miss_rate: float = 0.1,
     *,
-    rel_tol: float = 1e-3,
+    precision_s: float = MIN_TBT_DEADLINE_PRECISION_S,
     use_numba: bool | None = None,
 ) -> np.ndarray:
     """Return per request the smallest decode deadline D_d (s) with miss rate <= target, TTFT ignored.
 
-    Binary search, all requests at once, on [0, the request's largest decode gap]; the result
-    is within rel_tol x that gap above the true minimum (the miss rate is non-increasing in D_d).
+    Binary search, all requests at once, on [0, the request's largest decode gap], until the
+    bracket is at most precision_s wide (0.1 ms by default): the result meets the target and is
+    at most precision_s above the true minimum (the miss rate is non-increasing in D_d).
     NaN for requests with fewer than two gaps (no decode gap), 0 when every decode gap is 0.
     """
+    if not precision_s > 0:
+        raise ValueError("precision_s must be > 0")
     gaps = np.asarray(gaps_flat_s, dtype=np.float64)
     offs = np.asarray(offsets, dtype=np.int64)
     n = offs.size - 1
@@ -343,23 +373,24 @@ def min_tbt_deadlines(
         hi[nonempty] = np.maximum.reduceat(decode_gaps, offs[:-1][nonempty])
     hi = np.where(has_decode, np.maximum(hi, 0.0), 0.0)
     lo = np.zeros(n)
-    searching = hi > 0
     ignore_ttft = np.full(n, math.nan)
-    iterations = max(1, math.ceil(math.log2(1.0 / rel_tol)))
-    for _ in range(iterations):
+    searching = hi - lo > precision_s
+    while np.any(searching):
         mid = np.where(searching, 0.5 * (lo + hi), 1.0)
         misses, deadlines = fluidity_counts(gaps, offs, ignore_ttft, mid, use_numba=use_numba)
         rate = 1.0 - _fluidity_from_counts(misses, deadlines)
         ok = rate <= target_miss_rate
         hi = np.where(searching & ok, mid, hi)
         lo = np.where(searching & ~ok, mid, lo)
+        searching = hi - lo > precision_s
     return np.where(has_decode, hi, math.nan)
 
 
-def min_tbt_deadline(gaps_s: Sequence[float], target_miss_rate: float = 0.1, *, rel_tol: float = 1e-3) -> float:
-    """Return one request's smallest decode deadline (s) with miss rate <= target; gaps_s[0] (TTFT) ignored."""
+def min_tbt_deadline(gaps_s: Sequence[float], target_miss_rate: float = 0.1, *,
+                     precision_s: float = MIN_TBT_DEADLINE_PRECISION_S) -> float:
+    """Return one request's smallest decode deadline (s) with miss rate <= target, within precision_s; gaps_s[0] (TTFT) ignored."""
     gaps = np.asarray(gaps_s, dtype=np.float64)
-    return float(min_tbt_deadlines(gaps, np.array([0, gaps.size]), target_miss_rate, rel_tol=rel_tol)[0])
+    return float(min_tbt_deadlines(gaps, np.array([0, gaps.size]), target_miss_rate, precision_s=precision_s)[0])
 
 
 def deadline_based_token_rate(min_tbt_deadlines_s: np.ndarray, percentile: float = 99.0) -> float:

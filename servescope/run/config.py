@@ -158,11 +158,14 @@ def parse_parts(spec) -> frozenset:
 
 
 def parse_profile_steps(text: str) -> tuple[int, int]:
-    """Return (first, count) from 'FIRST:COUNT'."""
+    """Return (first step, number of steps) from 'FIRST:COUNT' (SERVESCOPE_PROFILE_STEPS), a step id >= 0 and >= 1 step."""
     try:
         first, count = (int(x) for x in text.split(":"))
     except ValueError:
-        raise ConfigError(f"SERVESCOPE_PROFILE_STEPS must be FIRST:COUNT (two integers), got {text!r}") from None
+        first = count = None
+    if first is None or first < 0 or count < 1:
+        raise ConfigError(f"SERVESCOPE_PROFILE_STEPS={text!r}: expected FIRST:COUNT, a step id >= 0 and a number of "
+                          "steps >= 1 (e.g. SERVESCOPE_PROFILE_STEPS=100:8)")
     return first, count
 
 

@@ -97,3 +97,16 @@ class ClientStatus:
     TIMEOUT = "timeout"  # the request's time limit passed
     CANCELLED = "cancelled"  # Ctrl-C or the run's end
     ALL = (OK, ERROR, TIMEOUT, CANCELLED)
+
+
+class ProfileEvent:
+    """Kinds of profiler events in a profile window's file (RUN/profile/, record/profile_window.py)."""
+
+    DIR = "profile"  # RUN/profile/: one Parquet file (and its .json facts) per profiled worker
+    KERNEL = "kernel"  # a GPU kernel (CUPTI, through torch.profiler)
+    MEMCPY = "memcpy"  # a GPU copy
+    MEMSET = "memset"  # a GPU memset
+    LAUNCH = "launch"  # the host's CUDA runtime / driver call that launched GPU work (same correlation id)
+    CPU_OP = "cpu_op"  # a host operator (the CPU build's "kernels")
+    ALL = (KERNEL, MEMCPY, MEMSET, LAUNCH, CPU_OP)
+    DEVICE_WORK = (KERNEL, MEMCPY, MEMSET)  # what occupies a GPU

@@ -211,6 +211,7 @@ def measure(run_dir: Path) -> dict:
     from servescope.run.data import load_run, release_unused_memory
     from servescope.analysis.summary import PER_REQUEST_METRICS
 
+    cpu0 = _cpu_s()
     t0 = time.perf_counter()
     run = load_run(run_dir)
     t1 = time.perf_counter()
@@ -231,10 +232,16 @@ def measure(run_dir: Path) -> dict:
         "summaries_s": round(t3 - t2, 2),
         "total_s": round(t3 - t0, 2),
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "cpu_s": round(_cpu_s() - cpu0, 2),  # this process's CPU time (user + system): less skewed by other work
         "cpus": os.cpu_count(),
         "load_average_1min": round(os.getloadavg()[0], 2),  # other work on the machine skews times
         "tbt_per_token_p99_ms": summaries["tbt_per_token_s"]["p99"] * 1e3,
     }
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -249,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=256, help="requests decoding at once")
     p.add_argument("--dir", type=Path, help="run directory to write (default: a temporary one, removed after)")
     p.add_argument("--reuse", action="store_true", help="measure --dir as it is, do not synthesise")
+    p.add_argument("--out", type=Path, help="also write the result, with the machine and command, to this JSON file")
     p.add_argument("--measure-only", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
@@ -271,9 +279,18 @@ def main(argv: list[str] | None = None) -> int:
               f"emission rows {result['emission_rows']:,}")
         print(f"load {result['load_s']} s  metrics {result['metrics_s']} s  "
               f"summaries {result['summaries_s']} s  total {result['total_s']} s  "
-              f"peak RSS {result['peak_rss_bytes'] / 2**30:.2f} GiB  "
+              f"peak RSS {result['peak_rss_bytes'] / 2**30:.2f} GiB  CPU time {result['cpu_s']} s  "
               f"(load average {result['load_average_1min']} on {result['cpus']} CPUs)")
         print(json.dumps(result))
+        if args.out:
+            from servescope.run.machine import machine_facts
+
+            setup = {"requests": args.requests, "tokens": args.tokens, "tokens_per_chunk": args.tokens_per_chunk,
+                     "concurrency": args.concurrency, "reuse": args.reuse}
+            command = ["python", "-m", "servescope.studies.analysis_scale",
+                       *(argv if argv is not None else sys.argv[1:])]
+            args.out.write_text(json.dumps({"setup": setup, "synthesis": None if args.reuse else size,
+                                            "result": result, "machine": machine_facts(command)}, indent=1))
     finally:
         if args.dir is None:
             shutil.rmtree(run_dir.parent, ignore_errors=True)

@@ -13,12 +13,33 @@ prompt of prompt-len tokens as text (servescope's client sends the tokenizer's d
 ids: sending ids instead skips the server's tokenizer, a difference of the requests, not of the
 clients), ignore_eos, output-len tokens.
 
-The report compares TTFT and per-chunk ITL percentiles pooled over the rounds. Tolerance:
-|servescope - vLLM| <= max(2 x noise, floor), where noise is the larger of the two clients'
-ranges (max - min) of that percentile over the rounds: the run-to-run noise measured in the
-same experiment. 2x: two clients with identical behaviour still differ by up to about one
-range between rounds; the floor (1 ms TTFT, 0.5 ms ITL: event-loop and scheduler granularity)
-keeps a lucky, tiny range from failing the check.
+The report compares TTFT and per-chunk ITL percentiles pooled over the rounds against
+tolerances fixed here, before any data (TOLERANCE_MS), never derived from the spread of the
+measurement being judged (a jittery client must not widen its own tolerance):
+
+- TTFT P50: 10 ms. Both clients send to one server at the same moments; what may differ is each
+  client's own path, from its send stamp to the request on the wire and from the first event on
+  the wire to its stamp. On 2 shared cores running server, EngineCore, worker and two clients, a
+  runnable client can wait for a core at each of those two points (Linux's scheduling latency,
+  a few ms per wait), plus its event loop's own work: about 10 ms in all.
+- Decode time P50 (a request's last token minus its first, as each client saw them): 10 ms, the
+  same two waits as TTFT, one at each end. It does not depend on how a client splits what one
+  socket read brings into events, which per-chunk gaps do.
+- ITL P90: 2 ms. A gap is the difference of two stamps taken by the same loop, so only the waits
+  between them count: two at P90, in the upper mode (the step time).
+- ITL P50 is reported, not judged: when a client reads several server-sent events in one read,
+  their gaps are ~0, so per-chunk gaps are bimodal (~0 and the step time) on a busy machine, and a
+  median near the boundary between the modes jumps between them (0.01 against 2.7 ms for the two
+  clients against one server in one run on this machine). It was judged (1 ms) until that showed.
+- TTFT P90 (and every P99) is reported, not judged: on a loaded 2-core machine TTFT tails are
+  stalls of 100-600 ms in the API server or a starved client process (benchmarking.md), which
+  hit the two clients unequally; a P99 of a few hundred TTFTs rests on two samples.
+
+Each comparison also carries a 95% bootstrap interval of the difference (requests resampled
+within each round, both clients), and ``equivalent``: whether that whole interval lies inside
+the tolerance, the stronger claim. A noisy round can only widen the interval and so withhold
+that claim, never loosen the check. ``failures`` lists the judged percentiles whose difference
+exceeds its tolerance.
 """
 
 from __future__ import annotations
@@ -26,6 +47,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import queue
 import shlex
 import subprocess
@@ -36,8 +58,9 @@ from pathlib import Path
 
 import numpy as np
 
-FLOOR_MS = {"ttft": 1.0, "itl": 0.5}
-PERCENTILES = (50, 90)  # a P99 of a few hundred TTFTs rests on two samples: it measures luck, not the client
+# (metric, percentile) -> |servescope - vLLM| allowed, ms; fixed before the data (reasons above); None: reported only
+TOLERANCE_MS = {("ttft", 50): 10.0, ("ttft", 90): None, ("decode", 50): 10.0, ("itl", 50): None, ("itl", 90): 2.0}
+BOOTSTRAP_REPLICATES = 2000
 CHILD_TIMEOUT_S = 600
 
 VLLM_CLIENT = r"""
@@ -134,8 +157,9 @@ def servescope_plan(tokenizer, load: CrossCheckLoad, seed: int) -> tuple:
     return plan, texts
 
 
-def servescope_round(url: str, model_dir: Path, plan, texts: dict, run_dir: Path) -> tuple[list[float], list[float]]:
-    """Run servescope's client for one round; return TTFTs and per-chunk ITLs (ms) as recorded in run_dir."""
+def servescope_round(url: str, model_dir: Path, plan, texts: dict, run_dir: Path
+                     ) -> tuple[list[float], list[float], list[float]]:
+    """Run servescope's client for one round; return TTFTs, per-chunk ITLs and decode times (ms) as recorded."""
     from servescope.bench.load.client import StreamingClient, client_request_metrics
     from servescope.bench.load.driver_http import run_load
     from servescope.record.recorder import close_recorder, open_recorder
@@ -151,7 +175,8 @@ def servescope_round(url: str, model_dir: Path, plan, texts: dict, run_dir: Path
     if failed:
         raise CrossCheckError(f"servescope's client: {len(failed)} requests failed, e.g. {failed[:3]}")
     metrics = client_request_metrics(run_dir)
-    return (metrics.ttft_s * 1e3).tolist(), (metrics.all_tbt_per_chunk_s() * 1e3).tolist()
+    return (metrics.ttft_s * 1e3).tolist(), (metrics.all_tbt_per_chunk_s() * 1e3).tolist(), \
+        (metrics.decode_s * 1e3).tolist()
 
 
 def cross_check(url: str, model_dir: Path, load: CrossCheckLoad, work_dir: Path, env: dict | None = None) -> dict:
@@ -168,21 +193,23 @@ def cross_check(url: str, model_dir: Path, load: CrossCheckLoad, work_dir: Path,
     lines = ChildLines(child, log)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     plans = [servescope_plan(tokenizer, load, 2000 + r) for r in range(load.rounds)]  # nothing to prepare in a round
-    samples = {client: {"ttft": [], "itl": []} for client in ("servescope", "vllm")}
+    samples = {client: {"ttft": [], "itl": [], "decode": []} for client in ("servescope", "vllm")}
     try:
         lines.next(lambda line: line == "ready")
         for r, (plan, texts) in enumerate(plans):
             child.stdin.write("go\n")
             child.stdin.flush()
             lines.next(lambda line: line == "sending")
-            ttft, itl = servescope_round(url, model_dir, plan, texts, work_dir / f"servescope-{r}")
+            ttft, itl, decode = servescope_round(url, model_dir, plan, texts, work_dir / f"servescope-{r}")
             theirs = json.loads(lines.next(lambda line: line.startswith("{")))
             if any(theirs["errors"]):
                 raise CrossCheckError(f"vLLM's client: errors {[e for e in theirs['errors'] if e][:3]}")
             samples["servescope"]["ttft"].append(ttft)
             samples["servescope"]["itl"].append(itl)
+            samples["servescope"]["decode"].append(decode)
             samples["vllm"]["ttft"].append([t * 1e3 for t in theirs["ttfts"]])
             samples["vllm"]["itl"].append([g * 1e3 for gaps in theirs["itls"] for g in gaps])
+            samples["vllm"]["decode"].append([sum(gaps) * 1e3 for gaps in theirs["itls"]])  # last - first token
         child.wait(CHILD_TIMEOUT_S)
     finally:
         if child.poll() is None:
@@ -193,30 +220,64 @@ def cross_check(url: str, model_dir: Path, load: CrossCheckLoad, work_dir: Path,
 
 
 def compare_samples(samples: dict, load: CrossCheckLoad) -> dict:
-    """Return per metric and percentile: both clients' pooled values, difference, noise, tolerance, verdict."""
+    """Return per metric and percentile: both clients' pooled values (ms), their difference, the fixed
+    tolerance, a 95% bootstrap interval of the difference, and the verdicts; failures lists the judged
+    percentiles whose difference exceeds its tolerance."""
     report = {"load": vars(load),
-              "counts": {c: {"ttft": sum(map(len, samples[c]["ttft"])), "itl": sum(map(len, samples[c]["itl"]))}
-                         for c in samples},
+              "counts": {c: {m: sum(map(len, samples[c][m])) for m in samples[c]} for c in samples},
+              "tolerance_rule": "fixed before the data: servescope.studies.client_crosscheck.TOLERANCE_MS",
               "comparison": {}, "failures": []}
-    for metric in ("ttft", "itl"):
-        for q in PERCENTILES:
-            per_round = {c: [float(np.percentile(s, q)) for s in samples[c][metric]] for c in samples}
-            pooled = {c: float(np.percentile(np.concatenate(samples[c][metric]), q)) for c in samples}
-            noise = max(max(v) - min(v) for v in per_round.values())
-            tolerance = max(2 * noise, FLOOR_MS[metric])
-            difference = pooled["servescope"] - pooled["vllm"]
-            report["comparison"][f"{metric}_p{q}_ms"] = {
-                "servescope": pooled["servescope"], "vllm": pooled["vllm"], "difference": difference,
-                "noise": noise, "tolerance": tolerance, "agree": abs(difference) <= tolerance, "per_round": per_round}
-            if abs(difference) > tolerance:
+    rng = np.random.default_rng(0)
+    for (metric, q), tolerance in TOLERANCE_MS.items():
+        rounds = {c: [np.asarray(r, dtype=float) for r in samples[c][metric]] for c in samples}
+        per_round = {c: [float(np.percentile(r, q)) for r in rounds[c]] for c in samples}
+        pooled = {c: float(np.percentile(np.concatenate(rounds[c]), q)) for c in samples}
+        difference = pooled["servescope"] - pooled["vllm"]
+        lo, hi = bootstrap_difference(rounds["servescope"], rounds["vllm"], q, rng)
+        entry = {"servescope": pooled["servescope"], "vllm": pooled["vllm"], "difference": difference,
+                 "tolerance": tolerance, "difference_ci95": [lo, hi],
+                 "round_range": max(max(v) - min(v) for v in per_round.values()), "per_round": per_round}
+        if tolerance is not None:
+            entry["agree"] = abs(difference) <= tolerance
+            entry["equivalent"] = -tolerance <= lo and hi <= tolerance
+            if not entry["agree"]:
                 report["failures"].append(
                     f"{metric} P{q}: servescope {pooled['servescope']:.2f} ms, vLLM {pooled['vllm']:.2f} ms, "
                     f"|difference| {abs(difference):.2f} > tolerance {tolerance:.2f} ms")
+        report["comparison"][f"{metric}_p{q}_ms"] = entry
     return report
+
+
+def bootstrap_difference(ours: list[np.ndarray], theirs: list[np.ndarray], q: float, rng,
+                         replicates: int = BOOTSTRAP_REPLICATES) -> tuple[float, float]:
+    """Return the 95% percentile-bootstrap interval (ms) of pooled P_q(ours) - P_q(theirs), resampling
+    each client's samples within each round (rounds ran at the same time for both clients)."""
+    def replicate_percentiles(rounds: list[np.ndarray], count: int) -> np.ndarray:
+        drawn = [r[rng.integers(0, r.size, (count, r.size))] for r in rounds if r.size]
+        return np.percentile(np.concatenate(drawn, axis=1), q, axis=1)
+
+    diffs = np.concatenate([replicate_percentiles(ours, n) - replicate_percentiles(theirs, n)
+                            for n in np.diff(np.r_[0:replicates:250, replicates])])
+    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def comparison_text(report: dict) -> str:
+    """Return the comparison as a short text table (ms)."""
+    lines = [f"{'':12}{'servescope':>11}{'vLLM':>9}{'diff':>8}{'95% CI':>18}{'tolerance':>11}  verdict"]
+    for name, r in report["comparison"].items():
+        ci = "[{:.2f}, {:.2f}]".format(*r["difference_ci95"])
+        tol = "-" if r["tolerance"] is None else f"{r['tolerance']:.1f}"
+        verdict = ("reported only" if r["tolerance"] is None else
+                   ("equivalent" if r["equivalent"] else "agree" if r["agree"] else "DIFFER"))
+        lines.append(f"{name:12}{r['servescope']:11.2f}{r['vllm']:9.2f}{r['difference']:8.2f}{ci:>18}{tol:>11}  {verdict}")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> None:
     from servescope.bench.load.server import start_server
+    from servescope.studies.acceptance_observer import served_acceptance
+    from servescope.run.machine import machine_facts
 
     ap = argparse.ArgumentParser(prog="python -m servescope.studies.client_crosscheck")
     ap.add_argument("--model", type=Path, required=True, help="model directory with a tokenizer")
@@ -236,10 +297,14 @@ def main(argv=None) -> None:
         report = cross_check(server.url, args.model, load, work)
     finally:
         server.stop()
+    # under speculation: accepted tokens as servescope's client received them, against the engine's records
+    report["acceptance_seen_by_client"] = served_acceptance(work / "server",
+                                                            [work / f"servescope-{r}" for r in range(load.rounds)])
     report["engine_args"] = args.engine_args
+    report["load_average_1min_at_end"] = os.getloadavg()[0]  # other work on the machine skews both clients
+    report["machine"] = machine_facts(["python", "-m", "servescope.studies.client_crosscheck", *(argv or sys.argv[1:])])
     args.out.write_text(json.dumps(report, indent=2))
-    print(json.dumps({k: {n: round(v, 2) for n, v in r.items() if n not in ("per_round", "agree")}
-                      for k, r in report["comparison"].items()}, indent=1))
+    print(comparison_text(report))
     print("agree" if not report["failures"] else "\n".join(report["failures"]))
 
 

@@ -46,6 +46,8 @@ def run_case(name: str, models_dir: Path, out: Path, repeats: int, num_requests:
 
 
 def main(argv=None) -> None:
+    from servescope.run.machine import machine_facts
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--models-dir", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
@@ -58,6 +60,8 @@ def main(argv=None) -> None:
             report = run_case(name, args.models_dir, args.out, args.repeats, args.num_requests)
         except Exception as exc:  # keep the other cases
             report = {"case": name, "error": repr(exc)}
+        report["machine"] = machine_facts(["python", "-m", "servescope.studies.gpu_validation",
+                                           *(argv if argv is not None else sys.argv[1:])])
         (args.out / f"{name}.json").write_text(json.dumps(report, indent=2))
         brief = {k: report.get(k) for k in ("case", "seconds", "error")}
         for k, v in report.get("change", {}).items():

@@ -395,7 +395,11 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    results = {"command": "python -m servescope.studies.timer_cost", "environment": environment()}
+    from servescope.run.machine import machine_facts
+
+    results = {"command": "python -m servescope.studies.timer_cost", "environment": environment(),
+               "machine": machine_facts(["python", "-m", "servescope.studies.timer_cost",
+                                         *(argv if argv is not None else sys.argv[1:])])}
     torch.cuda.init()
     for name, fn in (("host_costs", host_costs), ("region_costs", region_costs),
                      ("agreement", agreement), ("clocks", clocks), ("nvml", nvml_costs)):

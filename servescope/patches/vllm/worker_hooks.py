@@ -37,9 +37,15 @@ class WorkerState:
         self.nvml = None
         self.engine_index: int | None = None
         self.hook_handles: list = []  # torch module hook handles, removed by close()
+        self.profile = None  # record.profile_window.ProfileWindow when the configuration asks for one
 
     def close(self) -> None:
-        """Resolve the GPU regions still in flight, stop the sampler, remove module hooks; then reset."""
+        """Resolve the GPU regions still in flight, stop the sampler and the profiler, remove module hooks; reset."""
+        if self.profile is not None:
+            try:
+                self.profile.close()
+            except Exception:
+                pass
         if self.timer is not None:
             try:
                 self.timer.close()
@@ -71,6 +77,10 @@ def _timer(rec):
         WORKER.timer.engine_index = WORKER.engine_index
         if WORKER.rank == 0 and WORKER.timer.mode == "cuda":
             _start_nvml_sampler(rec)
+        if rec.config.profile_steps is not None and WORKER.profile is None:
+            from servescope.record.profile_window import profile_window_for
+
+            WORKER.profile = profile_window_for(rec.config, rank=WORKER.rank)
     return WORKER.timer
 
 
@@ -95,6 +105,8 @@ def region(name: str, starts_step: bool = False):
             timer = _timer(rec)
             if starts_step:
                 WORKER.step_id = step_id_of(arg(args, kwargs, 0, "scheduler_output"))
+                if WORKER.profile is not None:
+                    WORKER.profile.on_step(WORKER.step_id)
                 timer.harvest()
                 if not WORKER.facts_written:
                     _write_facts(rec, runner)

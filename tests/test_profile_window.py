@@ -1,0 +1,75 @@
+"""The profile window (record/profile_window.py) with the real torch.profiler on the CPU: it opens and
+closes at the steps asked for, maps the profiler's clock onto CLOCK_MONOTONIC (the operators land
+inside the host intervals this test timed itself), and the attribution finds them there."""
+
+import time
+
+import pyarrow as pa
+import pytest
+
+from servescope.analysis.kernel_attribution import kernel_attribution_summary
+from servescope.record.profile_window import ProfileWindow, profile_window_for, read_profile
+from servescope.run.config import Config, ConfigError, parse_profile_steps
+from servescope.run.schema import TABLES
+
+torch = pytest.importorskip("torch")
+PAD_S = 0.0002  # each timed region holds its operator 200 us from either end
+
+
+def test_the_environment_variable_is_parsed_once_with_a_clear_message(tmp_path):
+    assert parse_profile_steps("100:8") == (100, 8)
+    for bad in ("100", "a:3", "5:0", "-1:2", "1:2:3"):
+        with pytest.raises(ConfigError, match="SERVESCOPE_PROFILE_STEPS="):
+            parse_profile_steps(bad)
+    assert profile_window_for(Config.from_options(str(tmp_path), environ={})) is None
+    window = profile_window_for(Config.from_options(str(tmp_path), environ={"SERVESCOPE_PROFILE_STEPS": "3:4"}))
+    assert (window.first_step, window.num_steps, window.out_dir) == (3, 4, tmp_path / "profile")
+
+
+def run_steps(window, steps=10):
+    """Steps of host work: per step a timed 'forward' region around one matmul, then untimed work."""
+    x = torch.randn(64, 64)
+    rows = []
+    for step in range(steps):
+        window.on_step(step)
+        start = time.monotonic_ns()
+        time.sleep(PAD_S)
+        x @ x
+        time.sleep(PAD_S)
+        rows.append({"step_id": step, "rank": 0, "region": "forward", "host_start_ns": start,
+                     "host_end_ns": time.monotonic_ns()})
+        torch.ones(8)  # outside every region
+    window.close()
+    schema = TABLES["worker_regions"].arrow_schema
+    return pa.Table.from_pylist([{c: r.get(c) for c in schema.names} for r in rows], schema=schema)
+
+
+def test_a_window_of_four_steps_lands_inside_the_host_regions(tmp_path):
+    window = ProfileWindow(tmp_path / "profile", first_step=3, num_steps=4)
+    regions = run_steps(window)
+    assert window.done and window.error is None and window.path.exists()
+    profile, facts = read_profile(tmp_path)
+    (f,) = facts
+    assert f["steps"] == [3, 4, 5, 6]
+    clock = f["clock"]
+    # marker brackets are ~3 us wide (an empty operator between two clock reads): their intersection
+    # knows the offset to within 20 us; the two calibrations of one window agree as closely
+    assert clock["start"]["uncertainty_ns"] < 20_000 and clock["end"]["uncertainty_ns"] < 20_000
+    assert abs(clock["start"]["offset_ns"] - clock["end"]["offset_ns"]) < 40_000
+    summary = kernel_attribution_summary(profile, regions, f)
+    assert summary["source"] == "host" and summary["steps"] == [3, 4, 5, 6]
+    forward = summary["regions"]["forward"]
+    assert ["aten::matmul", 4] in forward["top_kernels"]  # one per profiled step, each inside its own region
+    assert summary["straddling"] == 0
+    outside = dict(map(tuple, summary["outside"]["top_kernels"]))
+    assert outside.get("aten::ones") == 3  # the untimed work between the regions of steps 3..6
+    assert "aten::matmul" not in outside
+    busy = forward["busy_ms"]
+    assert 0 < busy["p50"] < forward["event_ms"]["p50"] - 2 * PAD_S * 1e3 + 0.05
+
+
+def test_a_window_still_open_at_the_end_is_closed_with_the_steps_it_saw(tmp_path):
+    window = ProfileWindow(tmp_path / "profile", first_step=8, num_steps=5)
+    run_steps(window)  # steps 0..9: the window saw 8 and 9 when close() ended it
+    _, (facts,) = read_profile(tmp_path)
+    assert facts["steps"] == [8, 9] and facts["num_steps"] == 5
