@@ -1,52 +1,16 @@
-"""Wrapper factories for hooks that only observe a call: the call itself is never touched.
+"""The observe-only wrapper factories (servescope.patches.observe) bound to vLLM's switch.
 
 ``observe_before(where, record)`` runs ``record(rec, self, *args, **kwargs)`` before the original,
 ``observe_after(where, record)`` runs ``record(rec, self, result, *args, **kwargs)`` after it; both
-only while instrumentation is on, and an exception in ``record`` is counted, never raised.
+only while the vLLM hooks are on, and an exception in ``record`` is counted, never raised.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Callable
 
+from servescope.patches import observe
 from servescope.patches.vllm.active import active_recorder
 
-
-def observe_before(where: str, record: Callable) -> Callable[[Callable], Callable]:
-    """Return a patch wrapper factory that records before the original runs."""
-
-    def make_wrapper(original):
-        @functools.wraps(original)
-        def wrapper(self, *args, **kwargs):
-            rec = active_recorder()
-            if rec is not None:
-                try:
-                    record(rec, self, *args, **kwargs)
-                except Exception as exc:
-                    rec.error(where, exc)
-            return original(self, *args, **kwargs)
-
-        return wrapper
-
-    return make_wrapper
-
-
-def observe_after(where: str, record: Callable) -> Callable[[Callable], Callable]:
-    """Return a patch wrapper factory that records after the original returned."""
-
-    def make_wrapper(original):
-        @functools.wraps(original)
-        def wrapper(self, *args, **kwargs):
-            result = original(self, *args, **kwargs)
-            rec = active_recorder()
-            if rec is not None:
-                try:
-                    record(rec, self, result, *args, **kwargs)
-                except Exception as exc:
-                    rec.error(where, exc)
-            return result
-
-        return wrapper
-
-    return make_wrapper
+observe_before = functools.partial(observe.observe_before, active=active_recorder)
+observe_after = functools.partial(observe.observe_after, active=active_recorder)
