@@ -31,7 +31,7 @@ def run(
                                       help="Afterwards, export OpenTelemetry spans (OTEL_EXPORTER_OTLP_* endpoint, "
                                            "else OTLP-JSON lines in RUN/otlp/)."),
 ) -> None:
-    """Run COMMAND (after --) and record every vLLM process it starts into the run directory."""
+    """Run COMMAND (after --) and record every engine process it starts (vLLM, transformers) into the run directory."""
     command = list(ctx.args)
     if not command:
         _fail("no command given: servescope run --out RUN -- python script.py")

@@ -1,8 +1,11 @@
-"""`servescope run --out RUN -- COMMAND`: record every vLLM process a command starts.
+"""`servescope run --out RUN -- COMMAND`: record every engine process a command starts.
 
-The command inherits SERVESCOPE_RUN_DIR; vLLM loads servescope's plugin in each of its
-processes, which then record into RUN. When the command ends, the manifest is assembled.
-Signals reach the command; Ctrl-C stops it and keeps what was recorded.
+The command inherits SERVESCOPE_RUN_DIR. vLLM loads servescope's plugin in each of its
+processes, which then record into RUN. Engines without a plugin entry point (transformers'
+continuous batching) are reached through ``servescope/patches/autoload/sitecustomize.py``,
+which the command finds first on PYTHONPATH: every Python process it starts arms them, to be
+patched if and when it imports one. When the command ends, the manifest is assembled. Signals
+reach the command; Ctrl-C stops it and keeps what was recorded.
 """
 
 from __future__ import annotations
@@ -18,12 +21,16 @@ from servescope.run.manifest import write_manifest
 from servescope.run.directory import RUN_DIR_ENV, write_json
 
 PLUGIN_NAME = "servescope"
+# the directory holding servescope's sitecustomize (a path only: the launcher imports nothing above its layer)
+AUTOLOAD_DIR = Path(__file__).resolve().parents[1] / "patches" / "autoload"
 
 
 def child_environment(run_dir: Path, base: dict[str, str] | None = None) -> dict[str, str]:
-    """Return the environment that makes vLLM processes record into run_dir."""
+    """Return the environment that makes engine processes record into run_dir."""
     env = dict(os.environ if base is None else base)
     env[RUN_DIR_ENV] = str(run_dir.absolute())
+    path = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(AUTOLOAD_DIR)]
+    env["PYTHONPATH"] = os.pathsep.join([str(AUTOLOAD_DIR), *path])
     allowed = env.get("VLLM_PLUGINS")
     if allowed is not None and PLUGIN_NAME not in allowed.split(","):
         env["VLLM_PLUGINS"] = ",".join([p for p in allowed.split(",") if p] + [PLUGIN_NAME])

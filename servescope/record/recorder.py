@@ -72,7 +72,7 @@ class Recorder:
         self.internal_errors += 1
         if where not in self._error_sites:
             self._error_sites.add(where)
-            logger.warning("servescope: internal error in %s (counted, vLLM unaffected): %r", where, exc)
+            logger.warning("servescope: internal error in %s (counted, the engine unaffected): %r", where, exc)
 
     def flush_soon(self) -> None:
         """Ask the writer thread to flush now instead of at its next interval."""

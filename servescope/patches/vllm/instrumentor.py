@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from servescope.patches.patch import PatchSet
+from servescope.patches.versions import in_supported_range
 from servescope.patches.vllm import engine_core_hooks, frontend_hooks, worker_hooks
 from servescope.patches.vllm.active import set_enabled
 from servescope.record.recorder import close_recorder, open_recorder
@@ -45,14 +46,7 @@ def vllm_version() -> str | None:
 
 def version_supported(version: str | None) -> bool:
     """Return True if this vLLM version is in the supported range."""
-    if version is None:
-        return False
-    try:
-        major, minor = (int(x) for x in version.split(".")[:2])
-    except ValueError:
-        return False
-    lo, hi = SUPPORTED_VERSIONS
-    return lo <= (major, minor) <= hi
+    return in_supported_range(version, SUPPORTED_VERSIONS)
 
 
 def instrument(run_dir: str | os.PathLike, *, flush_interval_s: float = 1.0,
@@ -80,8 +74,8 @@ def instrument(run_dir: str | os.PathLike, *, flush_interval_s: float = 1.0,
     return _patch_set
 
 
-def uninstrument() -> None:
-    """Remove every patch in this process, flush and close the recorder."""
+def remove_patches() -> None:
+    """Remove every vLLM patch in this process and resolve the GPU regions in flight; the recorder stays open."""
     global _patch_set
     set_enabled(False)
     if worker_hooks.WORKER.timer is not None:  # resolve the GPU regions still in flight
@@ -97,4 +91,9 @@ def uninstrument() -> None:
         _patch_set.remove_all()
         _patch_set = None
     os.environ.pop(RUN_DIR_ENV, None)
+
+
+def uninstrument() -> None:
+    """Remove every patch in this process, flush and close the recorder."""
+    remove_patches()
     close_recorder()
