@@ -51,6 +51,28 @@ PERFORMANCE_CRITICAL_PARAMETERS = (
     "scheduling_policy",
 )
 
+# Parameters that say how an engine implements the same algorithms (vLLM's and transformers' names):
+# when two sides ran different engines, item 1 lists those that differ.
+IMPLEMENTATION_PARAMETERS = (
+    "model_runner",
+    "scheduler_class",
+    "scheduling_policy",
+    "async_scheduling",
+    "attention_implementation",
+    "cudagraph_mode",
+    "cuda_graphs",
+    "compilation_mode",
+    "torch_compile",
+    "enforce_eager",
+    "enable_chunked_prefill",
+    "enable_prefix_caching",
+    "block_size",
+    "max_num_batched_tokens",
+    "max_num_seqs",
+    "dtype",
+    "kv_cache_dtype",
+)
+
 MIN_REQUESTS_FOR_P99 = 100
 
 
@@ -180,11 +202,31 @@ def check_implementation_fairness(runs: Sequence[AuditedRun], *, split_reported:
                 "scheduling delay (servescope compare) before crediting an algorithm"
             )
             statuses.append("fail")
+        evidence.extend(_implementation_differences(groups))
     elif distinct:
         name, version = next(iter(distinct))
         evidence.append(f"all runs on {name} {version}")
         statuses.append("pass")
     return CheckResult(1, TITLES[1], _worst(statuses), evidence)
+
+
+def _implementation_differences(groups: list[list[AuditedRun]]) -> list[str]:
+    """Return one line naming the implementation parameters that differ between the first runs of two groups."""
+    if len(groups) < 2 or not groups[0] or not groups[1]:
+        return []
+    a, b = groups[0][0], groups[1][0]
+    pa = nested_get(a.manifest, "engine", "parameters") or {}
+    pb = nested_get(b.manifest, "engine", "parameters") or {}
+    differ = []
+    for name in IMPLEMENTATION_PARAMETERS:
+        if name not in pa and name not in pb:
+            continue
+        va, vb = pa.get(name, "not recorded"), pb.get(name, "not recorded")
+        if va != vb:
+            differ.append(f"{name}: {va!r} vs {vb!r}")
+    if not differ:
+        return []
+    return [f"implementation differences ({a.label} vs {b.label}): " + "; ".join(differ)]
 
 
 def check_parameter_tuning(runs: Sequence[AuditedRun], *, studied: Sequence[str] = ()) -> CheckResult:

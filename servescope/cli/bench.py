@@ -65,6 +65,7 @@ class BenchSpec:
     spelling: str = "module"
     server_env: tuple[tuple[str, str], ...] = ()
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
+    text_prompts: bool = False  # send each prompt as the synthetic tokenizer's text of its ids
     extra: dict = field(default_factory=dict, compare=False)  # merged into bench.json (sweep point, probe)
 
     def load_key(self) -> str:
@@ -82,7 +83,7 @@ def _model_facts(spec: BenchSpec, served: dict | None) -> dict:
     """Return the model's config.json (vocab_size, special ids) if it can be found on this host, else {}."""
     from servescope.bench.load.server import model_of
 
-    candidates = []
+    candidates = [spec.model]
     if spec.engine_args:
         candidates.append(model_of(list(spec.engine_args)))
     if served:
@@ -158,7 +159,7 @@ def run_bench(spec: BenchSpec, out: str | Path, *, progress: bool | None = None,
     from servescope.bench.load.client import base_url_of, served_model
     from servescope.bench.load.driver_http import plan_load
     from servescope.bench.load.progress import LiveStats
-    from servescope.bench.load.server import copy_engine_records, wait_for_engine_records
+    from servescope.bench.load.server import copy_engine_records, external_ids_of, wait_for_engine_records
     from servescope.run.manifest import write_manifest
     from servescope.record.recorder import DEFAULT_FLUSH_INTERVAL_S, close_recorder
 
@@ -209,11 +210,11 @@ def run_bench(spec: BenchSpec, out: str | Path, *, progress: bool | None = None,
         facts["elapsed_s"] = time.monotonic() - started
         write_json(out / "bench.json", facts)  # first: whatever happens next, the run says how it ended
         if spec.server_run is not None and results:
-            wait_for_engine_records(spec.server_run, {f"cmpl-{r.client_request_id}-0" for r in results
-                                                      if r.status == "ok"})
+            ok = [r.client_request_id for r in results if r.status == "ok"]
+            wait_for_engine_records(spec.server_run, external_ids_of(ok), expected=len(ok))
             time.sleep(1.5 * DEFAULT_FLUSH_INTERVAL_S)  # the steps and worker rows of the window's end
             facts["engine_records"] = copy_engine_records(
-                spec.server_run, out, {f"cmpl-{r.client_request_id}-0" for r in results},
+                spec.server_run, out, external_ids_of(r.client_request_id for r in results),
                 min(r.send_ns for r in results), max(r.end_ns for r in results))
             write_json(out / "bench.json", facts)
         write_manifest(out)
@@ -248,10 +249,14 @@ def _drive(spec: BenchSpec, plan, out: Path, served: dict | None, stats, facts: 
             _check_fits(plan, served.get("max_model_len"))
             facts["server"] = {"argv": server.argv, "url": server.url, "started_by_servescope": True}
         facts["endpoint"] = base_url_of(server.url if server is not None else spec.endpoint)
-        facts["model"] = spec.model or served["id"]
+        facts["model"] = spec.model or served.get("id")
+        if not facts["model"]:
+            raise BenchError(f"{facts['endpoint']} lists no model (transformers serve lists only its hub cache): "
+                             "give --model")
         with live_progress(stats, enabled=progress):
             results = asyncio.run(drive_http(facts["endpoint"], plan, out, model=facts["model"],
-                                             request_timeout_s=spec.request_timeout_s, stats=stats))
+                                             request_timeout_s=spec.request_timeout_s, stats=stats,
+                                             text_prompts=spec.text_prompts))
         if server is not None:  # vLLM's shutdown may kill its engine processes: let them write the run first
             wait_for_engine_records(out, {f"cmpl-{r.client_request_id}-0" for r in results if r.status == "ok"})
             time.sleep(1.5 * DEFAULT_FLUSH_INTERVAL_S)  # worker rows: each process writes every interval
@@ -587,11 +592,15 @@ def bench(
     seed: int = typer.Option(0, "--seed", help="Seed of lengths (presets), arrivals and prompt ids."),
     timeout: float = typer.Option(DEFAULT_REQUEST_TIMEOUT_S, "--timeout", help="Time limit of one request, seconds."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Live progress (default: on a terminal)."),
+    text_prompts: bool = typer.Option(False, "--text-prompts", help="Send prompts as text (the synthetic tokenizer's "
+                                      "words for the ids; servescope model init dirs) for servers that take no token "
+                                      "ids, e.g. transformers serve; the server's tokenizer adds BOS."),
 ) -> None:
-    """Send a workload to a vLLM server (or in-process engine) and record client and engine into one run."""
+    """Send a workload to a vLLM or transformers server (or in-process vLLM) and record client and engine into one run."""
     spec = BenchSpec(workload, count, seed, rate, cv, concurrency, duration, time_scale, max_prompt_tokens,
                      max_output_tokens, vocab_size, endpoint, model, None if server_run is None else str(server_run),
-                     _engine_args(engine_args), in_process, spelling, _env_pairs(server_env), timeout)
+                     _engine_args(engine_args), in_process, spelling, _env_pairs(server_env), timeout,
+                     text_prompts=text_prompts)
     try:
         facts = run_bench(spec, out, progress=progress, echo=_echo)
     except (BenchError, WorkloadError, EndpointError, RunDirError, ValueError) as exc:

@@ -35,6 +35,7 @@ import pyarrow as pa
 
 from servescope.analysis.distributions import summarize
 from servescope.analysis.request_metrics import RequestMetrics, compute_request_metrics
+from servescope.bench.workloads.synthetic_tokenizer import ids_to_text
 from servescope.run.data import RunData, load_run
 from servescope.record.recorder import Recorder
 from servescope.run.directory import read_table
@@ -114,7 +115,8 @@ def base_url_of(endpoint: str) -> str:
 
 
 async def served_model(base_url: str, timeout_s: float = 10.0) -> dict:
-    """Return the first model the server lists at /v1/models (its 'id' and 'root'); raise EndpointError naming the URL."""
+    """Return the first model the server lists at /v1/models (its 'id' and 'root'; {} if it lists none); raise
+    EndpointError naming the URL."""
     url = base_url + MODELS_PATH
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
@@ -128,7 +130,7 @@ async def served_model(base_url: str, timeout_s: float = 10.0) -> dict:
         raise EndpointError(f"cannot reach {base_url} ({url}): no answer in {timeout_s:g} s") from exc
     try:
         models = json.loads(body)["data"]
-        return dict(models[0])
+        return dict(models[0]) if models else {}  # {}: a server that lists nothing (transformers serve, no hub cache)
     except (ValueError, KeyError, IndexError, TypeError) as exc:
         raise EndpointError(f"{url} did not list a model (is this an OpenAI-compatible server?)") from exc
 
@@ -137,13 +139,15 @@ class StreamingClient:
     """Streams completions from one server, one coroutine per request, recording every chunk and request."""
 
     def __init__(self, base_url: str, model: str, *, recorder: Recorder | None = None,
-                 request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S, extra_body: dict | None = None):
+                 request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S, extra_body: dict | None = None,
+                 text_prompts: bool = False):
         self.base_url = base_url_of(base_url)
         self.url = self.base_url + COMPLETIONS_PATH
         self.model = model
         self.recorder = recorder
         self.request_timeout_s = request_timeout_s
         self.extra_body = dict(extra_body or {})
+        self.text_prompts = text_prompts  # prompts as the synthetic tokenizer's text of their ids
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> StreamingClient:
@@ -158,10 +162,13 @@ class StreamingClient:
             self._session = None
 
     def payload(self, request: CompletionRequest) -> dict:
-        """Return the JSON body of one streamed, token-id completion request."""
+        """Return the JSON body of one streamed completion request (prompt: its text if given, else token ids)."""
+        prompt = request.prompt_token_ids if request.prompt_text is None else request.prompt_text
+        if self.text_prompts and request.prompt_text is None:
+            prompt = ids_to_text(request.prompt_token_ids)
         return {
             "model": self.model,
-            "prompt": request.prompt_token_ids if request.prompt_text is None else request.prompt_text,
+            "prompt": prompt,
             "max_tokens": request.max_tokens,
             "stream": True,
             "ignore_eos": True,
