@@ -37,9 +37,10 @@ def hf_faulty(tmp_path_factory, tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def hf_preempting_run(tmp_path_factory, tiny_model_dir):
-    """ContinuousBatchingManager, streamed, with a KV cache too small for the batch: requests are preempted."""
+    """ContinuousBatchingManager, streamed, with a KV cache too small for the batch: requests are preempted
+    (prefix sharing off, so that a soft reset recomputes exactly the prompt and the tokens generated so far)."""
     return record_hf_run(tmp_path_factory.mktemp("hf-preempt"), tiny_model_dir, mode="manager", num_requests=16,
-                         max_tokens=48, num_blocks=24, page_size=16)
+                         max_tokens=48, num_blocks=24, page_size=16, prefix_sharing=False)
 
 
 def _events(run_dir):
@@ -129,9 +130,22 @@ def test_preemptions_are_recorded_and_recomputed_prompts_count_as_prefill(hf_pre
         assert by_step[row["step_id"]]["num_preempted_reqs"] >= 1
         assert 0 <= row["output_tokens"] < hf_preempting_run.max_tokens
     assert max(s["kv_cache_usage"] for s in steps) > 0.9
-    # a soft reset recomputes the prompt and the tokens generated so far as prefill
-    recomputed = sum(row["output_tokens"] + hf_preempting_run.prompt_tokens[row["request_id"]] for row in preempted)
-    assert sum(s["num_prefill_tokens"] for s in steps) == sum(hf_preempting_run.prompt_tokens.values()) + recomputed
+    # A soft reset recomputes the prompt and the tokens generated so far as prefill, and the token after that
+    # recompute comes from a prefill step: every other output token comes from a decode step. A request
+    # preempted again before its recompute ended (no new token since) had computed only part of it.
+    prompts = hf_preempting_run.prompt_tokens
+    after_prefill, mid_prefill = [], []
+    for rid, e in events.items():
+        generated_before = 0
+        for row in sorted(e[RequestEvent.PREEMPTED], key=lambda r: r["time_ns"]):
+            (after_prefill if row["output_tokens"] > generated_before else mid_prefill).append(row)
+            generated_before = row["output_tokens"]
+    recompute = {id(r): prompts[r["request_id"]] + r["output_tokens"] for r in preempted}
+    lower = sum(prompts.values()) + sum(recompute[id(r)] for r in after_prefill)
+    upper = lower + sum(recompute[id(r)] for r in mid_prefill)
+    assert lower <= sum(s["num_prefill_tokens"] for s in steps) <= upper
+    outputs = sum(map(len, hf_preempting_run.outputs.values()))
+    assert sum(s["num_decode_tokens"] for s in steps) == outputs - len(prompts) - len(after_prefill)
 
 
 def test_worker_regions_join_to_steps(hf_run):
@@ -217,3 +231,29 @@ def test_exports_and_report_read_a_transformers_run(hf_run, tmp_path):
                            str(tmp_path / "report")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "transformers" in (tmp_path / "report" / "index.html").read_text()
+
+
+def test_compare_and_audit_of_vllm_against_transformers_split_the_gap_and_name_what_differs(offline_run, hf_run):
+    """The same tiny model config and workload on both engines (tests/engine_scripts: the same prompts)."""
+    proc = subprocess.run([sys.executable, "-m", "servescope", "compare", str(offline_run.run_dir),
+                           str(hf_run.run_dir), "--json"], capture_output=True, text=True, check=True)
+    result = json.loads(proc.stdout)
+    config = result["configuration"]
+    assert config["same_engine"] is False
+    assert (config["baseline_engine"]["name"], config["treatment_engine"]["name"]) == ("vllm", "transformers")
+    split = result["iteration"]
+    for part in ("gpu", "cpu_overhead", "idle"):
+        assert len(split[part]["mean"]["ci"]) == 2
+    statement = result["statement"]
+    assert "different engines (vllm" in statement and "GPU time changed by" in statement
+    assert "idle time by" in statement
+    proc = subprocess.run([sys.executable, "-m", "servescope", "audit", str(offline_run.run_dir), "--treat",
+                           str(hf_run.run_dir), "--json"], capture_output=True, text=True)
+    verdicts = {item["item"]: item for item in json.loads(proc.stdout)}
+    fairness = " ".join(verdicts[1]["evidence"])
+    assert "implementation differences" in fairness
+    for name in ("model_runner", "scheduling_policy", "enforce_eager"):
+        assert name in fairness
+    tuning = " ".join(verdicts[2]["evidence"])
+    assert "only transformers has attention_implementation" in tuning
+    assert "ran with default" not in tuning  # a setting one engine lacks is not a default the other kept

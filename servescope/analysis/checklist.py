@@ -265,11 +265,18 @@ def check_parameter_tuning(runs: Sequence[AuditedRun], *, studied: Sequence[str]
             if pb is None or pt is None:
                 continue
             compared += 1
+            engines = (nested_get(b.manifest, "engine", "name"), nested_get(t.manifest, "engine", "name"))
             for name in sorted(set(pb) | set(pt)):
                 vb, vt = pb.get(name), pt.get(name)
                 if vb == vt:
                     continue
                 differing += 1
+                if engines[0] != engines[1] and (name not in pb or name not in pt):
+                    # a setting one engine does not have: not a default the other side kept
+                    engine = engines[0] if name in pb else engines[1]
+                    value = vb if name in pb else vt
+                    differences[f"only {engine} has {name} ({value!r})"] = "warn"
+                    continue
                 critical = name in PERFORMANCE_CRITICAL_PARAMETERS
                 if any(name == x or name.startswith(x) for x in studied):
                     differences[f"studied: {name}: baseline {vb!r}, treatment {vt!r}"] = "pass"

@@ -35,6 +35,7 @@ from servescope.bench.workloads.workload import WorkloadError
 from servescope.run.directory import RunDirError, ensure_run_id, read_json, write_json
 
 EXIT_USAGE = 2
+API_CHOICES = ("vllm", "openai")
 EXIT_INTERRUPTED = 130
 
 
@@ -66,6 +67,7 @@ class BenchSpec:
     server_env: tuple[tuple[str, str], ...] = ()
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
     text_prompts: bool = False  # send each prompt as the synthetic tokenizer's text of its ids
+    api: str = "vllm"  # vllm: vLLM's extensions (ignore_eos, return_token_ids); openai: standard fields, text prompts
     extra: dict = field(default_factory=dict, compare=False)  # merged into bench.json (sweep point, probe)
 
     def load_key(self) -> str:
@@ -151,6 +153,8 @@ def _validate(spec: BenchSpec) -> None:
         raise BenchError("give --rate or --concurrency, not both")
     if spec.request_timeout_s <= 0:
         raise BenchError("--timeout must be > 0 s")
+    if spec.api not in API_CHOICES:
+        raise BenchError(f"--api {spec.api!r}: choose one of {', '.join(API_CHOICES)}")
 
 
 def run_bench(spec: BenchSpec, out: str | Path, *, progress: bool | None = None,
@@ -256,7 +260,8 @@ def _drive(spec: BenchSpec, plan, out: Path, served: dict | None, stats, facts: 
         with live_progress(stats, enabled=progress):
             results = asyncio.run(drive_http(facts["endpoint"], plan, out, model=facts["model"],
                                              request_timeout_s=spec.request_timeout_s, stats=stats,
-                                             text_prompts=spec.text_prompts))
+                                             text_prompts=spec.text_prompts,
+                                             vllm_extensions=spec.api == "vllm"))
         if server is not None:  # vLLM's shutdown may kill its engine processes: let them write the run first
             wait_for_engine_records(out, {f"cmpl-{r.client_request_id}-0" for r in results if r.status == "ok"})
             time.sleep(1.5 * DEFAULT_FLUSH_INTERVAL_S)  # worker rows: each process writes every interval
@@ -593,14 +598,16 @@ def bench(
     timeout: float = typer.Option(DEFAULT_REQUEST_TIMEOUT_S, "--timeout", help="Time limit of one request, seconds."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Live progress (default: on a terminal)."),
     text_prompts: bool = typer.Option(False, "--text-prompts", help="Send prompts as text (the synthetic tokenizer's "
-                                      "words for the ids; servescope model init dirs) for servers that take no token "
-                                      "ids, e.g. transformers serve; the server's tokenizer adds BOS."),
+                                      "words for the ids; servescope model init dirs); the server's tokenizer adds BOS."),
+    api: str = typer.Option("vllm", "--api", help="vllm: token-id prompts with ignore_eos and return_token_ids; openai: "
+                            "standard fields only, text prompts (transformers serve; it must stop at max_tokens "
+                            "by itself: model_kit.stop_only_at_max_tokens)."),
 ) -> None:
     """Send a workload to a vLLM or transformers server (or in-process vLLM) and record client and engine into one run."""
     spec = BenchSpec(workload, count, seed, rate, cv, concurrency, duration, time_scale, max_prompt_tokens,
                      max_output_tokens, vocab_size, endpoint, model, None if server_run is None else str(server_run),
                      _engine_args(engine_args), in_process, spelling, _env_pairs(server_env), timeout,
-                     text_prompts=text_prompts)
+                     text_prompts=text_prompts, api=api)
     try:
         facts = run_bench(spec, out, progress=progress, echo=_echo)
     except (BenchError, WorkloadError, EndpointError, RunDirError, ValueError) as exc:

@@ -2,7 +2,9 @@
 
 One coroutine per request: ``StreamingClient.complete(request)`` POSTs ``/v1/completions``
 with the prompt as token ids, ``"stream": true``, ``"ignore_eos": true`` and
-``"return_token_ids": true``, and reads the server-sent events as they arrive. It records,
+``"return_token_ids": true`` (vLLM's extensions; ``vllm_extensions=False`` sends only standard
+OpenAI fields and the prompt as text, for servers such as ``transformers serve``, which must then
+stop at max_tokens by themselves), and reads the server-sent events as they arrive. It records,
 on the host's CLOCK_MONOTONIC (``time.monotonic_ns()``, the engine's clock too):
 
 * ``client_chunks``: one row per event that carried output tokens (arrival time, tokens in it);
@@ -140,14 +142,15 @@ class StreamingClient:
 
     def __init__(self, base_url: str, model: str, *, recorder: Recorder | None = None,
                  request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S, extra_body: dict | None = None,
-                 text_prompts: bool = False):
+                 text_prompts: bool = False, vllm_extensions: bool = True):
         self.base_url = base_url_of(base_url)
         self.url = self.base_url + COMPLETIONS_PATH
         self.model = model
         self.recorder = recorder
         self.request_timeout_s = request_timeout_s
         self.extra_body = dict(extra_body or {})
-        self.text_prompts = text_prompts  # prompts as the synthetic tokenizer's text of their ids
+        self.text_prompts = text_prompts or not vllm_extensions  # prompts as the synthetic tokenizer's text
+        self.vllm_extensions = vllm_extensions  # ignore_eos, return_token_ids: refused by a strict OpenAI server
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> StreamingClient:
@@ -166,13 +169,13 @@ class StreamingClient:
         prompt = request.prompt_token_ids if request.prompt_text is None else request.prompt_text
         if self.text_prompts and request.prompt_text is None:
             prompt = ids_to_text(request.prompt_token_ids)
+        extensions = {"ignore_eos": True, "return_token_ids": True} if self.vllm_extensions else {}
         return {
             "model": self.model,
             "prompt": prompt,
             "max_tokens": request.max_tokens,
             "stream": True,
-            "ignore_eos": True,
-            "return_token_ids": True,
+            **extensions,
             "stream_options": {"include_usage": True},
             **self.extra_body,
         }

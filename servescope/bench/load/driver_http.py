@@ -181,13 +181,13 @@ async def _run_load(plan: LoadPlan, send: Send, stats: LiveStats | None) -> list
 
 async def drive_http(endpoint: str, plan: LoadPlan, run_dir: str | os.PathLike, *, model: str | None = None,
                      request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S, stats: LiveStats | None = None,
-                     text_prompts: bool = False) -> list[RequestResult]:
+                     text_prompts: bool = False, vllm_extensions: bool = True) -> list[RequestResult]:
     """Run the plan against an OpenAI-compatible endpoint, recording the client tables into run_dir
-    (text_prompts: each prompt as the synthetic tokenizer's text of its ids)."""
+    (text_prompts: each prompt as the synthetic tokenizer's text of its ids; vllm_extensions: see StreamingClient)."""
     base_url = base_url_of(endpoint)
     if model is None:
         model = (await served_model(base_url)).get("id")  # raises EndpointError naming the URL
     recorder = open_recorder(Path(run_dir).absolute())
     async with StreamingClient(base_url, model, recorder=recorder, request_timeout_s=request_timeout_s,
-                               text_prompts=text_prompts) as client:
+                               text_prompts=text_prompts, vllm_extensions=vllm_extensions) as client:
         return await run_load(plan, client.complete, stats)

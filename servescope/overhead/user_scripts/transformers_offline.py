@@ -11,8 +11,9 @@ MODEL_DIR's weights are loaded when it has some (``*.safetensors``), else the we
 from its config.json (seed 0). On a GPU the continuous-batching config is transformers' own
 default (cache sized from free memory, CUDA graphs and async batching as transformers decides for
 the attention implementation); AB_ATTN picks the attention implementation (default sdpa) and
-AB_NUM_BLOCKS / AB_MAX_BATCH_TOKENS fix the cache size and token budget (default on the CPU: 512
-blocks, since transformers would otherwise size the cache from the host's free memory).
+AB_NUM_BLOCKS / AB_MAX_BATCH_TOKENS / AB_MAX_SEQS fix the cache size, the token budget and the
+requests per step (default on the CPU: 512 blocks, since transformers would otherwise size the
+cache from the host's free memory).
 """
 
 import json
@@ -49,7 +50,8 @@ if __name__ == "__main__":
     generation = GenerationConfig(max_new_tokens=olen, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
                                   eos_token_id=-1)
     batching = ContinuousBatchingConfig(num_blocks=_int_env("AB_NUM_BLOCKS", None if device == "cuda" else 512),
-                                        max_batch_tokens=_int_env("AB_MAX_BATCH_TOKENS", None))
+                                        max_batch_tokens=_int_env("AB_MAX_BATCH_TOKENS", None),
+                                        max_requests_per_batch=_int_env("AB_MAX_SEQS", None))
     times = []
     for i in range(batches):
         t = time.perf_counter()
