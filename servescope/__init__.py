@@ -1,43 +1,48 @@
 """servescope: measure LLM serving engines from the inside.
 
-``servescope.instrument(run_dir=...)`` patches vLLM in this process (and, through the environment,
-in every process vLLM starts) so that each request, token and engine step is recorded into the run
-directory; ``servescope.uninstrument()`` restores vLLM. ``pause()`` / ``resume()`` switch recording
-off and on in this process without removing the patches.
+``servescope.instrument(run_dir=...)`` patches every supported engine installed in this process
+(vLLM, and Hugging Face transformers' continuous batching) so that each request, token and
+engine step is recorded into the run directory; vLLM's child processes record too, with the same
+options, through the environment. ``servescope.uninstrument()`` restores the engines exactly as
+they were. ``pause()`` / ``resume()`` switch vLLM's recording off and on in this process without
+removing the patches.
 """
 
 __version__ = "0.1.0"
 
 
-def instrument(run_dir: str, **options):
-    """Start recording vLLM into run_dir; returns the applied patch set (None when vLLM is not supported).
+def instrument(run_dir: str, engines=None, **options) -> dict:
+    """Start recording into run_dir; return engine name -> its applied PatchSet (None where refused).
 
+    engines: names to instrument (default: every installed one; servescope.patches.engines).
     options are those of ``servescope.run.config.Config``: ``parts`` (a comma list or set of recording
-    parts, e.g. "default,thread"), ``segment_bytes``, ``nvml_interval_s``, ``profile_steps`` ...; they
+    parts, e.g. "default,thread"), ``segment_bytes``, ``nvml_interval_s``, ``profile_steps``, ...; they
     reach every process the engine starts."""
     import os
 
-    from servescope.patches.vllm.instrumentor import instrument as _instrument
+    from servescope.patches.engines import instrument as _instrument
     from servescope.run.config import Config
 
-    return _instrument(Config.from_options(os.path.abspath(str(run_dir)), **options))
+    return _instrument(Config.from_options(os.path.abspath(str(run_dir)), **options), engines)
 
 
 def uninstrument() -> None:
-    """Remove every patch, close the recorder and compact what the ended processes recorded."""
-    from servescope.patches.vllm.instrumentor import current_config, uninstrument as _uninstrument
+    """Remove every patch of every engine, close the recorder and compact what the ended processes recorded."""
+    import os
+
+    from servescope.patches.engines import uninstrument as _uninstrument
     from servescope.run.compact import compact_run
 
-    config = current_config()
+    run_dir = os.environ.get("SERVESCOPE_RUN_DIR")
     _uninstrument()
-    if config is not None:
+    if run_dir:
         try:
-            compact_run(config.run_dir)
+            compact_run(run_dir)
         except Exception as exc:  # the spools stay: readers decode them, `servescope run` compacts them later
             import logging
 
             logging.getLogger("servescope").warning("servescope: compaction of %s failed (%r); the spool stays",
-                                                    config.run_dir, exc)
+                                                    run_dir, exc)
 
 
 def pause() -> None:

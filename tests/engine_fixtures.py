@@ -43,10 +43,16 @@ def record_offline_run(tmp: Path, model_dir: Path, *, num_requests: int = 24, ma
     run_dir, out_json = tmp / "run", tmp / "outputs.json"
     script = [sys.executable, str(TESTS / "engine_scripts" / "offline_generate.py"), str(model_dir),
               str(out_json), str(num_requests), str(max_tokens), str(token_budget)]
+    log = run_script(script, run_dir if traced else None, **env)
+    return OfflineRun(run_dir, json.loads(out_json.read_text()), num_requests, max_tokens, log)
+
+
+def run_script(script: list[str], run_dir: Path | None, **env: str) -> str:
+    """Run a user's engine script (under `servescope run --out run_dir` unless run_dir is None); return its log."""
     command = ([sys.executable, "-m", "servescope", "run", "--out", str(run_dir), "--"] + script
-               if traced else script)
+               if run_dir is not None else script)
     proc = subprocess.run(command, env=engine_env(**env), capture_output=True, text=True, timeout=ENGINE_TIMEOUT_S)
     log = proc.stdout + proc.stderr
     if proc.returncode != 0:
         raise AssertionError(f"engine run failed ({proc.returncode}):\n{log[-6000:]}")
-    return OfflineRun(run_dir, json.loads(out_json.read_text()), num_requests, max_tokens, log)
+    return log

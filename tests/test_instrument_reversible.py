@@ -27,7 +27,7 @@ def _resolve(patch):
 
 def test_uninstrument_restores_every_original(tmp_path):
     originals = {p.name: vars(_resolve(p)[0]).get(_resolve(p)[1]) for p in TARGETS}
-    patch_set = servescope.instrument(tmp_path / "run")
+    patch_set = servescope.instrument(tmp_path / "run", engines=["vllm"])["vllm"]
     instrumentor.patch_runners()  # what a worker process does at start-up
     try:
         assert os.environ[RUN_DIR_ENV] == str((tmp_path / "run").absolute())
@@ -36,7 +36,7 @@ def test_uninstrument_restores_every_original(tmp_path):
             owner, attr = _resolve(p)
             assert is_patched(getattr(owner, attr)), p.name
         assert not patch_set.refused
-        again = servescope.instrument(tmp_path / "run")  # idempotent
+        again = servescope.instrument(tmp_path / "run", engines=["vllm"])["vllm"]  # idempotent
         assert again is patch_set
         owner, attr = _resolve(TARGETS[0])
         assert getattr(owner, attr).__servescope_original__ is originals[TARGETS[0].name]
@@ -54,7 +54,7 @@ def test_unsupported_vllm_version_patches_nothing(tmp_path, monkeypatch, caplog)
     import vllm
 
     monkeypatch.setattr(vllm, "__version__", "0.99.0")
-    assert servescope.instrument(tmp_path / "run") is None
+    assert servescope.instrument(tmp_path / "run", engines=["vllm"]) == {"vllm": None}
     assert "outside the supported range" in caplog.text
     for p in TARGETS[:3]:
         owner, attr = _resolve(p)

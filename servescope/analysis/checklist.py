@@ -59,6 +59,28 @@ PERFORMANCE_CRITICAL_PARAMETERS = (
     "scheduling_policy",
 )
 
+# Parameters that say how an engine implements the same algorithms (vLLM's and transformers' names):
+# when two sides ran different engines, item 1 lists those that differ.
+IMPLEMENTATION_PARAMETERS = (
+    "model_runner",
+    "scheduler_class",
+    "scheduling_policy",
+    "async_scheduling",
+    "attention_implementation",
+    "cudagraph_mode",
+    "cuda_graphs",
+    "compilation_mode",
+    "torch_compile",
+    "enforce_eager",
+    "enable_chunked_prefill",
+    "enable_prefix_caching",
+    "block_size",
+    "max_num_batched_tokens",
+    "max_num_seqs",
+    "dtype",
+    "kv_cache_dtype",
+)
+
 MIN_REQUESTS_FOR_P99 = 100
 
 
@@ -212,11 +234,31 @@ def check_implementation_fairness(runs: Sequence[AuditedRun], *, split_reported:
                 "scheduling delay (servescope compare) before crediting an algorithm"
             )
             statuses.append("fail")
+        evidence.extend(_implementation_differences(groups))
     elif distinct:
         name, version = next(iter(distinct))
         evidence.append(f"all runs on {name} {version}")
         statuses.append("pass")
     return CheckResult(1, TITLES[1], _worst(statuses), evidence)
+
+
+def _implementation_differences(groups: list[list[AuditedRun]]) -> list[str]:
+    """Return one line naming the implementation parameters that differ between the first runs of two groups."""
+    if len(groups) < 2 or not groups[0] or not groups[1]:
+        return []
+    a, b = groups[0][0], groups[1][0]
+    pa = nested_get(a.manifest, "engine", "parameters") or {}
+    pb = nested_get(b.manifest, "engine", "parameters") or {}
+    differ = []
+    for name in IMPLEMENTATION_PARAMETERS:
+        if name not in pa and name not in pb:
+            continue
+        va, vb = pa.get(name, "not recorded"), pb.get(name, "not recorded")
+        if va != vb:
+            differ.append(f"{name}: {va!r} vs {vb!r}")
+    if not differ:
+        return []
+    return [f"implementation differences ({a.label} vs {b.label}): " + "; ".join(differ)]
 
 
 def check_parameter_tuning(runs: Sequence[AuditedRun], *, studied: Sequence[str] = ()) -> CheckResult:
@@ -260,11 +302,18 @@ def check_parameter_tuning(runs: Sequence[AuditedRun], *, studied: Sequence[str]
             if pb is None or pt is None:
                 continue
             compared += 1
+            engines = (nested_get(b.manifest, "engine", "name"), nested_get(t.manifest, "engine", "name"))
             for name in sorted(set(pb) | set(pt)):
                 vb, vt = pb.get(name), pt.get(name)
                 if vb == vt:
                     continue
                 differing += 1
+                if engines[0] != engines[1] and (name not in pb or name not in pt):
+                    # a setting one engine does not have: not a default the other side kept
+                    engine = engines[0] if name in pb else engines[1]
+                    value = vb if name in pb else vt
+                    differences[f"only {engine} has {name} ({value!r})"] = "warn"
+                    continue
                 critical = name in PERFORMANCE_CRITICAL_PARAMETERS
                 if any(name == x or name.startswith(x) for x in studied):
                     differences[f"studied: {name}: baseline {vb!r}, treatment {vt!r}"] = "pass"

@@ -72,3 +72,40 @@ def init_model_dir(model_dir: str | Path, arch: str = "tiny", with_tokenizer: bo
         tokenizer.model_max_length = config.get("max_position_embeddings", tokenizer.model_max_length)
         tokenizer.save_pretrained(model_dir)
     return model_dir
+
+
+def write_random_weights(model_dir: str | Path, *, seed: int = 0, device: str = "cpu") -> Path:
+    """Returns ``model_dir`` after saving random weights (seed, the config's dtype) there as safetensors.
+
+    For engines without a dummy load format (transformers, ``transformers serve``); vLLM loads the
+    same files, so both engines run the very same model. The weights are built on ``device`` (a GPU
+    initialises an 8B model in seconds); config.json and generation_config.json stay as they were.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    model_dir = Path(model_dir)
+    kept = {name: (model_dir / name).read_bytes() for name in ("config.json", "generation_config.json")
+            if (model_dir / name).exists()}
+    config = AutoConfig.from_pretrained(model_dir)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=config.dtype)
+    model.save_pretrained(model_dir)
+    del model
+    for name, data in kept.items():
+        (model_dir / name).write_bytes(data)
+    return model_dir
+
+
+def stop_only_at_max_tokens(model_dir: str | Path) -> Path:
+    """Returns ``model_dir`` after removing eos_token_id from its generation_config.json.
+
+    ``transformers serve`` has no ``ignore_eos``: with no EOS in the generation config, every request
+    runs to its max_tokens, as vLLM's ``ignore_eos`` makes it (vLLM ignores the file for that).
+    """
+    path = Path(model_dir) / "generation_config.json"
+    generation = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    generation.pop("eos_token_id", None)
+    path.write_text(json.dumps(generation, indent=2) + "\n", encoding="utf-8")
+    return Path(model_dir)

@@ -78,13 +78,14 @@ class BenchSpec:
     extra: dict = field(default_factory=dict, compare=False)  # merged into bench.json (sweep point, probe)
     api: str = API_VLLM  # what the client sends: vLLM's fields, or 'openai' (standard fields, text prompts)
     extra_body: str = ""  # a JSON object merged into every request body (server-specific fields)
+    text_prompts: bool = False  # vLLM too gets prompts as text (the synthetic tokenizer's), as openai servers do
 
     def load_key(self) -> str:
         """Return a hash of what determines the load sent and the target (not the rate), to reuse cached runs."""
         facts = asdict(self)
         for judged_not_sent in ("extra", "rate_per_s", "max_failed_fraction"):
             facts.pop(judged_not_sent)
-        for name, default in (("api", API_VLLM), ("extra_body", "")):  # at their defaults: the keys of before
+        for name, default in (("api", API_VLLM), ("extra_body", ""), ("text_prompts", False)):  # defaults: keys of before
             if facts[name] == default:
                 facts.pop(name)
         return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -180,7 +181,7 @@ def _model_facts(spec: BenchSpec, served: dict | None) -> dict:
     """Return the model's config.json (vocab_size, special ids) if it can be found on this host, else {}."""
     from servescope.bench.load.server import model_of
 
-    candidates = []
+    candidates = [spec.model]
     if spec.engine_args:
         candidates.append(model_of(list(spec.engine_args)))
     if served:
@@ -252,7 +253,7 @@ def run_bench(spec: BenchSpec, out: str | Path, *, progress: bool | None = None,
     from servescope.bench.load.client import base_url_of, served_model
     from servescope.bench.load.driver_http import plan_load
     from servescope.bench.load.progress import LiveStats
-    from servescope.bench.load.server import copy_engine_records, wait_for_engine_records
+    from servescope.bench.load.server import copy_engine_records, external_ids_of, wait_for_engine_records
     from servescope.record.recorder import close_recorder
     from servescope.run.compact import close_run
 
@@ -310,10 +311,10 @@ def run_bench(spec: BenchSpec, out: str | Path, *, progress: bool | None = None,
             _judge_failures(facts, spec.max_failed_fraction)
         write_json(out / "bench.json", facts)  # first: whatever happens next, the run says how it ended
         if spec.server_run is not None and results:
-            wait_for_engine_records(spec.server_run, {f"cmpl-{r.client_request_id}-0" for r in results
-                                                      if r.status == "ok"})
+            ok = [r.client_request_id for r in results if r.status == "ok"]
+            wait_for_engine_records(spec.server_run, external_ids_of(ok), expected=len(ok))
             facts["engine_records"] = copy_engine_records(
-                spec.server_run, out, {f"cmpl-{r.client_request_id}-0" for r in results},
+                spec.server_run, out, external_ids_of(r.client_request_id for r in results),
                 min(r.send_ns for r in results), max(r.end_ns for r in results))
             write_json(out / "bench.json", facts)
         close_run(out)
@@ -337,7 +338,7 @@ def _drive(spec: BenchSpec, plan, out: Path, served: dict | None, stats, facts: 
     from servescope.bench.load.client import base_url_of, served_model
     from servescope.bench.load.driver_http import drive_http
     from servescope.bench.load.progress import live_progress
-    from servescope.bench.load.server import start_server, wait_for_engine_records
+    from servescope.bench.load.server import external_ids_of, start_server, wait_for_engine_records
 
     if spec.in_process:
         import servescope
@@ -358,14 +359,19 @@ def _drive(spec: BenchSpec, plan, out: Path, served: dict | None, stats, facts: 
             _check_fits([len(p) + m for p, m in zip(plan.prompts, plan.max_tokens)], served.get("max_model_len"))
             facts["server"] = {"argv": server.argv, "url": server.url, "started_by_servescope": True}
         facts["endpoint"] = base_url_of(server.url if server is not None else spec.endpoint)
-        facts["model"] = spec.model or served["id"]
+        facts["model"] = spec.model or served.get("id")
+        if not facts["model"]:
+            raise BenchError(f"{facts['endpoint']} lists no model (transformers serve lists only its hub cache): "
+                             "give --model")
         with live_progress(stats, enabled=progress):
             results = asyncio.run(drive_http(facts["endpoint"], plan, out, model=facts["model"],
                                              request_timeout_s=spec.request_timeout_s, stats=stats,
                                              server_process=None if server is None else server.process,
-                                             api=spec.api, extra_body=extra_body_of(spec)))
+                                             api=spec.api, extra_body=extra_body_of(spec),
+                                             text_prompts=spec.text_prompts))
         if server is not None:  # vLLM's shutdown may kill its engine processes: let them write the run first
-            wait_for_engine_records(out, {f"cmpl-{r.client_request_id}-0" for r in results if r.status == "ok"})
+            ok = [r.client_request_id for r in results if r.status == "ok"]
+            wait_for_engine_records(out, external_ids_of(ok), expected=len(ok))
         return results
     finally:
         if server is not None:

@@ -95,6 +95,9 @@ def bench(
                                  "standard fields only, prompts as text (servers that are not vLLM)."),
     extra_body: str = typer.Option("", "--extra-body", help="JSON object merged into every request body "
                                                             "(server-specific fields)."),
+    text_prompts: bool = typer.Option(False, "--text-prompts", help="Send prompts as text (the synthetic tokenizer's "
+                                                                    "words of their ids) to vLLM too, so that two "
+                                                                    "engines compared tokenize alike."),
 ) -> None:
     """Send a workload to an OpenAI-compatible server (or an in-process vLLM engine) and record client and
     engine into one run (client only against a server servescope does not trace)."""
@@ -107,7 +110,7 @@ def bench(
                      server_run=None if server_run is None else str(server_run), engine_args=engine_args or (),
                      in_process=in_process, spelling=spelling, server_env=tuple(server_env or ()),
                      request_timeout_s=timeout, max_failed_fraction=max_failed_fraction, api=api,
-                     extra_body=extra_body)
+                     extra_body=extra_body, text_prompts=text_prompts)
     check_spec(spec)  # contradictory options and an existing run: nothing is written
     refuse_recorded_run(out, starts_engine=bool(spec.engine_args))
     try:

@@ -43,7 +43,7 @@ from servescope.run.manifest import read_manifest
 from servescope.run.names import RequestEvent, StepPhase, Table
 
 DEFAULT_MAX_LINKS_PER_STEP = 128
-GEN_AI_PROVIDER = "vllm"
+GEN_AI_PROVIDER = "vllm"  # gen_ai.provider.name and service.name when a run names no engine (runs before 0.2)
 GEN_AI_OPERATION = "text_completion"  # the engine turns a prompt into tokens; it never sees chat roles
 STEP_SPAN_NAME = "servescope.step"
 STEP_PHASES = StepPhase.ALL  # span names; steps.<phase>_start_ns .. <phase>_end_ns
@@ -146,6 +146,14 @@ def model_name(manifest: dict, engine_facts: list[dict]) -> str | None:
     return None
 
 
+def engine_name(manifest: dict, engine_facts: list[dict]) -> str:
+    """Return the engine that recorded the run (manifest, else engine facts; 'vllm' when neither says)."""
+    for engine in [manifest.get("engine")] + [f.get("engine") for f in engine_facts]:
+        if isinstance(engine, dict) and engine.get("name"):
+            return str(engine["name"])
+    return GEN_AI_PROVIDER
+
+
 def _engine_version(manifest: dict, engine_facts: list[dict]) -> str | None:
     for engine in [manifest.get("engine")] + [f.get("engine") for f in engine_facts]:
         if isinstance(engine, dict) and engine.get("version"):
@@ -154,11 +162,12 @@ def _engine_version(manifest: dict, engine_facts: list[dict]) -> str | None:
 
 
 def run_resource(run_dir: str | os.PathLike) -> Resource:
-    """Return the Resource of a run's spans (service.name 'vllm'; OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES win)."""
+    """Return the Resource of a run's spans (service.name: the engine, e.g. 'vllm'; OTEL_SERVICE_NAME,
+    OTEL_RESOURCE_ATTRIBUTES win)."""
     manifest = _read_manifest(Path(run_dir))
     facts = read_engine_facts(run_dir)
     attributes: dict[str, Any] = {
-        "service.name": GEN_AI_PROVIDER,
+        "service.name": engine_name(manifest, facts),
         "servescope.run_id": run_id_of(run_dir),
         "servescope.version": __version__,
     }
@@ -228,14 +237,14 @@ def _metric(metrics: Any, name: str, i: int) -> Any:
 
 
 def _request_attributes(metrics: Any, i: int, rid: str, lifecycle: list[tuple], model: str | None,
-                        include_request_ids: bool) -> dict:
+                        include_request_ids: bool, provider: str = GEN_AI_PROVIDER) -> dict:
     """The GenAI and servescope attributes of request i (its ids only when include_request_ids)."""
     max_tokens = next((row[3] for row in lifecycle if row[3] is not None), None)
     finish_reason = _text(_metric(metrics, "finish_reason", i))
     attributes: dict[str, Any] = {
         "gen_ai.operation.name": GEN_AI_OPERATION,
-        "gen_ai.provider.name": GEN_AI_PROVIDER,
-        "gen_ai.system": GEN_AI_PROVIDER,  # deprecated for gen_ai.provider.name; older backends key on it
+        "gen_ai.provider.name": provider,
+        "gen_ai.system": provider,  # deprecated for gen_ai.provider.name; older backends key on it
     }
     if include_request_ids:
         response_id = next((row[5] for row in lifecycle if row[1] == RequestEvent.ARRIVAL and row[5]), None) or rid
@@ -282,8 +291,10 @@ def request_span_keys(metrics: Any, include_request_ids: bool) -> dict[str, str]
 
 
 def request_spans(run, metrics, *, run_id: str, offset_ns: int, resource: Resource,
-                  model: str | None, include_request_ids: bool = False) -> Iterator[ReadableSpan]:
-    """Yield one SERVER span per request of compute_request_metrics(run), with its lifecycle as events."""
+                  model: str | None, include_request_ids: bool = False,
+                  provider: str = GEN_AI_PROVIDER) -> Iterator[ReadableSpan]:
+    """Yield one SERVER span per request of compute_request_metrics(run), with its lifecycle as events
+    (provider: the engine, gen_ai.provider.name)."""
     rows = _request_rows(run.request_events)
     keys = request_span_keys(metrics, include_request_ids)
     name = f"{GEN_AI_OPERATION} {model}" if model else GEN_AI_OPERATION
@@ -301,7 +312,7 @@ def request_spans(run, metrics, *, run_id: str, offset_ns: int, resource: Resour
         end = next((times[k] for k in ("finished_ns", "last_token_ns") if times[k] is not None), None)
         end = max(start, end if end is not None else max([start] + [row[0] for row in lifecycle]))
 
-        attributes = _request_attributes(metrics, i, rid, lifecycle, model, include_request_ids)
+        attributes = _request_attributes(metrics, i, rid, lifecycle, model, include_request_ids, provider)
         status = Status(StatusCode.UNSET)
         if "error.type" in attributes:
             status = Status(StatusCode.ERROR, f"request finished with reason '{attributes['error.type']}'")
@@ -471,12 +482,13 @@ def iter_run_spans(run_dir: str | os.PathLike, *, max_links_per_step: int = DEFA
     run = load_run(run_dir, strict=strict)
     report_warnings(run.warnings, warnings)
     manifest = getattr(run, "manifest", None) or _read_manifest(run_dir)
-    model = model_name(manifest, read_engine_facts(run_dir))
+    facts = read_engine_facts(run_dir)
+    model = model_name(manifest, facts)
     metrics = compute_request_metrics(run)
     keys = request_span_keys(metrics, include_request_ids)
     return itertools.chain(
         request_spans(run, metrics, run_id=run_id, offset_ns=offset, resource=resource, model=model,
-                      include_request_ids=include_request_ids),
+                      include_request_ids=include_request_ids, provider=engine_name(manifest, facts)),
         step_spans(run, run_id=run_id, offset_ns=offset, resource=resource, request_keys=keys,
                    max_links_per_step=max_links_per_step),
     )

@@ -2,8 +2,9 @@
 
 ``observe_before(where, record)`` runs ``record(rec, instance, args, kwargs)`` before the call,
 ``observe_after(where, record)`` runs ``record(rec, instance, result, args, kwargs)`` after it. Both
-record only while instrumentation is on; an exception in ``record`` is counted with
-``rec.error(where, ...)``, never raised into the engine.
+record only while ``active()`` returns a recorder (default: vLLM's switch, ``patches.switch``; each
+engine may pass its own); an exception in ``record`` is counted with ``rec.error(where, ...)``, never
+raised into the engine.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ from typing import Callable
 from servescope.patches.switch import active_recorder
 
 
-def observe_before(where: str, record: Callable) -> Callable:
+def observe_before(where: str, record: Callable, active: Callable = active_recorder) -> Callable:
     """Return a wrapper that records before the call."""
 
     def wrapper(wrapped, instance, args, kwargs):
-        rec = active_recorder()
+        rec = active()
         if rec is not None:
             try:
                 record(rec, instance, args, kwargs)
@@ -28,12 +29,12 @@ def observe_before(where: str, record: Callable) -> Callable:
     return wrapper
 
 
-def observe_after(where: str, record: Callable) -> Callable:
+def observe_after(where: str, record: Callable, active: Callable = active_recorder) -> Callable:
     """Return a wrapper that records after the call returned."""
 
     def wrapper(wrapped, instance, args, kwargs):
         result = wrapped(*args, **kwargs)
-        rec = active_recorder()
+        rec = active()
         if rec is not None:
             try:
                 record(rec, instance, result, args, kwargs)

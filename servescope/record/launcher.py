@@ -2,7 +2,9 @@
 
 The command inherits the run's configuration (run.config: SERVESCOPE_RUN_DIR and
 SERVESCOPE_CONFIG); vLLM loads servescope's plugin in each of its processes, which then record
-into RUN's spool. The command runs in a process group of its own: SIGINT / SIGTERM sent to
+into RUN's spool. Engines without a plugin entry point (transformers' continuous batching) are
+reached through ``servescope/patches/autoload/sitecustomize.py``, which the command finds first on
+PYTHONPATH: every Python process it starts arms them, to be patched if and when it imports one. The command runs in a process group of its own: SIGINT / SIGTERM sent to
 `servescope run` are passed on to the whole group (as a terminal's Ctrl-C would be); a second
 signal is passed on again, a third kills the group. Whatever way the command ends, its processes'
 records are in their spools; when it has ended (and its engine processes too, or after a grace
@@ -27,12 +29,16 @@ from servescope.run.spool import group_segments, segments
 
 PLUGIN_NAME = "servescope"
 ENGINE_EXIT_GRACE_S = 10.0  # how long the engine's processes may outlive the command before compaction
+# the directory holding servescope's sitecustomize (a path only: the launcher imports nothing above its layer)
+AUTOLOAD_DIR = Path(__file__).resolve().parents[1] / "patches" / "autoload"
 
 
 def child_environment(config: Config, base: dict[str, str] | None = None) -> dict[str, str]:
     """Return the environment that makes engine processes record with this configuration."""
     env = dict(os.environ if base is None else base)
     env.update(config.environment())
+    path = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(AUTOLOAD_DIR)]
+    env["PYTHONPATH"] = os.pathsep.join([str(AUTOLOAD_DIR), *path])
     allowed = env.get("VLLM_PLUGINS")
     if allowed is not None and PLUGIN_NAME not in allowed.split(","):
         env["VLLM_PLUGINS"] = ",".join([p for p in allowed.split(",") if p] + [PLUGIN_NAME])

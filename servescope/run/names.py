@@ -72,13 +72,17 @@ class Region:
     SAMPLE = "sample"  # the sampler (or rejection sampler under speculation)
     DRAFT = "draft"  # the speculative proposer
     BOOKKEEP = "bookkeep"  # Model Runner V1's bookkeeping (holds the host's wait for the GPU)
-    ALL = (EXECUTE_MODEL, FORWARD, FORWARD_GPU, SAMPLE_TOKENS, SAMPLE, DRAFT, BOOKKEEP)
+    PREPARE_INPUTS = "prepare_inputs"  # building a batch's input tensors on the host (transformers; host time only)
+    ALL = (EXECUTE_MODEL, FORWARD, FORWARD_GPU, SAMPLE_TOKENS, SAMPLE, DRAFT, BOOKKEEP, PREPARE_INPUTS)
 
 
 class FinishReason:
-    """Finish reasons written on 'finished' events beside the engine's own (stop, length, abort)."""
+    """Finish reasons written on 'finished' events (vLLM writes its own: stop, length, abort)."""
 
-    ABORT = "abort"
+    STOP = "stop"  # an end-of-sequence token
+    LENGTH = "length"  # max_tokens reached
+    ABORT = "abort"  # cancelled by the caller
+    ERROR = "error"  # the engine failed the request
 
 
 class Observer:

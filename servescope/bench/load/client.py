@@ -147,10 +147,11 @@ class StreamingClient:
 
     def __init__(self, base_url: str, model: str, *, recorder: Recorder | None = None,
                  request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S, extra_body: dict | None = None,
-                 api: str = API_VLLM):
+                 api: str = API_VLLM, text_prompts: bool = False):
         if api not in APIS:
             raise ValueError(f"api is one of {', '.join(APIS)}, not {api!r}")
         self.api = api
+        self.text_prompts = text_prompts  # vLLM too gets each prompt as text (both engines tokenize alike)
         self.base_url = base_url_of(base_url)
         self.url = self.base_url + COMPLETIONS_PATH
         self.model = model
@@ -171,14 +172,17 @@ class StreamingClient:
             self._session = None
 
     def payload(self, request: CompletionRequest) -> dict:
-        """Return the JSON body of one streamed completion request (token ids and vLLM's fields, or api 'openai')."""
+        """Return the JSON body of one streamed completion request (token ids and vLLM's fields, or api 'openai';
+        text_prompts: the prompt as the synthetic tokenizer's text of its ids with vLLM's fields too)."""
+        text = request.prompt_text
+        if text is None and (self.api == API_OPENAI or self.text_prompts):
+            text = ids_to_text(request.prompt_token_ids)
         if self.api == API_OPENAI:
-            prompt = request.prompt_text if request.prompt_text is not None else ids_to_text(request.prompt_token_ids)
-            return {"model": self.model, "prompt": prompt, "max_tokens": request.max_tokens, "stream": True,
+            return {"model": self.model, "prompt": text, "max_tokens": request.max_tokens, "stream": True,
                     "stream_options": {"include_usage": True}, **self.extra_body}
         return {
             "model": self.model,
-            "prompt": request.prompt_token_ids if request.prompt_text is None else request.prompt_text,
+            "prompt": request.prompt_token_ids if text is None else text,
             "max_tokens": request.max_tokens,
             "stream": True,
             "ignore_eos": True,

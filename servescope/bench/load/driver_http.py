@@ -215,12 +215,13 @@ async def drive_http(endpoint: str, plan: LoadPlan, run_dir: str | os.PathLike, 
                      request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S, stats: LiveStats | None = None,
                      server_process: subprocess.Popen | None = None,
                      server_gone_after_s: float | None = SERVER_GONE_AFTER_S,
-                     api: str = API_VLLM, extra_body: dict | None = None) -> list[RequestResult]:
+                     api: str = API_VLLM, extra_body: dict | None = None,
+                     text_prompts: bool = False) -> list[RequestResult]:
     """Run the plan against an OpenAI-compatible endpoint, recording the client tables into run_dir.
 
     Stops with ServerGoneError when the server is gone (server_watch.py; server_process: the
-    server servescope started, if any; server_gone_after_s None: never stop early). api and
-    extra_body: what the client sends (StreamingClient: vLLM's fields, or the standard ones only).
+    server servescope started, if any; server_gone_after_s None: never stop early). api, extra_body
+    and text_prompts: what the client sends (StreamingClient: vLLM's fields, or the standard ones only).
     """
     base_url = base_url_of(endpoint)
     if model is None:
@@ -229,5 +230,5 @@ async def drive_http(endpoint: str, plan: LoadPlan, run_dir: str | os.PathLike, 
     watch = None if server_gone_after_s is None else ServerWatch(base_url, server_process,
                                                                   gone_after_s=server_gone_after_s)
     async with StreamingClient(base_url, model, recorder=recorder, request_timeout_s=request_timeout_s,
-                               api=api, extra_body=extra_body) as client:
+                               api=api, extra_body=extra_body, text_prompts=text_prompts) as client:
         return await run_load(plan, client.complete, stats, watch)

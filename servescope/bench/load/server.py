@@ -238,12 +238,21 @@ def external_ids_recorded(server_run: str | os.PathLike, external_ids: set[str])
     return len(arrivals), len(set(finished.column("request_id").to_pylist()))
 
 
-def wait_for_engine_records(server_run: str | os.PathLike, external_ids: set[str], timeout_s: float = 15.0) -> int:
-    """Wait until every external id has arrival and finished events in server_run; return how many do."""
+def external_ids_of(client_request_ids) -> set[str]:
+    """Return the ids an engine's front end records as the arrival 'detail' of these client requests, in every
+    engine's spelling: vLLM's 'cmpl-<id>-0', transformers serve's '<id>' (the X-Request-Id header)."""
+    return {spelling for cid in client_request_ids for spelling in (f"cmpl-{cid}-0", cid)}
+
+
+def wait_for_engine_records(server_run: str | os.PathLike, external_ids: set[str], timeout_s: float = 15.0,
+                            expected: int | None = None) -> int:
+    """Wait until expected requests (default: one per external id) of these external ids have arrival and
+    finished events in server_run; return how many do."""
+    expected = len(external_ids) if expected is None else expected
     deadline = time.monotonic() + timeout_s
     while True:
         arrived, finished = external_ids_recorded(server_run, external_ids)
-        if finished >= len(external_ids) or time.monotonic() >= deadline:
+        if finished >= expected or time.monotonic() >= deadline:
             return finished
         time.sleep(0.5)
 

@@ -7,32 +7,14 @@ and platform overrides), never the arguments the user passed.
 from __future__ import annotations
 
 import os
-import platform
 from pathlib import Path
 from typing import Any
 
+from servescope.patches.facts import get_path as _get
+from servescope.patches.facts import hf_model_facts, host_facts
+from servescope.patches.facts import plain as _plain
 from servescope.record.recorder import _role
 from servescope.run.directory import write_json
-
-
-def _get(obj: Any, path: str) -> Any:
-    for part in path.split("."):
-        if obj is None:
-            return None
-        obj = getattr(obj, part, None)
-    return obj
-
-
-def _plain(value: Any) -> Any:
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if hasattr(value, "name") and hasattr(value, "value"):  # enums
-        return value.name
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    return str(value)
 
 
 ENGINE_PARAMETERS = {
@@ -88,71 +70,7 @@ def model_facts(vllm_config: Any) -> dict[str, Any]:
     """Return the model's architecture facts: layers, widths, heads, attention type, MoE, size."""
     model_config = _get(vllm_config, "model_config")
     hf = _get(model_config, "hf_text_config") or _get(model_config, "hf_config")
-    heads = _get(hf, "num_attention_heads")
-    kv_heads = _get(hf, "num_key_value_heads") or heads
-    use_mla = bool(_get(model_config, "use_mla"))
-    experts = _get(hf, "num_local_experts") or _get(hf, "num_experts") or _get(hf, "n_routed_experts") or 0
-    if use_mla:
-        attention = "MLA"
-    elif heads is None:
-        attention = None
-    else:
-        attention = "MHA" if kv_heads == heads else ("MQA" if kv_heads == 1 else "GQA")
-    facts = {
-        "path": _plain(_get(model_config, "model")),
-        "architecture": _plain((_get(hf, "architectures") or [None])[0]),
-        "model_type": _plain(_get(hf, "model_type")),
-        "num_layers": _get(hf, "num_hidden_layers"),
-        "hidden_size": _get(hf, "hidden_size"),
-        "intermediate_size": _get(hf, "intermediate_size"),
-        "num_attention_heads": heads,
-        "num_kv_heads": kv_heads,
-        "attention": attention,
-        "moe": bool(experts),
-        "num_experts": experts or None,
-        "num_experts_per_token": _get(hf, "num_experts_per_tok"),
-        "vocab_size": _get(hf, "vocab_size"),
-        "num_parameters": estimate_parameters(hf),
-    }
-    return {k: _plain(v) for k, v in facts.items()}
-
-
-def estimate_parameters(hf: Any) -> int | None:
-    """Return the parameter count of a decoder-only transformer from its config (dense or MoE)."""
-    try:
-        h, layers, vocab = hf.hidden_size, hf.num_hidden_layers, hf.vocab_size
-        heads = hf.num_attention_heads
-        kv = getattr(hf, "num_key_value_heads", None) or heads
-        head_dim = getattr(hf, "head_dim", None) or h // heads
-        attn = h * heads * head_dim * 2 + h * kv * head_dim * 2
-        experts = getattr(hf, "num_local_experts", None) or getattr(hf, "num_experts", None) or 1
-        inter = getattr(hf, "moe_intermediate_size", None) if experts > 1 else None
-        inter = inter or hf.intermediate_size
-        mlp = 3 * h * inter * experts + (h * experts if experts > 1 else 0)
-        embed = vocab * h * (1 if getattr(hf, "tie_word_embeddings", False) else 2)
-        return int(layers * (attn + mlp + 2 * h) + embed + h)
-    except Exception:
-        return None
-
-
-def host_facts() -> dict[str, Any]:
-    """Return this host's facts: OS, CPU count, Python, torch and GPU names when present."""
-    facts: dict[str, Any] = {
-        "hostname": platform.node(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-    }
-    try:
-        import torch
-
-        facts["torch"] = torch.__version__
-        if torch.cuda.is_available():
-            facts["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-            facts["cuda"] = torch.version.cuda
-    except Exception:
-        pass
-    return facts
+    return hf_model_facts(hf, _plain(_get(model_config, "model")), bool(_get(model_config, "use_mla")))
 
 
 def write_engine_facts(run_dir: str | os.PathLike, vllm_config: Any, extra: dict | None = None) -> None:

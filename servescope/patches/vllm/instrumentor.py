@@ -1,13 +1,14 @@
 """Turn servescope on and off for vLLM in this process (and, through the environment, its children).
 
-``instrument(config)`` is idempotent: it opens this process's recorder, exports the configuration
-(``Config.environment()``) so that every process vLLM starts records with the same options (vLLM
-loads the ``vllm.general_plugins`` entry point in each of them), checks the vLLM version and
-applies the patches of the recorded parts. ``uninstrument()`` removes every patch and module
-hook, resolves the GPU regions in flight, closes the recorder (its spool marked closed), resets
-every hook's state (a later instrument() starts again from step 0 and writes the engine facts
-again) and leaves vLLM exactly as it was. On a vLLM outside the supported range nothing is
-patched, a warning says why, and vLLM runs untouched.
+``instrument(config)`` is idempotent: it checks the vLLM version, opens this process's recorder and
+applies the patches of the recorded parts. The configuration reaches every process vLLM starts
+through the environment (``servescope.patches.engines.instrument`` exports it; vLLM loads the
+``vllm.general_plugins`` entry point in each process, which calls ``instrument`` there).
+``remove_patches()`` removes every patch and module hook, resolves the GPU regions in flight and
+resets every hook's state (a later instrument() starts again from step 0 and writes the engine
+facts again); ``uninstrument()`` also closes the recorder (its spool marked closed), leaving vLLM
+exactly as it was. On a vLLM outside the supported range nothing is patched, a warning says why,
+and vLLM runs untouched.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import os
 
 from servescope.patches.patch import PatchSet
 from servescope.patches.switch import PARTS, set_enabled
+from servescope.patches.versions import in_supported_range
 from servescope.patches.vllm import engine_core_hooks, frontend_hooks, worker_hooks
 from servescope.record.recorder import close_recorder, open_recorder
-from servescope.run.config import CONFIG_ENV, RUN_DIR_ENV, Config
+from servescope.run.config import Config
 
 logger = logging.getLogger("servescope")
 
@@ -27,7 +29,6 @@ SUPPORTED_VERSIONS = ((0, 26), (0, 32))  # inclusive, major.minor
 
 _patch_set: PatchSet | None = None
 _config: Config | None = None
-_exported_env: dict[str, str | None] = {}
 
 
 def current_config() -> Config | None:
@@ -52,14 +53,7 @@ def vllm_version() -> str | None:
 
 def version_supported(version: str | None) -> bool:
     """Return True if this vLLM version is in the supported range."""
-    if version is None:
-        return False
-    try:
-        major, minor = (int(x) for x in version.split(".")[:2])
-    except ValueError:
-        return False
-    lo, hi = SUPPORTED_VERSIONS
-    return lo <= (major, minor) <= hi
+    return in_supported_range(version, SUPPORTED_VERSIONS)
 
 
 def instrument(config: Config) -> PatchSet | None:
@@ -72,7 +66,6 @@ def instrument(config: Config) -> PatchSet | None:
             "servescope: vLLM %s is outside the supported range %d.%d-%d.%d; nothing patched, vLLM runs "
             "untraced (set SERVESCOPE_FORCE_UNSUPPORTED_VLLM=1 to try anyway)", version, *lo, *hi)
         return None
-    _export(config)
     os.makedirs(config.run_dir, exist_ok=True)
     recorder = open_recorder(config)
     _config = config
@@ -106,8 +99,9 @@ def patch_runners() -> None:
             _patch_set.apply(patch)
 
 
-def uninstrument() -> None:
-    """Remove every patch and hook in this process, close the recorder and reset all hook state."""
+def remove_patches() -> None:
+    """Remove every vLLM patch and module hook in this process, resolve the GPU regions in flight and reset all
+    hook state; the recorder stays open (other engines of the process may share it)."""
     global _patch_set, _config
     set_enabled(False)
     worker_hooks.WORKER.close()
@@ -118,21 +112,9 @@ def uninstrument() -> None:
         _patch_set = None
     PARTS.set(())
     _config = None
-    _restore_env()
+
+
+def uninstrument() -> None:
+    """Remove every vLLM patch and hook in this process and close the recorder."""
+    remove_patches()
     close_recorder()
-
-
-def _export(config: Config) -> None:
-    for key, value in config.environment().items():
-        if key not in _exported_env:
-            _exported_env[key] = os.environ.get(key)
-        os.environ[key] = value
-
-
-def _restore_env() -> None:
-    for key in (RUN_DIR_ENV, CONFIG_ENV):
-        previous = _exported_env.pop(key, None)
-        if previous is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = previous
