@@ -81,11 +81,14 @@ def analyze_run(run_dir: str | os.PathLike, *, tbt_slo_s: float | None = None,
     if (ttft_slo_s is not None or prefill_model is not None) and tbt_slo_s is None:
         raise ValueError("a TTFT deadline or prefill model is part of the fluidity index: give tbt_slo_s too")
     from servescope.analysis.iterations import iteration_summary, speculative_summary
+    from servescope.analysis.speculative_steps import speculative_step_summary
 
     run = load_run(run_dir)
     metrics = compute_request_metrics(run)
     info = run_info(run, metrics)
     iterations, speculative = iteration_summary(run), speculative_summary(run)
+    if speculative is not None:
+        speculative["steps"] = speculative_step_summary(run)
     del run  # the tables: metrics hold everything needed from here on
     release_unused_memory()
     fluidity = None
@@ -225,6 +228,7 @@ def summary_text(result: dict) -> str:
                       f"{spec['accepted_tokens']} accepted (rate {spec['acceptance_rate']:.3f}, mean acceptance "
                       f"length {spec['mean_acceptance_length']:.2f} incl. bonus); per position "
                       + ", ".join(f"{p:.2f}" for p in spec["acceptance_per_position"])]
+        lines += _speculative_step_lines(spec.get("steps"))
     conventions = result["conventions"]
     lines += [
         "",
@@ -238,6 +242,19 @@ def summary_text(result: dict) -> str:
         lines.append(f"  {run['arrival_from_queue']} requests have no front-end arrival: "
                      "their arrival is the scheduler's 'queued' event.")
     return "\n".join(lines)
+
+
+def _speculative_step_lines(steps: dict | None) -> list[str]:
+    """Return one line per part of a decode-only verify step: P50 host and GPU ms (speculative_steps.py)."""
+    if not steps:
+        return []
+    parts = steps["verify_steps_only"]
+    lines = [f"  per verify step ({steps['steps']['verify']} steps), P50 ms host / GPU:"]
+    for part in ("verify_forward", "rejection_sample", "draft", "draft_prefill", "draft_decode"):
+        host, gpu = parts["host_ms"][part], parts["gpu_ms"][part]
+        if host["count"]:
+            lines.append(f"    {part:<16} {_number(host['p50'], 1.0):>8} / {_number(gpu['p50'], 1.0)}")
+    return lines
 
 
 def _iteration_lines(iterations: dict) -> list[str]:
