@@ -74,9 +74,10 @@ def test_each_step_gets_its_verify_forward_rejection_and_draft_parts(tmp_path):
 
 def test_the_summary_counts_steps_and_flags_the_missing_rejection_region(tmp_path):
     s = speculative_step_summary(load_run(build(tmp_path)))
-    assert s["steps"] == {"verify": 3, "verify_with_prefill": 1, "plain": 2, "with_draft": 4}
+    assert s["steps"] == {"verify": 3, "verify_with_prefill": 1, "plain": 2, "with_draft": 4,
+                          "plain_with_rejection_sample": 0}
     assert s["missing"] == {"verify_steps_without_forward": 0, "verify_steps_without_rejection_sample": 1,
-                            "plain_steps_with_rejection_sample": 0, "draft_decode_without_draft": 0}
+                            "draft_decode_without_draft": 0}
     assert s["gpu_ms"]["rejection_sample"]["count"] == 3
     assert s["gpu_ms"]["rejection_sample"]["mean"] == pytest.approx((0.4 + 0.3 + 0.5) / 3)
     assert s["gpu_ms"]["draft_prefill"]["mean"] == pytest.approx((0.7 + 0.5 + 0.6 + 1.0) / 4)

@@ -105,7 +105,8 @@ def speculative_step_summary(run: Any) -> dict | None:
     the draft's share of the step's GPU time and counts of steps missing a part; None without drafts.
 
     run: a RunData (steps, worker_regions). Steps are counted as "verify" (drafted tokens,
-    decode only), "verify_with_prefill" (drafted tokens beside prompt tokens) and "plain".
+    decode only), "verify_with_prefill" (drafted tokens beside prompt tokens) and "plain"; "missing"
+    counts verify steps without a forward or rejection_sample row and draft_decode rows without draft.
     """
     if run.steps.num_rows == 0:
         return None
@@ -117,7 +118,9 @@ def speculative_step_summary(run: Any) -> dict | None:
     pure = verify & ~prefill
     out: dict[str, Any] = {
         "steps": {"verify": int(pure.sum()), "verify_with_prefill": int((verify & prefill).sum()),
-                  "plain": int((~verify).sum()), "with_draft": int((~np.isnan(host["draft"])).sum())},
+                  "plain": int((~verify).sum()), "with_draft": int((~np.isnan(host["draft"])).sum()),
+                  # Model Runner V1 of vLLM 0.32 runs the rejection sampler over zero drafts too
+                  "plain_with_rejection_sample": int((~verify & ~np.isnan(host["rejection_sample"])).sum())},
         "host_ms": {part: summarize(host[part]) for part in PARTS},
         "gpu_ms": {part: summarize(gpu[part]) for part in PARTS},
         "verify_steps_only": {  # decode-only verify steps: the steady state of a speculative decode
@@ -130,7 +133,6 @@ def speculative_step_summary(run: Any) -> dict | None:
     out["missing"] = {
         "verify_steps_without_forward": int((verify & np.isnan(host["verify_forward"])).sum()),
         "verify_steps_without_rejection_sample": int((verify & np.isnan(host["rejection_sample"])).sum()),
-        "plain_steps_with_rejection_sample": int((~verify & ~np.isnan(host["rejection_sample"])).sum()),
         "draft_decode_without_draft": int((np.isnan(host["draft"]) & ~np.isnan(host["draft_decode"])).sum()),
     }
     return out
