@@ -15,7 +15,8 @@ rejection-sampling host and GPU time per step, acceptance from servescope's reco
 caller's deliveries and from vLLM's own counters, per-batch wall times, the machine, and the
 checks below. It exits 1, naming each failed check, when one fails: a region that should have
 been recorded and was not, GPU times missing on CUDA, the two acceptance observers disagreeing,
-or the synthetic acceptance length off the configured one by more than 4 standard errors.
+or the synthetic acceptance length off what the configured schedule gives by more than 4 standard
+errors.
 ``grid`` sets every configuration against the autoregressive baseline of the same lease.
 
 Configuration names: ``ar`` (no speculation); ``eagle3-k<K>[-a<L>]`` (EAGLE-3 head ``--head``,
@@ -39,7 +40,7 @@ import numpy as np
 
 CONFIG_NAME = re.compile(r"(?P<method>ar|eagle3|mtp|ngram)(?:-k(?P<k>\d+))?(?:-a(?P<length>\d+(?:\.\d+)?))?")
 WARMUP, MEASURED = "warmup", "measured"
-ACCEPTANCE_TOLERANCE_SE = 4  # synthetic acceptance: |mean length - L| <= 4 standard errors of the sampler's schedule
+ACCEPTANCE_TOLERANCE_SE = 4  # synthetic acceptance: |mean length - expected| <= 4 standard errors of the schedule
 
 
 def parse_config(name: str) -> dict:
@@ -232,25 +233,47 @@ def checks(result: dict, run, model_runner: str | None) -> dict[str, str | None]
         out["accepted tokens equal vLLM's counter"] = None if ours["accepted_tokens"] == theirs else \
             f"servescope {ours['accepted_tokens']}, vLLM {theirs}"
     if c["length"] is not None and ours is not None:
+        rows = [r for r in run.token_emissions.to_pylist() if r["num_draft_tokens"]]
         out["synthetic acceptance length as configured"] = acceptance_length_check(
-            ours["mean_acceptance_length"], ours["drafts"], c["length"])
+            np.array([r["num_draft_tokens"] for r in rows]), np.array([r["num_accepted_tokens"] for r in rows]),
+            c["length"], c["k"])
     return out
 
 
-def acceptance_length_check(observed: float, drafts: int, length: float) -> str | None:
-    """Return None when the mean acceptance length is within 4 standard errors of L, else why not.
+def synthetic_rates(length: float, k: int) -> list[float]:
+    """Return vLLM's unconditional per-position acceptance rates for mean acceptance length L and k drafts.
 
-    vLLM's synthetic sampler with a mean length L accepts floor(L - 1) drafts surely and one more
-    with probability f = frac(L - 1) (the minimum-variance schedule): one draft's accepted count
-    has variance f (1 - f), so the mean over n drafts has standard error sqrt(f (1 - f) / n). An
-    integral L has no variance: then the mean must equal L to 1e-9.
+    The minimum-variance schedule of vLLM 0.26's ``SpeculativeConfig._acceptance_length_to_rates``:
+    floor(L - 1) positions always accepted, the next one with probability frac(L - 1), none after.
     """
-    f = (length - 1) % 1
-    se = math.sqrt(f * (1 - f) / max(drafts, 1))
-    bound = max(ACCEPTANCE_TOLERANCE_SE * se, 1e-9)
-    if abs(observed - length) <= bound:
+    drafts = length - 1
+    full = int(drafts)
+    return ([1.0] * full + [drafts - full] + [0.0] * (k - full - 1))[:k]
+
+
+def acceptance_length_check(drafted: np.ndarray, accepted: np.ndarray, length: float, k: int) -> str | None:
+    """Return None when the mean acceptance length over these drafts is within 4 standard errors of what
+    the synthetic sampler's schedule gives for their draft counts, else why not.
+
+    A draft of d tokens accepts a prefix: with unconditional rates r (r_p = P(the first p + 1 are
+    accepted)), its accepted count has mean sum_{p<d} r_p and variance sum_{p<d} r_p +
+    2 sum_{p<q<d} r_q - (sum_{p<d} r_p)^2. The expectation uses each draft's own d, so drafts cut short
+    (a token budget) do not bias it; the tolerance comes from the schedule, not from the data.
+    """
+    rates = np.array(synthetic_rates(length, k))
+    d = np.minimum(np.asarray(drafted, dtype=np.int64), k)
+    cum = np.concatenate([[0.0], np.cumsum(rates)])  # cum[d] = sum_{p<d} r_p
+    pairs = np.concatenate([[0.0], np.cumsum(rates * np.arange(k))])  # sum_{q<d} q r_q = sum_{p<q<d} r_q
+    mean = cum[d]
+    variance = cum[d] + 2 * pairs[d] - mean ** 2
+    n = max(d.size, 1)
+    expected = 1 + mean.sum() / n
+    bound = max(ACCEPTANCE_TOLERANCE_SE * math.sqrt(max(variance.sum(), 0.0)) / n, 1e-9)
+    observed = 1 + float(np.asarray(accepted).sum()) / n
+    if abs(observed - expected) <= bound:
         return None
-    return f"mean acceptance length {observed:.4f} over {drafts} drafts, configured {length} (+-{bound:.4f})"
+    return (f"mean acceptance length {observed:.4f} over {d.size} drafts, the schedule of L = {length} gives "
+            f"{expected:.4f} +- {bound:.4f}")
 
 
 # ---- grid: every configuration against the same lease's baseline ----------------------------------
