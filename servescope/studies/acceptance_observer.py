@@ -199,3 +199,22 @@ def served_comparison(client_chunks: Iterable[dict], emissions: Iterable[dict], 
             "requests_agreeing": sum(1 for r in per_request.values() if r["agree"]),
             "requests_with_merged_chunks": sum(1 for r in per_request.values() if r["merged_chunks"]),
             "agree": all(r["agree"] for r in per_request.values()), "per_request": per_request}
+
+
+def served_acceptance(server_run_dir, client_run_dirs) -> dict | None:
+    """Return served_comparison (without per-request detail) of the client runs against the server's
+    records, or None when the server verified no draft (no speculation)."""
+    from servescope.bench.load.client import engine_request_ids
+    from servescope.run.directory import read_table
+
+    emissions = read_table(server_run_dir, "token_emissions").to_pylist()
+    k = max((r["num_draft_tokens"] or 0 for r in emissions), default=0)
+    if k == 0:
+        return None
+    chunks, ids = [], {}
+    for run in client_run_dirs:
+        chunks += read_table(run, "client_chunks").to_pylist()
+        ids.update(engine_request_ids(run, server_run_dir))
+    result = served_comparison(chunks, emissions, ids, k)
+    mismatched = {cid: r["mismatches"] for cid, r in result.pop("per_request").items() if r["mismatches"]}
+    return {**result, "num_speculative_tokens": k, "mismatches": dict(list(mismatched.items())[:20])}
