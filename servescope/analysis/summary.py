@@ -119,6 +119,7 @@ def analyze_run(run_dir: str | os.PathLike, *, tbt_slo_s: float | None = None,
     if (ttft_slo_s is not None or prefill_model is not None) and tbt_slo_s is None:
         raise ValueError("a TTFT deadline or prefill model is part of the fluidity index: give tbt_slo_s too")
     from servescope.analysis.iterations import iteration_summary, speculative_summary
+    from servescope.analysis.speculative_steps import speculative_step_summary
 
     run = load_run(run_dir, strict=strict)
     view = request_view(run, observer)
@@ -127,6 +128,8 @@ def analyze_run(run_dir: str | os.PathLike, *, tbt_slo_s: float | None = None,
     iterations, speculative = iteration_summary(run), speculative_summary(run)
     beside = (ClientBesideEngine(run, view.client, metrics)
               if view.source == Observer.ENGINE and view.client is not None else None)
+    if speculative is not None:
+        speculative["steps"] = speculative_step_summary(run)
     del run  # the tables: metrics hold everything needed from here on
     release_unused_memory()
     fluidity = None
@@ -328,6 +331,7 @@ def summary_text(result: dict) -> str:
                       f"{spec['accepted_tokens']} accepted (rate {spec['acceptance_rate']:.3f}, mean acceptance "
                       f"length {spec['mean_acceptance_length']:.2f} incl. bonus); per position "
                       + ", ".join(f"{p:.2f}" for p in spec["acceptance_per_position"])]
+        lines += _speculative_step_lines(spec.get("steps"))
     conventions = result["conventions"]
     lines += [
         "",
@@ -362,6 +366,19 @@ def _observer_lines(run: dict) -> list[str]:
     if run.get("excluded_requests"):
         lines.append(f"{run['excluded_requests']} requests did not end 'ok': listed with their status and error "
                      "(--json requests[]), left out of every distribution and of the throughput")
+    return lines
+
+
+def _speculative_step_lines(steps: dict | None) -> list[str]:
+    """Return one line per part of a decode-only verify step: P50 host and GPU ms (speculative_steps.py)."""
+    if not steps:
+        return []
+    parts = steps["verify_steps_only"]
+    lines = [f"  per verify step ({steps['steps']['verify']} steps), P50 ms host / GPU:"]
+    for part in ("verify_forward", "rejection_sample", "draft", "draft_prefill", "draft_decode"):
+        host, gpu = parts["host_ms"][part], parts["gpu_ms"][part]
+        if host["count"]:
+            lines.append(f"    {part:<16} {_number(host['p50'], 1.0):>8} / {_number(gpu['p50'], 1.0)}")
     return lines
 
 

@@ -138,7 +138,7 @@ def main(argv=None) -> None:
     if "on" in arms:
         import servescope
 
-        servescope.instrument(args.run_dir)
+        servescope.instrument(args.run_dir, engines=["vllm"])
         if arms[0] != "on":
             servescope.pause()
     from vllm import SamplingParams

@@ -70,10 +70,13 @@ class Region:
     FORWARD_GPU = "forward_gpu"  # the forward's GPU interval from globaltimer stamps (inside CUDA graphs)
     SAMPLE_TOKENS = "sample_tokens"  # the runner's sample_tokens (async scheduling's second half)
     SAMPLE = "sample"  # the sampler (or rejection sampler under speculation)
-    DRAFT = "draft"  # the speculative proposer
+    REJECTION_SAMPLE = "rejection_sample"  # the rejection sampler verifying a step's drafted tokens (inside sample)
+    DRAFT = "draft"  # the speculative proposer: all its forwards and draft sampling for one step
+    DRAFT_DECODE = "draft_decode"  # the proposer's drafts after the first (k - 1 one-token forwards; inside draft)
     BOOKKEEP = "bookkeep"  # Model Runner V1's bookkeeping (holds the host's wait for the GPU)
     PREPARE_INPUTS = "prepare_inputs"  # building a batch's input tensors on the host (transformers; host time only)
-    ALL = (EXECUTE_MODEL, FORWARD, FORWARD_GPU, SAMPLE_TOKENS, SAMPLE, DRAFT, BOOKKEEP, PREPARE_INPUTS)
+    ALL = (EXECUTE_MODEL, FORWARD, FORWARD_GPU, SAMPLE_TOKENS, SAMPLE, REJECTION_SAMPLE, DRAFT, DRAFT_DECODE,
+           BOOKKEEP, PREPARE_INPUTS)
 
 
 class FinishReason:

@@ -51,7 +51,7 @@ def main(argv=None) -> None:
 
     from servescope.studies.acceptance_observer import DeliveryObserver, by_engine_id, compare_deliveries
 
-    servescope.instrument(args.run_dir)
+    servescope.instrument(args.run_dir, engines=["vllm"])
     if args.method == "draft_model":
         spec = {"method": "draft_model", "model": args.draft, "num_speculative_tokens": args.k,
                 "rejection_sample_method": "synthetic", "synthetic_acceptance_length": args.acceptance_length}

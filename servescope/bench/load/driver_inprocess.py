@@ -167,7 +167,7 @@ async def instrumented_engine(engine_args: list[str], run_dir: str | os.PathLike
     import servescope
 
     run_dir = Path(run_dir).absolute()  # the path vLLM's plugin opens too: one recorder, not two
-    servescope.instrument(str(run_dir))
+    servescope.instrument(str(run_dir), engines=["vllm"])
     engine = build_async_llm(engine_args)
     recorder = open_recorder(run_dir)  # the recorder the front end records into, after vLLM loaded its plugins
     try:

@@ -19,7 +19,7 @@ import os
 from servescope.patches.patch import PatchSet
 from servescope.patches.switch import PARTS, set_enabled
 from servescope.patches.versions import in_supported_range
-from servescope.patches.vllm import engine_core_hooks, frontend_hooks, worker_hooks
+from servescope.patches.vllm import engine_core_hooks, frontend_hooks, spec_decode_hooks, worker_hooks
 from servescope.record.recorder import close_recorder, open_recorder
 from servescope.run.config import Config
 
@@ -94,7 +94,7 @@ def patch_runners() -> None:
     """Apply the model-runner patches of the recorded parts in this (worker) process."""
     if _patch_set is None or _config is None:
         return
-    for patch in worker_hooks.RUNNER_PATCHES:
+    for patch in (*worker_hooks.RUNNER_PATCHES, *spec_decode_hooks.RUNNER_PATCHES):
         if patch.part is None or patch.part in _config.parts:
             _patch_set.apply(patch)
 
