@@ -78,3 +78,20 @@ def test_one_untraced_and_one_traced_arm_on_the_cpu_engine(tmp_path, tiny_model_
     comparison = compare_arms([off, dict(off, index=2), on, dict(on, index=3)], goal=0.01)
     assert set(comparison["changes"]) >= {"output_tokens_per_s", "tbt_per_chunk_p50_s"}
     json.dumps(comparison)
+
+
+def test_the_second_engine_has_the_same_arms(tmp_path, tiny_model_dir):
+    """transformers' continuous batching: off = no servescope in any process, on = servescope run (reached through
+    its sitecustomize), the traced arm recording every token the script generated; throughput only."""
+    pytest.importorskip("transformers")
+    from engine_fixtures import engine_env
+
+    spec = UserPaysSpec(model=str(tiny_model_dir), engine="transformers", arms=2, num_requests=4, prompt_len=16,
+                        output_len=6, batches=2, warmup_batches=1, engine_args={"num_blocks": 64})
+    off = run_arm(spec, "off", 0, tmp_path, engine_env())
+    on = run_arm(spec, "on", 1, tmp_path, engine_env())
+    assert off["processes_that_imported_servescope"] == 0 and on["processes_that_imported_servescope"] >= 1
+    assert on["recording"]["complete"] and on["recording"]["tokens_recorded"] == 3 * 4 * 6
+    for arm in (off, on):
+        assert arm["output_tokens"] == 2 * 4 * 6 and arm["output_tokens_per_s"] > 0
+        assert arm["ttft_p50_s"] is None  # generate_batch shows the caller whole batches only

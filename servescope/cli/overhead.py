@@ -23,6 +23,8 @@ def overhead(
     model: Path = typer.Option(..., "--model", help="Model directory (servescope model init)."),
     out: Path = typer.Option(..., "--out", "-o", callback=output_dir,
                              help="Directory for overhead.json, the arms' logs and traced runs."),
+    engine: str = typer.Option("vllm", "--engine", callback=one_of("vllm", "transformers"),
+                               help="vllm, or transformers (continuous batching, offline load only: batch throughput)."),
     load: str = typer.Option("offline", "--load", callback=one_of("offline", "served"),
                              help="offline (batches through vllm.LLM) or served (AsyncLLM, Poisson arrivals)."),
     method: str = typer.Option("user", "--method", callback=one_of("user", "toggle"),
@@ -63,15 +65,18 @@ def overhead(
         return
     from servescope.overhead.user_pays import OverheadError, UserPaysSpec, run_user_pays
 
-    spec = UserPaysSpec(model=str(model.absolute()), load=load, arms=arms, order=order, seed=seed, parts=parts,
+    if engine == "transformers" and (load != "offline" or method != "user"):
+        raise CommandError("--engine transformers measures the offline load with --method user only")
+    spec = UserPaysSpec(model=str(model.absolute()), engine=engine, load=load, arms=arms, order=order, seed=seed, parts=parts,
                         engine_args=engine_args, num_requests=num_requests, prompt_len=prompt_len,
                         output_len=output_len, batches=batches, warmup_batches=warmup_batches, rate=rate,
                         warmup_requests=warmup_requests, goal=goal / 100.0)
 
     def progress(arm: dict) -> None:
+        tbt = arm.get("tbt_per_chunk_p50_s")
         typer.echo(f"servescope: arm {arm['index'] + 1}/{2 * arms} ({arm['arm']}): "
-                   f"{arm['output_tokens_per_s']:.1f} output tokens/s, TBT P50 "
-                   f"{1e3 * (arm['tbt_per_chunk_p50_s'] or 0):.3f} ms ({arm['elapsed_s']:.0f} s)", err=True)
+                   f"{arm['output_tokens_per_s']:.1f} output tokens/s"
+                   + (f", TBT P50 {1e3 * tbt:.3f} ms" if tbt else "") + f" ({arm['elapsed_s']:.0f} s)", err=True)
 
     try:
         report = run_user_pays(spec, out, on_arm=progress, summary_to=summary_to)

@@ -50,6 +50,7 @@ class UserPaysSpec:
     """What to measure: the model, the load and its shape, the arms and the recording parts."""
 
     model: str
+    engine: str = "vllm"  # vllm | transformers (offline only: generate_batch)
     load: str = "offline"  # offline | served
     arms: int = 4  # per side
     order: str = "balanced"
@@ -77,8 +78,11 @@ class UserPaysSpec:
                   "--output-len", str(self.output_len), "--engine-args", json.dumps(self.engine_args),
                   "--seed", str(self.seed)]
         if self.load == "offline":
-            return [sys.executable, str(SCRIPTS / "offline.py"), self.model, str(result_path), *common,
+            script = "offline.py" if self.engine == "vllm" else "transformers_offline.py"
+            return [sys.executable, str(SCRIPTS / script), self.model, str(result_path), *common,
                     "--batches", str(self.batches), "--warmup-batches", str(self.warmup_batches)]
+        if self.engine != "vllm":
+            raise ValueError(f"the served load runs vLLM's AsyncLLM; {self.engine}: offline only")
         if self.load == "served":
             return [sys.executable, str(SCRIPTS / "served.py"), self.model, str(result_path), *common,
                     "--rate", str(self.rate), "--warmup-requests", str(self.warmup_requests)]
@@ -172,7 +176,10 @@ def _percentiles(values, prefix: str) -> dict:
 
 
 def _latencies(requests: list[tuple[int, list[int]]]) -> dict:
-    """Return TTFT, TBT per chunk and e2e samples (s) from (sent_ns, chunk arrival ns) per request."""
+    """Return TTFT, TBT per chunk and e2e samples (s) from (sent_ns, chunk arrival ns) per request.
+
+    An engine whose caller sees only whole batches (transformers' generate_batch) gives no requests:
+    its latency percentiles are None and only throughput is compared."""
     ttft, tbt, e2e = [], [], []
     for sent, chunks in requests:
         if not chunks:

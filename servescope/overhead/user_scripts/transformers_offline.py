@@ -1,63 +1,88 @@
-"""A plain transformers continuous-batching offline script, as a user would write it (no servescope import).
+"""A plain transformers continuous-batching offline script, as a user writes one: no servescope import anywhere.
 
-The transformers counterpart of vLLM's offline user script: the same workload from the same
-environment variables (AB_REQUESTS prompts of AB_PROMPT random token ids, AB_OUTPUT tokens each,
-EOS off, sampling at temperature 1), generated BATCHES times with ``model.generate_batch``, and the
-same last line: ``BATCH_TIMES [s, ...]``, the wall time of each whole batch.
+`servescope overhead --engine transformers` runs this file by path, untraced and under `servescope run`
+(which reaches transformers through its sitecustomize), one fresh process per arm: the model built
+from MODEL's config (random weights, seed 0; its own weights when the directory has safetensors),
+warm-up batches, then measured batches of the same shape through ``model.generate_batch`` with a
+persistent manager. generate_batch returns when the whole batch is done, so only batch times are
+seen by the caller (no per-token times: the harness reports throughput only). Writes one JSON
+document to OUT like offline.py's.
 
-    python transformers_offline.py MODEL_DIR [BATCHES]
-
-MODEL_DIR's weights are loaded when it has some (``*.safetensors``), else the weights are random
-from its config.json (seed 0). On a GPU the continuous-batching config is transformers' own
-default (cache sized from free memory, CUDA graphs and async batching as transformers decides for
-the attention implementation); AB_ATTN picks the attention implementation (default sdpa) and
-AB_NUM_BLOCKS / AB_MAX_BATCH_TOKENS / AB_MAX_SEQS fix the cache size, the token budget and the
-requests per step (default on the CPU: 512 blocks, since transformers would otherwise size the
-cache from the host's free memory).
+usage: transformers_offline.py MODEL OUT [--batches 6] [--warmup-batches 1] [--num-requests 256]
+       [--prompt-len 512] [--output-len 128] [--engine-args JSON] [--seed 0]
+--engine-args: attn_implementation (default sdpa), num_blocks, max_batch_tokens, max_requests_per_batch
+(ContinuousBatchingConfig; on the CPU num_blocks defaults to 512, as transformers would otherwise size
+the cache from the host's free memory).
 """
 
+import argparse
 import json
-import os
 import random
 import sys
 import time
 
-import torch
-from transformers import AutoConfig, AutoModelForCausalLM, ContinuousBatchingConfig, GenerationConfig
 
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("out")
+    ap.add_argument("--batches", type=int, default=6)
+    ap.add_argument("--warmup-batches", type=int, default=1)
+    ap.add_argument("--num-requests", type=int, default=256)
+    ap.add_argument("--prompt-len", type=int, default=512)
+    ap.add_argument("--output-len", type=int, default=128)
+    ap.add_argument("--engine-args", default="{}")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    engine_args = json.loads(args.engine_args)
 
-def _int_env(name, default):
-    value = os.environ.get(name)
-    return int(value) if value else default
+    import os
 
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, ContinuousBatchingConfig, GenerationConfig
 
-if __name__ == "__main__":
-    model_dir, batches = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 4
+    started = time.perf_counter()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    attn = os.environ.get("AB_ATTN", "sdpa")
-    if any(name.endswith(".safetensors") for name in os.listdir(model_dir)):
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto", attn_implementation=attn,
+    attn = engine_args.get("attn_implementation", "sdpa")
+    if any(name.endswith(".safetensors") for name in os.listdir(args.model)):
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype="auto", attn_implementation=attn,
                                                      device_map=device)
     else:
         torch.manual_seed(0)
-        config = AutoConfig.from_pretrained(model_dir)
+        config = AutoConfig.from_pretrained(args.model)
         with torch.device(device):
             model = AutoModelForCausalLM.from_config(config, dtype=config.dtype, attn_implementation=attn)
-    n, plen, olen = (_int_env(k, d) for k, d in (("AB_REQUESTS", 256), ("AB_PROMPT", 512), ("AB_OUTPUT", 128)))
-    hi = min(30000, model.config.vocab_size)
-    rng = random.Random(0)
-    prompts = [[rng.randrange(min(1000, hi // 2), hi) for _ in range(plen)] for _ in range(n)]
-    generation = GenerationConfig(max_new_tokens=olen, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                                  eos_token_id=-1)
-    batching = ContinuousBatchingConfig(num_blocks=_int_env("AB_NUM_BLOCKS", None if device == "cuda" else 512),
-                                        max_batch_tokens=_int_env("AB_MAX_BATCH_TOKENS", None),
-                                        max_requests_per_batch=_int_env("AB_MAX_SEQS", None))
-    times = []
-    for i in range(batches):
-        t = time.perf_counter()
+    start_s = time.perf_counter() - started
+    vocab = min(30000, model.config.vocab_size)
+    rng = random.Random(args.seed)
+    generation = GenerationConfig(max_new_tokens=args.output_len, do_sample=True, temperature=1.0, top_k=0,
+                                  top_p=1.0, eos_token_id=-1)
+    batching = ContinuousBatchingConfig(
+        num_blocks=engine_args.get("num_blocks", None if device == "cuda" else 512),
+        max_batch_tokens=engine_args.get("max_batch_tokens"),
+        max_requests_per_batch=engine_args.get("max_requests_per_batch"))
+
+    def batch() -> dict:
+        prompts = [[rng.randrange(10, vocab - 1) for _ in range(args.prompt_len)] for _ in range(args.num_requests)]
+        t0 = time.monotonic_ns()
         outs = model.generate_batch(prompts, generation_config=generation, continuous_batching_config=batching,
                                     persistent_manager=True)
-        times.append(time.perf_counter() - t)
-        assert len(outs) == n and all(len(o.generated_tokens) == olen for o in outs.values())
+        wall_ns = time.monotonic_ns() - t0
+        return {"wall_ns": wall_ns, "output_tokens": sum(len(o.generated_tokens) for o in outs.values()),
+                "requests": [], "tokens_per_chunk": []}
+
+    for _ in range(args.warmup_batches):
+        batch()
+    measured = [batch() for _ in range(args.batches)]
     model.destroy_cached_continuous_batching_manager()
-    print("BATCH_TIMES", json.dumps(times))
+    expected = args.num_requests * args.output_len
+    bad = [i for i, b in enumerate(measured) if b["output_tokens"] != expected]
+    if bad:
+        sys.exit(f"transformers_offline.py: batches {bad} did not produce {expected} output tokens")
+    with open(args.out, "w") as f:
+        json.dump({"load": "offline", "engine": "transformers", "engine_start_s": start_s, "batches": measured,
+                   "servescope_in_this_process": any(m.split(".")[0] == "servescope" for m in sys.modules)}, f)
+
+
+if __name__ == "__main__":
+    main()
