@@ -153,8 +153,8 @@ def test_bench_stops_when_the_server_it_started_dies(tiny_model_dir, tmp_path):
         deadline = time.monotonic() + 600
         while server_group is None and time.monotonic() < deadline and bench.poll() is None:
             time.sleep(0.5)
-            if not any((out / "tables" / "client_requests").glob("*.parquet")):
-                continue  # not serving yet: the client writes its first rows once requests have ended
+            if read_table(out, "client_requests", warnings=[]).num_rows == 0:
+                continue  # not serving yet: the client appends a request's row to its spool once it has ended
             groups = {_group_of(int(p.stem)) for p in (out / "processes").glob("*.json")}
             server_group = next(iter(groups - {None, bench.pid}), None)  # bench leads its own group
         assert server_group is not None, bench.communicate(timeout=60)[0][-3000:]
@@ -261,14 +261,15 @@ def test_client_beside_engine_in_analyze_report_and_perfetto(server, tmp_path):
     from test_perfetto import validate_trace
 
     spec = BenchSpec(str(write_trace(tmp_path / "side.csv", [(32, 8), (96, 16), (160, 4), (64, 12)] * 2)),
-                     concurrency=4, endpoint=server.url)
-    facts = run_bench(spec, server.run_dir, progress=False)
+                     concurrency=4, endpoint=server.url, server_run=str(server.run_dir))
+    run = tmp_path / "beside"  # a run of its own: the server's run already holds an earlier test's bench
+    facts = run_bench(spec, run, progress=False)  # the server's records of these requests are copied in
     assert facts["results"]["ok"] == 8
-    client = read_client_requests(server.run_dir)
-    assert wait_for_engine_records(server.run_dir, {f"cmpl-{cid}-0" for cid in client}) == len(client)
-    engine = read_engine_ttft(server.run_dir)
+    client = read_client_requests(run)
+    assert wait_for_engine_records(run, {f"cmpl-{cid}-0" for cid in client}) == len(client)
+    engine = read_engine_ttft(run)
 
-    result = analyze_run(server.run_dir)
+    result = analyze_run(run)
     assert result["run"]["source"] == "engine" and result["run"]["observers"] == ["engine", "client"]
     side = result["client_vs_engine"]
     pairs = {cid: (c, engine[f"cmpl-{cid}-0"]) for cid, c in client.items() if c.status == "ok"}
@@ -290,11 +291,11 @@ def test_client_beside_engine_in_analyze_report_and_perfetto(server, tmp_path):
         assert math.isclose(record["client"]["ttft_difference_s"], expected, rel_tol=1e-9, abs_tol=1e-12)
         assert record["client"]["tbt_per_chunk_s"] == c.chunk_gaps_s()
 
-    index = write_report([server.run_dir], tmp_path / "report")
+    index = write_report([run], tmp_path / "report")
     assert any(p.name.endswith("-client-vs-engine.png") for p in (tmp_path / "report" / "figures").iterdir())
     assert "Client beside engine" in index.read_text()
     trace = tmp_path / "trace.json"
-    write_perfetto_trace(server.run_dir, trace)
+    write_perfetto_trace(run, trace)
     document = json.loads(trace.read_text())
     events = validate_trace(document)
     assert document["otherData"]["client_clock"].startswith("shared")

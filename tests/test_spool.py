@@ -201,3 +201,34 @@ def test_a_forked_child_records_into_its_own_spool(tmp_path):
         assert by_process == {os.getpid(): ["r1", "r3"], pid: ["r2"]}
     finally:
         recorder_module.close_recorder()
+
+
+def _append_as_child(run_dir: str) -> None:
+    import servescope.record.recorder as recorder_module
+
+    recorder_module.get_recorder().append(Table.REQUEST_EVENTS, _event(2))
+
+
+def test_a_forked_multiprocessing_child_records_under_its_own_name(tmp_path):
+    """vLLM forks its EngineCore with multiprocessing, which names the child after the fork handlers ran."""
+    import multiprocessing
+
+    import servescope.record.recorder as recorder_module
+
+    rec = recorder_module.open_recorder(Config.from_options(str(tmp_path)))
+    try:
+        rec.append(Table.REQUEST_EVENTS, _event(1))
+        child = multiprocessing.get_context("fork").Process(target=_append_as_child, args=(str(tmp_path),),
+                                                            name="EngineCore")
+        silent = multiprocessing.get_context("fork").Process(target=int, name="Silent")  # records nothing
+        for process in (child, silent):
+            process.start()
+            process.join(60)
+            assert process.exitcode == 0
+        roles = {s.pid: s.role for s in read_spools(tmp_path)}
+        assert roles == {os.getpid(): rec.role, child.pid: "EngineCore"}  # no spool for the silent child
+        records = {json.loads(p.read_text())["pid"]: json.loads(p.read_text())["role"]
+                   for p in (tmp_path / "processes").glob("*.json")}
+        assert records == roles
+    finally:
+        recorder_module.close_recorder()

@@ -179,7 +179,8 @@ def test_manifest_records_the_engine_configuration_in_effect(hf_run):
     assert params["model_runner"].endswith("ModelRunner")
     assert m["model"]["attention"] == "GQA" and m["model"]["num_layers"] == 2
     health = m["health"]
-    assert (health["rows_dropped"], health["internal_errors"], health["rows_possibly_lost"]) == (0, 0, 0), health
+    assert (health["rows_dropped"], health["internal_errors"], health["regions_without_gpu_time"]) == (0, 0, 0), health
+    assert health["processes_killed"] == [] and health["processes_running"] == [], health
 
 
 def test_outputs_are_identical_with_and_without_tracing(hf_run, hf_untraced):
@@ -250,7 +251,7 @@ def test_compare_and_audit_of_vllm_against_transformers_split_the_gap_and_name_w
     assert "idle time by" in statement
     proc = subprocess.run([sys.executable, "-m", "servescope", "audit", str(offline_run.run_dir), "--treat",
                            str(hf_run.run_dir), "--json"], capture_output=True, text=True)
-    verdicts = {item["item"]: item for item in json.loads(proc.stdout)}
+    verdicts = {item["item"]: item for item in json.loads(proc.stdout)["items"]}
     fairness = " ".join(verdicts[1]["evidence"])
     assert "implementation differences" in fairness
     for name in ("model_runner", "scheduling_policy", "enforce_eager"):

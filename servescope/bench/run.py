@@ -279,7 +279,7 @@ def run_bench(spec: BenchSpec, out: str | Path, *, progress: bool | None = None,
         workload = load_spec_workload(spec)  # bad input fails before anything is contacted or started
         served = None
         if spec.endpoint is not None:
-            served = asyncio.run(served_model(base_url_of(spec.endpoint)))  # EndpointError names the URL
+            served = asyncio.run(served_model(base_url_of(spec.endpoint), named=spec.model))  # EndpointError names the URL
         config = _model_facts(spec, served)
         _check_fits(workload.tokens_needed(), _planned_max_model_len(spec, served, config))  # before any prompt
         prompts = _prompts_for(spec, config)

@@ -53,6 +53,7 @@ class Recorder:
         self.when_idle: list = []  # callables an engine hook runs when the engine has no work left (same)
         self._closed = False
         self._exit_hooks_registered = False
+        self._start_deferred = False
         self._start_process()
         if self.config.inject_faults:
             self.append = self.append_events = self.append_emissions = self._append_raising  # type: ignore[method-assign]
@@ -131,16 +132,25 @@ class Recorder:
         return self._closed
 
     def after_fork_in_child(self) -> None:
-        """Leave the parent's spool untouched and start this (forked) process's own."""
+        """Leave the parent's spool untouched; this (forked) process starts its own at its first row.
+
+        Not at once: multiprocessing names a forked child (EngineCore, VllmWorker-0) after the fork
+        handlers run, and the role is taken from that name when the spool is created."""
         if self._spool is not None:
             self._spool.abandon()
+        self._spool = None
         self._closed = False
-        self._start_process()
+        self._start_deferred = True
 
     # ---- internals --------------------------------------------------------------------------
     def _write(self, payload: bytes, rows: int) -> None:
         spool = self._spool
         if spool is None:
+            if self._start_deferred:  # a forked child's first row: its name is known by now
+                self._start_deferred = False
+                self._start_process()
+                self._write(payload, rows)
+                return
             self._rows_lost_without_spool += rows
             return
         spool.write(payload, rows)

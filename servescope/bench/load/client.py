@@ -122,8 +122,11 @@ def base_url_of(endpoint: str) -> str:
     return url
 
 
-async def served_model(base_url: str, timeout_s: float = 10.0) -> dict:
-    """Return the first model the server lists at /v1/models (its 'id' and 'root'); raise EndpointError naming the URL."""
+async def served_model(base_url: str, timeout_s: float = 10.0, *, named: str | None = None) -> dict:
+    """Return the model the server lists at /v1/models (its 'id' and 'root'); raise EndpointError naming the URL.
+
+    The model named (bench --model) is preferred among those listed; a server that lists none serves it
+    anyway when named (transformers serve lists only the models in its hub cache, not one loaded from a path)."""
     url = base_url + MODELS_PATH
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
@@ -136,10 +139,14 @@ async def served_model(base_url: str, timeout_s: float = 10.0) -> dict:
     except asyncio.TimeoutError as exc:
         raise EndpointError(f"cannot reach {base_url} ({url}): no answer in {timeout_s:g} s") from exc
     try:
-        models = json.loads(body)["data"]
-        return dict(models[0])
-    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        listed = [dict(model) for model in json.loads(body)["data"]]
+    except (ValueError, KeyError, TypeError) as exc:
         raise EndpointError(f"{url} did not list a model (is this an OpenAI-compatible server?)") from exc
+    if listed:
+        return next((model for model in listed if named is not None and model.get("id") == named), listed[0])
+    if named is not None:
+        return {"id": named}
+    raise EndpointError(f"{url} lists no model; name the one it serves with --model")
 
 
 class StreamingClient:
