@@ -1,12 +1,16 @@
 """Host cost of servescope's per-step work, hook by hook, on this machine's CPU.
 
-    python benchmarks/hook_cost.py [--batch 32] [--steps 20000] [--out RESULT.json]
+    python benchmarks/hook_cost.py [--batch 32] [--steps 20000] [--cuda] [--out RESULT.json]
 
 Calls the EngineCore hooks' bodies (what runs after vLLM's own Scheduler.schedule and
 update_from_output return) and the worker region timer on stand-ins shaped like vLLM's
 SchedulerOutput / EngineCoreOutputs for a decode batch of --batch requests, with a real
 Recorder appending into its spool (a memory-mapped file in a temporary directory), and prints
-microseconds per step.
+microseconds per step. With --cuda (a GPU machine), also the CUDA-evented regions as the worker
+runs them (events recorded on the current stream around a small matmul, host rows appended at once,
+GPU times resolved by the next step's harvest), each piece of a region timed apart, and every step
+figure again while a second Python thread competes for the GIL (as the EngineCore's output thread
+does): the hooks' own cost and what a busy neighbour thread adds to any code of the engine's thread.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=20000)
+    ap.add_argument("--cuda", action="store_true", help="also time CUDA-evented regions (needs a GPU)")
     ap.add_argument("--out", help="also write the numbers, the machine and the command to this JSON file")
     args = ap.parse_args()
     rec = Recorder(tempfile.mkdtemp())
@@ -71,14 +76,100 @@ def main() -> None:
           f"5 host-timed worker regions {bare_region_us:.1f} us/step ({region_us:.1f} us with the thread's "
           f"CPU time and switches, the `thread` part); "
           f"per emitted token {step_us / args.batch:.2f} us")
+    result = {"batch": args.batch, "steps": args.steps, "engine_core_hooks_us_per_step": step_us,
+              "five_regions_us_per_step": bare_region_us, "five_regions_thread_usage_us_per_step": region_us}
+    if args.cuda:
+        result["cuda"] = cuda_costs(rec, args.steps, schedule_then_update)
+        for name, value in result["cuda"].items():
+            print(f"  cuda {name}: {value:.2f} us")
     if args.out:
         from servescope.run.machine import machine_facts
 
         with open(args.out, "w") as f:
-            json.dump({"batch": args.batch, "steps": args.steps, "engine_core_hooks_us_per_step": step_us,
-                       "five_regions_us_per_step": bare_region_us, "five_regions_thread_usage_us_per_step": region_us,
-                       "load_average_1min": os.getloadavg()[0],
+            json.dump({**result, "load_average_1min": os.getloadavg()[0],
                        "machine": machine_facts(["python", "benchmarks/hook_cost.py", *sys.argv[1:]])}, f, indent=1)
+
+
+REGIONS = ("execute_model", "run_fullgraph", "sample_tokens", "sample", "bookkeep")
+
+
+def cuda_costs(rec, steps: int, engine_core_step) -> dict:
+    """Microseconds of host time: each piece of a CUDA-evented region, and whole steps with and without a
+    thread competing for the GIL (a step: harvest, then 5 regions each around one small matmul)."""
+    import threading
+
+    import torch
+
+    from servescope.run.clock import now_ns
+
+    timer = make_region_timer(lambda row: rec.append("worker_regions", row), gpu_events=True,
+                              append_pending=rec.append_region, resolve=rec.resolve_region)
+    if timer.mode != "cuda":
+        raise SystemExit(f"--cuda: the region timer runs in {timer.mode} mode ({timer.reason})")
+    a = torch.randn(256, 256, device="cuda")
+    done = torch.cuda.Event(enable_timing=True)
+    done.record()
+    torch.cuda.synchronize()
+    other = torch.cuda.Event(enable_timing=True)
+    other.record()
+    torch.cuda.synchronize()
+
+    def traced_step():
+        timer.harvest()
+        for name in REGIONS:
+            token = timer.start(1, name)
+            torch.mm(a, a)
+            timer.end(token)
+
+    def bare_step():
+        for _ in REGIONS:
+            torch.mm(a, a)
+
+    def steps_us() -> dict:
+        n = max(steps // 4, 500)
+        bare = min(per_call_us(bare_step, n) for _ in range(3))
+        traced = min(per_call_us(traced_step, n) for _ in range(3))
+        torch.cuda.synchronize()
+        return {"bare_step_5_matmuls": bare, "traced_step_5_matmuls": traced,
+                "regions_per_step": traced - bare, "engine_core_hooks_per_step": per_call_us(engine_core_step, n)}
+
+    n = steps
+    seq = iter(range(10**9))
+    costs = {
+        "now_ns": per_call_us(now_ns, n),
+        "is_current_stream_capturing": per_call_us(torch.cuda.is_current_stream_capturing, n),
+        "current_stream": per_call_us(torch.cuda.current_stream, n),
+        "event_record": per_call_us(done.record, n),
+        "event_query_completed": per_call_us(other.query, n),
+        "event_elapsed_time": per_call_us(lambda: other.elapsed_time(other), n),
+        "spool_append_region": per_call_us(lambda: rec.append_region(next(seq), (1, 0, "sample", 1, 2, None, None,
+                                                                                 None, None, None, None, 0)), n),
+        "spool_resolve_region": per_call_us(lambda: rec.resolve_region(next(seq), 1000, None, None), n),
+        "region_start_end_no_gpu_work": per_call_us(lambda: timer.end(timer.start(1, "sample")), n) ,
+        "harvest_after_one_region": per_call_us(lambda: (timer.end(timer.start(1, "sample")), torch.cuda.synchronize(),
+                                                         timer.harvest()), n // 10),
+    }
+    costs["harvest_after_one_region"] -= per_call_us(lambda: (timer.end(timer.start(1, "sample")),
+                                                             torch.cuda.synchronize()), n // 10)
+    timer.harvest()
+    torch.cuda.synchronize()
+    timer.harvest()
+    costs.update({f"quiet_{k}": v for k, v in steps_us().items()})
+    stop = threading.Event()
+
+    def neighbour():  # pure Python work holding the GIL, like an output thread serialising a batch
+        while not stop.is_set():
+            sum(range(2000))
+
+    thread = threading.Thread(target=neighbour, daemon=True)
+    thread.start()
+    try:
+        costs.update({f"gil_contended_{k}": v for k, v in steps_us().items()})
+    finally:
+        stop.set()
+        thread.join()
+    timer.close()
+    return costs
 
 
 if __name__ == "__main__":
