@@ -47,6 +47,10 @@ def overhead(
     batches: int = typer.Option(6, "--batches", callback=positive, help="offline: measured batches per arm."),
     warmup_batches: int = typer.Option(1, "--warmup-batches", callback=non_negative,
                                        help="offline: warm-up batches per arm."),
+    prompts: str = typer.Option("repeated", "--prompts", callback=one_of("repeated", "fresh"),
+                                help="offline vLLM: repeated (the same prompts every batch: vLLM's prefix cache serves "
+                                     "their prefill, batches are decode-bound, where tracing costs most) or fresh "
+                                     "(new prompts per batch: prefill-bound)."),
     rate: float = typer.Option(16.0, "--rate", callback=positive, help="served: requests/s (Poisson)."),
     warmup_requests: int = typer.Option(64, "--warmup-requests", callback=non_negative,
                                         help="served: warm-up requests per arm."),
@@ -69,7 +73,7 @@ def overhead(
         raise CommandError("--engine transformers measures the offline load with --method user only")
     spec = UserPaysSpec(model=str(model.absolute()), engine=engine, load=load, arms=arms, order=order, seed=seed, parts=parts,
                         engine_args=engine_args, num_requests=num_requests, prompt_len=prompt_len,
-                        output_len=output_len, batches=batches, warmup_batches=warmup_batches, rate=rate,
+                        output_len=output_len, batches=batches, warmup_batches=warmup_batches, prompts=prompts, rate=rate,
                         warmup_requests=warmup_requests, goal=goal / 100.0)
 
     def progress(arm: dict) -> None:

@@ -62,6 +62,7 @@ class UserPaysSpec:
     output_len: int = 128
     batches: int = 6  # offline
     warmup_batches: int = 1  # offline
+    prompts: str = "repeated"  # offline vLLM: repeated (every batch the same prompts) | fresh (new ones per batch)
     rate: float = 16.0  # served, requests/s
     warmup_requests: int = 64  # served
     goal: float = GOAL_BOUND
@@ -79,7 +80,8 @@ class UserPaysSpec:
                   "--seed", str(self.seed)]
         if self.load == "offline":
             script = "offline.py" if self.engine == "vllm" else "transformers_offline.py"
-            return [sys.executable, str(SCRIPTS / script), self.model, str(result_path), *common,
+            prompts = ["--prompts", self.prompts] if self.engine == "vllm" else []
+            return [sys.executable, str(SCRIPTS / script), self.model, str(result_path), *common, *prompts,
                     "--batches", str(self.batches), "--warmup-batches", str(self.warmup_batches)]
         if self.engine != "vllm":
             raise ValueError(f"the served load runs vLLM's AsyncLLM; {self.engine}: offline only")

@@ -3,7 +3,11 @@
 `servescope overhead` runs this file by path, untraced and under `servescope run`, one fresh process
 per arm. It builds vllm.LLM in vLLM's default process layout (the EngineCore in its own process),
 runs warm-up batches, then measured batches of the same shape, and drives each batch as
-LLM.generate does (LLMEngine.step until done). By default each request's output comes once, when it
+LLM.generate does (LLMEngine.step until done). By default every batch sends the same prompts
+(``--prompts repeated``, as a user script that builds its prompts once does): after the warm-up vLLM's
+prefix cache serves their prefill and the measured batches are decode-bound, where the host's share of
+a step, and so a tracer's cost, is largest; ``--prompts fresh`` draws new prompts per batch (each batch
+then prefills 256 x 512 tokens and the GPU's prefill hides host work). By default each request's output comes once, when it
 finishes (LLM.generate's FINAL_ONLY): the caller sees the batch time and each request's end-to-end
 latency; ``--outputs delta`` delivers every step's new tokens (TTFT and TBT too, but vLLM's front end
 then builds a RequestOutput per request per step, which makes it the bottleneck of the batch). Writes one JSON document to OUT: per measured batch its wall time,
@@ -11,6 +15,7 @@ output tokens, and per request the arrival times of its outputs (ns from the bat
 
 usage: offline.py MODEL OUT [--batches 6] [--warmup-batches 1] [--num-requests 256]
                   [--prompt-len 512] [--output-len 128] [--engine-args JSON] [--seed 0]
+                  [--prompts repeated|fresh] [--outputs final|delta]
 """
 
 import argparse
@@ -34,6 +39,9 @@ def main() -> None:
     ap.add_argument("--outputs", choices=("final", "delta"), default="final",
                     help="final: as LLM.generate (each request's output once, when it finishes: batch time and e2e); "
                          "delta: every step's new tokens (TTFT and TBT too, at the price of a busier front end)")
+    ap.add_argument("--prompts", choices=("repeated", "fresh"), default="repeated",
+                    help="repeated: the same prompts every batch (prefix-cached prefill: decode-bound batches); "
+                         "fresh: new prompts per batch (prefill-bound)")
     args = ap.parse_args()
 
     from vllm import LLM, SamplingParams
@@ -49,8 +57,13 @@ def main() -> None:
     params = SamplingParams(max_tokens=args.output_len, ignore_eos=True, detokenize=False, output_kind=kind)
     rng = random.Random(args.seed)
 
+    def draw() -> list[list[int]]:
+        return [[rng.randrange(10, vocab - 1) for _ in range(args.prompt_len)] for _ in range(args.num_requests)]
+
+    repeated = draw()
+
     def batch(index: int) -> dict:
-        prompts = [[rng.randrange(10, vocab - 1) for _ in range(args.prompt_len)] for _ in range(args.num_requests)]
+        prompts = repeated if args.prompts == "repeated" else draw()
         ids = [f"b{index}-{i}" for i in range(args.num_requests)]
         times = {rid: [] for rid in ids}
         t0 = time.monotonic_ns()
@@ -74,7 +87,7 @@ def main() -> None:
     if bad:
         sys.exit(f"offline.py: batches {bad} did not produce {expected} output tokens")
     with open(args.out, "w") as f:
-        json.dump({"load": "offline", "outputs": args.outputs, "engine_start_s": start_s, "batches": measured,
+        json.dump({"load": "offline", "outputs": args.outputs, "prompts": args.prompts, "engine_start_s": start_s, "batches": measured,
                    "servescope_in_this_process": any(m.split(".")[0] == "servescope" for m in sys.modules)}, f)
 
 
