@@ -125,8 +125,7 @@ def cuda_costs(rec, steps: int, engine_core_step) -> dict:
         for _ in REGIONS:
             torch.mm(a, a)
 
-    def steps_us() -> dict:
-        n = max(steps // 4, 500)
+    def steps_us(n: int) -> dict:
         bare = min(per_call_us(bare_step, n) for _ in range(3))
         traced = min(per_call_us(traced_step, n) for _ in range(3))
         torch.cuda.synchronize()
@@ -154,7 +153,7 @@ def cuda_costs(rec, steps: int, engine_core_step) -> dict:
     timer.harvest()
     torch.cuda.synchronize()
     timer.harvest()
-    costs.update({f"quiet_{k}": v for k, v in steps_us().items()})
+    costs.update({f"quiet_{k}": v for k, v in steps_us(max(steps // 4, 500)).items()})
     stop = threading.Event()
 
     def neighbour():  # pure Python work holding the GIL, like an output thread serialising a batch
@@ -164,7 +163,8 @@ def cuda_costs(rec, steps: int, engine_core_step) -> dict:
     thread = threading.Thread(target=neighbour, daemon=True)
     thread.start()
     try:
-        costs.update({f"gil_contended_{k}": v for k, v in steps_us().items()})
+        # few steps: each wait for the GIL can last the switch interval (5 ms), so a step takes milliseconds
+        costs.update({f"gil_contended_{k}": v for k, v in steps_us(50).items()})
     finally:
         stop.set()
         thread.join()

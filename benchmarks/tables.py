@@ -354,6 +354,52 @@ def spec_fluidity() -> list[str]:
     return out
 
 
+# --------------------------------------------------------------------------- overhead.md
+
+USER_PAYS_DELTA = "h200-overhead-offline-delta-fresh.json"
+HOOK_BREAKDOWN = "h200-hook-breakdown.json"
+METRIC_NAMES = {"output_tokens_per_s": "output tokens/s", "ttft_p50_s": "TTFT P50 (s)", "ttft_p99_s": "TTFT P99 (s)",
+                "tbt_per_chunk_p50_s": "TBT per chunk P50 (s)", "tbt_per_chunk_p99_s": "TBT per chunk P99 (s)",
+                "e2e_p50_s": "end-to-end P50 (s)", "e2e_p99_s": "end-to-end P99 (s)"}
+
+
+def user_pays(name: str) -> list[str]:
+    """Each metric's untraced and traced arm values, the change, its 95% interval over arms and the verdict.
+
+    The comparison is recomputed from the arms with servescope's own statistics (the run may have been cut
+    short before it wrote one)."""
+    sys.path.insert(0, str(ROOT))
+    from servescope.overhead.user_pays import compare_arms
+
+    doc = load(name)
+    changes = compare_arms(doc["arms"], doc["spec"]["goal"])["changes"]
+    lines = header("metric", "untraced arms", "traced arms", "change", "95% CI", "verdict")
+    for metric, title in METRIC_NAMES.items():
+        if metric not in changes:
+            continue
+        c = changes[metric]
+        digits = 1 if metric.endswith("per_s") else 4
+        lines.append(row(title, ", ".join(f"{v:.{digits}f}" for v in c["off"]), ", ".join(f"{v:.{digits}f}" for v in c["on"]),
+                         pct(c["change"]), f"{pct(c['ci_low'])} .. {pct(c['ci_high'])}", c["verdict"]))
+    return lines
+
+
+def hook_breakdown() -> list[str]:
+    """Host time each hook charged per engine step (self-timing), at batch 256 and 16."""
+    results = load(HOOK_BREAKDOWN)["results"]
+    labels = ("batch256", "batch16")
+    per_step = {label: {h["hook"]: h["us_per_step"] for h in results[label]["hooks"]} for label in labels}
+    hooks = sorted(set(per_step["batch256"]) | set(per_step["batch16"]), key=lambda k: -per_step["batch256"].get(k, 0))
+    lines = header("hook", "batch 256 (us/step)", "batch 16 (us/step)")
+    for hook in hooks:
+        values = [per_step[label].get(hook) for label in labels]
+        if all(not v for v in values):
+            continue  # one-time hooks (charged to their first call)
+        lines.append(row(f"`{hook}`", *(f"{v:.1f}" if v is not None else "-" for v in values)))
+    lines.append(row("**all hooks**", *(f"{results[label]['engine_and_front_end_us_per_step']:.1f}" for label in labels)))
+    return lines
+
+
 # --------------------------------------------------------------------------- the registry
 
 TABLES: dict[str, tuple[tuple[str, ...], Callable[[], list[str]]]] = {
@@ -372,6 +418,8 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[], list[str]]]] = {
     "spec-tracer": ((STUDY,), spec_tracer),
     "spec-paper-views": ((STUDY,), spec_paper_views),
     "spec-fluidity": (FLUIDITY_FILES, spec_fluidity),
+    "h200-user-pays-offline-delta": ((USER_PAYS_DELTA,), lambda: user_pays(USER_PAYS_DELTA)),
+    "h200-hook-breakdown": ((HOOK_BREAKDOWN,), hook_breakdown),
 }
 
 
