@@ -38,6 +38,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from servescope.analysis.distributions import summarize
+from servescope.analysis.stalls import step_arrays, values_at_steps
+from servescope.run.columns import float_column, int_column
 from servescope.run.names import Region
 
 MISSING = np.iinfo(np.int64).min
@@ -65,18 +67,6 @@ class StepGroups:
         return int(self.step_id.size)
 
 
-def _ints(table: pa.Table, name: str, fill: int) -> np.ndarray:
-    if name not in table.column_names:
-        return np.full(table.num_rows, fill, dtype=np.int64)
-    return pc.fill_null(table[name], fill).to_numpy(zero_copy_only=False).astype(np.int64)
-
-
-def _floats(table: pa.Table, name: str) -> np.ndarray:
-    if name not in table.column_names:
-        return np.full(table.num_rows, np.nan)
-    return np.asarray(table[name].to_numpy(zero_copy_only=False), dtype=np.float64)
-
-
 def _segments(*keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For arrays sorted by keys: return (index of each segment's first row, segment number of every row)."""
     change = np.zeros(keys[0].size, dtype=bool)
@@ -92,11 +82,11 @@ def step_groups(worker_regions: pa.Table | None) -> StepGroups:
     if worker_regions is None or "step_id" not in worker_regions.column_names:
         worker_regions = pa.table({"step_id": pa.array([], pa.int64())})
     rows = worker_regions.filter(pc.is_valid(worker_regions["step_id"]))
-    engine, step = _ints(rows, "engine_index", 0), _ints(rows, "step_id", 0)
-    pp, rank = _ints(rows, "pp_rank", 0), _ints(rows, "rank", 0)
-    host_start, host_end = _ints(rows, "host_start_ns", MISSING), _ints(rows, "host_end_ns", MISSING)
-    gpu_start, gpu_end = _ints(rows, "gpu_start_ns", MISSING), _ints(rows, "gpu_end_ns", MISSING)
-    gpu_ns = _floats(rows, "gpu_ns")
+    engine, step = int_column(rows, "engine_index", 0), int_column(rows, "step_id", 0)
+    pp, rank = int_column(rows, "pp_rank", 0), int_column(rows, "rank", 0)
+    host_start, host_end = int_column(rows, "host_start_ns", MISSING), int_column(rows, "host_end_ns", MISSING)
+    gpu_start, gpu_end = int_column(rows, "gpu_start_ns", MISSING), int_column(rows, "gpu_end_ns", MISSING)
+    gpu_ns = float_column(rows, "gpu_ns")
     collective = (np.asarray(pc.equal(pc.fill_null(rows["region"], ""), Region.COLLECTIVE).to_numpy(
         zero_copy_only=False), dtype=bool) if "region" in rows.column_names else np.zeros(rows.num_rows, dtype=bool))
     order = np.lexsort((rank, pp, step, engine))
@@ -177,22 +167,13 @@ def step_groups(worker_regions: pa.Table | None) -> StepGroups:
 def step_communication_ns(groups: StepGroups, engine_index: np.ndarray, step_id: np.ndarray) -> np.ndarray:
     """Return per (engine_index, step_id) given, the communication time (ns) summed over the step's pipeline
     stages: 0 for a step every stage of which ran on one rank (nothing to communicate), NaN where not measured."""
-    out = np.full(step_id.size, np.nan)
     if len(groups) == 0:
-        return out
+        return np.full(np.size(step_id), np.nan)
     single = groups.ranks <= 1
     per_group = np.where(single & np.isnan(groups.communication_ns), 0.0, groups.communication_ns)
-    first, seg = _segments(groups.engine_index, groups.step_id)
+    first, _ = _segments(groups.engine_index, groups.step_id)
     totals = np.add.reduceat(per_group, first)  # NaN if any stage is unmeasured
-    keys_e, keys_s = groups.engine_index[first], groups.step_id[first]
-    order = np.lexsort((keys_s, keys_e))
-    keys_e, keys_s, totals = keys_e[order], keys_s[order], totals[order]
-    combined = keys_e * (1 << 40) + keys_s
-    query = np.asarray(engine_index, dtype=np.int64) * (1 << 40) + np.asarray(step_id, dtype=np.int64)
-    pos = np.clip(np.searchsorted(combined, query), 0, max(combined.size - 1, 0))
-    found = combined[pos] == query
-    out[found] = totals[pos[found]]
-    return out
+    return values_at_steps(groups.engine_index[first], groups.step_id[first], totals, engine_index, step_id)
 
 
 def pipeline_summary(groups: StepGroups) -> dict[str, Any] | None:
@@ -288,8 +269,6 @@ def _communication(run: Any, groups: StepGroups, several: np.ndarray) -> dict[st
                            "collectives_per_group": summarize(groups.collectives[measured].astype(np.float64))}
     steps = getattr(run, "steps", None)
     if measured.any() and steps is not None and steps.num_rows:
-        from servescope.analysis.stalls import step_arrays
-
         arrays = step_arrays(steps, run.worker_regions)
         comm = step_communication_ns(groups, arrays.engine_index, arrays.step_id)
         with np.errstate(invalid="ignore", divide="ignore"):

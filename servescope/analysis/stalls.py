@@ -39,6 +39,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from servescope.run.columns import int_column
 from servescope.run.names import RequestEvent
 
 try:  # numba takes per-request medians 10x faster than one global sort; numpy is the fallback
@@ -69,12 +70,12 @@ def step_gpu_time_ns(worker_regions: pa.Table | None, engine_of_null: int = 0
     timed = worker_regions.filter(pc.and_(pc.is_valid(worker_regions["gpu_ns"]), pc.is_valid(worker_regions["step_id"])))
     if timed.num_rows == 0:
         return empty, empty, np.zeros(0)
-    engine = _col(timed, "engine_index", engine_of_null)
+    engine = int_column(timed, "engine_index", engine_of_null)
     step = timed["step_id"].to_numpy(zero_copy_only=False).astype(np.int64)
-    stage = _col(timed, "pp_rank")
-    rank = _col(timed, "rank")
-    start = _col(timed, "host_start_ns")
-    end = np.maximum(_col(timed, "host_end_ns"), start)
+    stage = int_column(timed, "pp_rank")
+    rank = int_column(timed, "rank")
+    start = int_column(timed, "host_start_ns")
+    end = np.maximum(int_column(timed, "host_end_ns"), start)
     gpu = timed["gpu_ns"].to_numpy(zero_copy_only=False).astype(np.float64)
     order = np.lexsort((-end, start, rank, stage, step, engine))  # by step, stage, rank, start; enclosing first
     engine, step, stage, rank = engine[order], step[order], stage[order], rank[order]
@@ -145,37 +146,39 @@ class StepArrays:
         return np.where(np.isnan(self.gpu_ns), self.wait_ns.astype(np.float64), self.gpu_ns)
 
 
-def _col(table: pa.Table, name: str, fill: int = 0) -> np.ndarray:
-    if name not in table.column_names:
-        return np.full(table.num_rows, fill, dtype=np.int64)
-    return pc.fill_null(table[name], fill).to_numpy(zero_copy_only=False).astype(np.int64)
-
-
 def _engine_step_keys(engine: np.ndarray, step: np.ndarray) -> np.ndarray:
     """Return one sortable int64 per (engine, step) (engine >= 0, step < 2**40), ordered like (engine, step)."""
-    return engine.astype(np.int64) * (1 << 40) + step.astype(np.int64)
+    return np.asarray(engine, dtype=np.int64) * (1 << 40) + np.asarray(step, dtype=np.int64)
+
+
+def values_at_steps(engine: np.ndarray, step: np.ndarray, values: np.ndarray, wanted_engine: np.ndarray,
+                    wanted_step: np.ndarray) -> np.ndarray:
+    """Return values (one per (engine, step), any order) at each wanted (engine, step), NaN where there is none."""
+    out = np.full(np.size(wanted_step), math.nan)
+    if np.size(step) == 0:
+        return out
+    keys = _engine_step_keys(engine, step)
+    order = np.argsort(keys, kind="stable")
+    keys, values = keys[order], np.asarray(values, dtype=np.float64)[order]
+    wanted = _engine_step_keys(wanted_engine, wanted_step)
+    pos = np.clip(np.searchsorted(keys, wanted), 0, keys.size - 1)
+    found = keys[pos] == wanted
+    out[found] = values[pos[found]]
+    return out
 
 
 def step_arrays(steps: pa.Table, worker_regions: pa.Table | None = None) -> StepArrays:
     """Return the steps table as sorted numpy arrays, joined with per-step GPU time from worker_regions."""
-    step_id = _col(steps, "step_id")
-    engine = _col(steps, "engine_index")
+    step_id = int_column(steps, "step_id")
+    engine = int_column(steps, "engine_index")
     order = np.lexsort((step_id, engine))
     step_id, engine = step_id[order], engine[order]
-    wait = np.maximum(_col(steps, "wait_end_ns") - _col(steps, "wait_start_ns"), 0)[order]
-    gpu = np.full(step_id.size, math.nan)
+    wait = np.maximum(int_column(steps, "wait_end_ns") - int_column(steps, "wait_start_ns"), 0)[order]
     engines = np.unique(engine)
     # keyed by (engine, step); regions without an engine index (runs before servescope 0.2) join only a single engine
     gpu_engine, gpu_steps, gpu_ns = step_gpu_time_ns(worker_regions, int(engines[0]) if engines.size == 1 else -1)
-    if gpu_steps.size:
-        known = gpu_engine >= 0
-        keys = _engine_step_keys(gpu_engine[known], gpu_steps[known])
-        gpu_ns = gpu_ns[known]
-        wanted = _engine_step_keys(engine, step_id)
-        if keys.size:
-            pos = np.clip(np.searchsorted(keys, wanted), 0, keys.size - 1)
-            found = keys[pos] == wanted
-            gpu[found] = gpu_ns[pos[found]]
+    known = gpu_engine >= 0
+    gpu = values_at_steps(gpu_engine[known], gpu_steps[known], gpu_ns[known], engine, step_id)
     bounds = {}
     for e in engines:
         lo, hi = np.searchsorted(engine, e, "left"), np.searchsorted(engine, e, "right")
@@ -183,10 +186,10 @@ def step_arrays(steps: pa.Table, worker_regions: pa.Table | None = None) -> Step
     return StepArrays(
         step_id=step_id,
         engine_index=engine,
-        update_end_ns=_col(steps, "update_end_ns")[order],
-        schedule_start_ns=_col(steps, "schedule_start_ns")[order],
+        update_end_ns=int_column(steps, "update_end_ns")[order],
+        schedule_start_ns=int_column(steps, "schedule_start_ns")[order],
         wait_ns=wait,
-        prefill_tokens=_col(steps, "num_prefill_tokens")[order],
+        prefill_tokens=int_column(steps, "num_prefill_tokens")[order],
         gpu_ns=gpu,
         engine_bounds=bounds,
     )
@@ -526,8 +529,8 @@ def find_stalls(
     events = run.request_events
     preempted = events.filter(pc.equal(events["event"], RequestEvent.PREEMPTED)) if events.num_rows else events
     p_req = _request_positions(preempted["request_id"], request_ids)
-    p_step = _col(preempted, "step_id", fill=-1)
-    p_time = _col(preempted, "time_ns")
+    p_step = int_column(preempted, "step_id", fill=-1)
+    p_time = int_column(preempted, "time_ns")
 
     drafts = np.zeros(rows.size, dtype=np.int64)
     accepted = np.zeros(rows.size, dtype=np.int64)
@@ -536,7 +539,7 @@ def find_stalls(
         stall_steps = np.unique(chunk_steps[rows])
         near = emissions.filter(pc.is_in(emissions["step_id"], value_set=pa.array(stall_steps)))
         e_req = _request_positions(near["request_id"], request_ids)
-        e_step = _col(near, "step_id")
+        e_step = int_column(near, "step_id")
         width = int(max(e_step.max(initial=0), chunk_steps.max(initial=0))) + 1
         e_key = e_req * width + e_step
         order = np.argsort(e_key, kind="stable")
@@ -545,8 +548,8 @@ def find_stalls(
         if e_key.size:
             pos = np.clip(np.searchsorted(e_key, q_key), 0, e_key.size - 1)
             found = e_key[pos] == q_key
-            drafts[found] = _col(near, "num_draft_tokens")[order][pos[found]]
-            accepted[found] = _col(near, "num_accepted_tokens")[order][pos[found]]
+            drafts[found] = int_column(near, "num_draft_tokens")[order][pos[found]]
+            accepted[found] = int_column(near, "num_accepted_tokens")[order][pos[found]]
 
     gap_s = (chunk_times[rows] - chunk_times[rows - 1]) / 1e9
     evidence = attribute_stalls(
