@@ -12,11 +12,7 @@
 # SERVESCOPE_COMMIT names the commit in the results when the tree on the machine is no git checkout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PYTHONPATH=/tmp/site:$PWD VLLM_USE_FLASHINFER_SAMPLER=0 HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
-MODELS=/tmp/models
-MODEL=$MODELS/llama3-8b
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
+source benchmarks/h200_env.sh
 OFFLINE_SHAPE=(--num-requests 256 --prompt-len 512 --output-len 128)
 ENGINE_ARGS='{"max_model_len": 2048}'
 

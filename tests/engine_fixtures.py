@@ -47,9 +47,11 @@ def record_offline_run(tmp: Path, model_dir: Path, *, num_requests: int = 24, ma
     return OfflineRun(run_dir, json.loads(out_json.read_text()), num_requests, max_tokens, log)
 
 
-def run_script(script: list[str], run_dir: Path | None, **env: str) -> str:
-    """Run a user's engine script (under `servescope run --out run_dir` unless run_dir is None); return its log."""
-    command = ([sys.executable, "-m", "servescope", "run", "--out", str(run_dir), "--"] + script
+def run_script(script: list[str], run_dir: Path | None, *, parts: str | None = None, **env: str) -> str:
+    """Run a user's engine script (under `servescope run --out run_dir [--parts parts]` unless run_dir is None);
+    return its log."""
+    options = ["--parts", parts] if parts is not None else []
+    command = ([sys.executable, "-m", "servescope", "run", "--out", str(run_dir), *options, "--"] + script
                if run_dir is not None else script)
     proc = subprocess.run(command, env=engine_env(**env), capture_output=True, text=True, timeout=ENGINE_TIMEOUT_S)
     log = proc.stdout + proc.stderr

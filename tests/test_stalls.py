@@ -157,8 +157,8 @@ def _scenario(with_regions=True):
 
 
 def test_step_gpu_time_counts_top_level_regions_and_the_slowest_rank():
-    steps, gpu = step_gpu_time_ns(_table("worker_regions", _regions()))
-    assert steps.tolist() == list(range(10))
+    engines, steps, gpu = step_gpu_time_ns(_table("worker_regions", _regions()))
+    assert steps.tolist() == list(range(10)) and engines.tolist() == [0] * 10
     # execute_model (0.9) + sample_tokens (0.1) of rank 0; forward/sample are nested, bookkeep untimed
     expected = [int(0.9 * g * MS) + int(0.1 * g * MS) for _d, _p, g, _w in STEP_PLAN]
     assert gpu.tolist() == expected

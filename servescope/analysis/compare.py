@@ -6,7 +6,10 @@ change is split exactly into its parts, scheduling delay + prefill + decode (per
 ``e2e = T_s + T_p + T_d``, so the means add up). The engine-step change is split into GPU
 time, CPU overhead and idle time (``iteration_breakdown``), which tells a faster algorithm
 (less GPU work) from a faster implementation (less host time with the GPU idle) from better
-scheduling. Configuration differences come from ``manifest["engine"]``.
+scheduling. With several worker ranks on a side (tensor or pipeline parallelism), the GPU time is split further
+into compute and communication between ranks (``RANK_PARTS``; a one-rank run communicates nothing), so TP=1 against
+TP=2 says how much of the change is GPU compute, communication and host time. Configuration differences come from
+``manifest["engine"]``.
 
 Client-only runs (``servescope bench --endpoint`` against a server servescope does not trace:
 two engines behind the same API, two deployments) are compared on what the client sees: TTFT,
@@ -33,6 +36,7 @@ import numpy as np
 from servescope.analysis.request_metrics import MISSING_NS
 from servescope.analysis.slo import decode_gaps_s, run_duration_s
 from servescope.analysis.iterations import host_paced_regions, iteration_breakdown, region_times_ms
+from servescope.analysis.rank_skew import step_communication_ns, step_groups
 from servescope.analysis.stalls import StepArrays, step_arrays
 from servescope.run.names import Observer
 
@@ -40,6 +44,9 @@ LATENCY_METRICS = ("ttft", "tbt", "e2e", "scheduling_delay", "prefill", "decode"
 # What a client sees of each request (client_view.py): no per-token TBT, no scheduling delay or prefill.
 CLIENT_LATENCY_METRICS = ("ttft", "tbt_per_chunk", "e2e", "decode", "tpot", "normalized_latency")
 ITERATION_PARTS = ("iteration", "gpu", "cpu_overhead", "idle")
+# With several worker ranks on a side (tensor / pipeline parallelism), GPU time splits into compute and communication
+# (rank_skew.py: the collectives of the least-waiting rank; 0 on one rank, NaN where not recorded).
+RANK_PARTS = ("gpu_compute", "communication")
 STATS = ("mean", "p50", "p90", "p99")
 PERCENTILE_METHOD = "linear"
 
@@ -59,6 +66,7 @@ class RunSamples:
     engine: dict[str, Any] = field(default_factory=dict)  # manifest["engine"] without parameters
     parameters: dict[str, Any] = field(default_factory=dict)  # manifest["engine"]["parameters"]
     host_paced_regions: dict[str, dict] = field(default_factory=dict)  # iterations.host_paced_regions()
+    several_ranks: bool = False  # a step ran on more than one worker rank: RANK_PARTS are compared
 
 
 # --------------------------------------------------------------------------- per-step breakdown
@@ -88,6 +96,7 @@ def run_samples(metrics: Any, run: Any, label: str | None = None, observer: str 
         if name not in latency:
             latency[name] = np.asarray(getattr(metrics, f"{name}_s"), dtype=np.float64)
     steps = step_arrays(run.steps, getattr(run, "worker_regions", None)) if engine else None
+    iteration, several = (_iteration_parts(run, steps) if engine else ({}, False))
     finished_ns = getattr(metrics, "finished_ns", None)
     duration = run_duration_s(metrics.arrival_ns, metrics.token_times_ns, finished_ns)
     if finished_ns is not None:
@@ -101,7 +110,7 @@ def run_samples(metrics: Any, run: Any, label: str | None = None, observer: str 
     return RunSamples(
         label=label or str(manifest.get("run_id", "")),
         latency_s=latency,
-        iteration_s=iteration_breakdown(steps) if engine else {},
+        iteration_s=iteration,
         output_tokens_per_s=float(np.sum(metrics.output_tokens)) / duration if duration > 0 else math.nan,
         requests_per_s=finished / duration if duration > 0 else math.nan,
         gpu_time_source=_gpu_source(steps) if engine else "none",
@@ -110,7 +119,18 @@ def run_samples(metrics: Any, run: Any, label: str | None = None, observer: str 
         engine=engine_facts,
         parameters=parameters,
         host_paced_regions=host_paced_regions(region_times_ms(getattr(run, "worker_regions", None))) if engine else {},
+        several_ranks=several,
     )
+
+
+def _iteration_parts(run: Any, steps: StepArrays) -> tuple[dict[str, np.ndarray], bool]:
+    """Return per-step ITERATION_PARTS and RANK_PARTS (s), and whether a step ran on several ranks."""
+    parts = iteration_breakdown(steps)
+    groups = step_groups(getattr(run, "worker_regions", None))
+    communication = np.minimum(step_communication_ns(groups, steps.engine_index, steps.step_id) / 1e9, parts["gpu"])
+    parts["communication"] = communication
+    parts["gpu_compute"] = parts["gpu"] - communication
+    return parts, bool((groups.ranks > 1).any())
 
 
 # --------------------------------------------------------------------------- statistics
@@ -256,6 +276,8 @@ def compare(
         for i, m in enumerate(metric_names)
     }
     parts = ITERATION_PARTS if observer == Observer.ENGINE else ()
+    if observer == Observer.ENGINE and any(r.several_ranks for r in base + treat):
+        parts += RANK_PARTS
     iteration = {
         p: compare_samples(
             [r.iteration_s[p] for r in base], [r.iteration_s[p] for r in treat], seed=seed + 100 + i, **kw
@@ -405,6 +427,8 @@ def _statement(result: dict[str, Any]) -> str:
     elif g["diff"] * c["diff"] < 0:
         step += " GPU work and host overhead moved in opposite directions: neither explains the change alone."
     lines.append(step)
+    if "communication" in it:
+        lines.append(_communication_sentence(it, result["runs"]))
     paced = [f"{name} ({side}: GPU {t['gpu_p50_ms']:.1f} ms, host {t['host_p50_ms']:.1f} ms{_on_cpu(t)} per step)"
              for side, regions in result["host_paced_regions"].items() for name, t in regions.items()]
     if paced:
@@ -414,6 +438,19 @@ def _statement(result: dict[str, Any]) -> str:
     lines.append(f"Output throughput changed by {tok['diff']:+.1f} tokens/s ({_pct(tok['relative'])}).")
     lines += _configuration_lines(result["configuration"])
     return " ".join(lines)
+
+
+def _communication_sentence(it: dict[str, Any], runs: dict[str, list[str]]) -> str:
+    """Return the sentence splitting the per-step GPU-time change into compute and communication (several ranks)."""
+    comp, comm = it["gpu_compute"]["mean"], it["communication"]["mean"]
+    unmeasured = [side for side in ("baseline", "treatment") if not math.isfinite(comm[side])]
+    if unmeasured:
+        return (f"Communication between ranks was not measured on the {' and '.join(unmeasured)} side (record with "
+                "--parts default,collectives, outside CUDA graphs: docs/multi-gpu.md), so GPU time is not split into "
+                "compute and communication.")
+    return (f"Over the steps whose communication was measured, per-step GPU compute changed by {_ms(comp['diff'])} ({_ci_ms(it['gpu_compute']['mean']['ci'])})"
+            f" and communication between ranks by {_ms(comm['diff'])} ({_ci_ms(it['communication']['mean']['ci'])}; "
+            f"{comm['baseline'] * 1e3:.2f} -> {comm['treatment'] * 1e3:.2f} ms per step).")
 
 
 def _configuration_lines(cfg: dict[str, Any]) -> list[str]:

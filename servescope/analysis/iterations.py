@@ -43,9 +43,10 @@ def iteration_breakdown(steps: StepArrays) -> dict[str, np.ndarray]:
     return {"iteration": iteration, "gpu": gpu, "cpu_overhead": iteration - idle - gpu, "idle": idle}
 
 
-def gpu_bubbles_s(worker_regions, step_ids: np.ndarray) -> np.ndarray:
-    """Return per step (in step_ids order) the GPU idle gap before it, in s: its first GPU start minus
-    the previous step's last GPU end on the host clock (globaltimer stamps); NaN where not measured."""
+def gpu_bubbles_s(worker_regions, step_ids: np.ndarray, engine_index: np.ndarray | None = None) -> np.ndarray:
+    """Return per step (in step_ids order; engine_index: each step's engine, default 0) the GPU idle gap before
+    it, in s: its first GPU start minus the same engine's previous step's last GPU end on the host clock
+    (globaltimer stamps, over all ranks); NaN where not measured."""
     out = np.full(step_ids.size, np.nan)
     if worker_regions is None or worker_regions.num_rows == 0:
         return out
@@ -55,21 +56,26 @@ def gpu_bubbles_s(worker_regions, step_ids: np.ndarray) -> np.ndarray:
                                             pc.is_valid(worker_regions["step_id"])))
     if stamped.num_rows == 0:
         return out
+    engine = (pc.fill_null(stamped["engine_index"], 0).to_numpy(zero_copy_only=False).astype(np.int64)
+              if "engine_index" in stamped.column_names else np.zeros(stamped.num_rows, dtype=np.int64))
     step = stamped["step_id"].to_numpy(zero_copy_only=False).astype(np.int64)
     start = stamped["gpu_start_ns"].to_numpy(zero_copy_only=False).astype(np.int64)
     end = stamped["gpu_end_ns"].to_numpy(zero_copy_only=False).astype(np.int64)
-    order = np.argsort(step, kind="stable")
-    step, start, end = step[order], start[order], end[order]
-    first = np.r_[True, step[1:] != step[:-1]]
+    order = np.lexsort((step, engine))
+    engine, step, start, end = engine[order], step[order], start[order], end[order]
+    first = np.r_[True, (step[1:] != step[:-1]) | (engine[1:] != engine[:-1])]
     groups = np.flatnonzero(first)
-    ids = step[groups]
+    ids, engines = step[groups], engine[groups]
     first_start = np.minimum.reduceat(start, groups)
     last_end = np.maximum.reduceat(end, groups)
     bubble = np.full(ids.size, np.nan)
-    consecutive = ids[1:] == ids[:-1] + 1
+    consecutive = (ids[1:] == ids[:-1] + 1) & (engines[1:] == engines[:-1])
     bubble[1:][consecutive] = np.maximum(first_start[1:][consecutive] - last_end[:-1][consecutive], 0) / 1e9
-    where = np.searchsorted(ids, step_ids)
-    found = (where < ids.size) & (ids[np.minimum(where, ids.size - 1)] == step_ids)
+    keys = engines * (1 << 40) + ids
+    wanted = (np.zeros(step_ids.size, dtype=np.int64) if engine_index is None
+              else np.asarray(engine_index, dtype=np.int64)) * (1 << 40) + np.asarray(step_ids, dtype=np.int64)
+    where = np.searchsorted(keys, wanted)
+    found = (where < keys.size) & (keys[np.minimum(where, keys.size - 1)] == wanted)
     out[found] = bubble[where[found]]
     return out
 
@@ -101,7 +107,7 @@ def iteration_summary(run: Any) -> dict:
     kind = step_kinds(column("num_prefill_reqs"), column("num_decode_reqs"))
     series = {f"{k}_s": v for k, v in parts.items()}
     series.update({name: (column(b) - column(a)) / 1e9 for name, (a, b) in PHASES.items()})
-    bubbles = gpu_bubbles_s(getattr(run, "worker_regions", None), steps.step_id)
+    bubbles = gpu_bubbles_s(getattr(run, "worker_regions", None), steps.step_id, steps.engine_index)
     if not np.isnan(bubbles).all():  # only with GPU stamps (SERVESCOPE_GPU_STAMPS=1)
         series["gpu_bubble_s"] = bubbles
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -39,6 +39,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from servescope.run.columns import int_column
 from servescope.run.names import RequestEvent
 
 try:  # numba takes per-request medians 10x faster than one global sort; numpy is the fallback
@@ -53,35 +54,50 @@ CAUSES = ("preemption", "cpu_overhead", "prefill_interference", "rejected_draft"
 # --------------------------------------------------------------------------- GPU time per step
 
 
-def step_gpu_time_ns(worker_regions: pa.Table | None) -> tuple[np.ndarray, np.ndarray]:
-    """Return (step_id, GPU time in ns) per step: top-level timed regions summed per rank, max over ranks.
+def step_gpu_time_ns(worker_regions: pa.Table | None, engine_of_null: int = 0
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return (engine_index, step_id, GPU time in ns) per engine step, sorted by (engine, step): top-level timed
+    regions summed per rank, the slowest rank of each pipeline stage, the stages added up.
 
     Only regions with a GPU time count. A region whose host interval lies inside another region
-    of the same step and rank (``forward`` inside ``execute_model``) is not added again.
+    of the same step and rank (``forward`` inside ``execute_model``) is not added again. A row
+    without engine_index belongs to engine engine_of_null, one without pp_rank to stage 0.
     """
+    empty = np.zeros(0, dtype=np.int64)
     if worker_regions is None or worker_regions.num_rows == 0:
-        return np.zeros(0, dtype=np.int64), np.zeros(0)
+        return empty, empty, np.zeros(0)
     # regions outside a step (vLLM's warm-up, dummy batches) carry no step_id
     timed = worker_regions.filter(pc.and_(pc.is_valid(worker_regions["gpu_ns"]), pc.is_valid(worker_regions["step_id"])))
     if timed.num_rows == 0:
-        return np.zeros(0, dtype=np.int64), np.zeros(0)
+        return empty, empty, np.zeros(0)
+    engine = int_column(timed, "engine_index", engine_of_null)
     step = timed["step_id"].to_numpy(zero_copy_only=False).astype(np.int64)
-    rank = pc.fill_null(timed["rank"], 0).to_numpy(zero_copy_only=False).astype(np.int64)
-    start = pc.fill_null(timed["host_start_ns"], 0).to_numpy(zero_copy_only=False).astype(np.int64)
-    end = pc.fill_null(timed["host_end_ns"], 0).to_numpy(zero_copy_only=False).astype(np.int64)
-    end = np.maximum(end, start)
+    stage = int_column(timed, "pp_rank")
+    rank = int_column(timed, "rank")
+    start = int_column(timed, "host_start_ns")
+    end = np.maximum(int_column(timed, "host_end_ns"), start)
     gpu = timed["gpu_ns"].to_numpy(zero_copy_only=False).astype(np.float64)
-    order = np.lexsort((-end, start, rank, step))  # by step, rank, start; enclosing region first
-    step, rank, start, end, gpu = step[order], rank[order], start[order], end[order], gpu[order]
-    new_group = np.ones(step.size, dtype=bool)
-    new_group[1:] = (step[1:] != step[:-1]) | (rank[1:] != rank[:-1])
-    group = np.cumsum(new_group) - 1
+    order = np.lexsort((-end, start, rank, stage, step, engine))  # by step, stage, rank, start; enclosing first
+    engine, step, stage, rank = engine[order], step[order], stage[order], rank[order]
+    start, end, gpu = start[order], end[order], gpu[order]
+
+    def firsts(*keys: np.ndarray) -> np.ndarray:
+        new = np.zeros(keys[0].size, dtype=bool)
+        new[:1] = True
+        for key in keys:
+            new[1:] |= key[1:] != key[:-1]
+        return new
+
+    new_rank = firsts(engine, step, stage, rank)
+    group = np.cumsum(new_rank) - 1
     nested = _contained_in_earlier(group, start, end)
-    per_group = np.bincount(group, weights=np.where(nested, 0.0, gpu))
-    group_step = step[new_group]
-    new_step = np.ones(group_step.size, dtype=bool)
-    new_step[1:] = group_step[1:] != group_step[:-1]
-    return group_step[new_step], np.maximum.reduceat(per_group, np.flatnonzero(new_step))
+    per_rank = np.bincount(group, weights=np.where(nested, 0.0, gpu))
+    r_engine, r_step, r_stage = engine[new_rank], step[new_rank], stage[new_rank]
+    new_stage = firsts(r_engine, r_step, r_stage)
+    per_stage = np.maximum.reduceat(per_rank, np.flatnonzero(new_stage))
+    s_engine, s_step = r_engine[new_stage], r_step[new_stage]
+    new_step = firsts(s_engine, s_step)
+    return s_engine[new_step], s_step[new_step], np.add.reduceat(per_stage, np.flatnonzero(new_step))
 
 
 def _contained_in_earlier(group: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
@@ -130,27 +146,39 @@ class StepArrays:
         return np.where(np.isnan(self.gpu_ns), self.wait_ns.astype(np.float64), self.gpu_ns)
 
 
-def _col(table: pa.Table, name: str, fill: int = 0) -> np.ndarray:
-    if name not in table.column_names:
-        return np.full(table.num_rows, fill, dtype=np.int64)
-    return pc.fill_null(table[name], fill).to_numpy(zero_copy_only=False).astype(np.int64)
+def _engine_step_keys(engine: np.ndarray, step: np.ndarray) -> np.ndarray:
+    """Return one sortable int64 per (engine, step) (engine >= 0, step < 2**40), ordered like (engine, step)."""
+    return np.asarray(engine, dtype=np.int64) * (1 << 40) + np.asarray(step, dtype=np.int64)
+
+
+def values_at_steps(engine: np.ndarray, step: np.ndarray, values: np.ndarray, wanted_engine: np.ndarray,
+                    wanted_step: np.ndarray) -> np.ndarray:
+    """Return values (one per (engine, step), any order) at each wanted (engine, step), NaN where there is none."""
+    out = np.full(np.size(wanted_step), math.nan)
+    if np.size(step) == 0:
+        return out
+    keys = _engine_step_keys(engine, step)
+    order = np.argsort(keys, kind="stable")
+    keys, values = keys[order], np.asarray(values, dtype=np.float64)[order]
+    wanted = _engine_step_keys(wanted_engine, wanted_step)
+    pos = np.clip(np.searchsorted(keys, wanted), 0, keys.size - 1)
+    found = keys[pos] == wanted
+    out[found] = values[pos[found]]
+    return out
 
 
 def step_arrays(steps: pa.Table, worker_regions: pa.Table | None = None) -> StepArrays:
     """Return the steps table as sorted numpy arrays, joined with per-step GPU time from worker_regions."""
-    step_id = _col(steps, "step_id")
-    engine = _col(steps, "engine_index")
+    step_id = int_column(steps, "step_id")
+    engine = int_column(steps, "engine_index")
     order = np.lexsort((step_id, engine))
     step_id, engine = step_id[order], engine[order]
-    wait = np.maximum(_col(steps, "wait_end_ns") - _col(steps, "wait_start_ns"), 0)[order]
-    gpu = np.full(step_id.size, math.nan)
+    wait = np.maximum(int_column(steps, "wait_end_ns") - int_column(steps, "wait_start_ns"), 0)[order]
     engines = np.unique(engine)
-    if engines.size <= 1:  # worker_regions carry no engine index: join by step_id only with one engine
-        gpu_steps, gpu_ns = step_gpu_time_ns(worker_regions)
-        if gpu_steps.size:
-            pos = np.clip(np.searchsorted(gpu_steps, step_id), 0, gpu_steps.size - 1)
-            found = gpu_steps[pos] == step_id
-            gpu[found] = gpu_ns[pos[found]]
+    # keyed by (engine, step); regions without an engine index (runs before servescope 0.2) join only a single engine
+    gpu_engine, gpu_steps, gpu_ns = step_gpu_time_ns(worker_regions, int(engines[0]) if engines.size == 1 else -1)
+    known = gpu_engine >= 0
+    gpu = values_at_steps(gpu_engine[known], gpu_steps[known], gpu_ns[known], engine, step_id)
     bounds = {}
     for e in engines:
         lo, hi = np.searchsorted(engine, e, "left"), np.searchsorted(engine, e, "right")
@@ -158,10 +186,10 @@ def step_arrays(steps: pa.Table, worker_regions: pa.Table | None = None) -> Step
     return StepArrays(
         step_id=step_id,
         engine_index=engine,
-        update_end_ns=_col(steps, "update_end_ns")[order],
-        schedule_start_ns=_col(steps, "schedule_start_ns")[order],
+        update_end_ns=int_column(steps, "update_end_ns")[order],
+        schedule_start_ns=int_column(steps, "schedule_start_ns")[order],
         wait_ns=wait,
-        prefill_tokens=_col(steps, "num_prefill_tokens")[order],
+        prefill_tokens=int_column(steps, "num_prefill_tokens")[order],
         gpu_ns=gpu,
         engine_bounds=bounds,
     )
@@ -501,8 +529,8 @@ def find_stalls(
     events = run.request_events
     preempted = events.filter(pc.equal(events["event"], RequestEvent.PREEMPTED)) if events.num_rows else events
     p_req = _request_positions(preempted["request_id"], request_ids)
-    p_step = _col(preempted, "step_id", fill=-1)
-    p_time = _col(preempted, "time_ns")
+    p_step = int_column(preempted, "step_id", fill=-1)
+    p_time = int_column(preempted, "time_ns")
 
     drafts = np.zeros(rows.size, dtype=np.int64)
     accepted = np.zeros(rows.size, dtype=np.int64)
@@ -511,7 +539,7 @@ def find_stalls(
         stall_steps = np.unique(chunk_steps[rows])
         near = emissions.filter(pc.is_in(emissions["step_id"], value_set=pa.array(stall_steps)))
         e_req = _request_positions(near["request_id"], request_ids)
-        e_step = _col(near, "step_id")
+        e_step = int_column(near, "step_id")
         width = int(max(e_step.max(initial=0), chunk_steps.max(initial=0))) + 1
         e_key = e_req * width + e_step
         order = np.argsort(e_key, kind="stable")
@@ -520,8 +548,8 @@ def find_stalls(
         if e_key.size:
             pos = np.clip(np.searchsorted(e_key, q_key), 0, e_key.size - 1)
             found = e_key[pos] == q_key
-            drafts[found] = _col(near, "num_draft_tokens")[order][pos[found]]
-            accepted[found] = _col(near, "num_accepted_tokens")[order][pos[found]]
+            drafts[found] = int_column(near, "num_draft_tokens")[order][pos[found]]
+            accepted[found] = int_column(near, "num_accepted_tokens")[order][pos[found]]
 
     gap_s = (chunk_times[rows] - chunk_times[rows - 1]) / 1e9
     evidence = attribute_stalls(

@@ -119,13 +119,14 @@ def analyze_run(run_dir: str | os.PathLike, *, tbt_slo_s: float | None = None,
     if (ttft_slo_s is not None or prefill_model is not None) and tbt_slo_s is None:
         raise ValueError("a TTFT deadline or prefill model is part of the fluidity index: give tbt_slo_s too")
     from servescope.analysis.iterations import iteration_summary, speculative_summary
+    from servescope.analysis.rank_skew import rank_summary
     from servescope.analysis.speculative_steps import speculative_step_summary
 
     run = load_run(run_dir, strict=strict)
     view = request_view(run, observer)
     metrics = view.metrics
     info = run_info(run, view)
-    iterations, speculative = iteration_summary(run), speculative_summary(run)
+    iterations, speculative, ranks = iteration_summary(run), speculative_summary(run), rank_summary(run)
     beside = (ClientBesideEngine(run, view.client, metrics)
               if view.source == Observer.ENGINE and view.client is not None else None)
     if speculative is not None:
@@ -159,6 +160,8 @@ def analyze_run(run_dir: str | os.PathLike, *, tbt_slo_s: float | None = None,
     }
     if speculative is not None:
         result["speculative"] = speculative
+    if ranks is not None:
+        result["ranks"] = ranks
     if fluidity is not None:
         rows = np.flatnonzero(view.counted)
         summary.update({name: summarize(fluidity[name][rows]) for name in FLUIDITY_METRICS})
@@ -332,6 +335,7 @@ def summary_text(result: dict) -> str:
                       f"length {spec['mean_acceptance_length']:.2f} incl. bonus); per position "
                       + ", ".join(f"{p:.2f}" for p in spec["acceptance_per_position"])]
         lines += _speculative_step_lines(spec.get("steps"))
+    lines += _rank_lines(result.get("ranks"))
     conventions = result["conventions"]
     lines += [
         "",
@@ -379,6 +383,36 @@ def _speculative_step_lines(steps: dict | None) -> list[str]:
         host, gpu = parts["host_ms"][part], parts["gpu_ms"][part]
         if host["count"]:
             lines.append(f"    {part:<16} {_number(host['p50'], 1.0):>8} / {_number(gpu['p50'], 1.0)}")
+    return lines
+
+
+def _rank_lines(ranks: dict | None) -> list[str]:
+    """Return the ranks block as lines: placement, rank skew, slowest rank, communication, pipeline (ms)."""
+    if not ranks:
+        return []
+    placement = ", ".join(f"{p['rank']} (engine {p['engine_index']}, TP {p['tp_rank']}, PP {p['pp_rank']})"
+                          for p in ranks["placement"])
+    skew, start = ranks["skew_s"], ranks["start_skew_s"]
+    slowest = ", ".join(f"rank {rank} in {count}" for rank, count in ranks["slowest_rank"].items())
+    lines = ["", f"ranks: {placement}",
+             f"  rank skew (slowest minus fastest rank's end, {ranks['clock']} clock; {ranks['groups']} step groups): "
+             f"P50 {_number(skew['p50'], 1e3)} ms, P99 {_number(skew['p99'], 1e3)} ms; start skew P50 "
+             f"{_number(start['p50'], 1e3)} ms; slowest: {slowest or '-'}"]
+    comm = ranks["communication"]
+    if comm["measured_groups"]:
+        share = comm.get("share_of_step_gpu_time", {})
+        lines.append(f"  communication per step (collectives of the least-waiting rank, {comm['measured_groups']} "
+                     f"step groups): P50 {_number(comm['communication_s']['p50'], 1e3)} ms, wait in collectives "
+                     f"P50 {_number(comm['collective_wait_s']['p50'], 1e3)} ms, share of the step's GPU time P50 "
+                     f"{_number(share.get('p50'), 1.0, '.3f')}")
+    else:
+        lines.append(f"  communication: {comm.get('note', 'not measured')}")
+    pipe = ranks.get("pipeline")
+    if pipe:
+        handoffs = ", ".join(f"{b} P50 {_number(h['p50'], 1e3)} ms" for b, h in pipe["handoff_s"].items())
+        idle = ", ".join(f"stage {s} P50 {_number(i['p50'], 1e3)} ms (busy {pipe['stage_busy_share'][s]:.2f})"
+                         for s, i in pipe["stage_idle_s"].items())
+        lines.append(f"  pipeline ({pipe['stages']} stages): handoff {handoffs}; idle before a step: {idle}")
     return lines
 
 

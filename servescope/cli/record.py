@@ -31,7 +31,7 @@ def recording_parts(ctx: typer.Context, param: typer.CallbackParam, value: str |
 
 
 PARTS_HELP = ("Recording parts, a comma list: default, all, none, or frontend, scheduler, tokens, regions, gpu_events, "
-              "nvml, thread, gpu_stamps; -NAME removes one (default,-nvml). docs/overhead.md says what each costs.")
+              "nvml, thread, gpu_stamps, collectives; -NAME removes one (default,-nvml). docs/overhead.md says what each costs.")
 
 
 def run(

@@ -10,7 +10,8 @@ Layout of the trace (times in microseconds from the run's first record):
   output, update (emit tokens)); steps that overlap (async scheduling) go to
   a second "engine steps" lane; counters for the running / waiting queues and KV-cache usage;
 * workers: each rank's timed regions on its host track (nested regions stay nested) and, where
-  the GPU timers resolved them, the same regions on a separate "GPU" track;
+  the GPU timers resolved them, the same regions on a separate "GPU" track; one track per rank, named
+  with its tensor- and pipeline-parallel rank where the run recorded them ("rank 1, TP 1, PP 0");
 * front end: the output processor's work per engine output (``frontend_steps``), and every
   request's lifetime as an async slice (arrival -> finished) with nested queued / prefill /
   decode parts and instant events for the first token and each preemption;
@@ -43,6 +44,7 @@ import pyarrow.compute as pc
 from servescope.analysis.client_view import ClientRequests, client_requests
 from servescope.analysis.client_vs_engine import ClientBesideEngine
 from servescope.analysis.request_metrics import MISSING_NS, compute_request_metrics
+from servescope.run.columns import int_column
 from servescope.run.data import load_run
 from servescope.run import directory as rundir
 from servescope.run.tables import report_warnings
@@ -202,7 +204,7 @@ def _time_zero(run) -> int | None:
 
 def _ns(table: pa.Table, name: str) -> np.ndarray:
     """Return an int64 ns column, MISSING_NS for nulls."""
-    return pc.fill_null(table[name], MISSING_NS).to_numpy(zero_copy_only=False).astype(np.int64)
+    return int_column(table, name, MISSING_NS)
 
 
 class _Clock:
@@ -376,10 +378,13 @@ def _region_events(regions: pa.Table, pid: int, clock: _Clock, names: _TrackName
     rank = pc.fill_null(regions["rank"], 0).to_numpy(zero_copy_only=False).astype(np.int64)
     encoded = pc.dictionary_encode(pc.fill_null(regions["region"], "region")).combine_chunks()
     region = np.asarray(encoded.dictionary.to_pylist(), dtype=object)[encoded.indices.to_numpy()]
+    placement = {r: _placement(regions, rank == r) for r in np.unique(rank).tolist()}
+    arg_columns = tuple(c for c in ("step_id", "gpu_ns", "engine_index", "tp_rank", "pp_rank")
+                        if c in regions.column_names)
     events = []
     for source, start_col, end_col, base, label in (
-        ("host", "host_start_ns", "host_end_ns", WORKER_HOST_TID, "rank {rank}"),
-        ("gpu", "gpu_start_ns", "gpu_end_ns", WORKER_GPU_TID, "GPU (rank {rank})"),
+        ("host", "host_start_ns", "host_end_ns", WORKER_HOST_TID, "rank {rank}{placement}"),
+        ("gpu", "gpu_start_ns", "gpu_end_ns", WORKER_GPU_TID, "GPU (rank {rank}{placement})"),
     ):
         start, end = _ns(regions, start_col), _ns(regions, end_col)
         for r in np.unique(rank).tolist():
@@ -390,11 +395,24 @@ def _region_events(regions: pa.Table, pid: int, clock: _Clock, names: _TrackName
             tids = base + 10 * r + lanes
             for lane in np.unique(lanes).tolist():
                 names.thread(pid, base + 10 * r + lane,
-                             label.format(rank=r) + (f" (lane {lane + 1})" if lane else ""))
-            args = _row_args(regions, ("step_id", "gpu_ns"), rows)
+                             label.format(rank=r, placement=placement[r]) + (f" (lane {lane + 1})" if lane else ""))
+            args = _row_args(regions, arg_columns, rows)
             events += _complete_events(region[rows], f"worker_{source}", pid, tids, start[rows], end[rows], clock,
                                        args)
     return events
+
+
+def _placement(regions: pa.Table, mine: np.ndarray) -> str:
+    """Return ', TP t, PP p' (and ', engine e' past engine 0) for one rank's rows, '' where the run did not record it."""
+    values = {}
+    for column, name in (("tp_rank", "TP"), ("pp_rank", "PP"), ("engine_index", "engine")):
+        if column in regions.column_names:
+            known = pc.drop_null(regions[column].filter(pa.array(mine))).to_pylist()
+            values[name] = known[0] if known else None
+    if values.get("TP") is None and values.get("PP") is None:
+        return ""
+    text = f", TP {values['TP']}, PP {values['PP']}"
+    return text + (f", engine {values['engine']}" if values.get("engine") else "")
 
 
 def _frontend_events(front: pa.Table, pid: int, clock: _Clock, names: _TrackNames) -> list[dict]:

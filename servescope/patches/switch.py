@@ -50,6 +50,7 @@ class Parts:
         self.nvml = "nvml" in parts
         self.thread = "thread" in parts
         self.gpu_stamps = "gpu_stamps" in parts
+        self.collectives = "collectives" in parts
         self.steps = self.scheduler or self.tokens or self.regions  # step ids are needed by all three
 
 

@@ -3,7 +3,8 @@
 Rows go to ``append_row(tuple)`` in worker_regions column order (schema.py): step_id, rank,
 region, host_start_ns, host_end_ns, gpu_ns, gpu_start_ns, gpu_end_ns, host_cpu_ns,
 voluntary_switches, involuntary_switches (the thread's CPU time and context switches inside the
-region, with ``read_thread_usage=True``: thread_usage.py), engine_index.
+region, with ``read_thread_usage=True``: thread_usage.py), then the worker's placement:
+engine_index, tp_rank, pp_rank (``set_placement``; None until the patch knows them).
 
 Where the GPU part of a region comes later than its host part, give ``append_pending(seq, row)``
 and ``resolve(seq, gpu_ns, gpu_start_ns, gpu_end_ns)``: the host row is recorded the moment the
@@ -123,7 +124,7 @@ class RegionTimer:
         self._seq = 0
         self._usage = thread_usage if read_thread_usage else _no_usage
         self.rank = rank
-        self.engine_index: int | None = None  # set by the patch once the engine is known
+        self.placement: tuple = (None, None, None)  # (engine_index, tp_rank, pp_rank): every row's last columns
         self.forward_region = forward_region
         self.dropped = 0  # regions whose GPU part was dropped (pool exhausted)
         self.errors = 0  # exceptions caught inside the timer
@@ -166,6 +167,20 @@ class RegionTimer:
             return
         if use_globaltimer or forward_stamps:
             self._setup_stamps(use_globaltimer, forward_stamps, stamps, graph_stamps, 2 * pool_size + 16)
+
+    def set_placement(self, engine_index: int | None, tp_rank: int | None, pp_rank: int | None) -> None:
+        """Tag every later row with the worker's engine index (data-parallel rank), tensor- and pipeline-parallel rank."""
+        self.placement = (engine_index, tp_rank, pp_rank)
+
+    def is_capturing(self) -> bool:
+        """Return True while the current CUDA stream is capturing a graph (False in host mode)."""
+        if self.mode == "host":
+            return False
+        try:
+            return bool(self._is_capturing())
+        except Exception:
+            self.errors += 1
+            return True  # unknown: stay out of the way
 
     def _setup_stamps(self, use_globaltimer, forward_stamps, stamps, graph_stamps, capacity) -> None:
         try:
@@ -233,7 +248,7 @@ class RegionTimer:
             step_id, region, h0, pair, s0, usage0 = token
             used = usage_between(usage0, usage)
             if pair is None:
-                self._append((step_id, self.rank, region, h0, h1, None, None, None, *used, self.engine_index))
+                self._append((step_id, self.rank, region, h0, h1, None, None, None, *used, *self.placement))
                 return
             pair[1].record()
             s1 = self._stamps.stamp() if s0 is not None else None
@@ -242,7 +257,7 @@ class RegionTimer:
                 seq = self._seq
                 self._seq += 1
                 self._append_pending(seq, (step_id, self.rank, region, h0, h1, None, None, None, *used,
-                                           self.engine_index))
+                                           *self.placement))
             self._pending.append((step_id, region, h0, h1, pair, s0, s1, used, seq))
         except Exception:
             self.errors += 1
@@ -322,7 +337,7 @@ class RegionTimer:
         if seq is not None:
             self._resolve_gpu(seq, gpu_ns, gpu_start, gpu_end)
         else:
-            self._append((step_id, self.rank, region, h0, h1, gpu_ns, gpu_start, gpu_end, *used, self.engine_index))
+            self._append((step_id, self.rank, region, h0, h1, gpu_ns, gpu_start, gpu_end, *used, *self.placement))
 
     def _harvest_forward(self) -> int:
         gs = self._graph_stamps
@@ -333,7 +348,7 @@ class RegionTimer:
         for tag, b, e in self._pairer.feed(gs.drain()):
             start = cal.to_monotonic_ns(b) if cal is not None else None
             end = cal.to_monotonic_ns(e) if cal is not None else None
-            self._append((tag, self.rank, self.forward_region, None, None, e - b, start, end, *NO_USAGE, self.engine_index))
+            self._append((tag, self.rank, self.forward_region, None, None, e - b, start, end, *NO_USAGE, *self.placement))
             n += 1
         return n
 

@@ -33,6 +33,9 @@ from servescope.report.figures import (
     iteration_timeline_figure,
     latency_cdf_figure,
     normalization_figure,
+    rank_skew_figure,
+    rank_timeline_figure,
+    several_ranks,
     stall_causes_figure,
     tbt_cdf_figure,
     token_timelines_figure,
@@ -189,9 +192,10 @@ class FigureSpec:
 
 
 def figure_specs(tbt_slo_s: float | None, *, client_beside_engine: bool = False,
-                 engine_steps: bool = True) -> list[FigureSpec]:
+                 engine_steps: bool = True, ranks: bool = False) -> list[FigureSpec]:
     """Return the report's figures in page order: fluidity only with a TBT SLO, the client beside the engine
-    only when a run has both records, the iteration timeline only when a run has engine steps."""
+    only when a run has both records, the iteration timeline only when a run has engine steps, the rank
+    figures only when a run has several worker ranks (ranks)."""
     specs = [
         FigureSpec("ttft-cdf", "latency", "Time to first token", lambda runs: latency_cdf_figure(runs, "ttft_s"),
                    "Left: the fraction of requests whose TTFT is at most x (markers: P50, P90, P99). Right: the "
@@ -245,6 +249,25 @@ def figure_specs(tbt_slo_s: float | None, *, client_beside_engine: bool = False,
                    "processing, each worker's timed regions on the host, and their GPU time where CUDA timers "
                    "measured it. Gaps in the wait row with the GPU row empty are CPU overhead."),
     ]
+    if ranks:
+        specs += [
+            FigureSpec("rank-timeline", "iterations", "Ranks: a few steps around the largest rank skew",
+                       rank_timeline_figure,
+                       "For each run whose steps ran on several worker ranks (tensor or pipeline parallelism): one "
+                       "lane per rank, each bar a rank's span of one step (its first region's start to its last "
+                       "region's end; on the GPU clock where every rank has globaltimer stamps, else the host "
+                       "clock), the lane below a rank its collectives (recorded with --parts default,collectives, "
+                       "outside CUDA graphs). The black segment above marks each step's rank skew, from the "
+                       "fastest to the slowest rank's end: the step is as slow as that last rank, the others wait "
+                       "in their next collective or for the next step."),
+            FigureSpec("rank-skew", "iterations", "Rank skew and communication per step", rank_skew_figure,
+                       "Left: the distribution over steps of the rank skew (solid: slowest minus fastest rank's "
+                       "end; dashed: the same for their starts, how late a rank began the step). Middle: "
+                       "communication per step (solid: the collectives of the rank that waited least, the "
+                       "transfer itself) and the time the first-arriving rank waited inside collectives for the "
+                       "others (dashed). Right: in how many steps each rank ended last; one rank that is always "
+                       "last holds every step back (more work, a slower device, a busier host core)."),
+        ]
     left_out = ({"client-vs-engine"} if not client_beside_engine else set()) | (
         {"iteration-timeline"} if not engine_steps else set())
     specs = [spec for spec in specs if spec.name not in left_out]
@@ -535,7 +558,7 @@ def write_report(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
         stall_median_multiple = None if tbt_slo_s is not None else DEFAULT_STALL_MEDIAN_MULTIPLE
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    specs = figure_specs(tbt_slo_s, client_beside_engine=True)  # every figure that may be drawn
+    specs = figure_specs(tbt_slo_s, client_beside_engine=True, ranks=True)  # every figure that may be drawn
     labels = run_labels(run_dirs)
     with _progress(len(run_dirs) + len(specs) + 1, show_progress) as advance:
         runs = []
@@ -549,6 +572,7 @@ def write_report(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
                 run_warnings[str(path)] = list(runs[-1].warnings)
         figures: dict[str, list[h.EmbeddedFigure]] = {}
         drawn = figure_specs(tbt_slo_s, engine_steps=any(r.figures.steps.num_rows for r in runs),
+                             ranks=any(several_ranks(r.figures) for r in runs),
                              client_beside_engine=any(r.figures.beside is not None and r.figures.beside.compared.size
                                                       for r in runs))
         for spec in specs:

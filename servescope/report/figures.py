@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -21,12 +21,15 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 from servescope.analysis.client_vs_engine import ClientBesideEngine
 from servescope.analysis.distributions import cdf, percentile
+from servescope.analysis.rank_skew import step_groups
 from servescope.analysis.request_metrics import MISSING_NS, NS_PER_S, RequestMetrics
 from servescope.analysis.stalls import CAUSES, Stalls
-from servescope.run.names import Observer, StepPhase
+from servescope.run.columns import int_column
+from servescope.run.names import Observer, Region, StepPhase
 
 # Okabe-Ito: distinguishable with every common colour-vision deficiency.
 RUN_COLORS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
@@ -602,9 +605,7 @@ def client_engine_figure(runs: Sequence[ReportRun]) -> Figure:
 
 def _ns(table: pa.Table, name: str) -> np.ndarray:
     """Return an int64 ns column with MISSING_NS for nulls (a missing column is all MISSING_NS)."""
-    if name not in table.column_names:
-        return np.full(table.num_rows, MISSING_NS, dtype=np.int64)
-    return pc.fill_null(table[name], MISSING_NS).to_numpy(zero_copy_only=False).astype(np.int64)
+    return int_column(table, name, MISSING_NS)
 
 
 def timeline_window(run: ReportRun) -> tuple[int, int] | None:
@@ -774,3 +775,139 @@ def _label_steps(ax, run: ReportRun, lo: int, hi: int, row: int) -> None:
         if (e - s) / span >= 0.035:
             ax.text((s + e - 2 * lo) / 2e6, row, f"{step_id[k]}", ha="center", va="center", fontsize=7,
                     color="#444444")
+
+
+# --------------------------------------------------------------------------- ranks (tensor / pipeline parallelism)
+
+RANK_WINDOW_STEPS = 3  # steps shown on each side of the step with the largest skew
+COLLECTIVE_COLOR = "#CC3311"
+SKEW_COLOR = "#000000"
+STEP_SHADES = ("#88CCEE", "#44AA99")
+
+
+def several_ranks(run: ReportRun) -> bool:
+    """Return True when some engine step of the run ran on more than one worker rank."""
+    return bool((step_groups(run.worker_regions).ranks > 1).any())
+
+
+def rank_timeline_figure(runs: Sequence[ReportRun]) -> Figure:
+    """Return, per run with several ranks, each rank's span of a few steps around the largest rank skew, its
+    collectives, and each step's skew (fastest to slowest rank end)."""
+    shown = [run for run in runs if several_ranks(run)]
+    lanes = [_rank_lanes(run) for run in shown]
+    heights = [max(len(lane[0]), 1) * 0.5 + 1.3 for lane in lanes] or [1.5]
+    fig = new_figure(sum(heights) + 0.5)
+    axes = np.atleast_1d(fig.subplots(max(len(shown), 1), 1, squeeze=False, height_ratios=heights)).ravel()
+    if not shown:
+        _no_data(axes[0], "no run has more than one worker rank")
+        return fig
+    for ax, run, (names, bars, skews, title) in zip(axes, shown, lanes):
+        for row, (start, end, color) in enumerate(bars):
+            ax.broken_barh(list(zip(start, np.maximum(end - start, 0))), (row - 0.3, 0.6), facecolors=color,
+                           edgecolor="white", linewidth=0.3)
+        for first_end, last_end in skews:
+            ax.plot([first_end, last_end], [-0.6, -0.6], color=SKEW_COLOR, linewidth=2.5, solid_capstyle="butt")
+            ax.axvline(last_end, color=SKEW_COLOR, linewidth=0.6, linestyle=":")
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+        ax.set_ylim(len(names) - 0.4, -1.0)
+        style_axes(ax, "time in window (ms)", "", "")
+        ax.grid(False, axis="y")
+        ax.set_title(plain(f"{run.label}: {title}"), color=run.color, loc="left", fontsize=11)
+    handles = [Patch(facecolor=STEP_SHADES[0], label="a rank's span of a step (shades alternate by step)"),
+               Patch(facecolor=COLLECTIVE_COLOR, label="collective (all-reduce, all-gather, reduce-scatter)"),
+               Line2D([], [], color=SKEW_COLOR, linewidth=2.5, label="rank skew: fastest to slowest rank's end")]
+    fig.legend(handles=handles, loc="outside lower center", ncols=3, fontsize=8, frameon=False)
+    return fig
+
+
+class RankLanes(NamedTuple):
+    """One run's lanes of the rank timeline: times in ms from the window's start."""
+
+    names: list[str]  # one per lane, top to bottom
+    bars: list[tuple[np.ndarray, np.ndarray, object]]  # per lane (starts, ends, colour or colours)
+    skews: list[tuple[float, float]]  # per step group with several ranks: (fastest rank's end, slowest rank's end)
+    title: str
+
+
+def _rank_lanes(run: ReportRun) -> RankLanes:
+    """Return the lanes of one run's rank timeline: RANK_WINDOW_STEPS steps either side of its largest rank skew,
+    each rank's span per step and its collectives, on the clock step_groups chose for each step group."""
+    groups = step_groups(run.worker_regions)
+    several = np.flatnonzero(groups.ranks > 1)
+    worst = several[np.argmax(groups.skew_ns[several])]
+    engine = int(groups.engine_index[worst])
+    pick = ((groups.engine_index == engine) & (np.abs(groups.step_id - groups.step_id[worst]) <= RANK_WINDOW_STEPS)
+            & (groups.ranks > 0))
+    lo = int(groups.start_ns[pick].min())
+    steps = groups.step_id[pick]
+    regions = run.worker_regions.filter(pc.is_in(run.worker_regions["step_id"], value_set=pa.array(np.unique(steps))))
+    regions = regions.filter(pa.array(int_column(regions, "engine_index") == engine))
+    step, rank, stage = int_column(regions, "step_id"), int_column(regions, "rank"), int_column(regions, "pp_rank")
+    tp, pp = int_column(regions, "tp_rank", -1), int_column(regions, "pp_rank", -1)
+    collective = np.asarray(pc.fill_null(pc.equal(regions["region"], Region.COLLECTIVE), False).to_numpy(
+        zero_copy_only=False), dtype=bool)
+    gpu_groups = {(int(k), int(p)) for k, p, g in zip(steps, groups.pp_rank[pick], groups.on_gpu_clock[pick]) if g}
+    on_gpu = np.array([(k, p) in gpu_groups for k, p in zip(step.tolist(), stage.tolist())], dtype=bool)
+    start = np.where(on_gpu, _ns(regions, "gpu_start_ns"), _ns(regions, "host_start_ns"))
+    end = np.where(on_gpu, _ns(regions, "gpu_end_ns"), _ns(regions, "host_end_ns"))
+    timed = (start != MISSING_NS) & (end != MISSING_NS)
+    names, bars = [], []
+    for r in np.unique(rank[timed]).tolist():
+        mine = timed & (rank == r)
+        first = np.flatnonzero(mine)[0]
+        names.append(f"rank {r}" + (f" (TP {tp[first]}, PP {pp[first]})" if tp[first] >= 0 else ""))
+        span_steps = np.unique(step[mine])
+        span_start = np.array([start[mine & (step == k)].min() for k in span_steps])
+        span_end = np.array([end[mine & (step == k)].max() for k in span_steps])
+        bars.append(((span_start - lo) / 1e6, (span_end - lo) / 1e6, [STEP_SHADES[k % 2] for k in span_steps]))
+        if (mine & collective).any():
+            names.append(f"  collectives of rank {r}")
+            bars.append(((start[mine & collective] - lo) / 1e6, (end[mine & collective] - lo) / 1e6,
+                         COLLECTIVE_COLOR))
+    skews = [((groups.end_ns[g] - groups.skew_ns[g] - lo) / 1e6, (groups.end_ns[g] - lo) / 1e6)
+             for g in np.flatnonzero(pick & (groups.ranks > 1))]
+    clock = "GPU" if groups.on_gpu_clock[worst] else "host"
+    title = (f"steps {steps.min()}-{steps.max()} (engine {engine}), largest rank skew "
+             f"{groups.skew_ns[worst] / 1e6:.2f} ms at step {groups.step_id[worst]}, slowest rank "
+             f"{groups.slowest_rank[worst]} ({clock} clock)")
+    return RankLanes(names, bars, skews, title)
+
+
+def rank_skew_figure(runs: Sequence[ReportRun]) -> Figure:
+    """Return per run the distributions over steps of rank skew and start skew, of communication and collective
+    wait, and the steps in which each rank was the slowest."""
+    fig = new_figure(4.3)
+    ax_skew, ax_comm, ax_slowest = fig.subplots(1, 3)
+    shown = [(run, step_groups(run.worker_regions)) for run in runs]
+    shown = [(run, g) for run, g in shown if (g.ranks > 1).any()]
+    drawn = {"skew": False, "comm": False}
+    for run, g in shown:
+        several = g.ranks > 1
+        for ax, key, pairs in ((ax_skew, "skew", ((g.skew_ns, "-", "end"), (g.start_skew_ns, "--", "start"))),
+                               (ax_comm, "comm", ((g.communication_ns, "-", "communication"),
+                                                  (g.collective_wait_ns, "--", "wait in collectives")))):
+            for values, style, what in pairs:
+                v = _finite(values[several] / 1e6)
+                if v.size == 0:
+                    continue
+                drawn[key] = True
+                x, y, _ = thinned_cdf(v)
+                ax.plot(x, y, drawstyle="steps-post", color=run.color, linestyle=style, linewidth=1.6,
+                        label=f"{plain(run.label)} {what}: P50 {_fmt(percentile(v, 50), 'ms')}, "
+                              f"P99 {_fmt(percentile(v, 99), 'ms')}")
+        ranks, counts = np.unique(g.slowest_rank[several], return_counts=True)
+        ax_slowest.bar([f"{plain(run.label)}\nrank {r}" for r in ranks], counts, color=run.color)
+    for ax, key, what, title in ((ax_skew, "skew", "rank skew per step (ms)", "slowest minus fastest rank"),
+                                 (ax_comm, "comm", "per step (ms)", "communication between ranks")):
+        if drawn[key]:
+            style_axes(ax, what, "fraction of steps <= x", title)
+            ax.set_ylim(0, 1.02)
+            ax.legend(fontsize=7, loc="lower right")
+        else:
+            _no_data(ax, "not measured" if shown else "no run has more than one worker rank")
+    if shown:
+        style_axes(ax_slowest, "", "steps in which the rank ended last", "slowest rank")
+        ax_slowest.yaxis.set_major_locator(MaxNLocator(integer=True))
+    else:
+        _no_data(ax_slowest, "no run has more than one worker rank")
+    return fig

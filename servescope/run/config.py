@@ -22,6 +22,8 @@ gpu_events CUDA-event GPU time of every worker region (needs regions)           
 nvml       gpu_samples from NVML (rank 0, every nvml_interval_s)                on
 thread     the worker thread's CPU time and context switches per region        off
 gpu_stamps globaltimer stamps (GPU start/end of regions, inside CUDA graphs)    off
+collectives region ``collective`` per all-reduce / all-gather / reduce-scatter   off
+           (vLLM workers, outside CUDA graphs; docs/multi-gpu.md)
 ========== ==================================================================== =========
 """
 
@@ -35,7 +37,7 @@ from typing import Mapping
 RUN_DIR_ENV = "SERVESCOPE_RUN_DIR"
 CONFIG_ENV = "SERVESCOPE_CONFIG"
 
-PARTS = ("frontend", "scheduler", "tokens", "regions", "gpu_events", "nvml", "thread", "gpu_stamps")
+PARTS = ("frontend", "scheduler", "tokens", "regions", "gpu_events", "nvml", "thread", "gpu_stamps", "collectives")
 DEFAULT_PARTS = frozenset(("frontend", "scheduler", "tokens", "regions", "gpu_events", "nvml"))
 
 DEFAULT_SEGMENT_BYTES = 32 << 20

@@ -36,8 +36,12 @@ def table_dir(run_dir: str | os.PathLike, table: str) -> Path:
 
 
 def rows_to_table(table: str, rows: list[tuple]) -> pa.Table:
-    """Return rows (tuples in column order) as an Arrow table of the table's schema."""
+    """Return rows (tuples in column order) as an Arrow table of the table's schema; a row shorter than the
+    schema (written before columns were appended, e.g. a spool of an older servescope) has nulls for the rest."""
     spec = TABLES[table]
+    width = len(spec.columns)
+    if rows and min(map(len, rows)) < width:
+        rows = [tuple(row) + (None,) * (width - len(row)) for row in rows]
     columns = list(zip(*rows))
     return pa.Table.from_arrays([pa.array(col, type=c.type) for col, c in zip(columns, spec.columns)],
                                 schema=spec.arrow_schema)

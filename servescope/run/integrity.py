@@ -19,7 +19,7 @@ from the spool, after the parts; a part written from a spool that is still there
 cut short) is not read at all, so nothing is counted twice.
 
 A column absent from *every* part of a table is read as nulls, with one message (none for the
-columns schema.py gained later, ``ADDED_COLUMNS``, in a run older than the index). A run recorded before servescope kept a part index is read with the
+columns schema.py gained later, ``ADDED_COLUMNS`` in a run older than the index, ``ADDED_SINCE_INDEX`` in any run). A run recorded before servescope kept a part index is read with the
 checks that need no index (duplicates, unreadable parts, columns) and one message saying it cannot
 be verified. With ``strict=True`` the first message raises RunDirError instead.
 """
@@ -45,6 +45,11 @@ from servescope.run.spool import SPOOL_DIR, part_spool_name, read_spools
 ADDED_COLUMNS = {
     "steps": {"engine_timestamp_ns"},
     "worker_regions": {"engine_index", "host_cpu_ns", "voluntary_switches", "involuntary_switches"},
+}
+# Columns added after servescope began keeping the part index: absent from every part of an indexed run recorded
+# before them, read as null there without a message too (a part always holds every column its writer knew).
+ADDED_SINCE_INDEX = {
+    "worker_regions": {"tp_rank", "pp_rank"},
 }
 LEGACY_NOTE = ("recorded before servescope kept a part index (RUN/parts/): its parts cannot be verified "
                "(a missing or foreign part would go unnoticed)")
@@ -279,7 +284,7 @@ class RunParts:
             return set()
         present = {name for c in candidates for name in c.schema.names}
         absent = {name for name in TABLES[table].column_names if name not in present}
-        expected = ADDED_COLUMNS.get(table, set()) if not self.indexed else set()
+        expected = (ADDED_COLUMNS.get(table, set()) if not self.indexed else set()) | ADDED_SINCE_INDEX.get(table, set())
         if absent - expected:
             self.problems.add(f"{table_dir(self.run_dir, table)}: column(s) {', '.join(sorted(absent))} absent from "
                               "every part (recorded by an older servescope?); read as null")

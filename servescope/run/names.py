@@ -75,8 +75,9 @@ class Region:
     DRAFT_DECODE = "draft_decode"  # the proposer's drafts after the first (k - 1 one-token forwards; inside draft)
     BOOKKEEP = "bookkeep"  # Model Runner V1's bookkeeping (holds the host's wait for the GPU)
     PREPARE_INPUTS = "prepare_inputs"  # building a batch's input tensors on the host (transformers; host time only)
+    COLLECTIVE = "collective"  # one all-reduce / all-gather / reduce-scatter between ranks (inside forward; opt-in)
     ALL = (EXECUTE_MODEL, FORWARD, FORWARD_GPU, SAMPLE_TOKENS, SAMPLE, REJECTION_SAMPLE, DRAFT, DRAFT_DECODE,
-           BOOKKEEP, PREPARE_INPUTS)
+           BOOKKEEP, PREPARE_INPUTS, COLLECTIVE)
 
 
 class FinishReason:

@@ -79,6 +79,8 @@ class WorkerRegionRow(NamedTuple):
     voluntary_switches: Optional[int] = None
     involuntary_switches: Optional[int] = None
     engine_index: Optional[int] = None
+    tp_rank: Optional[int] = None
+    pp_rank: Optional[int] = None
 
 
 class GpuSampleRow(NamedTuple):

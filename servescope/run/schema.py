@@ -132,7 +132,7 @@ WORKER_REGIONS_TABLE = TableSpec(
     "CUDA events resolved it.",
     (
         _c("step_id", I64, "", "engine step (the EngineCore's step_id, carried on the SchedulerOutput)"),
-        _c("rank", I32, "", "worker rank"),
+        _c("rank", I32, "", "the worker's rank in its engine's executor (0 .. TP x PP - 1, vLLM's `rank`; the torch.distributed world rank when data parallelism is off)"),
         _c("region", STR, "", ", ".join(Region.ALL)),
         _c("host_start_ns", I64, "ns, monotonic", "region entered on the host"),
         _c("host_end_ns", I64, "ns, monotonic", "region returned on the host (launch done)"),
@@ -143,6 +143,8 @@ WORKER_REGIONS_TABLE = TableSpec(
         _c("voluntary_switches", I32, "", "context switches in the region where the thread blocked (GIL, lock, blocking CUDA call, I/O)"),
         _c("involuntary_switches", I32, "", "context switches in the region where the scheduler gave the thread's core to another thread"),
         _c("engine_index", I32, "", "data-parallel rank of the EngineCore the worker serves (joins steps.engine_index); null in runs recorded before servescope 0.2"),
+        _c("tp_rank", I32, "", "the worker's rank in its tensor-parallel group (vLLM's parallel state); null where not known (runs recorded before it was kept)"),
+        _c("pp_rank", I32, "", "the worker's pipeline-parallel stage (0 = first); null where not known"),
     ),
 )
 

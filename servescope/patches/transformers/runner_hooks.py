@@ -24,6 +24,8 @@ from servescope.run.rows import WorkerRegionRow
 
 RANK = 0
 ENGINE_INDEX = 0
+TP_RANK = 0  # only the tensor-parallel driver rank records (one process, one rank)
+PP_RANK = 0
 
 
 def _timer(rec):
@@ -36,7 +38,7 @@ def _timer(rec):
                                         gpu_events=config.records("gpu_events"),
                                         read_thread_usage=config.records("thread"),
                                         append_pending=rec.append_region, resolve=rec.resolve_region)
-        STATE.timer.engine_index = ENGINE_INDEX
+        STATE.timer.set_placement(ENGINE_INDEX, TP_RANK, PP_RANK)
         if STATE.timer.mode == "cuda":
             _start_gpu_sampler(rec)
     return STATE.timer
@@ -179,7 +181,7 @@ def wrap_prepare_batch_tensors(wrapped, self, args, kwargs):
         try:
             rec.append(Table.WORKER_REGIONS, WorkerRegionRow(
                 step_id=STATE.next_step_id, rank=RANK, region=Region.PREPARE_INPUTS, host_start_ns=t0,
-                host_end_ns=t1, engine_index=ENGINE_INDEX))
+                host_end_ns=t1, engine_index=ENGINE_INDEX, tp_rank=TP_RANK, pp_rank=PP_RANK))
         except Exception as exc:
             rec.error("prepare_batch_tensors", exc)
     return out

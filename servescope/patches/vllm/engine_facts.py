@@ -94,11 +94,11 @@ def write_engine_facts(run_dir: str | os.PathLike, vllm_config: Any, extra: dict
     )
 
 
-def write_worker_facts(run_dir: str | os.PathLike, model_runner: Any, rank: int) -> None:
-    """Write RUN/engine/<role>-<pid>-worker.json naming the model runner class in use."""
+def write_worker_facts(run_dir: str | os.PathLike, model_runner: Any, rank: int, extra: dict | None = None) -> None:
+    """Write RUN/engine/<role>-<pid>-worker.json naming the model runner class in use (and extra facts: placement)."""
     cls = type(model_runner)
     write_json(
         Path(run_dir) / "engine" / f"{_role()}-{os.getpid()}-worker.json",
         {"role": _role(), "pid": os.getpid(), "rank": rank,
-         "model_runner": f"{cls.__module__}.{cls.__qualname__}"},
+         "model_runner": f"{cls.__module__}.{cls.__qualname__}", **(extra or {})},
     )

@@ -19,7 +19,7 @@ import os
 from servescope.patches.patch import PatchSet
 from servescope.patches.switch import PARTS, set_enabled
 from servescope.patches.versions import in_supported_range
-from servescope.patches.vllm import engine_core_hooks, frontend_hooks, spec_decode_hooks, worker_hooks
+from servescope.patches.vllm import collective_hooks, engine_core_hooks, frontend_hooks, spec_decode_hooks, worker_hooks
 from servescope.record.recorder import close_recorder, open_recorder
 from servescope.run.config import Config
 
@@ -76,6 +76,7 @@ def instrument(config: Config) -> PatchSet | None:
         if patch.part is None or patch.part in config.parts:
             _patch_set.apply(patch)
     worker_hooks.WORKER.patch_runners = patch_runners
+    collective_hooks.STATE.apply = patch_collectives
     if worker_hooks.in_worker_process():  # vLLM loads plugins inside init_worker: too late for its hook
         patch_runners()
     set_enabled(True)
@@ -95,7 +96,16 @@ def patch_runners() -> None:
     """Apply the model-runner patches of the recorded parts in this (worker) process."""
     if _patch_set is None or _config is None:
         return
-    for patch in (*worker_hooks.RUNNER_PATCHES, *spec_decode_hooks.RUNNER_PATCHES):
+    for patch in (*worker_hooks.RUNNER_PATCHES, *spec_decode_hooks.RUNNER_PATCHES, *collective_hooks.RUNNER_PATCHES):
+        if patch.part is None or patch.part in _config.parts:
+            _patch_set.apply(patch)
+
+
+def patch_collectives() -> None:
+    """Apply the collective patches of a worker whose collectives torch.compile cannot see (collective_hooks)."""
+    if _patch_set is None or _config is None:
+        return
+    for patch in collective_hooks.COLLECTIVE_PATCHES:
         if patch.part is None or patch.part in _config.parts:
             _patch_set.apply(patch)
 
@@ -107,6 +117,7 @@ def remove_patches() -> None:
     set_enabled(False)
     worker_hooks.WORKER.close()
     worker_hooks.WORKER.patch_runners = None
+    collective_hooks.STATE.apply = None
     engine_core_hooks.STATE.reset()
     if _patch_set is not None:
         _patch_set.remove_all()

@@ -35,7 +35,9 @@ class WorkerState:
         self.in_execute_model = False  # Model Runner V2 forward hooks record only inside a real step
         self.forward_token = None
         self.nvml = None
-        self.engine_index: int | None = None
+        self.placement: tuple = (None, None, None)  # (engine_index, tp_rank, pp_rank), known at the first step
+        self.depth = 0  # timed regions of a step now open on this thread (collectives record only inside one)
+        self.collectives: str | None = None  # collective_hooks: "timed", or why the collectives are not timed
         self.hook_handles: list = []  # torch module hook handles, removed by close()
         self.profile = None  # record.profile_window.ProfileWindow when the configuration asks for one
 
@@ -74,7 +76,7 @@ def _timer(rec):
         WORKER.timer = make_region_timer(
             lambda row: rec.append(Table.WORKER_REGIONS, row), WORKER.rank, gpu_events=PARTS.gpu_events,
             read_thread_usage=PARTS.thread, append_pending=rec.append_region, resolve=rec.resolve_region)
-        WORKER.timer.engine_index = WORKER.engine_index
+        WORKER.timer.set_placement(*WORKER.placement)
         if WORKER.rank == 0 and WORKER.timer.mode == "cuda":
             _start_nvml_sampler(rec)
         if rec.config.profile_steps is not None and WORKER.profile is None:
@@ -114,9 +116,11 @@ def region(name: str, starts_step: bool = False):
         except Exception as exc:
             rec.error(f"region {name}", exc)
             return wrapped(*args, **kwargs)
+        WORKER.depth += 1
         try:
             return wrapped(*args, **kwargs)
         finally:
+            WORKER.depth -= 1
             try:
                 timer.end(token)
             except Exception as exc:
@@ -129,13 +133,41 @@ def _write_facts(rec, runner) -> None:
     from servescope.patches.vllm.engine_facts import write_worker_facts
 
     WORKER.facts_written = True
+    _place(runner)
+    engine_index, tp_rank, pp_rank = WORKER.placement
+    facts = {"engine_index": engine_index, "tp_rank": tp_rank, "pp_rank": pp_rank}
+    if WORKER.collectives is not None:
+        facts["collectives"] = WORKER.collectives
+    write_worker_facts(rec.run_dir, runner, WORKER.rank, facts)
+
+
+def _place(runner) -> None:
+    """Read this worker's engine index and TP / PP ranks (from the runner's config and vLLM's parallel state) into
+    WORKER.placement and the timer, which tags every later row with them."""
     try:
-        WORKER.engine_index = runner.vllm_config.parallel_config.data_parallel_rank or 0
+        engine_index = runner.vllm_config.parallel_config.data_parallel_rank or 0
     except Exception:
-        WORKER.engine_index = None
+        engine_index = None
+    WORKER.placement = (engine_index, *parallel_ranks())
     if WORKER.timer is not None:
-        WORKER.timer.engine_index = WORKER.engine_index
-    write_worker_facts(rec.run_dir, runner, WORKER.rank)
+        WORKER.timer.set_placement(*WORKER.placement)
+
+
+def parallel_ranks() -> tuple[int | None, int | None]:
+    """Return this worker's (tensor-parallel rank, pipeline-parallel stage) from vLLM's parallel state (the module
+    globals _TP and _PP, GroupCoordinator.rank_in_group, in 0.26 to 0.32); None for a group not set up."""
+    try:
+        from vllm.distributed import parallel_state
+    except Exception:
+        return None, None
+    return _rank_in_group(parallel_state, "_TP"), _rank_in_group(parallel_state, "_PP")
+
+
+def _rank_in_group(module, group: str) -> int | None:
+    try:
+        return int(getattr(module, group).rank_in_group)
+    except Exception:
+        return None
 
 
 def _forward_pre_hook(module, args, kwargs=None):
@@ -204,6 +236,7 @@ def wrap_mrv2_load_model(wrapped, runner, args, kwargs):
     if rec is not None and PARTS.regions and PARTS.gpu_stamps:
         try:
             _install_forward_stamps(rec, runner.model)
+            _place(runner)
         except Exception as exc:
             rec.error("GPUModelRunner.load_model", exc)
     return out
