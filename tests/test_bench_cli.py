@@ -253,7 +253,9 @@ def test_bench_stops_when_the_endpoint_is_gone(tmp_path, fake_server):
     assert proc.returncode == 1, output
     facts = read_json(out / "bench.json")
     assert facts["status"] == "server_gone" and fake_server.url in facts["error"]
-    assert facts["results"]["sent"] < 100  # the plan (400 requests at 10/s) had 35 s more to send
+    # stopped before its plan (400 requests at 10/s, 40 s) ran out, and promptly: how many it had sent by
+    # then depends on how fast a loaded machine let this test see the first 10 requests, not on bench
+    assert facts["results"]["sent"] < 400, facts["results"]
     assert took_s < SERVER_GONE_AFTER_S + 10, (took_s, output)
     assert "stopped answering" in output.strip().splitlines()[-1]
     rows = read_table(out, "client_requests").to_pylist()
