@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from servescope.run.directory import read_table  # noqa: E402
+from servescope.run.tables import read_table  # noqa: E402
 from servescope.run.machine import machine_facts  # noqa: E402
 from servescope.run.manifest import load_manifest  # noqa: E402
 
@@ -25,21 +25,24 @@ BUDGET_US_PER_STEP, BUDGET_US_PER_TOKEN = 10.0, 0.2
 
 
 def breakdown(run_dir: str) -> dict:
-    """Return per-hook calls, microseconds per step and per token, by process role, for one run."""
+    """Return per-hook calls and steady-state microseconds per call and per step (first call apart), by process role."""
     manifest = load_manifest(run_dir)
     steps = read_table(run_dir, "steps").num_rows
     tokens = sum(read_table(run_dir, "token_emissions").column("num_tokens").to_pylist())
     hooks = []
     for process in manifest.get("processes", []):
         for name, cost in (process.get("hook_cost") or {}).items():
-            hooks.append({"role": process["role"], "hook": name, "calls": cost["calls"], "total_us": cost["ns"] / 1e3,
-                          "us_per_call": cost["ns"] / 1e3 / max(cost["calls"], 1),
-                          "us_per_step": cost["ns"] / 1e3 / max(steps, 1)})
-    hooks.sort(key=lambda h: -h["total_us"])
+            calls, ns, first = cost["calls"], cost["ns"], cost.get("first_ns") or 0
+            steady_us = (ns - first) / 1e3  # without the first call's one-time work (engine facts, a timer)
+            hooks.append({"role": process["role"], "hook": name, "calls": calls, "total_us": ns / 1e3,
+                          "first_call_us": first / 1e3,
+                          "us_per_call": steady_us / max(calls - 1, 1),
+                          "us_per_step": steady_us / max(steps, 1)})
+    hooks.sort(key=lambda h: -h["us_per_step"])
     engine_side = [h for h in hooks if h["role"].startswith(("EngineCore", "MainProcess"))]
-    total = sum(h["total_us"] for h in engine_side)
+    total = sum(h["us_per_step"] for h in engine_side)
     return {"run": str(run_dir), "steps": steps, "emitted_tokens": tokens, "hooks": hooks,
-            "engine_and_front_end_us_per_step": total / max(steps, 1),
+            "engine_and_front_end_us_per_step": total,  # steady state: first calls left out
             "budget_us_for_this_run_per_step": BUDGET_US_PER_STEP + BUDGET_US_PER_TOKEN * tokens / max(steps, 1)}
 
 

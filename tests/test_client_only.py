@@ -83,6 +83,7 @@ def vllm_runs(tmp_path_factory, tiny_model_dir):
     from servescope.bench.load.driver_http import LoadPlan, drive_http
     from servescope.bench.load.server import free_port
     from servescope.record.recorder import close_recorder
+    from servescope.run.compact import close_run
 
     root = tmp_path_factory.mktemp("vllm-untraced")
     port = free_port()
@@ -91,14 +92,16 @@ def vllm_runs(tmp_path_factory, tiny_model_dir):
     try:
         trace = write_trace(root / "mixed.csv", LENGTHS)
         busy, alone = root / "concurrency-4", root / "concurrency-1"
-        # Two requests that fail for real, into the first run before its workload: an error, then a timeout
-        # (three recorders of this process write into the one run directory: none may overwrite another's parts).
+        bench(server.url, trace, busy, "--concurrency", "4")
+        bench(server.url, trace, alone, "--concurrency", "1")
+        # Two requests that fail for real, into the first run after its workload (a bench refuses a directory that
+        # already holds client rows): an error, then a timeout. Three recorders of this process write into the one
+        # run directory: none may overwrite another's parts.
         for prompt, max_tokens, limit_s, prefix in (([5, 999_999], 8, 60.0, "bad-id"), ([5, 6, 7], 1000, 0.3, "slow")):
             plan = LoadPlan([prompt], [max_tokens], concurrency=1, id_prefix=prefix)
             asyncio.run(drive_http(server.url, plan, busy, request_timeout_s=limit_s))
             close_recorder()
-        bench(server.url, trace, busy, "--concurrency", "4")
-        bench(server.url, trace, alone, "--concurrency", "1")
+        close_run(busy)  # compacts the two recorders' spools and writes the manifest again
     finally:
         server.stop()
     assert not list(busy.glob("tables/request_events/*")), "the untraced server recorded engine rows"
@@ -180,7 +183,7 @@ def test_report_audit_and_perfetto_of_an_untraced_vllm_run(vllm_runs, tmp_path):
 
     audit = servescope_cli("audit", busy, "--tbt-slo", TBT_SLO_S, "--ttft-slo", 1.0, "--json")
     assert audit.exit_code == 0, audit.output
-    items = {item["item"]: item for item in json.loads(audit.output)}
+    items = {item["item"]: item for item in json.loads(audit.output)["items"]}
     assert items[1]["status"] == "warn" and "cannot be seen from outside" in " ".join(items[1]["evidence"])
     assert "cannot be seen from outside" in " ".join(items[2]["evidence"] + items[3]["evidence"])
     assert "2 requests did not end 'ok'" in " ".join(items[7]["evidence"])
@@ -189,7 +192,7 @@ def test_report_audit_and_perfetto_of_an_untraced_vllm_run(vllm_runs, tmp_path):
     assert f"TBT per chunk (client) P99 {tbt_p99 * 1e3:.1f} ms" in " ".join(items[5]["evidence"])
 
     trace = tmp_path / "trace.json"
-    assert servescope_cli("export", busy, "--perfetto", trace).exit_code == 0
+    assert servescope_cli("export", busy, "--perfetto", trace, "--include-request-ids").exit_code == 0
     events = validate_trace(json.loads(trace.read_text()))
     begins = {e["args"]["request_id"]: e for e in events if e["ph"] == "b" and e["name"] == "client request"}
     assert set(begins) == set(raw)

@@ -198,11 +198,16 @@ def _summary(samples: dict) -> dict:
 
 
 def offline_metrics(result: dict) -> dict:
-    """Return an offline arm's throughput and latency percentiles, pooled over its measured batches, and per batch."""
+    """Return an offline arm's throughput and latency percentiles, pooled over its measured batches, and per batch.
+
+    With final outputs (LLM.generate's way) a request's one output marks its end: only e2e is seen."""
     per_batch, pooled = [], {name: [] for name in LATENCY_METRICS}
     tokens = wall = 0
+    final = result.get("outputs") == "final"
     for b in result["batches"]:
         samples = _latencies([(0, chunks) for chunks in b["requests"]])
+        if final:
+            samples["ttft"], samples["tbt_per_chunk"] = [], []
         for name in LATENCY_METRICS:
             pooled[name].extend(samples[name])
         tokens += b["output_tokens"]

@@ -50,6 +50,7 @@ class Recorder:
         self.run_id = ensure_run_id(self.run_dir)
         self._role_override = role
         self.before_close: list = []  # callables run as the recorder closes (the self-timing ledger's snapshot)
+        self.when_idle: list = []  # callables an engine hook runs when the engine has no work left (same)
         self._closed = False
         self._exit_hooks_registered = False
         self._start_process()
@@ -83,6 +84,14 @@ class Recorder:
     def append_record(self, record: tuple) -> None:
         """Record one spool record as it is (run/spool.py's kinds; the self-timing ledger uses it)."""
         self._write(_dumps(record), 0)
+
+    def idle(self) -> None:
+        """The engine has no work left (an engine's hook says so): run the when_idle callbacks (never raises)."""
+        for hook in self.when_idle:
+            try:
+                hook()
+            except Exception:
+                pass
 
     def _append_raising(self, *args, **kwargs) -> None:
         raise RuntimeError("servescope fault injection (SERVESCOPE_INJECT_FAULTS) on an append")

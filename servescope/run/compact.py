@@ -123,8 +123,8 @@ def update_process_record(run_dir: Path, spool: ProcessSpool, *, ended: bool) ->
         "internal_errors": spool.internal_errors,
         "unreadable_records": spool.unreadable_records,
         "regions_without_gpu_time": spool.regions_without_gpu_time,
-        **({"hook_cost": {name: {"calls": calls, "ns": ns} for name, (calls, ns) in spool.hook_cost.items()}}
-           if spool.hook_cost else {}),
+        **({"hook_cost": {name: {"calls": v[0], "ns": v[1], "first_ns": v[2] if len(v) > 2 else None}
+                          for name, v in spool.hook_cost.items()}} if spool.hook_cost else {}),
     }
     record["spools"] = spools
     record.update(_process_totals(spools))
@@ -142,9 +142,10 @@ def _process_totals(spools: dict) -> dict:
     hook_cost: dict[str, dict] = {}
     for e in entries:
         for name, cost in (e.get("hook_cost") or {}).items():
-            mine = hook_cost.setdefault(name, {"calls": 0, "ns": 0})
+            mine = hook_cost.setdefault(name, {"calls": 0, "ns": 0, "first_ns": 0})
             mine["calls"] += cost["calls"]
             mine["ns"] += cost["ns"]
+            mine["first_ns"] += cost.get("first_ns") or 0
     return {
         "ended": next((x for x in ends if x != "closed"), "closed"),
         "closed": all(e.get("closed") for e in entries),

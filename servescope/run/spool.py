@@ -28,7 +28,7 @@ EMISSIONS           (EMISSIONS, step_id, time_ns, [request ids], [num tokens], [
                     [accepted] | None): token_emissions rows (requests with 0 tokens skipped)
 REGION              (REGION, seq, worker_regions row): a region whose GPU time comes later
 REGION_GPU          (REGION_GPU, seq, gpu_ns, gpu_start_ns, gpu_end_ns): that GPU time
-SELF_TIMING         (SELF_TIMING, {hook: (calls, ns)}): the self-timing diagnostic's totals so far
+SELF_TIMING         (SELF_TIMING, {hook: (calls, ns, first call's ns)}): the self-timing diagnostic's totals
 ==================  ==========================================================================
 
 A REGION never resolved (the process died with its GPU work in flight) keeps null GPU times and
@@ -169,7 +169,7 @@ class ProcessSpool:
     internal_errors: int = 0
     unreadable_records: int = 0
     regions_without_gpu_time: int = 0  # REGION records never resolved: GPU time lost at the process's end
-    hook_cost: dict | None = None  # the last SELF_TIMING totals: {hook: (calls, ns)}
+    hook_cost: dict | None = None  # the last SELF_TIMING totals: {hook: (calls, ns, first call's ns)}
 
     @property
     def name(self) -> str:

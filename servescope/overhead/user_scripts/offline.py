@@ -3,8 +3,10 @@
 `servescope overhead` runs this file by path, untraced and under `servescope run`, one fresh process
 per arm. It builds vllm.LLM in vLLM's default process layout (the EngineCore in its own process),
 runs warm-up batches, then measured batches of the same shape, and drives each batch as
-LLM.generate does (LLMEngine.step until done) with DELTA outputs, so that the caller can see when
-each request's tokens arrive. Writes one JSON document to OUT: per measured batch its wall time,
+LLM.generate does (LLMEngine.step until done). By default each request's output comes once, when it
+finishes (LLM.generate's FINAL_ONLY): the caller sees the batch time and each request's end-to-end
+latency; ``--outputs delta`` delivers every step's new tokens (TTFT and TBT too, but vLLM's front end
+then builds a RequestOutput per request per step, which makes it the bottleneck of the batch). Writes one JSON document to OUT: per measured batch its wall time,
 output tokens, and per request the arrival times of its outputs (ns from the batch start).
 
 usage: offline.py MODEL OUT [--batches 6] [--warmup-batches 1] [--num-requests 256]
@@ -29,6 +31,9 @@ def main() -> None:
     ap.add_argument("--output-len", type=int, default=128)
     ap.add_argument("--engine-args", default="{}")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--outputs", choices=("final", "delta"), default="final",
+                    help="final: as LLM.generate (each request's output once, when it finishes: batch time and e2e); "
+                         "delta: every step's new tokens (TTFT and TBT too, at the price of a busier front end)")
     args = ap.parse_args()
 
     from vllm import LLM, SamplingParams
@@ -40,8 +45,8 @@ def main() -> None:
     start_s = time.perf_counter() - started
     engine = llm.llm_engine
     vocab = min(engine.model_config.get_vocab_size(), 30000)
-    params = SamplingParams(max_tokens=args.output_len, ignore_eos=True, detokenize=False,
-                            output_kind=RequestOutputKind.DELTA)
+    kind = RequestOutputKind.FINAL_ONLY if args.outputs == "final" else RequestOutputKind.DELTA
+    params = SamplingParams(max_tokens=args.output_len, ignore_eos=True, detokenize=False, output_kind=kind)
     rng = random.Random(args.seed)
 
     def batch(index: int) -> dict:
@@ -54,7 +59,7 @@ def main() -> None:
         while engine.has_unfinished_requests():
             for out in engine.step():
                 n = len(out.outputs[0].token_ids)
-                if n:
+                if n:  # final: one output per request, at its end (no first-token time: TTFT / TBT are not seen)
                     times[out.request_id].append((time.monotonic_ns() - t0, n))
         wall_ns = time.monotonic_ns() - t0
         return {"wall_ns": wall_ns, "output_tokens": sum(n for ts in times.values() for _, n in ts),
@@ -69,7 +74,7 @@ def main() -> None:
     if bad:
         sys.exit(f"offline.py: batches {bad} did not produce {expected} output tokens")
     with open(args.out, "w") as f:
-        json.dump({"load": "offline", "engine_start_s": start_s, "batches": measured,
+        json.dump({"load": "offline", "outputs": args.outputs, "engine_start_s": start_s, "batches": measured,
                    "servescope_in_this_process": any(m.split(".")[0] == "servescope" for m in sys.modules)}, f)
 
 

@@ -174,6 +174,8 @@ def wrap_update_from_output(wrapped, scheduler, args, kwargs):
     t1 = now_ns()
     try:
         _on_update(rec, arg(args, kwargs, 0, "scheduler_output"), outputs, t0, t1)
+        if rec.when_idle and not scheduler.has_requests():
+            rec.idle()
     except Exception as exc:
         rec.error("Scheduler.update_from_output", exc)
     return outputs

@@ -87,6 +87,7 @@ def _ledger(recorder):
 
     ledger = HookLedger(recorder.append_record)
     recorder.before_close.append(ledger.snapshot)
+    recorder.when_idle.append(ledger.snapshot)  # vLLM may kill its EngineCore at shutdown: write the account first
     return ledger
 
 
