@@ -225,10 +225,9 @@ def sending_window_ns(run_dir: Path, minutes: float) -> tuple[int, int, int]:
     return first, min(first + int(minutes * 60e9), last), last
 
 
-def verdicts(samples: list[dict], window: tuple[float, float], args, health: dict, tokens: dict) -> dict:
-    """Return the per-process trends over the window (s since the load started) and the three verdicts: memory
-    bounded, fds bounded, every drop counted."""
-    block = max(1, round(args.block_s / args.interval_s))
+def verdicts(samples: list[dict], window: tuple[float, float], block: int, health: dict, tokens: dict) -> dict:
+    """Return the per-process trends over the window (s since the load started; bootstrap blocks of `block` samples)
+    and the three verdicts: memory bounded, fds bounded, every drop counted."""
     labels = sorted({label for s in samples for label, p in s["processes"].items() if p["kind"] != CLIENT})
     judged = {label: judge_process(samples, label, window, block) for label in labels}
     client = sorted({label for s in samples for label, p in s["processes"].items() if p["kind"] == CLIENT})
@@ -309,7 +308,9 @@ def parse_args(argv=None):
     ap.add_argument("--minutes", type=float, default=30.0, help="load duration (no request is sent after it)")
     ap.add_argument("--interval-s", type=float, default=10.0, help="sampling interval during the load")
     ap.add_argument("--trend-minutes", type=float, default=20.0, help="the trend window: the load's last minutes")
-    ap.add_argument("--block-s", type=float, default=120.0, help="bootstrap block length (seconds of samples)")
+    ap.add_argument("--block-s", type=float, default=240.0,
+                    help="bootstrap block length (seconds of samples); 24 samples of 10 s keep the interval's "
+                         "coverage at 95%% for autocorrelated samples (tests/test_soak_measures.py)")
     ap.add_argument("--concurrency", type=int, default=64, help="closed loop: requests in flight")
     ap.add_argument("--max-num-seqs", type=int, default=8, help="the engine's batch limit (vLLM --max-num-seqs)")
     ap.add_argument("--max-num-batched-tokens", type=int, default=32,
@@ -324,8 +325,15 @@ def parse_args(argv=None):
     ap.add_argument("--stop-timeout-s", type=float, default=900.0, help="for the server's stop and compaction")
     ap.add_argument("--work", type=Path, default=None, help="where the run directory goes (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the run directory (default: removed at the end)")
-    ap.add_argument("--out", type=Path, required=True, help="the raw JSON (a PNG of the samples is written beside)")
+    ap.add_argument("--out", type=Path, help="the raw JSON (a PNG of the samples is written beside)")
+    ap.add_argument("--conditions", default=None,
+                    help="what else the machine was doing during the run (kept in the raw file as 'conditions')")
+    ap.add_argument("--rejudge", type=Path, metavar="RAW",
+                    help="run nothing: recompute the verdicts and the PNG of a raw file from its samples (with "
+                         "--block-s), noting the commit and command that did")
     args = ap.parse_args(argv)
+    if (args.out is None) == (args.rejudge is None):
+        ap.error("give --out (run a soak) or --rejudge RAW (recompute a raw file's verdicts), exactly one")
     if not args.concurrency > args.max_num_seqs:
         ap.error("--concurrency must exceed --max-num-seqs, or no request ever waits")
     if not 0 < args.trend_minutes <= args.minutes:
@@ -333,8 +341,39 @@ def parse_args(argv=None):
     return args
 
 
+def verdict_line(v: dict, raw: Path) -> str:
+    """Return the three verdicts as one line."""
+    return (f"memory bounded: {v['memory_bounded']}; fds bounded: {v['open_fds_bounded']}; "
+            f"every drop counted: {v['every_drop_counted']}; raw file: {raw}")
+
+
+def block_samples(block_s: float, interval_s: float) -> int:
+    """Return the bootstrap block length in samples."""
+    return max(1, round(block_s / interval_s))
+
+
+def rejudge(path: Path, block_s: float) -> dict:
+    """Recompute the verdicts and the PNG of a raw file from its samples, window and counts; rewrite it; return it."""
+    result = json.loads(path.read_text())
+    config = result["config"]
+    block = block_samples(block_s, config["interval_s"])
+    result["verdicts"] = verdicts(result["samples"], tuple(result["verdicts"]["window_s"]), block,
+                                  result.get("health") or {}, result["tokens"])
+    facts = machine_facts()
+    result["verdicts_recomputed"] = {"date_utc": facts["date_utc"], "command": facts["command"],
+                                     "servescope_commit": facts["versions"]["servescope_commit"], "block_s": block_s}
+    samples = result.pop("samples")
+    result["samples"] = samples  # last, as written by a run
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    plot(samples, result, path.with_suffix(".png"))
+    return result
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.rejudge is not None:
+        print(verdict_line(rejudge(args.rejudge, args.block_s)["verdicts"], args.rejudge))
+        return 0
     work = Path(tempfile.mkdtemp(prefix="soak-", dir=args.work))
     run_dir, port = work / "run", free_port()
     url = f"http://{HOST}:{port}"
@@ -401,6 +440,7 @@ def main(argv=None) -> int:
     loads = [s["load_1min"] for s in samples if not s.get("stopping")]
     result = {
         "machine": facts,
+        "conditions": args.conditions,
         "what": "a recorded vLLM server (CPU build, tiny dummy-weight Llama) kept saturated by a closed loop; per "
                 "process: resident memory (bytes, /proc), open fds, spool segments and bytes on disk, rows dropped "
                 "(spool headers), sampled every interval; verdicts from the trend over the load's last minutes",
@@ -426,16 +466,15 @@ def main(argv=None) -> int:
         "run_bytes": sum(f.stat().st_size for f in run_dir.rglob("*") if f.is_file()),
         "tokens": tokens,
     }
-    result["verdicts"] = verdicts(samples, window, args, manifest.get("health") or {}, tokens)
+    result["verdicts"] = verdicts(samples, window, block_samples(args.block_s, args.interval_s),
+                                  manifest.get("health") or {}, tokens)
     result["samples"] = samples
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     plot(samples, result, args.out.with_suffix(".png"))
     print(json.dumps({k: result[k] for k in ("timeline_s", "bench", "saturation", "server", "health", "tokens")},
                      indent=1))
-    v = result["verdicts"]
-    print(f"memory bounded: {v['memory_bounded']}; fds bounded: {v['open_fds_bounded']}; "
-          f"every drop counted: {v['every_drop_counted']}; raw file: {args.out}")
+    print(verdict_line(result["verdicts"], args.out))
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     return 0

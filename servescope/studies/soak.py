@@ -111,6 +111,14 @@ def ols_slope(t: np.ndarray, y: np.ndarray) -> float:
     return 0.0 if denominator == 0 else float(tc @ (y - y.mean())) / denominator
 
 
+def ols_slopes(t: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Return the least-squares slope of each row of y against the same row of t (0 where t does not vary)."""
+    tc = t - t.mean(axis=1, keepdims=True)
+    denominator = (tc * tc).sum(axis=1)
+    numerator = (tc * (y - y.mean(axis=1, keepdims=True))).sum(axis=1)
+    return np.divide(numerator, denominator, out=np.zeros(len(t)), where=denominator != 0)
+
+
 def linear_trend(t_s, values, *, block_samples: int = 12, n_boot: int = 2000, level: float = 0.95,
                  seed: int = 0) -> dict:
     """Return the slope of values per hour (values' unit / h) with its moving-block bootstrap interval.
@@ -124,13 +132,9 @@ def linear_trend(t_s, values, *, block_samples: int = 12, n_boot: int = 2000, le
         return {"samples": n, "slope_per_h": None, "ci95_per_h": None}
     block = max(1, min(block_samples, n))
     rng = np.random.default_rng(seed)
-    blocks_needed = math.ceil(n / block)
-    offsets = np.arange(block)
-    estimates = np.empty(n_boot)
-    for b in range(n_boot):
-        starts = rng.integers(0, n - block + 1, size=blocks_needed)
-        index = (starts[:, None] + offsets[None, :]).ravel()[:n]
-        estimates[b] = ols_slope(t[index], y[index])
+    starts = rng.integers(0, n - block + 1, size=(n_boot, math.ceil(n / block)))
+    index = (starts[:, :, None] + np.arange(block)[None, None, :]).reshape(n_boot, -1)[:, :n]
+    estimates = ols_slopes(t[index], y[index])
     tail = (1.0 - level) / 2.0 * 100.0
     lo, hi = np.percentile(estimates, [tail, 100.0 - tail])
     return {"samples": n, "block_samples": block, "slope_per_h": ols_slope(t, y) * SECONDS_PER_HOUR,
