@@ -208,6 +208,87 @@ def analysis_scale() -> list[str]:
     return out
 
 
+# --------------------------------------------------------------------------- reliability.md: the soak
+
+SOAK = "cpu-soak-30min.json"
+
+
+def interval(trend: dict, fmt: str) -> str:
+    """A trend's slope per hour with its 95% interval."""
+    lo, hi = trend["ci95_per_h"]
+    return f"{trend['slope_per_h']:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]"
+
+
+def soak_run() -> list[str]:
+    """What the soak ran, how saturated the engine was, what the client received and what was recorded and lost."""
+    d = load(SOAK)
+    c, b, sat, srv, v = d["config"], d["bench"], d["saturation"], d["server"], d["verdicts"]
+    r, t, h, la = b["results"], d["tokens"], d["health"], d["load_average_1min"]
+    minutes = [m * 100 for m in sat["time_share_waiting_per_minute"]]
+    window = v["window_s"]
+    return header("what", "measured") + [
+        row("load", f"closed loop of {c['concurrency']} requests ({c['prompt_tokens']}-token prompts, "
+                    f"{c['output_tokens']} output tokens) on `--max-num-seqs {c['max_num_seqs']}`, "
+                    f"`--max-num-batched-tokens {c['max_num_batched_tokens']}`; recording parts: "
+                    f"{', '.join(c['recording_parts'])}"),
+        row("duration", f"{d['timeline_s']['sending_end_s'] - d['timeline_s']['first_send_s']:.0f} s of sending; "
+                        f"trend window {window[0] / 60:.1f}-{window[1] / 60:.1f} min"),
+        row("rate (ok requests and output tokens / time served)",
+            f"**{b['requests_per_s']:.1f} requests/s**, {b['output_tokens_per_s']:.0f} tokens/s"),
+        row("saturation: share of the time requests waited in the engine's queue (`num_waiting_reqs` > 0)",
+            f"**{sat['time_share_waiting'] * 100:.1f}%** ({sat['step_share_waiting'] * 100:.1f}% of "
+            f"{sat['steps']:,} steps); per minute {min(minutes):.0f}-{max(minutes):.0f}%; mean "
+            f"{sat['mean_waiting_reqs']:.1f} waiting, {sat['mean_running_reqs']:.1f} running"),
+        row("bench", f"{b['status']}: sent {r['sent']:,}, ok {r['ok']:,}, error {r['error']}, timeout "
+                     f"{r['timeout']}, cancelled {r['cancelled']}"),
+        row("tokens the client received / missing from the engine's `token_emissions`",
+            f"{t['client_tokens']:,} / **{t['missing_tokens']}** ({t['requests_short']} requests short, "
+            f"{t['requests_not_joined']} not joined)"),
+        row("rows dropped: manifest / spool headers; internal errors",
+            f"**{h['rows_dropped']} / {v['drops']['sampled_rows_dropped']}**; {h['internal_errors']}"),
+        row("compaction after the stop (`servescope run`)",
+            f"{srv['compaction_s']:.1f} s for {srv['rows_compacted']:,} rows; peak RSS of `servescope run` "
+            f"{srv['launcher_peak_rss_mib_while_stopping']:.0f} MiB"),
+        row(f"machine ({d['machine']['host']['cpu_count']} CPUs, {d['machine']['host']['memory_bytes'] / 2**30:.0f} GiB)"
+            f"; 1-min load average during the load",
+            f"{d.get('conditions') or 'not stated'}; mean {la['mean']:.1f}, range {la['min']:.1f}-{la['max']:.1f}"),
+        row("verdicts", f"memory bounded: **{'yes' if v['memory_bounded'] else 'no'}**; file descriptors bounded: "
+                        f"**{'yes' if v['open_fds_bounded'] else 'no'}**; every drop counted: "
+                        f"**{'yes' if v['every_drop_counted'] else 'no'}**"),
+    ]
+
+
+def last_during_load(samples: list[dict], label: str) -> dict:
+    """A process's last sample taken while the load ran (before `servescope run` was stopped)."""
+    return [s["processes"][label] for s in samples if not s.get("stopping") and label in s["processes"]][-1]
+
+
+def soak_processes() -> list[str]:
+    """Per process: memory outside the spool mapping and open fds over the trend window, with the verdicts; its spool
+    on disk and rows dropped at the load's end."""
+    d = load(SOAK)
+    v = d["verdicts"]
+    limits = v["limits"]
+    out = header("process", "RSS outside the spool (MiB, window start -> end)",
+                 f"trend (MiB/h, 95% interval; limit {limits['memory_mib_per_h']:g})", "verdict",
+                 "spool mapping, max (MiB)", "open fds (min-max)",
+                 f"trend (fds/h; limit {limits['open_fds_per_h']:g})", "verdict",
+                 "spool on disk at the load's end (segments, MiB)", "rows dropped (spool header)")
+    judged = [(label, p, "") for label, p in v["per_process"].items()]
+    judged += [(label, p, " (bench client: reported, not judged)")
+               for label, p in v["bench_client_not_judged"]["per_process"].items()]
+    for label, p, note in judged:
+        m, f, sp = p["rss_outside_spool_mib"], p["open_fds"], p["spool_resident_mib"]
+        last = last_during_load(d["samples"], label)
+        disk = (f"{last['spool_segments']}, {last['spool_bytes_on_disk'] / (1 << 20):.0f}"
+                if "spool_segments" in last else "no spool")
+        out.append(row(f"`{label}`{note}", f"{m['first']:.1f} -> {m['last']:.1f}", interval(m["trend"], "+.2f"),
+                       m["verdict"] if not note else "-", f"{sp['max_whole_run']:.1f}", f"{f['min']}-{f['max']}",
+                       interval(f["trend"], "+.1f"), f["verdict"] if not note else "-", disk,
+                       last.get("rows_dropped", "-")))
+    return out
+
+
 # --------------------------------------------------------------------------- case-studies/speculative-decoding.md
 
 LATENCY_CONFIGS = ("ar@lease3", "ar-sync-v1@lease3", "draft-k4-a2.5@lease3", "draft-k4-a3.5@lease3",
@@ -366,6 +447,8 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[], list[str]]]] = {
     "cpu-client-crosscheck": (CPU_CROSSCHECKS, lambda: crosscheck(*CPU_CROSSCHECKS)),
     "h100-client-crosscheck": (("h100-crosscheck-spec.json",), lambda: crosscheck("h100-crosscheck-spec.json")),
     "analysis-scale": (tuple(name for _, name in SCALE_RUNS), analysis_scale),
+    "cpu-soak": ((SOAK,), soak_run),
+    "cpu-soak-processes": ((SOAK,), soak_processes),
     "spec-latency": ((STUDY,), spec_latency),
     "spec-speedup": ((STUDY,), spec_speedup),
     "spec-lease-to-lease": ((STUDY,), spec_lease_to_lease),
