@@ -26,6 +26,17 @@ the steps table, the machine's load average, and the verdicts:
 - every drop counted: the manifest's rows_dropped equals the spool headers' last counts, and the
   client tokens missing from the engine's records are no more than the drops can explain.
 
+The control, ``--untraced``: the same server, model, engine arguments and load, with nothing of
+servescope in the server: plain ``python -m vllm.entrypoints.openai.api_server`` (no ``servescope
+run``; servescope's vLLM plugin left out through VLLM_PLUGINS; the import sentinel of ``servescope
+overhead``, ``servescope/overhead/sentinel``, on the server's PYTHONPATH notes any process that
+imports a servescope module, and the run is refused if any server process did, or if any server
+process wrote a spool). The server's processes are found in ``/proc`` (the server pid and its
+descendants that vLLM named with setproctitle: ``VLLM::EngineCore``, ``VLLM::Worker...``) and sampled
+the same way; the client still records its own requests (its own run directory). With no engine
+records, the saturation is vLLM's own gauge ``vllm:num_requests_waiting`` (``/metrics``) at each
+sample, and the token and drop checks do not apply.
+
 It stops by itself: the bench sends nothing after ``--minutes`` and at most ``--max-requests``
 requests, each bounded by ``--request-timeout-s``; every later stage has its own timeout, after which
 the processes are killed. Writes the raw JSON (with ``machine_facts()``) and a PNG beside it.
@@ -51,8 +62,9 @@ from servescope.run.config import DEFAULT_SEGMENT_BYTES
 from servescope.run.directory import read_json
 from servescope.run.machine import machine_facts
 from servescope.run.names import Table
+from servescope.overhead.user_pays import arm_environment, servescope_imports
 from servescope.studies.soak import (BOUNDED, bounded_verdict, linear_trend, load_average_1min, sample_process,
-                                     sample_spools, saturation)
+                                     sample_spools, saturation, server_processes)
 
 # Growth limits, fixed before any run. Memory: 2 MiB an hour is 48 MiB a day, under a tenth of a vLLM
 # process's resident memory on this build (about 600 MiB); a leak of one small object per request
@@ -95,6 +107,29 @@ def start_server(args, model_dir: Path, run_dir: Path, port: int, log: Path) -> 
                             start_new_session=True)
 
 
+def start_untraced_server(args, model_dir: Path, sentinel_dir: Path, port: int, log: Path) -> subprocess.Popen:
+    """Start plain `python -m vllm.entrypoints.openai.api_server ...` (the same arguments as start_server's) in a
+    session of its own, servescope's vLLM plugin left out and the import sentinel on its PYTHONPATH."""
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+               "--load-format", "dummy", "--max-model-len", str(args.max_model_len), "--max-num-seqs",
+               str(args.max_num_seqs), "--max-num-batched-tokens", str(args.max_num_batched_tokens),
+               "--disable-uvicorn-access-log", "--host", HOST, "--port", str(port)]
+    return subprocess.Popen(command, env=arm_environment("off", sentinel_dir, engine_env()), stdout=log.open("wb"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def waiting_requests(url: str) -> float | None:
+    """Return vLLM's gauge vllm:num_requests_waiting (summed over its label sets) from /metrics; None if unanswered."""
+    try:
+        with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
+            text = r.read().decode(errors="replace")
+    except OSError:
+        return None
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith("vllm:num_requests_waiting") and not line.startswith("#")]
+    return sum(values) if values else None
+
+
 def wait_healthy(url: str, launcher: subprocess.Popen, timeout_s: float, log: Path) -> None:
     """Return when the server answers /health; raise SystemExit with the log's tail if it ends or times out."""
     deadline = time.monotonic() + timeout_s
@@ -120,9 +155,30 @@ def start_bench(args, url: str, run_dir: Path, trace: Path, log: Path) -> subpro
                             start_new_session=True)
 
 
-def take_sample(run_dir: Path, t_s: float, launcher_pid: int, bench_pid: int | None) -> dict:
-    """Return one sample: the load average and, per process of the run, memory, fds and its spool's counters."""
+def take_sample(run_dir: Path, t_s: float, launcher_pid: int, bench_pid: int | None,
+                untraced_url: str | None = None) -> dict:
+    """Return one sample: the load average and, per process of the run, memory, fds and its spool's counters.
+
+    Untraced (untraced_url given): launcher_pid is the plain server's pid; its processes are found in /proc
+    (server_processes) and sampled the same way; spools are the client's only (any other is recorded as a
+    server process's spool, which the run refuses); vLLM's waiting gauge is read from untraced_url."""
     processes = {}
+    if untraced_url is not None:
+        for pid, role in server_processes(launcher_pid).items():
+            proc = sample_process(pid, run_dir)
+            if proc is not None:
+                processes[f"{role}-{pid}"] = {"kind": SERVER, "role": role, "spool_segments": 0,
+                                              "spool_bytes_on_disk": 0, "rows_dropped": 0, "internal_errors": 0,
+                                              **proc}
+        for spool in sample_spools(run_dir).values():
+            label = f"{spool['role']}-{spool['pid']}"
+            proc = sample_process(spool["pid"], run_dir)
+            processes[label] = {"kind": CLIENT if spool["pid"] == bench_pid else "unexpected spool",
+                                "spool_segments": spool["segments"], "spool_bytes_on_disk": spool["bytes_on_disk"],
+                                "rows_dropped": spool["rows_dropped"], "internal_errors": spool["internal_errors"],
+                                **(proc or {"gone": True})}
+        return {"t_s": round(t_s, 3), "load_1min": load_average_1min(), "waiting_reqs": waiting_requests(untraced_url),
+                "processes": processes}
     spools = sample_spools(run_dir)
     for spool in spools.values():
         label = f"{spool['role']}-{spool['pid']}"
@@ -225,16 +281,16 @@ def sending_window_ns(run_dir: Path, minutes: float) -> tuple[int, int, int]:
     return first, min(first + int(minutes * 60e9), last), last
 
 
-def verdicts(samples: list[dict], window: tuple[float, float], block: int, health: dict, tokens: dict) -> dict:
+def verdicts(samples: list[dict], window: tuple[float, float], block: int, health: dict, tokens: dict | None) -> dict:
     """Return the per-process trends over the window (s since the load started; bootstrap blocks of `block` samples)
-    and the three verdicts: memory bounded, fds bounded, every drop counted."""
+    and the three verdicts: memory bounded, fds bounded, every drop counted (None with no engine records: tokens
+    None)."""
     labels = sorted({label for s in samples for label, p in s["processes"].items() if p["kind"] != CLIENT})
     judged = {label: judge_process(samples, label, window, block) for label in labels}
     client = sorted({label for s in samples for label, p in s["processes"].items() if p["kind"] == CLIENT})
     reported = {label: judge_process(samples, label, window, block) for label in client}
     counts = last_counts(samples)
     sampled_drops = sum(c["rows_dropped"] for c in counts.values())
-    unexplained = tokens["requests_short"] + tokens["requests_not_joined"]
     memory_ok = all(j["rss_outside_spool_mib"]["verdict"] == BOUNDED and j["spool_resident_mib"]["within_one_segment"]
                     for j in judged.values())
     return {
@@ -247,6 +303,13 @@ def verdicts(samples: list[dict], window: tuple[float, float], block: int, healt
                                     "per_process": reported},
         "memory_bounded": memory_ok,
         "open_fds_bounded": all(j["open_fds"]["verdict"] == BOUNDED for j in judged.values()),
+    } | ({"drops": None, "every_drop_counted": None} if tokens is None else drop_verdict(health, tokens, sampled_drops))
+
+
+def drop_verdict(health: dict, tokens: dict, sampled_drops: int) -> dict:
+    """Return the drops counted (spool headers, manifest, client tokens missing) and whether each drop was counted."""
+    unexplained = tokens["requests_short"] + tokens["requests_not_joined"]
+    return {
         "drops": {"sampled_rows_dropped": sampled_drops, "manifest_rows_dropped": health.get("rows_dropped"),
                   "manifest_internal_errors": health.get("internal_errors"),
                   "client_tokens_missing_from_engine": tokens["missing_tokens"],
@@ -328,6 +391,9 @@ def parse_args(argv=None):
     ap.add_argument("--out", type=Path, help="the raw JSON (a PNG of the samples is written beside)")
     ap.add_argument("--conditions", default=None,
                     help="what else the machine was doing during the run (kept in the raw file as 'conditions')")
+    ap.add_argument("--untraced", action="store_true",
+                    help="the control: the same server and load with no servescope in the server (plain vLLM, its "
+                         "processes found in /proc); the client still records its requests")
     ap.add_argument("--rejudge", type=Path, metavar="RAW",
                     help="run nothing: recompute the verdicts and the PNG of a raw file from its samples (with "
                          "--block-s), noting the commit and command that did")
@@ -358,7 +424,7 @@ def rejudge(path: Path, block_s: float) -> dict:
     config = result["config"]
     block = block_samples(block_s, config["interval_s"])
     result["verdicts"] = verdicts(result["samples"], tuple(result["verdicts"]["window_s"]), block,
-                                  result.get("health") or {}, result["tokens"])
+                                  result.get("health") or {}, result.get("tokens"))
     facts = machine_facts()
     result["verdicts_recomputed"] = {"date_utc": facts["date_utc"], "command": facts["command"],
                                      "servescope_commit": facts["versions"]["servescope_commit"], "block_s": block_s}
@@ -374,6 +440,8 @@ def main(argv=None) -> int:
     if args.rejudge is not None:
         print(verdict_line(rejudge(args.rejudge, args.block_s)["verdicts"], args.rejudge))
         return 0
+    if args.untraced:
+        return main_untraced(args)
     work = Path(tempfile.mkdtemp(prefix="soak-", dir=args.work))
     run_dir, port = work / "run", free_port()
     url = f"http://{HOST}:{port}"
@@ -474,6 +542,125 @@ def main(argv=None) -> int:
     plot(samples, result, args.out.with_suffix(".png"))
     print(json.dumps({k: result[k] for k in ("timeline_s", "bench", "saturation", "server", "health", "tokens")},
                      indent=1))
+    print(verdict_line(result["verdicts"], args.out))
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def metrics_saturation(samples: list[dict], first_send_s: float, end_s: float) -> dict:
+    """Return the share of samples in [first_send_s, end_s] whose vllm:num_requests_waiting was > 0, overall and per
+    minute, and the gauge's mean (an unrecorded server has no steps table)."""
+    inside = [s for s in samples if first_send_s <= s["t_s"] <= end_s and s.get("waiting_reqs") is not None]
+    if not inside:
+        return {"samples": 0, "sample_share_waiting": None}
+    per_minute: dict[int, list[bool]] = {}
+    for s in inside:
+        per_minute.setdefault(int((s["t_s"] - first_send_s) // 60), []).append(s["waiting_reqs"] > 0)
+    return {"source": "vllm:num_requests_waiting at each sample (/metrics)", "samples": len(inside),
+            "samples_unanswered": sum(1 for s in samples if first_send_s <= s["t_s"] <= end_s
+                                      and s.get("waiting_reqs") is None),
+            "sample_share_waiting": sum(s["waiting_reqs"] > 0 for s in inside) / len(inside),
+            "time_share_waiting_per_minute": [sum(v) / len(v) for _, v in sorted(per_minute.items())],
+            "mean_waiting_reqs": sum(s["waiting_reqs"] for s in inside) / len(inside)}
+
+
+def main_untraced(args) -> int:
+    """The control: the same server and load, nothing of servescope in the server; its processes sampled from /proc."""
+    work = Path(tempfile.mkdtemp(prefix="soak-untraced-", dir=args.work))
+    run_dir, sentinel_dir, port = work / "client", work / "sentinel", free_port()
+    sentinel_dir.mkdir()
+    url = f"http://{HOST}:{port}"
+    model_dir = init_model_dir(work / "tiny-llama", "tiny")
+    trace = write_trace(work / "trace.csv", args.max_requests, args.prompt_tokens, args.output_tokens)
+    facts = machine_facts()
+    server = start_untraced_server(args, model_dir, sentinel_dir, port, work / "server.log")
+    bench = None
+    samples: list[dict] = []
+    timeline: dict = {}
+    seen: dict[int, str] = {}
+    try:
+        started = time.monotonic()
+        wait_healthy(url, server, args.startup_timeout_s, work / "server.log")
+        timeline["startup_s"] = time.monotonic() - started
+        load_start_ns = time.monotonic_ns()
+        bench = start_bench(args, url, run_dir, trace, work / "bench.log")
+        bench_deadline = time.monotonic() + args.minutes * 60 + args.request_timeout_s + 300
+        next_sample = time.monotonic()
+        while bench.poll() is None and time.monotonic() < bench_deadline:
+            s = take_sample(run_dir, (time.monotonic_ns() - load_start_ns) / 1e9, server.pid, bench.pid, url)
+            samples.append(s)
+            seen.update({p_pid: p["role"] for label, p in s["processes"].items() if p["kind"] == SERVER
+                         for p_pid in [int(label.rsplit("-", 1)[1])]})
+            next_sample += args.interval_s
+            time.sleep(max(0.0, next_sample - time.monotonic()))
+        bench_code = bench.poll()
+        if bench_code is None:
+            bench_code = stop(bench, 60)
+            timeline["bench_killed_at_deadline"] = True
+        load_end_ns = time.monotonic_ns()
+        timeline["load_s"] = (load_end_ns - load_start_ns) / 1e9
+        stopping = time.monotonic()
+        server_code = stop(server, args.stop_timeout_s)
+        timeline["stop_s"] = time.monotonic() - stopping
+    finally:
+        for proc in (bench, server):
+            if proc is not None and proc.poll() is None:
+                stop(proc, 30)
+        try:
+            os.killpg(server.pid, signal.SIGKILL)  # anything of its session left behind
+        except (ProcessLookupError, PermissionError):
+            pass
+    (work / "samples.json").write_text(json.dumps({"timeline": timeline, "samples": samples}))  # kept with --keep
+    imports = servescope_imports(sentinel_dir)
+    server_spools = sorted({label for s in samples for label, p in s["processes"].items()
+                            if p["kind"] == "unexpected spool"})
+    untraced = {"servescope_imports_by_server_processes": {str(k): v for k, v in imports.items()},
+                "spools_not_the_clients": server_spools,
+                "server_processes_seen": {str(k): v for k, v in sorted(seen.items())},
+                "vllm_plugins": arm_environment("off", sentinel_dir, engine_env()).get("VLLM_PLUGINS")}
+    if imports or server_spools or not {"APIServer", "EngineCore", "Worker"} <= set(seen.values()):
+        (work / "refused.json").write_text(json.dumps(untraced, indent=1))
+        raise SystemExit(f"the untraced run is refused (servescope imported or recording in the server, or a vLLM "
+                         f"process not found): {untraced}; work dir kept: {work}")
+    bench_facts = read_json(run_dir / "bench.json")
+    first_send_ns, sending_end_ns, last_end_ns = sending_window_ns(run_dir, args.minutes)
+    served_s = (last_end_ns - first_send_ns) / 1e9
+    timeline["first_send_s"] = (first_send_ns - load_start_ns) / 1e9
+    timeline["sending_end_s"] = (sending_end_ns - load_start_ns) / 1e9
+    window = (max(timeline["first_send_s"], timeline["sending_end_s"] - args.trend_minutes * 60),
+              timeline["sending_end_s"])
+    loads = [s["load_1min"] for s in samples]
+    results = bench_facts.get("results") or {}
+    result = {
+        "machine": facts,
+        "conditions": args.conditions,
+        "what": "the control of the soak: the same vLLM server (CPU build, tiny dummy-weight Llama), engine arguments "
+                "and closed loop, with no servescope in the server (plain vLLM; plugin left out, import sentinel "
+                "clean, no server spool); per server process found in /proc: resident memory and open fds sampled "
+                "every interval; trends over the load's last minutes; the client records its own requests",
+        "config": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                   "engine_argv": server.args, "segment_bytes": DEFAULT_SEGMENT_BYTES,
+                   "http_keep_alive_s": HTTP_KEEP_ALIVE_S},
+        "untraced": untraced,
+        "timeline_s": timeline,
+        "load_average_1min": {"mean": sum(loads) / len(loads) if loads else None, "max": max(loads, default=None),
+                              "min": min(loads, default=None), "cpus": os.cpu_count(),
+                              "note": "the machine is shared with other test runs: see each sample's load_1min"},
+        "bench": {"exit_code": bench_code, "status": bench_facts.get("status"), "results": results,
+                  "elapsed_s": bench_facts.get("elapsed_s"), "served_s": served_s,
+                  "requests_per_s": results.get("ok", 0) / served_s,
+                  "output_tokens_per_s": results.get("output_tokens", 0) / served_s},
+        "saturation": metrics_saturation(samples, timeline["first_send_s"], timeline["sending_end_s"]),
+        "server": {"exit_code": server_code},
+        "tokens": None,
+    }
+    result["verdicts"] = verdicts(samples, window, block_samples(args.block_s, args.interval_s), {}, None)
+    result["samples"] = samples
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    plot(samples, result, args.out.with_suffix(".png"))
+    print(json.dumps({k: result[k] for k in ("timeline_s", "bench", "saturation", "server", "untraced")}, indent=1))
     print(verdict_line(result["verdicts"], args.out))
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)

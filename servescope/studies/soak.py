@@ -187,3 +187,66 @@ def saturation(run_dir: str | os.PathLike, start_ns: int, end_ns: int, minute_s:
         "mean_running_reqs": float(running.mean()),
         "max_running_reqs": int(running.max()),
     }
+
+
+# --------------------------------------------------------------------------- an unrecorded server's processes (/proc)
+
+
+def descendants(pid: int) -> list[int]:
+    """Return the pids of a process's descendants, parents before children (/proc/PID/task/*/children)."""
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop(0)
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                children = [int(c) for c in (task / "children").read_text().split()]
+            except (OSError, ValueError):
+                continue
+            for child in children:
+                if child not in found and child != pid:
+                    found.append(child)
+                    todo.append(child)
+    return found
+
+
+def process_title(pid: int) -> str | None:
+    """Return a process's command line as ps shows it (setproctitle rewrites it); None if gone."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip()
+
+
+# vLLM names its processes with setproctitle: VLLM_PROCESS_NAME_PREFIX (default 'VLLM') '::' the name
+VLLM_ROLES = (("EngineCore", "EngineCore"), ("Worker", "Worker"), ("APIServer", "APIServer"))
+
+
+def vllm_role(title: str, prefix: str = "VLLM") -> str | None:
+    """Return 'EngineCore', 'Worker' or 'APIServer' for a vLLM process title ('VLLM::EngineCore', 'VLLM::Worker_TP0',
+    ...), None for any other process."""
+    head = title.split(" ", 1)[0]
+    if not head.startswith(prefix + "::"):
+        return None
+    name = head[len(prefix) + 2:]
+    for start, role in VLLM_ROLES:
+        if name.startswith(start):
+            return role
+    return None
+
+
+def server_processes(root_pid: int, prefix: str = "VLLM") -> dict[int, str]:
+    """Return {pid: role} of an unrecorded vLLM server: the root (the API server, 'APIServer' unless vLLM named it
+    otherwise) and those of its descendants vLLM named (EngineCore, Worker); other descendants (multiprocessing's
+    resource tracker, compilers) are left out."""
+    out = {}
+    title = process_title(root_pid)
+    if title is None:
+        return out
+    out[root_pid] = vllm_role(title, prefix) or "APIServer"
+    for pid in descendants(root_pid):
+        title = process_title(pid)
+        role = vllm_role(title, prefix) if title is not None else None
+        if role is not None:
+            out[pid] = role
+    return out
