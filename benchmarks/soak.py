@@ -122,11 +122,16 @@ def waiting_requests(url: str) -> float | None:
     """Return vLLM's gauge vllm:num_requests_waiting (summed over its label sets) from /metrics; None if unanswered."""
     try:
         with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
-            text = r.read().decode(errors="replace")
+            return parse_waiting(r.read().decode(errors="replace"))
     except OSError:
         return None
+
+
+def parse_waiting(text: str) -> float | None:
+    """Return the sum of vllm:num_requests_waiting's samples in a Prometheus text (that metric only: not
+    vllm:num_requests_waiting_by_reason, whose reasons add up to the same total); None if it is absent."""
     values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-              if line.startswith("vllm:num_requests_waiting") and not line.startswith("#")]
+              if line.startswith(("vllm:num_requests_waiting{", "vllm:num_requests_waiting "))]
     return sum(values) if values else None
 
 

@@ -1,4 +1,5 @@
-"""The untraced soak's process discovery (servescope/studies/soak.py: server_processes), on a real process tree.
+"""The untraced soak's process discovery (servescope/studies/soak.py: server_processes), on a real process tree;
+and its reading of vLLM's waiting gauge (benchmarks/soak.py: parse_waiting).
 
 A root process (the API server: vLLM leaves its title alone) starts a child that names itself as
 vLLM's engine does (setproctitle 'VLLM::EngineCore'), which starts a grandchild named as vLLM's
@@ -66,3 +67,24 @@ def test_a_real_process_tree_is_found_and_named():
                 pass
         root.kill()
         root.wait()
+
+
+METRICS = """# HELP vllm:num_requests_waiting Number of requests waiting to be processed.
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{engine="0",model_name="m"} 57.0
+# HELP vllm:num_requests_waiting_by_reason Number of waiting requests by reason.
+vllm:num_requests_waiting_by_reason{engine="0",model_name="m",reason="capacity"} 50.0
+vllm:num_requests_waiting_by_reason{engine="0",model_name="m",reason="deferred"} 7.0
+vllm:num_requests_running{engine="0",model_name="m"} 8.0
+"""
+
+
+def test_the_waiting_gauge_is_read_once_not_with_its_breakdown_by_reason():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("soak_script", Path(__file__).parents[1] / "benchmarks" / "soak.py")
+    soak = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(soak)
+    assert soak.parse_waiting(METRICS) == 57.0
+    assert soak.parse_waiting("vllm:num_requests_running 3.0\n") is None
