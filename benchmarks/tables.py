@@ -208,6 +208,178 @@ def analysis_scale() -> list[str]:
     return out
 
 
+# --------------------------------------------------------------------------- reliability.md: the soak
+
+SOAK = "cpu-soak-30min.json"
+
+
+def interval(trend: dict, fmt: str) -> str:
+    """A trend's slope per hour with its 95% interval."""
+    lo, hi = trend["ci95_per_h"]
+    return f"{trend['slope_per_h']:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]"
+
+
+def soak_run() -> list[str]:
+    """What the soak ran, how saturated the engine was, what the client received and what was recorded and lost."""
+    d = load(SOAK)
+    c, b, sat, srv, v = d["config"], d["bench"], d["saturation"], d["server"], d["verdicts"]
+    r, t, h, la = b["results"], d["tokens"], d["health"], d["load_average_1min"]
+    minutes = [m * 100 for m in sat["time_share_waiting_per_minute"]]
+    window = v["window_s"]
+    return header("what", "measured") + [
+        row("load", f"closed loop of {c['concurrency']} requests ({c['prompt_tokens']}-token prompts, "
+                    f"{c['output_tokens']} output tokens) on `--max-num-seqs {c['max_num_seqs']}`, "
+                    f"`--max-num-batched-tokens {c['max_num_batched_tokens']}`; recording parts: "
+                    f"{', '.join(c['recording_parts'])}"),
+        row("duration", f"{d['timeline_s']['sending_end_s'] - d['timeline_s']['first_send_s']:.0f} s of sending; "
+                        f"trend window {window[0] / 60:.1f}-{window[1] / 60:.1f} min"),
+        row("rate (ok requests and output tokens / time served)",
+            f"**{b['requests_per_s']:.1f} requests/s**, {b['output_tokens_per_s']:.0f} tokens/s"),
+        row("saturation: share of the time requests waited in the engine's queue (`num_waiting_reqs` > 0)",
+            f"**{sat['time_share_waiting'] * 100:.1f}%** ({sat['step_share_waiting'] * 100:.1f}% of "
+            f"{sat['steps']:,} steps); per minute {min(minutes):.0f}-{max(minutes):.0f}%; mean "
+            f"{sat['mean_waiting_reqs']:.1f} waiting, {sat['mean_running_reqs']:.1f} running"),
+        row("bench", f"{b['status']}: sent {r['sent']:,}, ok {r['ok']:,}, error {r['error']}, timeout "
+                     f"{r['timeout']}, cancelled {r['cancelled']}"),
+        row("tokens the client received / missing from the engine's `token_emissions`",
+            f"{t['client_tokens']:,} / **{t['missing_tokens']}** ({t['requests_short']} requests short, "
+            f"{t['requests_not_joined']} not joined)"),
+        row("rows dropped: manifest / spool headers; internal errors",
+            f"**{h['rows_dropped']} / {v['drops']['sampled_rows_dropped']}**; {h['internal_errors']}"),
+        row("compaction after the stop (`servescope run`)",
+            f"{srv['compaction_s']:.1f} s for {srv['rows_compacted']:,} rows; peak RSS of `servescope run` "
+            f"{srv['launcher_peak_rss_mib_while_stopping']:.0f} MiB"),
+        row(f"machine ({d['machine']['host']['cpu_count']} CPUs, {d['machine']['host']['memory_bytes'] / 2**30:.0f} GiB)"
+            f"; 1-min load average during the load",
+            f"{d.get('conditions') or 'not stated'}; mean {la['mean']:.1f}, range {la['min']:.1f}-{la['max']:.1f}"),
+        row("verdicts", f"memory bounded: **{'yes' if v['memory_bounded'] else 'no'}**; file descriptors bounded: "
+                        f"**{'yes' if v['open_fds_bounded'] else 'no'}**; every drop counted: "
+                        f"**{'yes' if v['every_drop_counted'] else 'no'}**"),
+    ]
+
+
+def last_during_load(samples: list[dict], label: str) -> dict:
+    """A process's last sample taken while the load ran (before `servescope run` was stopped)."""
+    return [s["processes"][label] for s in samples if not s.get("stopping") and label in s["processes"]][-1]
+
+
+def soak_processes() -> list[str]:
+    """Per process: memory outside the spool mapping and open fds over the trend window, with the verdicts; its spool
+    on disk and rows dropped at the load's end."""
+    d = load(SOAK)
+    v = d["verdicts"]
+    limits = v["limits"]
+    out = header("process", "RSS outside the spool (MiB, window start -> end)",
+                 f"trend (MiB/h, 95% interval; limit {limits['memory_mib_per_h']:g})", "verdict",
+                 "spool mapping, max (MiB)", "open fds (min-max)",
+                 f"trend (fds/h; limit {limits['open_fds_per_h']:g})", "verdict",
+                 "spool on disk at the load's end (segments, MiB)", "rows dropped (spool header)")
+    judged = [(label, p, "") for label, p in v["per_process"].items()]
+    judged += [(label, p, " (bench client: reported, not judged)")
+               for label, p in v["bench_client_not_judged"]["per_process"].items()]
+    for label, p, note in judged:
+        m, f, sp = p["rss_outside_spool_mib"], p["open_fds"], p["spool_resident_mib"]
+        last = last_during_load(d["samples"], label)
+        disk = (f"{last['spool_segments']}, {last['spool_bytes_on_disk'] / (1 << 20):.0f}"
+                if "spool_segments" in last else "no spool")
+        out.append(row(f"`{label}`{note}", f"{m['first']:.1f} -> {m['last']:.1f}", interval(m["trend"], "+.2f"),
+                       m["verdict"] if not note else "-", f"{sp['max_whole_run']:.1f}", f"{f['min']}-{f['max']}",
+                       interval(f["trend"], "+.1f"), f["verdict"] if not note else "-", disk,
+                       last.get("rows_dropped", "-")))
+    return out
+
+
+SOAK_UNTRACED = "cpu-soak-untraced-20min.json"
+# a server process's role, from its label in either run: the recorder's role (traced) or vLLM's process title (untraced)
+SOAK_ROLES = (("API server", ("MainProcess-", "APIServer-")), ("EngineCore", ("EngineCore-",)),
+              ("worker", ("VllmWorker-", "Worker-")))
+
+
+def soak_role_label(d: dict, prefixes: tuple[str, ...]) -> str:
+    """The label of the server process (not the bench client) whose label starts with one of prefixes."""
+    labels = [label for label in d["verdicts"]["per_process"] if label.startswith(prefixes)]
+    assert len(labels) == 1, labels
+    return labels[0]
+
+
+def soak_trend(d: dict, label: str, start_s: float, end_s: float) -> dict:
+    """The trend of a process's RSS outside the spool (MiB/h) over [start_s, end_s] s since the load started, with the
+    raw file's bootstrap blocks."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("soak_script", Path(__file__).with_name("soak.py"))
+    soak = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(soak)
+    from servescope.studies.soak import linear_trend
+
+    t, rss = soak.series(d["samples"], label, "rss_outside_spool_bytes", start_s, end_s)
+    return linear_trend(t, [v / (1 << 20) for v in rss], block_samples=d["verdicts"]["block_samples"])
+
+
+def soak_windows(d: dict) -> dict[str, tuple[float, float]]:
+    """The windows compared (s since the load started): minutes 0-20 and 10-20 of sending, the same age in both runs."""
+    first, end = d["timeline_s"]["first_send_s"], d["timeline_s"]["sending_end_s"]
+    return {"minutes 0-20": (first, min(end, first + 1200)), "minutes 10-20": (first + 600, min(end, first + 1200))}
+
+
+def soak_control_run() -> list[str]:
+    """The control's run next to the traced soak's: load, rate, saturation, machine, what shows nothing of servescope
+    was in the server."""
+    t, u = load(SOAK), load(SOAK_UNTRACED)
+    la_t, la_u = t["load_average_1min"], u["load_average_1min"]
+    un = u["untraced"]
+    roles = sorted(set(un["server_processes_seen"].values()))
+
+    def sending(d):
+        return d["timeline_s"]["sending_end_s"] - d["timeline_s"]["first_send_s"]
+
+    return header("what", "traced (`cpu-soak-30min.json`)", "untraced control (`cpu-soak-untraced-20min.json`)") + [
+        row("servescope in the server", f"`servescope run`, recording parts {', '.join(t['config']['recording_parts'])}",
+            f"none: plain `python -m vllm.entrypoints.openai.api_server`, `VLLM_PLUGINS={un['vllm_plugins']}`; "
+            f"servescope modules imported by server processes (import sentinel): "
+            f"**{len(un['servescope_imports_by_server_processes'])}**; server spools: "
+            f"**{len(un['spools_not_the_clients'])}**; processes found in /proc: {', '.join(roles)}"),
+        row("sending; ok requests", f"{sending(t):.0f} s; {t['bench']['results']['ok']:,}",
+            f"{sending(u):.0f} s; {u['bench']['results']['ok']:,}"),
+        row("rate (ok requests / time served)", f"{t['bench']['requests_per_s']:.1f} requests/s",
+            f"{u['bench']['requests_per_s']:.1f} requests/s"),
+        row("saturation", f"{t['saturation']['time_share_waiting'] * 100:.1f}% of the time `num_waiting_reqs` > 0 "
+                          f"(steps table)",
+            f"{u['saturation']['sample_share_waiting'] * 100:.1f}% of {u['saturation']['samples']} samples with "
+            f"`vllm:num_requests_waiting` > 0 (mean {u['saturation']['mean_waiting_reqs']:.1f})"),
+        row("bench errors / timeouts", f"{t['bench']['results']['error']} / {t['bench']['results']['timeout']}",
+            f"{u['bench']['results']['error']} / {u['bench']['results']['timeout']}"),
+        row("1-min load average during the load (2 CPUs)", f"mean {la_t['mean']:.1f}, {la_t['min']:.1f}-{la_t['max']:.1f}",
+            f"mean {la_u['mean']:.1f}, {la_u['min']:.1f}-{la_u['max']:.1f}"),
+        row("servescope commit", t["machine"]["versions"]["servescope_commit"][:12],
+            u["machine"]["versions"]["servescope_commit"][:12]),
+    ]
+
+
+def soak_control() -> list[str]:
+    """Per server process: the trend of RSS outside the spool (MiB/h, 95% interval) in the traced soak and the
+    untraced control over the same windows, and per request served."""
+    runs = {"traced": load(SOAK), "untraced": load(SOAK_UNTRACED)}
+    windows = {name: soak_windows(d) for name, d in runs.items()}
+    out = header("process", *(f"{name}: {w} of sending (MiB/h)" for w in ("minutes 0-20", "minutes 10-20")
+                              for name in runs),
+                 "traced: the verdict's window, minutes 10-30 (MiB/h)",
+                 "per 1,000 requests, minutes 0-20: traced / untraced (KiB)")
+    for role, prefixes in SOAK_ROLES:
+        labels = {name: soak_role_label(d, prefixes) for name, d in runs.items()}
+        cells, per_request = [], []
+        for w in ("minutes 0-20", "minutes 10-20"):
+            for name, d in runs.items():
+                trend = soak_trend(d, labels[name], *windows[name][w])
+                cells.append(interval(trend, "+.1f"))
+                if w == "minutes 0-20":
+                    per_request.append(trend["slope_per_h"] * 1024 / (d["bench"]["requests_per_s"] * 3.6))
+        own = runs["traced"]["verdicts"]["per_process"][labels["traced"]]["rss_outside_spool_mib"]["trend"]
+        out.append(row(f"{role} (`{labels['traced']}` / `{labels['untraced']}`)", *cells, interval(own, "+.1f"),
+                       " / ".join(f"{x:+.0f}" for x in per_request)))
+    return out
+
+
 # --------------------------------------------------------------------------- case-studies/speculative-decoding.md
 
 LATENCY_CONFIGS = ("ar@lease3", "ar-sync-v1@lease3", "draft-k4-a2.5@lease3", "draft-k4-a3.5@lease3",
@@ -412,6 +584,10 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[], list[str]]]] = {
     "cpu-client-crosscheck": (CPU_CROSSCHECKS, lambda: crosscheck(*CPU_CROSSCHECKS)),
     "h100-client-crosscheck": (("h100-crosscheck-spec.json",), lambda: crosscheck("h100-crosscheck-spec.json")),
     "analysis-scale": (tuple(name for _, name in SCALE_RUNS), analysis_scale),
+    "cpu-soak": ((SOAK,), soak_run),
+    "cpu-soak-processes": ((SOAK,), soak_processes),
+    "cpu-soak-control": ((SOAK, SOAK_UNTRACED), soak_control_run),
+    "cpu-soak-control-processes": ((SOAK, SOAK_UNTRACED), soak_control),
     "spec-latency": ((STUDY,), spec_latency),
     "spec-speedup": ((STUDY,), spec_speedup),
     "spec-lease-to-lease": ((STUDY,), spec_lease_to_lease),

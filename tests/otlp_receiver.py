@@ -1,4 +1,5 @@
-"""Real OTLP trace receivers on loopback for tests: HTTP/protobuf and gRPC, plus an OTLP/JSON line decoder.
+"""Real OTLP trace receivers on loopback for tests: HTTP/protobuf and gRPC, an endpoint that hangs, and an OTLP/JSON
+line decoder.
 
     with OtlpHttpReceiver() as receiver:
         export_run(run_dir, endpoint=receiver.endpoint)
@@ -15,6 +16,7 @@ import gzip
 import json
 import socket
 import threading
+import time
 import zlib
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -175,3 +177,48 @@ def otlp_json_to_request(line: str) -> ExportTraceServiceRequest:
                         if link.get(key):
                             link[key] = _hex_to_b64(link[key])
     return json_format.ParseDict(message, ExportTraceServiceRequest())
+
+
+class HangingEndpoint:
+    """A loopback TCP server that accepts every connection and never reads or answers: an OTLP endpoint that hangs.
+
+    ``accepted_wall_ns`` holds the wall-clock time (time.time_ns) of each accepted connection."""
+
+    def __init__(self) -> None:
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.bind((LOOPBACK, 0))
+        self._listener.listen(64)
+        self.port = self._listener.getsockname()[1]
+        self.accepted_wall_ns: list[int] = []
+        self._held: list[socket.socket] = []  # kept open: the client waits for an answer that never comes
+        self._thread: threading.Thread | None = None
+
+    @property
+    def endpoint(self) -> str:
+        """Return the base URL (http://127.0.0.1:<port>)."""
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:  # the listener was closed
+                return
+            self.accepted_wall_ns.append(time.time_ns())
+            self._held.append(conn)
+
+    def __enter__(self) -> HangingEndpoint:
+        self._thread = threading.Thread(target=self._accept, name="otlp-hanging-endpoint", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._listener.close()
+        for conn in self._held:
+            conn.close()
+        if self._thread is not None:
+            self._thread.join(5)

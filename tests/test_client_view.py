@@ -13,6 +13,7 @@ import pytest
 
 from client_only_checks import analyze_json, check_client_only_analysis, read_client_requests, servescope_cli
 from runbuilder import RunBuilder
+from servescope.analysis.client_vs_engine import engine_token_check
 from servescope.analysis.compare import compare_run_dirs
 from servescope.analysis.request_metrics import compute_request_metrics, take_requests
 from servescope.analysis.request_view import request_view
@@ -139,6 +140,25 @@ def test_client_beside_engine_splits_the_ttft_on_a_shared_clock(tmp_path):
     client_view = analyze_json(run, "--observer", "client")
     assert client_view["run"]["source"] == "client" and client_view["summary"]["ttft_s"]["count"] == 1
     assert "client vs engine (1 requests joined" in servescope_cli("analyze", run).output
+
+
+def test_the_engine_token_check_names_each_request_whose_received_tokens_are_not_recorded(tmp_path):
+    b = RunBuilder(tmp_path, "witness")
+    # whole: 3 tokens received, 3 recorded; cut: 4 received, 1 recorded (a lost emission row); lost: no arrival
+    b.request("eng-whole", arrival_ns=MS, queued_ns=MS, scheduled_ns=2 * MS,
+              emissions=[(1, 10 * MS, 1), (2, 20 * MS, 2)], finished_ns=20 * MS)
+    b.event("eng-whole", "arrival", MS, detail="cmpl-whole-0")
+    b.request("eng-cut", arrival_ns=MS, queued_ns=MS, scheduled_ns=2 * MS, emissions=[(1, 10 * MS, 1)])
+    b.event("eng-cut", "arrival", MS, detail="cmpl-cut-0")
+    client_request(b, "whole", 0, [(11 * MS, 1), (21 * MS, 2)])
+    client_request(b, "cut", 0, [(11 * MS, 1), (21 * MS, 3)])
+    client_request(b, "lost", 0, [(12 * MS, 2)])
+    client_request(b, "refused", 0, [], status="error", error="refused")  # received nothing: nothing to hold
+    check = engine_token_check(b.write())
+    assert (check.client_requests, check.client_tokens) == (3, 9)
+    assert check.not_joined == {"lost": 2} and check.short == {"cut": (4, 1)}
+    assert check.missing_tokens == 2 + 3
+    assert check.summary()["requests_short"] == 1 and check.summary()["examples_short"] == {"cut": [4, 1]}
 
 
 def test_a_client_clock_apart_from_the_engines_gives_no_split(tmp_path):

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from engine_fixtures import engine_env
-from servescope.bench.load.client import engine_request_ids
+from servescope.analysis.client_vs_engine import engine_token_check
 from servescope.bench.load.server import free_port
 from servescope.run.directory import read_json
 from servescope.run.tables import read_table
@@ -79,13 +79,6 @@ def _client_tokens(run_dir: Path) -> dict[str, int]:
     return tokens
 
 
-def _engine_tokens(run_dir: Path) -> dict[str, int]:
-    tokens: dict[str, int] = {}
-    for row in read_table(run_dir, "token_emissions").to_pylist():
-        tokens[row["request_id"]] = tokens.get(row["request_id"], 0) + row["num_tokens"]
-    return tokens
-
-
 def _wait_for_tokens(run_dir: Path, at_least: int, timeout_s: float = 120) -> None:
     deadline = time.monotonic() + timeout_s
     while sum(_client_tokens(run_dir).values()) < at_least:
@@ -94,14 +87,10 @@ def _wait_for_tokens(run_dir: Path, at_least: int, timeout_s: float = 120) -> No
 
 
 def _check_engine_holds_every_client_token(run_dir: Path) -> int:
-    client = _client_tokens(run_dir)
-    engine = _engine_tokens(run_dir)
-    joined = engine_request_ids(run_dir)
-    assert client and sum(client.values()) > 0
-    for cid, received in client.items():
-        assert cid in joined, f"client request {cid} has no engine arrival record"
-        assert engine.get(joined[cid], 0) >= received, (cid, received, engine.get(joined[cid]))
-    return sum(client.values())
+    check = engine_token_check(run_dir)
+    assert check.client_tokens > 0
+    assert not check.not_joined and not check.short, check.summary()
+    return check.client_tokens
 
 
 def test_sigkill_of_the_engine_core_loses_no_record(tmp_path, tiny_model_dir):

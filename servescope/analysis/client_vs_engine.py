@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 
 from servescope.analysis.client_view import ClientRequests, client_requests
 from servescope.analysis.distributions import summarize
@@ -176,10 +178,68 @@ def engine_request_ids(run_dir: str | os.PathLike, engine_run_dir: str | os.Path
     """Return client_request_id -> the engine's internal request id of every joined request: the client's records in
     run_dir, the engine's there too, or in engine_run_dir when the server recorded elsewhere."""
     run = load_run(run_dir)
-    engine_run = run if engine_run_dir is None else load_run(engine_run_dir)
+    return joined_request_ids(run, run if engine_run_dir is None else load_run(engine_run_dir))
+
+
+def joined_request_ids(run: RunData, engine_run: RunData) -> dict[str, str]:
+    """Return client_request_id -> the engine's internal request id of every joined request of two loaded runs."""
     client, engine = client_requests(run), compute_request_metrics(engine_run)
     rows = engine_rows_of_client(engine_run, client, engine)
     return {cid: engine.request_id[r] for cid, r in zip(client.metrics.request_id.tolist(), rows.tolist()) if r >= 0}
+
+
+@dataclass
+class EngineTokenCheck:
+    """Every token the client received must be in the engine's token_emissions: the requests where it is not."""
+
+    client_requests: int  # client requests that received at least one token
+    client_tokens: int  # tokens the client received, in all
+    not_joined: dict[str, int]  # client request id -> tokens received, for requests with no engine arrival record
+    short: dict[str, tuple[int, int]]  # client request id -> (tokens received, tokens recorded), recorded < received
+
+    @property
+    def missing_tokens(self) -> int:
+        """Return how many tokens the client received that the engine's records lack."""
+        return sum(self.not_joined.values()) + sum(received - recorded for received, recorded in self.short.values())
+
+    def summary(self, examples: int = 5) -> dict:
+        """Return the check as JSON-ready counts (tokens), with a few of the requests that fail it."""
+        return {"client_requests": self.client_requests, "client_tokens": self.client_tokens,
+                "requests_not_joined": len(self.not_joined), "requests_short": len(self.short),
+                "missing_tokens": self.missing_tokens,
+                "examples_not_joined": dict(list(self.not_joined.items())[:examples]),
+                "examples_short": {cid: list(v) for cid, v in list(self.short.items())[:examples]}}
+
+
+def engine_token_check(run_dir: str | os.PathLike) -> EngineTokenCheck:
+    """Return, for a run holding client and engine records, the client requests whose received tokens (a count) the
+    engine's token_emissions do not all hold (the witness of records that survive their process)."""
+    run = load_run(run_dir)
+    joined = joined_request_ids(run, run)
+    received = _token_sums(run.client_chunks, "client_request_id")
+    recorded = _token_sums(run.token_emissions, "request_id")
+    not_joined, short = {}, {}
+    for cid, n in received.items():
+        if n <= 0:
+            continue
+        if cid not in joined:
+            not_joined[cid] = n
+        elif recorded.get(joined[cid], 0) < n:
+            short[cid] = (n, recorded.get(joined[cid], 0))
+    return EngineTokenCheck(client_requests=sum(1 for n in received.values() if n > 0),
+                            client_tokens=sum(received.values()), not_joined=not_joined, short=short)
+
+
+def _token_sums(table: pa.Table, key: str) -> dict[str, int]:
+    """Return key -> the sum of num_tokens over the table's rows (key decoded when dictionary-encoded)."""
+    if table.num_rows == 0:
+        return {}
+    keys = table.column(key)
+    if pa.types.is_dictionary(keys.type):
+        keys = keys.cast(keys.type.value_type)
+    sums = pa.table({"key": keys, "num_tokens": table.column("num_tokens")}).group_by("key").aggregate(
+        [("num_tokens", "sum")])
+    return dict(zip(sums.column("key").to_pylist(), sums.column("num_tokens_sum").to_pylist()))
 
 
 def client_vs_engine(run_dir: str | os.PathLike) -> dict:

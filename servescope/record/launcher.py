@@ -78,15 +78,23 @@ def run_command(command: list[str], config: Config) -> int:
 
 
 def finish_run(run_dir: Path, *, exit_code: int | None, signals: list[str] | None = None) -> dict:
-    """Wait (briefly) for the engine's processes to end, compact their spools, write the manifest."""
-    deadline = time.monotonic() + ENGINE_EXIT_GRACE_S
+    """Wait (briefly) for the engine's processes to end, compact their spools, write the manifest; return it.
+
+    command.json gets the exit code, the signals passed on, and the seconds spent waiting for the engine's
+    processes (engine_exit_wait_s) and compacting their spools (compaction_s, rows_compacted rows)."""
+    waited = time.monotonic()
+    deadline = waited + ENGINE_EXIT_GRACE_S
     while time.monotonic() < deadline and _spool_owners_alive(run_dir):
         time.sleep(0.1)
+    compacting = time.monotonic()
     compaction = compact_run(run_dir)
+    compacted = time.monotonic()
     command_path = run_dir / "command.json"
     command = read_json(command_path) if command_path.exists() else {}
     command.update({"exit_code": exit_code, "signals": signals or [], "ended_wall_ns": time.time_ns(),
-                    "still_running_at_compaction": compaction.left_running})
+                    "still_running_at_compaction": compaction.left_running,
+                    "engine_exit_wait_s": compacting - waited, "compaction_s": compacted - compacting,
+                    "rows_compacted": compaction.rows})
     write_json(command_path, command)
     return write_manifest(run_dir)
 

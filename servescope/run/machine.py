@@ -1,6 +1,6 @@
 """What a measurement ran on: the facts every raw result file carries.
 
-``machine_facts()`` returns the host (CPU, cores, OS, Python), the GPU (name, driver, CUDA), torch,
+``machine_facts()`` returns the host (CPU, cores, memory, OS, Python), the GPU (name, driver, CUDA), torch,
 vLLM and transformers versions, servescope's version and git commit, the date and the command line,
 so that a number in docs/ can always be traced to the machine and code that produced it. Every
 value that cannot be read is None, never a guess.
@@ -29,6 +29,7 @@ def machine_facts(command: list[str] | str | None = None) -> dict[str, Any]:
             "platform": platform.platform(),
             "cpu": _cpu_model(),
             "cpu_count": os.cpu_count(),
+            "memory_bytes": _memory_total_bytes(),
             "python": platform.python_version(),
         },
         "gpu": gpu_facts(),
@@ -95,6 +96,17 @@ def _version_of(module: str) -> str | None:
                 return version(dist)
             except Exception:
                 continue
+    except Exception:
+        pass
+    return None
+
+
+def _memory_total_bytes() -> int | None:
+    """Return the machine's memory (MemTotal of /proc/meminfo) in bytes."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024  # kB
     except Exception:
         pass
     return None
