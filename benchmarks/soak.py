@@ -55,6 +55,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Callable
 
 from servescope.bench.load.server import free_port
 from servescope.bench.model_kit import init_model_dir
@@ -158,6 +159,32 @@ def start_bench(args, url: str, run_dir: Path, trace: Path, log: Path) -> subpro
                "--timeout", str(args.request_timeout_s), "--endpoint", url, "--out", str(run_dir)]
     return subprocess.Popen(command, env=engine_env(), stdout=log.open("wb"), stderr=subprocess.STDOUT,
                             start_new_session=True)
+
+
+def drive_load(args, url: str, run_dir: Path, trace: Path, work: Path, timeline: dict,
+               sample: Callable[[float, int], None]) -> tuple[int, int]:
+    """Run the closed-loop bench until it ends (or its deadline), calling sample(seconds since the load began,
+    the bench's pid) every --interval-s; return the bench's exit code and when the load began (monotonic ns).
+
+    timeline gets load_s (and bench_killed_at_deadline); the bench never outlives this call."""
+    load_start_ns = time.monotonic_ns()
+    bench = start_bench(args, url, run_dir, trace, work / "bench.log")
+    try:
+        deadline = time.monotonic() + args.minutes * 60 + args.request_timeout_s + 300
+        next_sample = time.monotonic()
+        while bench.poll() is None and time.monotonic() < deadline:
+            sample((time.monotonic_ns() - load_start_ns) / 1e9, bench.pid)
+            next_sample += args.interval_s
+            time.sleep(max(0.0, next_sample - time.monotonic()))
+        code = bench.poll()
+        if code is None:
+            code = stop(bench, 60)
+            timeline["bench_killed_at_deadline"] = True
+    finally:
+        if bench.poll() is None:
+            stop(bench, 30)
+    timeline["load_s"] = (time.monotonic_ns() - load_start_ns) / 1e9
+    return code, load_start_ns
 
 
 def take_sample(run_dir: Path, t_s: float, launcher_pid: int, bench_pid: int | None,
@@ -454,7 +481,6 @@ def main(argv=None) -> int:
     trace = write_trace(work / "trace.csv", args.max_requests, args.prompt_tokens, args.output_tokens)
     facts = machine_facts()
     launcher = start_server(args, model_dir, run_dir, port, work / "server.log")
-    bench = None
     samples: list[dict] = []
     timeline: dict = {}
     server_pids: list[int] = []
@@ -463,20 +489,9 @@ def main(argv=None) -> int:
         wait_healthy(url, launcher, args.startup_timeout_s, work / "server.log")
         timeline["startup_s"] = time.monotonic() - started
         server_pids = children_of(launcher.pid)
-        load_start_ns = time.monotonic_ns()
-        bench = start_bench(args, url, run_dir, trace, work / "bench.log")
-        bench_deadline = time.monotonic() + args.minutes * 60 + args.request_timeout_s + 300
-        next_sample = time.monotonic()
-        while bench.poll() is None and time.monotonic() < bench_deadline:
-            samples.append(take_sample(run_dir, (time.monotonic_ns() - load_start_ns) / 1e9, launcher.pid, bench.pid))
-            next_sample += args.interval_s
-            time.sleep(max(0.0, next_sample - time.monotonic()))
-        bench_code = bench.poll()
-        if bench_code is None:
-            bench_code = stop(bench, 60)
-            timeline["bench_killed_at_deadline"] = True
-        load_end_ns = time.monotonic_ns()
-        timeline["load_s"] = (load_end_ns - load_start_ns) / 1e9
+        bench_code, load_start_ns = drive_load(
+            args, url, run_dir, trace, work, timeline,
+            lambda t_s, bench_pid: samples.append(take_sample(run_dir, t_s, launcher.pid, bench_pid)))
         stopping = time.monotonic()
         launcher.send_signal(signal.SIGINT)
         peak_launcher_rss = 0
@@ -490,9 +505,8 @@ def main(argv=None) -> int:
         launcher_code = stop(launcher, 1.0, first=signal.SIGTERM) if launcher.poll() is None else launcher.returncode
         timeline["stop_and_compaction_s"] = time.monotonic() - stopping
     finally:
-        for proc in (bench, launcher):
-            if proc is not None and proc.poll() is None:
-                stop(proc, 30)
+        if launcher.poll() is None:
+            stop(launcher, 30)
         for pid in server_pids:
             try:
                 os.killpg(pid, signal.SIGKILL)
@@ -580,7 +594,6 @@ def main_untraced(args) -> int:
     trace = write_trace(work / "trace.csv", args.max_requests, args.prompt_tokens, args.output_tokens)
     facts = machine_facts()
     server = start_untraced_server(args, model_dir, sentinel_dir, port, work / "server.log")
-    bench = None
     samples: list[dict] = []
     timeline: dict = {}
     seen: dict[int, str] = {}
@@ -588,30 +601,20 @@ def main_untraced(args) -> int:
         started = time.monotonic()
         wait_healthy(url, server, args.startup_timeout_s, work / "server.log")
         timeline["startup_s"] = time.monotonic() - started
-        load_start_ns = time.monotonic_ns()
-        bench = start_bench(args, url, run_dir, trace, work / "bench.log")
-        bench_deadline = time.monotonic() + args.minutes * 60 + args.request_timeout_s + 300
-        next_sample = time.monotonic()
-        while bench.poll() is None and time.monotonic() < bench_deadline:
-            s = take_sample(run_dir, (time.monotonic_ns() - load_start_ns) / 1e9, server.pid, bench.pid, url)
+
+        def sample(t_s: float, bench_pid: int) -> None:
+            s = take_sample(run_dir, t_s, server.pid, bench_pid, url)
             samples.append(s)
             seen.update({p_pid: p["role"] for label, p in s["processes"].items() if p["kind"] == SERVER
                          for p_pid in [int(label.rsplit("-", 1)[1])]})
-            next_sample += args.interval_s
-            time.sleep(max(0.0, next_sample - time.monotonic()))
-        bench_code = bench.poll()
-        if bench_code is None:
-            bench_code = stop(bench, 60)
-            timeline["bench_killed_at_deadline"] = True
-        load_end_ns = time.monotonic_ns()
-        timeline["load_s"] = (load_end_ns - load_start_ns) / 1e9
+
+        bench_code, load_start_ns = drive_load(args, url, run_dir, trace, work, timeline, sample)
         stopping = time.monotonic()
         server_code = stop(server, args.stop_timeout_s)
         timeline["stop_s"] = time.monotonic() - stopping
     finally:
-        for proc in (bench, server):
-            if proc is not None and proc.poll() is None:
-                stop(proc, 30)
+        if server.poll() is None:
+            stop(server, 30)
         try:
             os.killpg(server.pid, signal.SIGKILL)  # anything of its session left behind
         except (ProcessLookupError, PermissionError):
