@@ -179,13 +179,15 @@ def crosscheck(*names: str) -> list[str]:
             else:
                 verdict = "agree" + ("" if ci else " (no interval in this file)")
             rounds = ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(c["per_round"]["servescope"], c["per_round"]["vllm"]))
-            out.append(row(label if len(names) > 1 else "", f"{metric.upper()} P{q}", f"{c['servescope']:.2f}",
+            title = metric.split("_")[0].upper() + (", streamed requests" if metric.endswith("_streamed") else "")
+            out.append(row(label if len(names) > 1 else "", f"{title} P{q}", f"{c['servescope']:.2f}",
                            f"{c['vllm']:.2f}", f"{diff:+.2f}", "-" if ci is None else f"[{ci[0]:+.2f}, {ci[1]:+.2f}]",
                            "-" if tolerance is None else f"{tolerance:g}", verdict, rounds))
     return out
 
 
-CPU_CROSSCHECKS = ("cpu-client-crosscheck-1.json", "cpu-client-crosscheck-2.json", "cpu-client-crosscheck-3.json")
+CPU_CROSSCHECKS = ("cpu-client-crosscheck-1.json", "cpu-client-crosscheck-2.json", "cpu-client-crosscheck-3.json",
+                   "cpu-client-crosscheck-4.json")
 
 
 # --------------------------------------------------------------------------- analysis-scale.md
