@@ -170,6 +170,14 @@ def crosscheck(*names: str) -> list[str]:
             metric, q = key.split("_p")[0], int(key.split("_p")[1].split("_")[0])
             tolerance = TOLERANCE_MS.get((metric, q))
             diff, ci = c["difference"], c.get("difference_ci95")
+            title = metric.split("_")[0].upper() + (", streamed requests" if metric.endswith("_streamed") else "")
+            rounds = ", ".join("-" if a is None or b is None else f"{a:.1f}/{b:.1f}"
+                               for a, b in zip(c["per_round"]["servescope"], c["per_round"]["vllm"]))
+            if diff is None:
+                out.append(row(label if len(names) > 1 else "", f"{title} P{q}", "-", "-", "-", "-",
+                               "-" if tolerance is None else f"{tolerance:g}",
+                               "not compared (fewer than 2 rounds with 12 samples of each client)", rounds))
+                continue
             if tolerance is None:
                 verdict = "reported only"
             elif abs(diff) > tolerance:
@@ -178,8 +186,6 @@ def crosscheck(*names: str) -> list[str]:
                 verdict = "equivalent (interval inside)"
             else:
                 verdict = "agree" + ("" if ci else " (no interval in this file)")
-            rounds = ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(c["per_round"]["servescope"], c["per_round"]["vllm"]))
-            title = metric.split("_")[0].upper() + (", streamed requests" if metric.endswith("_streamed") else "")
             out.append(row(label if len(names) > 1 else "", f"{title} P{q}", f"{c['servescope']:.2f}",
                            f"{c['vllm']:.2f}", f"{diff:+.2f}", "-" if ci is None else f"[{ci[0]:+.2f}, {ci[1]:+.2f}]",
                            "-" if tolerance is None else f"{tolerance:g}", verdict, rounds))
@@ -187,7 +193,7 @@ def crosscheck(*names: str) -> list[str]:
 
 
 CPU_CROSSCHECKS = ("cpu-client-crosscheck-1.json", "cpu-client-crosscheck-2.json", "cpu-client-crosscheck-3.json",
-                   "cpu-client-crosscheck-4.json")
+                   "cpu-client-crosscheck-4.json", "cpu-client-crosscheck-5.json")
 
 
 # --------------------------------------------------------------------------- analysis-scale.md

@@ -33,7 +33,7 @@ def test_bursts_are_counted_and_left_out_of_the_streamed_percentiles():
     """Constructed: both clients stamp alike, but 30 of vLLM's 48 requests per round arrive in one burst (decode
     ~0, TTFT = their end) against 5 of servescope's. TTFT and decode P50 over all requests differ by far more than
     10 ms (both reported only); over the streamed requests they agree. A real 15 ms offset of the streamed decode
-    time fails; with almost every request a burst nothing is judged and the check fails."""
+    time fails; with almost every request a burst no round is compared and the check fails."""
     rng = np.random.default_rng(5)
 
     def client(bursts: int, decode_ms: float = 150.0):
@@ -54,5 +54,27 @@ def test_bursts_are_counted_and_left_out_of_the_streamed_percentiles():
     assert abs(report["comparison"]["decode_streamed_p50_ms"]["difference"]) < 5 and not report["failures"]
     shifted = compare_samples({"servescope": client(5, 165.0), "vllm": client(30)}, LOAD)
     assert [f.split(":")[0] for f in shifted["failures"]] == ["decode_streamed P50"]
-    collapsed = compare_samples({"servescope": client(40), "vllm": client(30)}, LOAD)
-    assert [f.split(":")[0] for f in collapsed["failures"]] == ["servescope"]
+    collapsed = compare_samples({"servescope": client(40), "vllm": client(30)}, LOAD)  # 8 streamed a round
+    assert [f.split(":")[0] for f in collapsed["failures"]] == ["decode_streamed P50"]
+    assert "fewer than 2 rounds" in collapsed["failures"][0]
+    assert collapsed["comparison"]["ttft_p50_ms"]["rounds_compared"] == [0, 1, 2, 3]  # all requests: reported
+
+
+def test_rounds_are_compared_within_themselves():
+    """Constructed: the machine's pace moves between rounds (decode 100 to 175 ms) and bursts leave the clients
+    unequal shares of each round. The clients agree within every round, so the check passes, while percentiles
+    pooled over the rounds would differ by tens of ms (each client's pool weighs the rounds differently)."""
+    rng = np.random.default_rng(9)
+    levels = (100.0, 150.0, 125.0, 175.0)
+
+    def client(streamed_per_round):
+        decode = [np.r_[rng.normal(level, 2.0, n), np.full(48 - n, 0.2)] for level, n in zip(levels, streamed_per_round)]
+        ttft = [rng.normal(20.0, 1.0, 48) for _ in levels]
+        return {"ttft": ttft, "itl": [rng.normal(3.0, 0.2, 480) for _ in levels], "decode": decode}
+
+    samples = {"servescope": client((44, 14, 44, 14)), "vllm": client((14, 44, 14, 44))}
+    report = compare_samples(samples, LOAD)
+    entry = report["comparison"]["decode_streamed_p50_ms"]
+    assert not report["failures"] and entry["rounds_compared"] == [0, 1, 2, 3] and abs(entry["difference"]) < 3
+    pooled = {c: np.percentile(np.concatenate([d[d >= 5] for d in samples[c]["decode"]]), 50) for c in samples}
+    assert abs(pooled["servescope"] - pooled["vllm"]) > 20  # what the pooled comparison would have judged

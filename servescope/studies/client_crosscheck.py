@@ -33,7 +33,8 @@ measurement being judged (a jittery client must not widen its own tolerance):
   client against 12 of the other's in one CI run), and a P50 over requests then compares burst
   shares, not clients. They are counted per client and round in the report (``bursts``), TTFT and
   decode P50 over all requests are reported, and the judged P50s are taken over the streamed
-  requests of each client; with fewer than a quarter of a client's requests streamed nothing is
+  requests of each client, round by round (``compare_samples``); a round where either client has
+  fewer than 12 streamed requests is left out, and with fewer than two rounds left nothing is
   judged and the check fails.
 - ITL P90: 2 ms. A gap is the difference of two stamps taken by the same loop, so only the waits
   between them count: two at P90, in the upper mode (the step time).
@@ -78,7 +79,7 @@ TOLERANCE_MS = {("ttft_streamed", 50): None, ("decode_streamed", 50): 10.0, ("tt
                 ("decode", 50): None, ("itl", 50): None, ("itl", 90): 2.0}
 # a request whose every token reached the client within this time after its first was not streamed (see above)
 BURST_MS = 5.0
-MIN_STREAMED_SHARE = 0.25  # fewer streamed requests than this share of a client's: nothing to judge TTFT on
+MIN_ROUND_SAMPLES = 12  # a round is compared only where both clients have this many samples (a quarter of 48)
 BOOTSTRAP_REPLICATES = 2000
 CHILD_TIMEOUT_S = 600
 
@@ -240,9 +241,16 @@ def cross_check(url: str, model_dir: Path, load: CrossCheckLoad, work_dir: Path,
 
 
 def compare_samples(samples: dict, load: CrossCheckLoad) -> dict:
-    """Return per metric and percentile: both clients' pooled values (ms), their difference, the fixed
-    tolerance, a 95% bootstrap interval of the difference, and the verdicts; failures lists the judged
-    percentiles whose difference exceeds its tolerance."""
+    """Return per metric and percentile: both clients' values (ms; the mean over the compared rounds of each
+    round's percentile), their difference, the fixed tolerance, a 95% bootstrap interval of the difference, and
+    the verdicts; failures lists the judged percentiles whose difference exceeds its tolerance, or that have
+    fewer than two rounds to compare.
+
+    Rounds are the strata: both clients ran at the same time within a round, while the machine's pace moves
+    between rounds (decode time P50 from 100 to 175 ms in one CI run). Percentiles pooled over rounds would
+    weigh each round by its share of a client's samples, which bursts make unequal between the clients, and
+    compare two different mixtures of rounds; so the difference is taken within each round and averaged over
+    the rounds where both clients have at least MIN_ROUND_SAMPLES samples."""
     report = {"load": vars(load),
               "counts": {c: {m: sum(map(len, samples[c][m])) for m in samples[c]} for c in samples},
               "tolerance_rule": "fixed before the data: servescope.studies.client_crosscheck.TOLERANCE_MS",
@@ -250,27 +258,35 @@ def compare_samples(samples: dict, load: CrossCheckLoad) -> dict:
     samples = with_streamed(samples)
     report["bursts"] = {c: [len(t) - len(s) for t, s in zip(samples[c]["ttft"], samples[c]["ttft_streamed"])]
                         for c in samples}
-    for c in samples:
-        streamed, total = report["counts"][c]["ttft"] - sum(report["bursts"][c]), report["counts"][c]["ttft"]
-        if streamed < MIN_STREAMED_SHARE * total:
-            report["failures"].append(f"{c}: only {streamed} of {total} requests were streamed (the rest arrived "
-                                      f"in one burst): the machine collapsed the streams, nothing to judge")
     rng = np.random.default_rng(0)
     for (metric, q), tolerance in TOLERANCE_MS.items():
         rounds = {c: [np.asarray(r, dtype=float) for r in samples[c][metric]] for c in samples}
-        per_round = {c: [float(np.percentile(r, q)) for r in rounds[c]] for c in samples}
-        pooled = {c: float(np.percentile(np.concatenate(rounds[c]), q)) for c in samples}
-        difference = pooled["servescope"] - pooled["vllm"]
-        lo, hi = bootstrap_difference(rounds["servescope"], rounds["vllm"], q, rng)
-        entry = {"servescope": pooled["servescope"], "vllm": pooled["vllm"], "difference": difference,
-                 "tolerance": tolerance, "difference_ci95": [lo, hi],
-                 "round_range": max(max(v) - min(v) for v in per_round.values()), "per_round": per_round}
+        per_round = {c: [float(np.percentile(r, q)) if r.size else None for r in rounds[c]] for c in samples}
+        compared = [i for i, (ours, theirs) in enumerate(zip(rounds["servescope"], rounds["vllm"]))
+                    if min(ours.size, theirs.size) >= MIN_ROUND_SAMPLES]
+        entry = {"tolerance": tolerance, "rounds_compared": compared, "per_round": per_round,
+                 "round_range": max(max(v for v in values if v is not None) - min(v for v in values if v is not None)
+                                    for values in per_round.values() if any(v is not None for v in values))}
+        if len(compared) < 2:
+            entry.update({"servescope": None, "vllm": None, "difference": None, "difference_ci95": None})
+            if tolerance is not None:
+                entry["agree"] = entry["equivalent"] = False
+                report["failures"].append(f"{metric} P{q}: fewer than 2 rounds with {MIN_ROUND_SAMPLES} samples of "
+                                          f"each client (bursts: {report['bursts']}): nothing to judge")
+            report["comparison"][f"{metric}_p{q}_ms"] = entry
+            continue
+        ours = float(np.mean([per_round["servescope"][i] for i in compared]))
+        theirs = float(np.mean([per_round["vllm"][i] for i in compared]))
+        difference = ours - theirs
+        lo, hi = bootstrap_difference([rounds["servescope"][i] for i in compared],
+                                      [rounds["vllm"][i] for i in compared], q, rng)
+        entry.update({"servescope": ours, "vllm": theirs, "difference": difference, "difference_ci95": [lo, hi]})
         if tolerance is not None:
             entry["agree"] = abs(difference) <= tolerance
             entry["equivalent"] = -tolerance <= lo and hi <= tolerance
             if not entry["agree"]:
                 report["failures"].append(
-                    f"{metric} P{q}: servescope {pooled['servescope']:.2f} ms, vLLM {pooled['vllm']:.2f} ms, "
+                    f"{metric} P{q}: servescope {ours:.2f} ms, vLLM {theirs:.2f} ms, "
                     f"|difference| {abs(difference):.2f} > tolerance {tolerance:.2f} ms")
         report["comparison"][f"{metric}_p{q}_ms"] = entry
     return report
@@ -290,14 +306,13 @@ def with_streamed(samples: dict) -> dict:
 
 def bootstrap_difference(ours: list[np.ndarray], theirs: list[np.ndarray], q: float, rng,
                          replicates: int = BOOTSTRAP_REPLICATES) -> tuple[float, float]:
-    """Return the 95% percentile-bootstrap interval (ms) of pooled P_q(ours) - P_q(theirs), resampling
-    each client's samples within each round (rounds ran at the same time for both clients)."""
-    def replicate_percentiles(rounds: list[np.ndarray], count: int) -> np.ndarray:
-        drawn = [r[rng.integers(0, r.size, (count, r.size))] for r in rounds if r.size]
-        return np.percentile(np.concatenate(drawn, axis=1), q, axis=1)
+    """Return the 95% percentile-bootstrap interval (ms) of the mean over rounds of P_q(ours) - P_q(theirs) within
+    each round, resampling each client's samples within each round (rounds ran at the same time for both)."""
+    def replicate_percentiles(samples: np.ndarray, count: int) -> np.ndarray:
+        return np.percentile(samples[rng.integers(0, samples.size, (count, samples.size))], q, axis=1)
 
-    diffs = np.concatenate([replicate_percentiles(ours, n) - replicate_percentiles(theirs, n)
-                            for n in np.diff(np.r_[0:replicates:250, replicates])])
+    diffs = np.mean([replicate_percentiles(a, replicates) - replicate_percentiles(b, replicates)
+                     for a, b in zip(ours, theirs)], axis=0)
     lo, hi = np.percentile(diffs, [2.5, 97.5])
     return float(lo), float(hi)
 
@@ -306,6 +321,9 @@ def comparison_text(report: dict) -> str:
     """Return the comparison as a short text table (ms)."""
     lines = [f"{'':12}{'servescope':>11}{'vLLM':>9}{'diff':>8}{'95% CI':>18}{'tolerance':>11}  verdict"]
     for name, r in report["comparison"].items():
+        if r["difference"] is None:
+            lines.append(f"{name:12}  not compared: fewer than 2 rounds with {MIN_ROUND_SAMPLES} samples of each client")
+            continue
         ci = "[{:.2f}, {:.2f}]".format(*r["difference_ci95"])
         tol = "-" if r["tolerance"] is None else f"{r['tolerance']:.1f}"
         verdict = ("reported only" if r["tolerance"] is None else
