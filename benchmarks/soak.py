@@ -436,6 +436,11 @@ def parse_args(argv=None):
         ap.error("--concurrency must exceed --max-num-seqs, or no request ever waits")
     if not 0 < args.trend_minutes <= args.minutes:
         ap.error("--trend-minutes must be in (0, --minutes]")
+    if args.work is not None:
+        try:
+            args.work.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            ap.error(f"--work {args.work}: {exc.strerror}")
     return args
 
 
