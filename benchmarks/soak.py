@@ -57,7 +57,7 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
-from servescope.bench.load.server import free_port
+from servescope.bench.load.server import answers_health, free_port
 from servescope.bench.model_kit import init_model_dir
 from servescope.run.config import DEFAULT_SEGMENT_BYTES
 from servescope.run.directory import read_json
@@ -143,12 +143,9 @@ def wait_healthy(url: str, launcher: subprocess.Popen, timeout_s: float, log: Pa
         if launcher.poll() is not None:
             raise SystemExit(f"the server ended during startup (exit {launcher.returncode}):\n"
                              f"{log.read_text(errors='replace')[-3000:]}")
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(1)
+        if answers_health(url):
+            return
+        time.sleep(1)
     raise SystemExit(f"the server did not answer {url}/health within {timeout_s:.0f} s")
 
 

@@ -7,11 +7,11 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
 
 from engine_fixtures import engine_env
+from servescope.bench.load.server import answers_health
 from servescope.bench.load.client import engine_request_ids
 from servescope.run.tables import read_table
 from servescope.run.manifest import load_manifest
@@ -33,12 +33,9 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 300) -> N
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         assert proc.poll() is None, "the server exited"
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=5) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(1)
+        if answers_health(url, timeout_s=5):
+            return
+        time.sleep(1)
     raise AssertionError("transformers serve did not become healthy")
 
 

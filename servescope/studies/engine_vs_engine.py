@@ -34,12 +34,12 @@ import subprocess
 import sys
 import tarfile
 import time
-import urllib.request
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from servescope.bench.load.server import answers_health
 from servescope.run.directory import write_json
 from servescope.run.tables import read_table
 from servescope.run.machine import machine_facts
@@ -175,12 +175,8 @@ class RecordedServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited ({self.proc.returncode}); see {self.log.name}")
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=5) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
+            if answers_health(self.url, timeout_s=5):
+                return
             time.sleep(1)
         raise RuntimeError(f"server not healthy within {timeout_s:.0f} s; see {self.log.name}")
 

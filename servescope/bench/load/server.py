@@ -204,6 +204,15 @@ def start_server(engine_args: list[str], run_dir: str | os.PathLike, *, extra_en
     return server
 
 
+def answers_health(base_url: str, timeout_s: float = 2.0) -> bool:
+    """Return whether GET base_url/health answers 200 now (any failure to connect or read: False)."""
+    try:
+        with urllib.request.urlopen(base_url + "/health", timeout=timeout_s) as response:
+            return response.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return False
+
+
 def wait_until_healthy(server: RecordedServer, timeout_s: float) -> None:
     """Return when GET /health answers 200; raise ServerError if the server exits or timeout_s passes."""
     deadline = time.monotonic() + timeout_s
@@ -213,12 +222,8 @@ def wait_until_healthy(server: RecordedServer, timeout_s: float) -> None:
         if code is not None:
             raise ServerError(f"the vLLM server exited with code {code} before {url} answered; "
                               f"see its log {server.log_path}\n{server.log_tail()}")
-        try:
-            with urllib.request.urlopen(url, timeout=2.0) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-            pass
+        if answers_health(server.url):
+            return
         time.sleep(0.5)
     raise ServerError(f"the vLLM server did not answer {url} within {timeout_s:g} s; "
                       f"see its log {server.log_path}\n{server.log_tail()}")
