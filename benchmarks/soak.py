@@ -158,6 +158,16 @@ def start_bench(args, url: str, run_dir: Path, trace: Path, log: Path) -> subpro
                             start_new_session=True)
 
 
+def prepare(args, prefix: str) -> tuple[Path, int, str, Path, Path, dict]:
+    """Return a new work directory under --work, a free port and its URL, the tiny model, the closed loop's trace
+    and the machine facts: what the soak and its control start from."""
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir=args.work))
+    port = free_port()
+    model_dir = init_model_dir(work / "tiny-llama", "tiny")
+    trace = write_trace(work / "trace.csv", args.max_requests, args.prompt_tokens, args.output_tokens)
+    return work, port, f"http://{HOST}:{port}", model_dir, trace, machine_facts()
+
+
 def drive_load(args, url: str, run_dir: Path, trace: Path, work: Path, timeline: dict,
                sample: Callable[[float, int], None]) -> tuple[int, int]:
     """Run the closed-loop bench until it ends (or its deadline), calling sample(seconds since the load began,
@@ -476,12 +486,8 @@ def main(argv=None) -> int:
         return 0
     if args.untraced:
         return main_untraced(args)
-    work = Path(tempfile.mkdtemp(prefix="soak-", dir=args.work))
-    run_dir, port = work / "run", free_port()
-    url = f"http://{HOST}:{port}"
-    model_dir = init_model_dir(work / "tiny-llama", "tiny")
-    trace = write_trace(work / "trace.csv", args.max_requests, args.prompt_tokens, args.output_tokens)
-    facts = machine_facts()
+    work, port, url, model_dir, trace, facts = prepare(args, "soak-")
+    run_dir = work / "run"
     launcher = start_server(args, model_dir, run_dir, port, work / "server.log")
     samples: list[dict] = []
     timeline: dict = {}
@@ -588,13 +594,9 @@ def metrics_saturation(samples: list[dict], first_send_s: float, end_s: float) -
 
 def main_untraced(args) -> int:
     """The control: the same server and load, nothing of servescope in the server; its processes sampled from /proc."""
-    work = Path(tempfile.mkdtemp(prefix="soak-untraced-", dir=args.work))
-    run_dir, sentinel_dir, port = work / "client", work / "sentinel", free_port()
+    work, port, url, model_dir, trace, facts = prepare(args, "soak-untraced-")
+    run_dir, sentinel_dir = work / "client", work / "sentinel"
     sentinel_dir.mkdir()
-    url = f"http://{HOST}:{port}"
-    model_dir = init_model_dir(work / "tiny-llama", "tiny")
-    trace = write_trace(work / "trace.csv", args.max_requests, args.prompt_tokens, args.output_tokens)
-    facts = machine_facts()
     server = start_untraced_server(args, model_dir, sentinel_dir, port, work / "server.log")
     samples: list[dict] = []
     timeline: dict = {}
