@@ -27,6 +27,8 @@ case "${1:-}" in
   offline)
     python3 -m servescope overhead --model "$MODEL" --out /tmp/oh-offline --summary-to "$OUT/h200-overhead-offline.json" \
       --load offline --arms "${ARMS:-4}" "${OFFLINE_SHAPE[@]}" --batches 6 --warmup-batches 1 --engine-args "$ENGINE_ARGS"
+    # host-bound or GPU-bound? the EngineCore's phases per decode step, from the traced arms' own records
+    python3 benchmarks/step_phases.py /tmp/oh-offline/arms/*-on/run --out "$OUT/h200-offline-step-phases.json"
     ;;
   served)
     python3 -m servescope overhead --model "$MODEL" --out /tmp/oh-served --summary-to "$OUT/h200-overhead-served.json" \

@@ -42,6 +42,7 @@ class FakeEvent:
         self.gpu.recorded.append(self)
 
     def query(self):
+        self.gpu.queries += 1
         return self.done
 
     def elapsed_time(self, other):
@@ -59,6 +60,7 @@ class FakeGpu:
         self.fail_record = False
         self.created = 0
         self.recorded = []
+        self.queries = 0
 
     def new_pair(self):
         self.created += 1
@@ -226,6 +228,22 @@ def test_harvest_stops_at_first_unfinished_region():
     assert timer.harvest() == 2
     assert [r[2] for r in rows] == ["b", "a"]
     assert as_dicts(rows)[1]["gpu_ns"] == (a_pair[1].t - a_pair[0].t)
+
+
+def test_one_query_serves_a_harvest_when_the_newest_region_is_done():
+    timer, gpu, rows = cuda_timer(pool_size=8)
+    for i in range(5):
+        timer.end(timer.start(i, "forward"))
+    gpu.complete()
+    gpu.queries = 0
+    assert timer.harvest() == 5
+    assert gpu.queries == 1 and [r[0] for r in rows] == [0, 1, 2, 3, 4]
+    for i in range(3):
+        timer.end(timer.start(i, "forward"))
+    for event in timer._pending[0][4]:  # only the first region done: the newest is not, each is asked in turn
+        event.done = True
+    gpu.queries = 0
+    assert timer.harvest() == 1 and gpu.queries == 3  # the newest, the first (done), the second (running)
 
 
 def test_start_event_on_slower_stream_waits():

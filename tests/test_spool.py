@@ -46,6 +46,30 @@ def test_rows_are_readable_the_moment_they_are_appended(tmp_path):
     rec.close()
 
 
+def test_a_batch_that_keeps_its_requests_writes_their_ids_once_and_reads_back_whole(tmp_path):
+    rec = Recorder(Config.from_options(str(tmp_path), segment_bytes=1 << 16))
+    ids = [f"request-{i:04d}" for i in range(300)]
+    expected = []
+    for step in range(40):  # 40 steps of one batch cross a 64 KiB segment boundary
+        if step == 20:
+            ids = ids[1:]  # a request finished: the next record names the ids again
+        counts = [1 + (step + i) % 2 for i in range(len(ids))]
+        rec.append_emissions(step, 1000 + step, ids, counts)
+        expected += [(rid, step, n) for rid, n in zip(ids, counts)]
+    reused = list(ids)
+    rec.append_emissions(40, 2000, reused, [1] * len(reused))
+    reused[0] = "changed-in-place"  # a caller that reuses its list: the next record must name the ids
+    rec.append_emissions(41, 2001, reused, [1] * len(reused))
+    expected += [(rid, 40, 1) for rid in ids] + [(rid, 41, 1) for rid in reused]
+    rows = read_table(tmp_path, Table.TOKEN_EMISSIONS).to_pylist()
+    assert [(r["request_id"], r["step_id"], r["num_tokens"]) for r in rows] == expected
+    assert read_spools(tmp_path)[0].unreadable_records == 0
+    # ids written with the first step and after each change only: 2 segments; with the ids in every record
+    # (300 x 12 characters, ~5.5 kB a step) the 42 records would fill at least 4
+    assert len(segments(tmp_path)) == 2
+    rec.close()
+
+
 def test_a_region_gets_its_gpu_time_later_and_keeps_its_host_row_if_it_never_does(tmp_path):
     rec = Recorder(Config.from_options(str(tmp_path)))
     rec.append_region(0, WorkerRegionRow(step_id=1, rank=0, region="forward", host_start_ns=10, host_end_ns=20))

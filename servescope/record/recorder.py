@@ -34,7 +34,8 @@ from servescope.record.spool_writer import SpoolWriter
 from servescope.run.clock import clock_anchor
 from servescope.run.config import Config
 from servescope.run.directory import ensure_run_id, read_json, write_json
-from servescope.run.spool import EMISSIONS, EVENTS, REGION, REGION_GPU, ROW, TABLE_INDEX, spool_dir
+from servescope.run.spool import (EMISSIONS, EMISSIONS_SAME_IDS, EVENTS, REGION, REGION_GPU, ROW, TABLE_INDEX,
+                                  spool_dir)
 
 logger = logging.getLogger("servescope")
 
@@ -71,8 +72,13 @@ class Recorder:
 
     def append_emissions(self, step_id: int | None, time_ns: int, request_ids: list, counts: list,
                          drafted: list | None = None, accepted: list | None = None) -> None:
-        """Record one engine step's token emissions: counts[i] tokens for request_ids[i] (0: none)."""
-        self._write(_dumps((EMISSIONS, step_id, time_ns, request_ids, counts, drafted, accepted)), len(request_ids))
+        """Record one engine step's token emissions: counts[i] tokens for request_ids[i] (0: none).
+
+        When request_ids equal the previous call's (a decode batch from step to step), they are not written again."""
+        if request_ids == self._last_emission_ids:
+            self._write(_dumps((EMISSIONS_SAME_IDS, step_id, time_ns, counts, drafted, accepted)), len(request_ids))
+        elif self._write(_dumps((EMISSIONS, step_id, time_ns, request_ids, counts, drafted, accepted)), len(request_ids)):
+            self._last_emission_ids = list(request_ids)  # a copy: a caller may reuse its list
 
     def append_region(self, seq: int, row: tuple) -> None:
         """Record a worker region whose GPU time will follow in resolve_region(seq, ...)."""
@@ -143,17 +149,17 @@ class Recorder:
         self._start_deferred = True
 
     # ---- internals --------------------------------------------------------------------------
-    def _write(self, payload: bytes, rows: int) -> None:
+    def _write(self, payload: bytes, rows: int) -> bool:
+        """Append one record to the spool; return whether it was stored."""
         spool = self._spool
         if spool is None:
             if self._start_deferred:  # a forked child's first row: its name is known by now
                 self._start_deferred = False
                 self._start_process()
-                self._write(payload, rows)
-                return
+                return self._write(payload, rows)
             self._rows_lost_without_spool += rows
-            return
-        spool.write(payload, rows)
+            return False
+        return spool.write(payload, rows)
 
     def _start_process(self) -> None:
         self.pid = os.getpid()
@@ -161,6 +167,7 @@ class Recorder:
         self.internal_errors = 0
         self._error_sites: set[str] = set()
         self._rows_lost_without_spool = 0
+        self._last_emission_ids = None  # request ids of the last EMISSIONS record stored in this spool
         self._anchor = clock_anchor()
         try:
             self._spool: SpoolWriter | None = SpoolWriter(spool_dir(self.run_dir), self.role,

@@ -13,10 +13,10 @@ that resolves them. Without them a region's complete row goes to ``append_row`` 
 
 Hot path (``start``/``end``): ``time.monotonic_ns()``, the thread's usage where it is turned on
 (thread_usage.py) and, on CUDA, ``record()`` of a pooled, pre-created
-``torch.cuda.Event(enable_timing=True)`` on ``torch.cuda.current_stream()``. It never
+``torch.cuda.Event(enable_timing=True)`` on the current stream (``TorchCudaEvents.record``). It never
 synchronizes and never creates events. ``harvest()`` resolves, oldest first, the regions whose
-end event ``query()`` says completed, and stops at the first one still running (it waits for a
-later harvest). ``close()`` resolves the rest and may synchronize: call it only at exit.
+end event has completed, and stops at the first one still running (it waits for a later harvest);
+when the newest region's end event has completed, that one ``query()`` stands for all of them. ``close()`` resolves the rest and may synchronize: call it only at exit.
 
 Bounded: ``pool_size`` event pairs. When none is free, a region gets a host-only row and
 ``dropped`` counts it. While the current stream is capturing a CUDA graph, regions get
@@ -57,13 +57,37 @@ MODES = ("auto", "cuda", "host")
 
 
 class TorchCudaEvents:
-    """CUDA events and capture checks through torch (the production event source)."""
+    """CUDA events and capture checks through torch (the production event source).
+
+    ``record(event)`` is torch's ``Event.record()`` without its per-call ``torch.cuda.current_stream()``, which
+    builds a Stream object (~4 us of the ~6 us a record took on the H200, benchmarks/results/h200-hook-cost-b256.json):
+    the Stream object is kept and built again only when the current device's raw stream changes."""
 
     def __init__(self) -> None:
         import torch
 
         self._torch = torch
         self.is_capturing = torch.cuda.is_current_stream_capturing
+        self._record = torch._C._CudaEventBase.record
+        self._raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+        self._get_device = getattr(torch._C, "_cuda_getDevice", None)
+        self._stream_key = None
+        self._stream = None
+
+    def current_stream(self):
+        """Return torch.cuda.current_stream(), built again only when the device or its current stream changed."""
+        if self._raw_stream is None or self._get_device is None:
+            return self._torch.cuda.current_stream()
+        device = self._get_device()
+        key = (device, self._raw_stream(device))
+        if key != self._stream_key:
+            self._stream = self._torch.cuda.current_stream()
+            self._stream_key = key
+        return self._stream
+
+    def record(self, event) -> None:
+        """Record event on the current stream (as event.record() does)."""
+        self._record(event, self.current_stream())
 
     def new_pair(self) -> tuple:
         """Return a (start, end) pair of timing events, already created on the device."""
@@ -80,6 +104,10 @@ class TorchCudaEvents:
     def synchronize(self) -> None:
         """Wait for all work on the device (exit only)."""
         self._torch.cuda.synchronize()
+
+
+def _record_on_current_stream(event) -> None:
+    event.record()
 
 
 def cuda_unavailable_reason() -> str | None:
@@ -159,6 +187,7 @@ class RegionTimer:
                 self._events.prepare()
             self._free = [self._events.new_pair() for _ in range(pool_size)]
             self._is_capturing = self._events.is_capturing
+            self._record = getattr(self._events, "record", _record_on_current_stream)
             self.mode = "cuda"
         except Exception as exc:
             self.errors += 1
@@ -228,7 +257,7 @@ class RegionTimer:
                 gs.set_context(-1 if step_id is None else step_id)
                 self._context_step = step_id
             s0 = self._stamps.stamp() if self._stamps is not None else None
-            pair[0].record()
+            self._record(pair[0])
             return (step_id, region, now_ns(), pair, s0, self._usage())
         except Exception:
             self.errors += 1
@@ -250,7 +279,7 @@ class RegionTimer:
             if pair is None:
                 self._append((step_id, self.rank, region, h0, h1, None, None, None, *used, *self.placement))
                 return
-            pair[1].record()
+            self._record(pair[1])
             s1 = self._stamps.stamp() if s0 is not None else None
             seq = None
             if self._append_pending is not None:  # the host part is recorded now, the GPU part at harvest
@@ -294,13 +323,17 @@ class RegionTimer:
                 if recal is not None:
                     recal()
             pending = self._pending
-            while pending:
-                if not pending[0][4][1].query():
-                    break
-                if not self._resolve(pending[0]):
-                    break
-                pending.popleft()
-                n += 1
+            if pending:
+                # the newest end event done: every earlier one on its stream is too, so one query serves them all
+                # (a region on another, slower stream is found by _resolve and waits for a later harvest)
+                newest_done = pending[-1][4][1].query()
+                while pending:
+                    if not newest_done and not pending[0][4][1].query():
+                        break
+                    if not self._resolve(pending[0]):
+                        break
+                    pending.popleft()
+                    n += 1
             n += self._harvest_forward()
         except Exception:
             self.errors += 1
@@ -315,7 +348,7 @@ class RegionTimer:
             self._free.append(pair)
         except Exception:
             try:
-                if not pair[0].query():  # start recorded on another, slower stream
+                if not (pair[0].query() and pair[1].query()):  # recorded on another, slower stream: not done yet
                     return False
             except Exception:
                 pass

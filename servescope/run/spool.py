@@ -26,10 +26,16 @@ ROW                 (ROW, table index in names.Table.ALL, row tuple in column or
 EVENTS              (EVENTS, event, time_ns, step_id, [request ids]): request_events rows
 EMISSIONS           (EMISSIONS, step_id, time_ns, [request ids], [num tokens], [drafted] | None,
                     [accepted] | None): token_emissions rows (requests with 0 tokens skipped)
+EMISSIONS_SAME_IDS  (EMISSIONS_SAME_IDS, step_id, time_ns, [num tokens], [drafted] | None, [accepted] | None):
+                    as EMISSIONS, for the request ids of the recorder's previous EMISSIONS record (a decode
+                    batch keeps its requests from step to step: their ids are written once, not per step)
 REGION              (REGION, seq, worker_regions row): a region whose GPU time comes later
 REGION_GPU          (REGION_GPU, seq, gpu_ns, gpu_start_ns, gpu_end_ns): that GPU time
 SELF_TIMING         (SELF_TIMING, {hook: (calls, ns, first call's ns)}): the self-timing diagnostic's totals
 ==================  ==========================================================================
+
+An EMISSIONS_SAME_IDS record read without the EMISSIONS record it refers to (a segment before it is missing)
+is unreadable and counted as such, like a damaged record.
 
 A REGION never resolved (the process died with its GPU work in flight) keeps null GPU times and
 is counted as a region whose GPU time was lost.
@@ -56,7 +62,7 @@ END_OF_SEGMENT = 0xFFFFFFFF
 SUFFIX = ".spool"
 SPOOL_DIR = "spool"
 
-ROW, EVENTS, EMISSIONS, REGION, REGION_GPU, SELF_TIMING = range(6)
+ROW, EVENTS, EMISSIONS, REGION, REGION_GPU, SELF_TIMING, EMISSIONS_SAME_IDS = range(7)
 TABLE_INDEX = {name: i for i, name in enumerate(Table.ALL)}
 
 # header fields: name -> (offset, struct format)
@@ -194,6 +200,7 @@ def decode_process(role: str, pid: int, instance: str, paths: list[Path]) -> Pro
     spool = ProcessSpool(role=role, pid=pid, instance=instance, paths=paths)
     regions: dict[int, list] = {}
     region_order: list[int] = []
+    last_ids: list = [None]  # the request ids of the latest EMISSIONS record (EMISSIONS_SAME_IDS refers to them)
     for path in paths:
         header = read_header(path)
         spool.closed_cleanly = spool.closed_cleanly or header.closed == CLOSED_CLEANLY
@@ -205,7 +212,7 @@ def decode_process(role: str, pid: int, instance: str, paths: list[Path]) -> Pro
                 if record[0] == SELF_TIMING:
                     spool.hook_cost = record[1]
                 else:
-                    _decode_record(record, spool.rows, regions, region_order)
+                    _decode_record(record, spool.rows, regions, region_order, last_ids)
             except Exception:
                 spool.unreadable_records += 1
     resolved_rows = spool.rows[Table.WORKER_REGIONS]
@@ -222,12 +229,19 @@ _GPU_FIELDS = slice(_REGION_COLUMNS.index("gpu_ns"), _REGION_COLUMNS.index("gpu_
 assert _REGION_COLUMNS[_GPU_FIELDS] == ("gpu_ns", "gpu_start_ns", "gpu_end_ns")
 
 
-def _decode_record(record: tuple, rows: dict, regions: dict, region_order: list) -> None:
+def _decode_record(record: tuple, rows: dict, regions: dict, region_order: list, last_ids: list) -> None:
     kind = record[0]
     if kind == ROW:
         rows[Table.ALL[record[1]]].append(record[2])
-    elif kind == EMISSIONS:
-        _, step_id, time_ns, request_ids, counts, drafted, accepted = record
+    elif kind == EMISSIONS or kind == EMISSIONS_SAME_IDS:
+        if kind == EMISSIONS:
+            _, step_id, time_ns, request_ids, counts, drafted, accepted = record
+            last_ids[0] = request_ids
+        else:
+            _, step_id, time_ns, counts, drafted, accepted = record
+            request_ids = last_ids[0]
+            if request_ids is None or len(request_ids) != len(counts):
+                raise ValueError("emissions that repeat request ids never read")
         out = rows[Table.TOKEN_EMISSIONS]
         for i, (rid, n) in enumerate(zip(request_ids, counts)):
             if n:

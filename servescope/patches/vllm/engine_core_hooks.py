@@ -6,13 +6,16 @@ id even when async scheduling runs two steps at once.
 
 Hot path per step: a handful of clock reads, and whole-batch records: one record of every
 request's emitted tokens (``append_emissions``), one of the requests scheduled for the first time
-(``append_events``), one steps row. Per request that is two list comprehensions over the step's
-outputs (request ids and token counts) — no Python loop that builds a row per request.
+(``append_events``), one steps row. Per request that is three C-level maps over the step's outputs
+(request ids, token counts, finish reasons: ``map`` over ``attrgetter``s), and the request ids are written only
+when the batch's requests changed since the last step (``Recorder.append_emissions``) — no Python loop that builds
+a row per request.
 """
 
 from __future__ import annotations
 
 import contextlib
+from operator import attrgetter
 from typing import Any
 
 from servescope.patches.observe import observe_after, observe_before
@@ -23,6 +26,9 @@ from servescope.run.names import RequestEvent, Table
 from servescope.run.rows import RequestEventRow, StepRow
 
 STEP_ATTR = "_servescope_step_id"
+_request_id = attrgetter("request_id")  # per-request fields read by C-level maps, not Python loops
+_new_token_ids = attrgetter("new_token_ids")
+_finish_reason = attrgetter("finish_reason")
 MAX_PENDING_STEPS = 64
 
 
@@ -193,10 +199,10 @@ def _on_update(rec, scheduler_output, outputs, t0: int, t1: int) -> None:
         outs = batch.outputs
         if not outs:
             continue
-        counts = [len(o.new_token_ids) for o in outs]
+        counts = list(map(len, map(_new_token_ids, outs)))
         emitted += sum(counts)
         if PARTS.tokens:
-            request_ids = [o.request_id for o in outs]
+            request_ids = list(map(_request_id, outs))
             drafted = accepted = None
             if spec:
                 pairs = [spec.get(rid, (None, None)) for rid in request_ids]
@@ -204,12 +210,14 @@ def _on_update(rec, scheduler_output, outputs, t0: int, t1: int) -> None:
                 accepted = [a for _, a in pairs]
             rec.append_emissions(step_id, t1, request_ids, counts, drafted, accepted)
         if PARTS.scheduler:
-            done = [o for o in outs if o.finish_reason is not None]
-            for o in done:
-                rec.append(Table.REQUEST_EVENTS, RequestEventRow(
-                    request_id=o.request_id, event=RequestEvent.FINISHED, time_ns=t1, step_id=step_id,
-                    detail=str(o.finish_reason)))
-            finished += len(done)
+            reasons = list(map(_finish_reason, outs))
+            if reasons.count(None) != len(reasons):
+                for o, reason in zip(outs, reasons):
+                    if reason is not None:
+                        rec.append(Table.REQUEST_EVENTS, RequestEventRow(
+                            request_id=o.request_id, event=RequestEvent.FINISHED, time_ns=t1, step_id=step_id,
+                            detail=str(reason)))
+                        finished += 1
     if step_id is None or not PARTS.scheduler:
         return
     p = STATE.pending.pop(step_id, None)
