@@ -610,3 +610,32 @@ def test_nvml_absent_is_a_clear_no_op(monkeypatch):
     s.stop()  # harmless
     s = NvmlSampler(rows.append, nvml=FakeNvml(fail_init=True))
     assert not s.start() and "Library Not Found" in s.reason
+
+
+def test_the_last_steps_regions_get_their_gpu_time_when_the_engine_goes_idle_or_the_recorder_closes(tmp_path):
+    """A step's regions are resolved by the next step's harvest; the last step has no next step (seen on the H200:
+    one execute_model per run without GPU time before this)."""
+    from servescope.patches.vllm import worker_hooks
+    from servescope.record.recorder import Recorder
+    from servescope.run.config import Config
+    from servescope.run.tables import read_table
+
+    rec = Recorder(Config.from_options(str(tmp_path)))
+    gpu = FakeGpu()
+    timer = RegionTimer(lambda row: rec.append("worker_regions", row), mode="cuda", events=gpu,
+                        append_pending=rec.append_region, resolve=rec.resolve_region)
+    worker_hooks.WORKER.timer = timer
+    try:
+        worker_hooks._harvest_when_idle_and_at_close(rec)
+        worker_hooks._harvest_when_idle_and_at_close(rec)  # registered once however often the timer is built
+        assert rec.when_idle.count(worker_hooks.harvest_regions) == 1
+        timer.end(timer.start(7, "execute_model"))
+        gpu.complete()
+        rec.idle()  # what the EngineCore's update hook calls when no request is left
+        timer.end(timer.start(8, "execute_model"))
+        gpu.complete()
+        rec.close()
+        rows = read_table(tmp_path, "worker_regions", warnings=[]).to_pylist()
+        assert [(r["step_id"], r["gpu_ns"]) for r in rows] == [(7, 1000), (8, 1000)]
+    finally:
+        worker_hooks.WORKER.reset()

@@ -77,6 +77,7 @@ def _timer(rec):
             lambda row: rec.append(Table.WORKER_REGIONS, row), WORKER.rank, gpu_events=PARTS.gpu_events,
             read_thread_usage=PARTS.thread, append_pending=rec.append_region, resolve=rec.resolve_region)
         WORKER.timer.set_placement(*WORKER.placement)
+        _harvest_when_idle_and_at_close(rec)
         if WORKER.rank == 0 and WORKER.timer.mode == "cuda":
             _start_nvml_sampler(rec)
         if rec.config.profile_steps is not None and WORKER.profile is None:
@@ -84,6 +85,26 @@ def _timer(rec):
 
             WORKER.profile = profile_window_for(rec.config, rank=WORKER.rank)
     return WORKER.timer
+
+
+def harvest_regions() -> None:
+    """Resolve the GPU times of the regions whose events have completed (never waits, never raises)."""
+    timer = WORKER.timer
+    if timer is not None:
+        try:
+            timer.harvest()
+        except Exception:
+            pass
+
+
+def _harvest_when_idle_and_at_close(rec) -> None:
+    """A step's regions are resolved by the next step's harvest: the last steps before the engine goes idle (or
+    before this process ends) have none. Harvest them when the engine has no work left (its outputs are in, so
+    their GPU work is done: EngineCore and worker share a process in vLLM's default single-GPU layout) and when
+    the recorder closes."""
+    for hooks in (rec.when_idle, rec.before_close):
+        if harvest_regions not in hooks:
+            hooks.append(harvest_regions)
 
 
 def _start_nvml_sampler(rec) -> None:
@@ -253,6 +274,7 @@ def _install_forward_stamps(rec, model) -> None:
                               read_thread_usage=PARTS.thread, gpu_stamps=True, append_pending=rec.append_region,
                               resolve=rec.resolve_region)
     WORKER.timer = timer
+    _harvest_when_idle_and_at_close(rec)
     if WORKER.rank == 0:
         _start_nvml_sampler(rec)
 
