@@ -73,3 +73,20 @@ def test_a_window_still_open_at_the_end_is_closed_with_the_steps_it_saw(tmp_path
     run_steps(window)  # steps 0..9: the window saw 8 and 9 when close() ended it
     _, (facts,) = read_profile(tmp_path)
     assert facts["steps"] == [8, 9] and facts["num_steps"] == 5
+
+
+def test_a_window_is_asked_for_also_when_the_timer_was_built_before_the_first_step(tmp_path):
+    """With the gpu_stamps part, load_model builds the worker's timer before any step (to stamp inside CUDA graphs);
+    the window must still open at its step (on the H200 it never did: `no profile window`)."""
+    from servescope.patches.vllm import worker_hooks
+    from servescope.record.recorder import Recorder
+    from servescope.record.timers import make_region_timer
+
+    rec = Recorder(Config.from_options(str(tmp_path), profile_steps=(0, 1)))
+    try:
+        worker_hooks.WORKER.timer = make_region_timer(lambda row: None, gpu_events=False)  # as load_model leaves it
+        assert worker_hooks._timer(rec) is worker_hooks.WORKER.timer
+        assert worker_hooks.WORKER.profile is not None and worker_hooks.WORKER.profile.first_step == 0
+    finally:
+        worker_hooks.WORKER.reset()
+        rec.close()

@@ -80,10 +80,10 @@ def _timer(rec):
         _harvest_when_idle_and_at_close(rec)
         if WORKER.rank == 0 and WORKER.timer.mode == "cuda":
             _start_nvml_sampler(rec)
-        if rec.config.profile_steps is not None and WORKER.profile is None:
-            from servescope.record.profile_window import profile_window_for
+    if WORKER.profile is None and rec.config.profile_steps is not None:  # also when load_model built the timer
+        from servescope.record.profile_window import profile_window_for
 
-            WORKER.profile = profile_window_for(rec.config, rank=WORKER.rank)
+        WORKER.profile = profile_window_for(rec.config, rank=WORKER.rank)
     return WORKER.timer
 
 
