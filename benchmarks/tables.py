@@ -534,6 +534,166 @@ def spec_fluidity() -> list[str]:
     return out
 
 
+# --------------------------------------------------------------------------- EAGLE-3 on the H200 (one run each)
+
+EAGLE3_CONFIGS = ("ar", "eagle3-k4-a2.5", "eagle3-k2-a2.5")
+EAGLE3_FILES = tuple(f"h200-eagle3/{c}.json" for c in EAGLE3_CONFIGS)
+EAGLE3_GRID = "h200-eagle3/grid.json"
+EAGLE3_SPEC_FILES = EAGLE3_FILES[1:]
+H200_ACCEPTANCE = "h200-spec-acceptance.json"
+
+
+def ms_pair(s: dict | None, *qs: str, scale: float = 1.0, digits: int = 2) -> str:
+    """' / '-joined quantiles of a summary (times scale, e.g. 1e3 for seconds to ms); '-' when absent."""
+    if not s or any(s.get(q) is None for q in qs):
+        return "-"
+    return " / ".join(f"{s[q] * scale:.{digits}f}" for q in qs)
+
+
+def eagle3_latency() -> list[str]:
+    """grid.json's five compared values per configuration with their ratio to ar, and TBT per chunk P50."""
+    grid = load(EAGLE3_GRID)["configs"]
+    out = header("configuration", "batch wall, mean of 3", "the three batches (s)", "TPOT P50", "TPOT P99",
+                 "TTFT P50", "TBT per chunk P99", "TBT per chunk P50 (chunks)", "TBT deadlines missed (50 ms)",
+                 "output tokens/s (measured phase)")
+    for config, name in zip(EAGLE3_CONFIGS, EAGLE3_FILES):
+        g, d = grid[config], load(name)
+        v, ratio = g["values"], g.get("ratio_to_ar")
+
+        def cell(key: str, text: str) -> str:
+            return text + (f" ({ratio[key]:.2f}x)" if ratio else "")
+
+        chunk = d["analysis"]["summary"]["tbt_per_chunk_s"]
+        walls = ", ".join(f"{w:.3f}" for w in d["batches"]["wall_s"])
+        out.append(row(f"`{config}`", cell("batch_wall_s", f"{v['batch_wall_s']:.3f} s"), walls,
+                       cell("tpot_p50_s", f"{v['tpot_p50_s'] * 1e3:.2f} ms"),
+                       cell("tpot_p99_s", f"{v['tpot_p99_s'] * 1e3:.2f} ms"),
+                       cell("ttft_p50_s", f"{v['ttft_p50_s'] * 1e3:.1f} ms"),
+                       cell("tbt_chunk_p99_s", f"{v['tbt_chunk_p99_s'] * 1e3:.2f} ms"),
+                       f"{chunk['p50'] * 1e3:.2f} ms ({chunk['count']})",
+                       f"{d['analysis']['fluidity']['service_miss_rate'] * 100:.2f}%",
+                       f"{d['analysis']['run']['output_tokens_per_s']:.0f}"))
+    return out
+
+
+def eagle3_checks() -> list[str]:
+    """Each configuration's checks: how many passed, and every failed one with the reason its JSON gives."""
+    out = header("configuration", "checks passed", "failed (reason)")
+    for config, name in zip(EAGLE3_CONFIGS, EAGLE3_FILES):
+        checks = load(name)["checks"]
+        failed = {k: v for k, v in checks.items() if v}
+        out.append(row(f"`{config}`", f"{len(checks) - len(failed)} of {len(checks)}",
+                       "; ".join(f"{k} ({v})" for k, v in sorted(failed.items())) or "none"))
+    return out
+
+
+EAGLE3_REGIONS = ("execute_model", "forward", "sample_tokens", "sample", "rejection_sample", "draft", "draft_decode")
+
+
+def eagle3_regions() -> list[str]:
+    """regions_ms: each worker region's GPU (CUDA events) and host time, P50 / P99 over its rows (every step)."""
+    docs = [load(name)["regions_ms"] for name in EAGLE3_FILES]
+    out = header("region (ms, P50 / P99 (rows))",
+                 *(f"`{c}` {kind}" for c in EAGLE3_CONFIGS for kind in ("GPU", "host")))
+    for region in EAGLE3_REGIONS:
+        cells = []
+        for d in docs:
+            for kind in ("gpu", "host"):
+                s = d[kind].get(region)
+                cells.append("-" if not s else f"{ms_pair(s, 'p50', 'p99')} ({s['n']})")
+        out.append(row(f"`{region}`", *cells))
+    return out
+
+
+EAGLE3_PARTS = (("verify_forward", "verify forward (target, k + 1 tokens per request)"),
+                ("rejection_sample", "rejection sampling"), ("sample", "`sample`"),
+                ("draft", "draft, whole (`draft`)"), ("draft_prefill", "draft's first pass (`draft` - `draft_decode`)"),
+                ("draft_decode", "draft's k - 1 later passes (`draft_decode`)"))
+
+
+def eagle3_steps() -> list[str]:
+    """Decode-only steps: step time, GPU time and CPU overhead (analysis.iterations), and for EAGLE-3 the split
+    of the decode steps that verified drafts (analysis.speculative.steps.verify_steps_only), P50 / P99 in ms."""
+    docs = [load(name)["analysis"] for name in EAGLE3_FILES]
+    out = header("decode-only steps (ms, P50 / P99)", *(f"`{c}`" for c in EAGLE3_CONFIGS))
+    decode = [a["iterations"]["by_kind"]["decode"] for a in docs]
+    out.append(row("decode steps", *(k["steps"] for k in decode)))
+    out.append(row("step time (P50 / P99 / max)", *(ms_pair(k["iteration_s"], "p50", "p99", "max", scale=1e3)
+                                                   for k in decode)))
+    out.append(row("step GPU time", *(ms_pair(k["gpu_s"], "p50", "p99", scale=1e3) for k in decode)))
+    out.append(row("CPU overhead (step time not covered by GPU time; P50 / P99 / max)",
+                   *(ms_pair(k["cpu_overhead_s"], "p50", "p99", "max", scale=1e3) for k in decode)))
+    split = [(a.get("speculative") or {}).get("steps") for a in docs]
+    out.append(row("decode steps that verified drafts", *("-" if s is None else s["steps"]["verify"] for s in split)))
+    for part, label in EAGLE3_PARTS:
+        for kind, title in (("gpu_ms", "GPU"), ("host_ms", "host")):
+            out.append(row(f"{label}, {title}", *("-" if s is None else
+                                                  ms_pair(s["verify_steps_only"][kind][part], "p50", "p99")
+                                                  for s in split)))
+    out.append(row("draft's share of the step's GPU time (verify forward + `sample` + draft)",
+                   *("-" if s is None else " / ".join(f"{s['draft_share_of_step_gpu'][q] * 100:.1f}%"
+                                                      for q in ("p50", "p99")) for s in split)))
+    return out
+
+
+def eagle3_acceptance_length() -> list[str]:
+    """Mean acceptance length observed against the synthetic target, per position, and the second observer."""
+    out = header("configuration", "k", "synthetic target L", "drafts", "mean acceptance length (bonus included)",
+                 "acceptance per position", "caller's view agrees (requests)")
+    for name in EAGLE3_SPEC_FILES:
+        d = load(name)
+        a, s, spec = d["acceptance"]["servescope"], d["acceptance"]["second_observer"], d["speculative_config"]
+        out.append(row(f"`{d['config']}`", spec["num_speculative_tokens"], spec["synthetic_acceptance_length"],
+                       a["drafts"], f"{a['mean_acceptance_length']:.3f}",
+                       ", ".join(f"{x:.3f}" for x in a["acceptance_per_position"]),
+                       f"{s['requests_agreeing']} of {s['requests']}"))
+    return out
+
+
+def eagle3_acceptance() -> list[str]:
+    """Acceptance three ways per configuration: servescope's records, vLLM's counters, the caller's deliveries."""
+    out = header("configuration (k, L)", "drafts: servescope / vLLM", "draft tokens: servescope / vLLM",
+                 "accepted: servescope / vLLM / caller + cut at max_tokens", "accepted per position: servescope / vLLM",
+                 "requests agreeing", "steps compared: equal + cut at max_tokens", "per-step totals in step order equal")
+    for name in EAGLE3_FILES:
+        d = load(name)
+        a, s, c, spec = (d["acceptance"]["servescope"], d["acceptance"]["second_observer"],
+                         d["acceptance"]["vllm_counters"] or {}, d["speculative_config"])
+        label = f"`{d['config']}`" + (f" ({spec['num_speculative_tokens']}, {spec['synthetic_acceptance_length']})"
+                                      if spec else " (no drafts)")
+
+        def pair(ours, key: str) -> str:
+            theirs = c.get(f"vllm:spec_decode_num_{key}")
+            return ("-" if ours is None else str(ours)) + " / " + ("-" if theirs is None else f"{theirs:.0f}")
+
+        per_pos = "-" if a is None else (", ".join(map(str, a["accepted_per_position"])) + " / " + ", ".join(
+            f"{v:.0f}" for v in c.get("vllm:spec_decode_num_accepted_tokens_per_pos", [])))
+        out.append(row(label, *(pair(a and a[key], key) for key in ("drafts", "draft_tokens")),
+                       pair(a and a["accepted_tokens"], "accepted_tokens") +
+                       f" / {s['accepted_seen_by_caller']} + {s['accepted_not_delivered']}",
+                       per_pos, f"{s['requests_agreeing']} of {s['requests']}",
+                       f"{s['steps_compared']}: {s['steps_exact']} + {s['steps_cut_at_max_tokens']}",
+                       "yes" if s["step_totals_equal"] else "NO"))
+    return out
+
+
+def acceptance_counts(name: str) -> list[str]:
+    """servescope's acceptance records against vLLM's counters (files with accepted_per_position)."""
+    d = load(name)
+    ours, theirs = d["servescope"], d["vllm_counters"]
+    positions = ", ".join(str(p + 1) for p in range(len(ours["accepted_per_position"])))
+    return header("", "servescope (token_emissions)", "vLLM's counters") + [
+        row("drafts", ours["drafts"], f"{theirs['vllm:spec_decode_num_drafts']:.0f} (`spec_decode_num_drafts`)"),
+        row("draft tokens", ours["draft_tokens"],
+            f"{theirs['vllm:spec_decode_num_draft_tokens']:.0f} (`spec_decode_num_draft_tokens`)"),
+        row("accepted tokens", ours["accepted_tokens"],
+            f"{theirs['vllm:spec_decode_num_accepted_tokens']:.0f} (`spec_decode_num_accepted_tokens`)"),
+        row(f"accepted at position {positions}", ", ".join(map(str, ours["accepted_per_position"])),
+            ", ".join(f"{v:.0f}" for v in theirs["vllm:spec_decode_num_accepted_tokens_per_pos"]) + " (`..._per_pos`)"),
+        row("mean acceptance length (bonus included)", f"{ours['mean_acceptance_length']:.3f}", "—"),
+    ]
+
+
 # --------------------------------------------------------------------------- overhead.md
 
 USER_PAYS_DELTA = "h200-overhead-offline-delta-fresh.json"
@@ -604,6 +764,14 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[], list[str]]]] = {
     "spec-fluidity": (FLUIDITY_FILES, spec_fluidity),
     "h200-user-pays-offline-delta": ((USER_PAYS_DELTA,), lambda: user_pays(USER_PAYS_DELTA)),
     "h200-hook-breakdown": ((HOOK_BREAKDOWN,), hook_breakdown),
+    "h200-eagle3-latency": ((EAGLE3_GRID, *EAGLE3_FILES), eagle3_latency),
+    "h200-eagle3-checks": (EAGLE3_FILES, eagle3_checks),
+    "h200-eagle3-regions": (EAGLE3_FILES, eagle3_regions),
+    "h200-eagle3-steps": (EAGLE3_FILES, eagle3_steps),
+    "h200-eagle3-acceptance-length": (EAGLE3_SPEC_FILES, eagle3_acceptance_length),
+    "h200-eagle3-acceptance": (EAGLE3_FILES, eagle3_acceptance),
+    "h200-spec-counts": ((H200_ACCEPTANCE,), lambda: acceptance_counts(H200_ACCEPTANCE)),
+    "h200-second-observer": ((H200_ACCEPTANCE,), lambda: second_observer(H200_ACCEPTANCE)),
 }
 
 
