@@ -740,6 +740,62 @@ def hook_breakdown() -> list[str]:
     return lines
 
 
+USER_PAYS_DECODE = "h200-overhead-offline-decode.json"
+STEP_PHASES = "h200-offline-step-phases.json"
+INTERFERENCE = ("h200-gpu-interference.json", "h200-gpu-interference-after.json")
+HOOK_COST = ("h200-hook-cost-b256.json", "h200-hook-cost-b256-after.json")
+
+
+def step_phases() -> list[str]:
+    """The EngineCore thread's phases per decode step (medians) of each traced arm, and the share spent waiting."""
+    lines = header("traced arm", "decode steps", "schedule (us)", "execute (us)", "wait (us)", "update (us)",
+                   "step cycle (us)", "wait / cycle")
+    for r in load(STEP_PHASES)["results"]:
+        arm = Path(r["run"]).parent.name
+        lines.append(row(arm, r["decode_steps"], *(f"{r[f'{p}_us']['p50']:.0f}" for p in ("schedule", "execute", "wait", "update")),
+                         f"{r['cycle_us_p50']:.0f}", f"{r['wait_share_of_cycle']:.2f}"))
+    return lines
+
+
+def interference() -> list[str]:
+    """The probe's change of step time against the bare loop, before and after the cuts, with 95% intervals."""
+    before, after = (load(name)["summary"] for name in INTERFERENCE)
+    lines = header("loop", "side work", "before the cuts", "after the cuts")
+    for regime, title in (("gpu_bound", "GPU-bound"), ("host_bound", "host-bound")):
+        for cond, work in INTERFERENCE_WORK.items():
+            cells = []
+            for doc in (before, after):
+                c = doc[regime]["changes_vs_bare"][cond]
+                cells.append(f"{pct(c['mean_change'])} ({pct(c['ci95'][0])} .. {pct(c['ci95'][1])})")
+            lines.append(row(f"{title} ({before[regime]['bare_step_ms_median']:.1f} ms bare step)", work, *cells))
+    return lines
+
+
+INTERFERENCE_WORK = {"regions": "evented regions", "nvml": "NVML sampler (0.1 s)", "nvml_fast": "NVML sampler (0.01 s)",
+                     "regions_nvml": "regions + NVML sampler (0.1 s)"}
+
+
+HOOK_COST_ROWS = (
+    ("quiet_regions_per_step", "5 evented regions per step (around 5 small matmuls, harvest included)"),
+    ("quiet_engine_core_hooks_per_step", "EngineCore hook bodies per step (schedule + update, 256 requests)"),
+    ("spool_append_region", "a region's host row into the spool"),
+    ("spool_resolve_region", "a region's GPU time into the spool"),
+    ("event_query_completed", "torch `Event.query()` (reference: not servescope's code)"),
+    ("event_elapsed_time", "torch `Event.elapsed_time()` (reference)"),
+    ("event_record", "torch `Event.record()` (reference: what a record cost before the cut)"),
+    ("current_stream", "`torch.cuda.current_stream()` (reference: the host's speed)"),
+)
+
+
+def hook_cost() -> list[str]:
+    """Host microseconds of the pieces of servescope's per-step work on the H200, before and after the cuts."""
+    before, after = (load(name)["cuda"] for name in HOOK_COST)
+    lines = header("piece (host us)", "before the cuts", "after the cuts")
+    for key, title in HOOK_COST_ROWS:
+        lines.append(row(title, f"{before[key]:.2f}", f"{after[key]:.2f}"))
+    return lines
+
+
 # --------------------------------------------------------------------------- the registry
 
 TABLES: dict[str, tuple[tuple[str, ...], Callable[[], list[str]]]] = {
@@ -764,6 +820,10 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[], list[str]]]] = {
     "spec-fluidity": (FLUIDITY_FILES, spec_fluidity),
     "h200-user-pays-offline-delta": ((USER_PAYS_DELTA,), lambda: user_pays(USER_PAYS_DELTA)),
     "h200-hook-breakdown": ((HOOK_BREAKDOWN,), hook_breakdown),
+    "h200-user-pays-offline-decode": ((USER_PAYS_DECODE,), lambda: user_pays(USER_PAYS_DECODE)),
+    "h200-step-phases": ((STEP_PHASES,), step_phases),
+    "h200-interference": (INTERFERENCE, interference),
+    "h200-hook-cost": (HOOK_COST, hook_cost),
     "h200-eagle3-latency": ((EAGLE3_GRID, *EAGLE3_FILES), eagle3_latency),
     "h200-eagle3-checks": (EAGLE3_FILES, eagle3_checks),
     "h200-eagle3-regions": (EAGLE3_FILES, eagle3_regions),
