@@ -22,7 +22,7 @@
 # $OUT gets (at most 8 files): <config>.json per configuration (servescope.studies.eagle3_study result),
 # grid.json (each configuration against ar, times per configuration, skipped ones, the command) and
 # runs.tar.gz (the run directories and the caller's deliveries). Exit 0: every configuration ran and
-# passed its checks; 5: one was skipped for time; 6: a check failed (stderr lines EAGLE3-CHECK-FAILED say
+# passed its checks; 5: one was skipped for time (a failure code below wins over it); 6: a check failed (stderr lines EAGLE3-CHECK-FAILED say
 # which: a missing region, GPU times missing, the acceptance observers disagreeing, ...); 7: a
 # configuration's engine run failed. The JSONs are written in every case.
 set -u
@@ -58,7 +58,7 @@ if [ "${#names[@]}" -gt 6 ]; then echo "at most 6 configurations per call (8 fil
 status=0 ran=() skipped=() seconds=()
 for name in "${names[@]}"; do
     if (( SECONDS + per_config > budget )); then
-        echo "EAGLE3-SKIPPED $name: $SECONDS s spent, budget $budget s"; skipped+=("$name"); status=5; continue
+        echo "EAGLE3-SKIPPED $name: $SECONDS s spent, budget $budget s"; skipped+=("$name"); [ $status -eq 0 ] && status=5; continue
     fi
     start=$SECONDS
     run=$work/runs/$name deliveries=$work/deliveries/$name.json

@@ -83,3 +83,23 @@ def test_a_real_proposal_is_timed_with_its_later_drafts_and_a_dummy_one_is_not(t
     draft, decode = (next(r for r in rows if r["region"] == name) for name in (Region.DRAFT, Region.DRAFT_DECODE))
     assert draft["host_start_ns"] <= decode["host_start_ns"] <= decode["host_end_ns"] <= draft["host_end_ns"]
     assert not spec_decode_hooks.DRAFT.drafting
+
+
+def test_the_synthetic_acceptance_length_asked_for_survives_vllms_conversion_to_rates():
+    """vLLM turns synthetic_acceptance_length into per-position rates and sets the length to None (seen in the H200
+    EAGLE-3 manifests): the engine parameters give the length back from vLLM's own rates."""
+    from types import SimpleNamespace
+
+    from vllm.config.speculative import SpeculativeConfig
+
+    from servescope.patches.vllm.engine_facts import engine_parameters
+
+    for length, k in ((2.5, 4), (1.5, 2), (3.0, 2)):
+        rates = SpeculativeConfig._resolve_synthetic_acceptance_rates(k, None, length)  # what vLLM keeps
+        spec = SimpleNamespace(method="eagle3", num_speculative_tokens=k, model="head", rejection_sample_method="synthetic",
+                               synthetic_acceptance_length=None, synthetic_acceptance_rates=rates)
+        params = engine_parameters(SimpleNamespace(speculative_config=spec))
+        assert params["synthetic_acceptance_length"] == pytest.approx(length)
+        assert params["speculative_config"]["synthetic_acceptance_rates"] == rates
+    plain = engine_parameters(SimpleNamespace(speculative_config=None))
+    assert plain["speculative_config"] is None and plain["synthetic_acceptance_length"] is None

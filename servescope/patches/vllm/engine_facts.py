@@ -48,18 +48,27 @@ ENGINE_PARAMETERS = {
     "speculative_model": "speculative_config.model",
     "rejection_sample_method": "speculative_config.rejection_sample_method",
     "synthetic_acceptance_length": "speculative_config.synthetic_acceptance_length",
+    "synthetic_acceptance_rates": "speculative_config.synthetic_acceptance_rates",
     "use_v2_model_runner": "use_v2_model_runner",
     "device": "device_config.device_type",
 }
 
 
 SPECULATIVE_FIELDS = ("speculative_method", "num_speculative_tokens", "speculative_model",
-                      "rejection_sample_method", "synthetic_acceptance_length")
+                      "rejection_sample_method", "synthetic_acceptance_length", "synthetic_acceptance_rates")
 
 
 def engine_parameters(vllm_config: Any) -> dict[str, Any]:
     """Return every performance-critical engine parameter in effect, as plain JSON values."""
     params = {name: _plain(_get(vllm_config, path)) for name, path in ENGINE_PARAMETERS.items()}
+    rates = params.get("synthetic_acceptance_rates")
+    if params.get("synthetic_acceptance_length") is None and isinstance(rates, list) and rates:
+        # vLLM (0.26 to 0.32 at least) turns a configured length L into per-position rates summing to L - 1 and
+        # forgets L: give it back, so the manifest and the audit see the acceptance the run asked for
+        try:
+            params["synthetic_acceptance_length"] = 1.0 + float(sum(rates))
+        except TypeError:
+            pass
     # one value that says "speculation off" (None) or how it is configured, for comparisons and the audit
     params["speculative_config"] = ({k: params[k] for k in SPECULATIVE_FIELDS}
                                     if _get(vllm_config, "speculative_config") is not None else None)
