@@ -85,19 +85,7 @@ def spec_profile() -> list[str]:
 
 
 def spec_counts() -> list[str]:
-    d = load("h100-spec-draft-model.json")
-    ours, theirs = d["servescope"], d["vllm_counters"]
-    per_pos = [round(r * ours["drafts"]) for r in ours["per_position_acceptance"]]
-    return header("", "servescope (token_emissions)", "vLLM's counters") + [
-        row("drafts", ours["drafts"], f"{theirs['vllm:spec_decode_num_drafts']:.0f} (`spec_decode_num_drafts`)"),
-        row("draft tokens", ours["draft_tokens"],
-            f"{theirs['vllm:spec_decode_num_draft_tokens']:.0f} (`spec_decode_num_draft_tokens`)"),
-        row("accepted tokens", ours["accepted_tokens"],
-            f"{theirs['vllm:spec_decode_num_accepted_tokens']:.0f} (`spec_decode_num_accepted_tokens`)"),
-        row("accepted at position 1, 2, 3, 4", ", ".join(map(str, per_pos)),
-            ", ".join(f"{v:.0f}" for v in theirs["vllm:spec_decode_num_accepted_tokens_per_pos"]) + " (`..._per_pos`)"),
-        row("mean acceptance length (bonus included)", f"{ours['mean_acceptance_length']:.3f}", "— (synthetic target 2.5)"),
-    ]
+    return acceptance_counts("h100-spec-draft-model.json", target="— (synthetic target 2.5)")
 
 
 def off_on_change(name: str) -> list[str]:
@@ -677,20 +665,21 @@ def eagle3_acceptance() -> list[str]:
     return out
 
 
-def acceptance_counts(name: str) -> list[str]:
-    """servescope's acceptance records against vLLM's counters (files with accepted_per_position)."""
+def acceptance_counts(name: str, target: str = "—") -> list[str]:
+    """servescope's acceptance records against vLLM's counters (per position: counts, or rates times drafts)."""
     d = load(name)
     ours, theirs = d["servescope"], d["vllm_counters"]
-    positions = ", ".join(str(p + 1) for p in range(len(ours["accepted_per_position"])))
+    per_pos = ours.get("accepted_per_position") or [round(r * ours["drafts"]) for r in ours["per_position_acceptance"]]
+    positions = ", ".join(str(p + 1) for p in range(len(per_pos)))
     return header("", "servescope (token_emissions)", "vLLM's counters") + [
         row("drafts", ours["drafts"], f"{theirs['vllm:spec_decode_num_drafts']:.0f} (`spec_decode_num_drafts`)"),
         row("draft tokens", ours["draft_tokens"],
             f"{theirs['vllm:spec_decode_num_draft_tokens']:.0f} (`spec_decode_num_draft_tokens`)"),
         row("accepted tokens", ours["accepted_tokens"],
             f"{theirs['vllm:spec_decode_num_accepted_tokens']:.0f} (`spec_decode_num_accepted_tokens`)"),
-        row(f"accepted at position {positions}", ", ".join(map(str, ours["accepted_per_position"])),
+        row(f"accepted at position {positions}", ", ".join(map(str, per_pos)),
             ", ".join(f"{v:.0f}" for v in theirs["vllm:spec_decode_num_accepted_tokens_per_pos"]) + " (`..._per_pos`)"),
-        row("mean acceptance length (bonus included)", f"{ours['mean_acceptance_length']:.3f}", "—"),
+        row("mean acceptance length (bonus included)", f"{ours['mean_acceptance_length']:.3f}", target),
     ]
 
 
