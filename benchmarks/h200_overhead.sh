@@ -5,6 +5,8 @@
 #
 #   carry .gpu-stage/p3:  bash benchmarks/h200_overhead.sh setup       # vLLM + wheels + servescope into /tmp/site
 #   bash benchmarks/h200_overhead.sh offline     # 4 + 4 fresh-process arms, 256 x (512, 128), 6 batches after 1 warm-up
+#   OUTPUTS=delta bash benchmarks/h200_overhead.sh offline   # the same with every step's tokens delivered: TTFT, TBT
+#   bash benchmarks/h200_overhead.sh offline16   # the issue's small batch: 16 x (512, 256), delta outputs
 #   bash benchmarks/h200_overhead.sh served      # 4 + 4 arms, 500 requests at 40/s (Poisson) after 64 warm-up requests
 #   bash benchmarks/h200_overhead.sh breakdown   # self-timing of every hook at batch 256 and 16 (one traced run each)
 #
@@ -26,9 +28,16 @@ case "${1:-}" in
     ;;
   offline)
     python3 -m servescope overhead --model "$MODEL" --out /tmp/oh-offline --summary-to "$OUT/h200-overhead-offline.json" \
-      --load offline --arms "${ARMS:-4}" "${OFFLINE_SHAPE[@]}" --batches 6 --warmup-batches 1 --engine-args "$ENGINE_ARGS"
+      --load offline --arms "${ARMS:-4}" "${OFFLINE_SHAPE[@]}" --batches 6 --warmup-batches 1 --engine-args "$ENGINE_ARGS" \
+      --outputs "${OUTPUTS:-final}"
     # host-bound or GPU-bound? the EngineCore's phases per decode step, from the traced arms' own records
     python3 benchmarks/step_phases.py /tmp/oh-offline/arms/*-on/run --out "$OUT/h200-offline-step-phases.json"
+    ;;
+  offline16)
+    python3 -m servescope overhead --model "$MODEL" --out /tmp/oh-offline16 --summary-to "$OUT/h200-overhead-offline16.json" \
+      --load offline --arms "${ARMS:-4}" --num-requests 16 --prompt-len 512 --output-len 256 --batches 6 \
+      --warmup-batches 1 --engine-args "$ENGINE_ARGS" --outputs delta
+    python3 benchmarks/step_phases.py /tmp/oh-offline16/arms/*-on/run --out "$OUT/h200-offline16-step-phases.json"
     ;;
   served)
     python3 -m servescope overhead --model "$MODEL" --out /tmp/oh-served --summary-to "$OUT/h200-overhead-served.json" \
@@ -47,7 +56,7 @@ case "${1:-}" in
       --command "bash benchmarks/h200_overhead.sh breakdown"
     ;;
   *)
-    echo "usage: bash benchmarks/h200_overhead.sh setup|offline|served|breakdown" >&2
+    echo "usage: bash benchmarks/h200_overhead.sh setup|offline|offline16|served|breakdown" >&2
     exit 2
     ;;
 esac

@@ -813,6 +813,7 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[], list[str]]]] = {
     "h200-step-phases": ((STEP_PHASES,), step_phases),
     "h200-interference": (INTERFERENCE, interference),
     "h200-hook-cost": (HOOK_COST, hook_cost),
+    "cpu-user-pays-offline": (("cpu-overhead-offline-2.json",), lambda: user_pays("cpu-overhead-offline-2.json")),
     "h200-eagle3-latency": ((EAGLE3_GRID, *EAGLE3_FILES), eagle3_latency),
     "h200-eagle3-checks": (EAGLE3_FILES, eagle3_checks),
     "h200-eagle3-regions": (EAGLE3_FILES, eagle3_regions),

@@ -82,6 +82,19 @@ def test_one_untraced_and_one_traced_arm_on_the_cpu_engine(tmp_path, tiny_model_
     json.dumps(comparison)
 
 
+@pytest.mark.engine
+def test_delta_outputs_let_the_arms_see_ttft_and_tbt(tmp_path, tiny_model_dir):
+    """--outputs delta: every step's new tokens reach the script, so TTFT and TBT per chunk are measured too."""
+    from engine_fixtures import engine_env
+
+    spec = UserPaysSpec(model=str(tiny_model_dir), arms=2, num_requests=6, prompt_len=32, output_len=8, batches=2,
+                        warmup_batches=1, engine_args={"max_model_len": 256}, outputs="delta")
+    assert spec.script_args(tmp_path / "r.json")[-6:-4] == ["--outputs", "delta"]
+    arm = run_arm(spec, "off", 0, tmp_path, engine_env())
+    assert arm["output_tokens"] == 2 * 6 * 8
+    assert 0 < arm["ttft_p50_s"] <= arm["ttft_p99_s"] and 0 < arm["tbt_per_chunk_p50_s"] <= arm["tbt_per_chunk_p99_s"]
+
+
 def test_the_second_engine_has_the_same_arms(tmp_path, tiny_model_dir):
     """transformers' continuous batching: off = no servescope in any process, on = servescope run (reached through
     its sitecustomize), the traced arm recording every token the script generated; throughput only."""

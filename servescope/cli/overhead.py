@@ -51,6 +51,9 @@ def overhead(
                                 help="offline vLLM: repeated (the same prompts every batch: vLLM's prefix cache serves "
                                      "their prefill, batches are decode-bound, where tracing costs most) or fresh "
                                      "(new prompts per batch: prefill-bound)."),
+    outputs: str = typer.Option("final", "--outputs", callback=one_of("final", "delta"),
+                                help="offline vLLM: final (one output per request, as LLM.generate delivers: end-to-end "
+                                     "only) or delta (every step's new tokens: TTFT and TBT per chunk too)."),
     rate: float = typer.Option(16.0, "--rate", callback=positive, help="served: requests/s (Poisson)."),
     warmup_requests: int = typer.Option(64, "--warmup-requests", callback=non_negative,
                                         help="served: warm-up requests per arm."),
@@ -73,7 +76,8 @@ def overhead(
         raise CommandError("--engine transformers measures the offline load with --method user only")
     spec = UserPaysSpec(model=str(model.absolute()), engine=engine, load=load, arms=arms, order=order, seed=seed, parts=parts,
                         engine_args=engine_args, num_requests=num_requests, prompt_len=prompt_len,
-                        output_len=output_len, batches=batches, warmup_batches=warmup_batches, prompts=prompts, rate=rate,
+                        output_len=output_len, batches=batches, warmup_batches=warmup_batches, prompts=prompts, outputs=outputs,
+                        rate=rate,
                         warmup_requests=warmup_requests, goal=goal / 100.0)
 
     def progress(arm: dict) -> None:
