@@ -227,6 +227,28 @@ def test_a_forked_child_records_into_its_own_spool(tmp_path):
         recorder_module.close_recorder()
 
 
+def test_a_forked_child_names_the_request_ids_its_parent_wrote_last(tmp_path):
+    """The child's spool is read without the parent's: its first emissions record must carry its ids."""
+    import servescope.record.recorder as recorder_module
+
+    rec = recorder_module.open_recorder(Config.from_options(str(tmp_path)))
+    try:
+        rec.append_emissions(1, 100, ["a", "b"], [1, 1])
+        pid = os.fork()
+        if pid == 0:
+            try:
+                recorder_module.get_recorder().append_emissions(2, 200, ["a", "b"], [1, 2])
+                recorder_module.get_recorder().close()
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        by_process = {s.pid: ([tuple(r[:2]) for r in s.rows[Table.TOKEN_EMISSIONS]], s.unreadable_records)
+                      for s in read_spools(tmp_path)}
+        assert by_process == {os.getpid(): ([("a", 1), ("b", 1)], 0), pid: ([("a", 2), ("b", 2)], 0)}
+    finally:
+        recorder_module.close_recorder()
+
+
 def _append_as_child(run_dir: str) -> None:
     import servescope.record.recorder as recorder_module
 

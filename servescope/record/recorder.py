@@ -145,6 +145,7 @@ class Recorder:
         if self._spool is not None:
             self._spool.abandon()
         self._spool = None
+        self._last_emission_ids = None  # the parent's: a record in this spool must not refer to them
         self._closed = False
         self._start_deferred = True
 
