@@ -16,7 +16,8 @@ Hot path (``start``/``end``): ``time.monotonic_ns()``, the thread's usage where 
 ``torch.cuda.Event(enable_timing=True)`` on the current stream (``TorchCudaEvents.record``). It never
 synchronizes and never creates events. ``harvest()`` resolves, oldest first, the regions whose
 end event has completed, and stops at the first one still running (it waits for a later harvest);
-when the newest region's end event has completed, that one ``query()`` stands for all of them. ``close()`` resolves the rest and may synchronize: call it only at exit.
+when the newest region's end event has completed, that one ``query()`` stands for all of them.
+``close()`` resolves the rest and may synchronize: call it only at exit.
 
 Bounded: ``pool_size`` event pairs. When none is free, a region gets a host-only row and
 ``dropped`` counts it. While the current stream is capturing a CUDA graph, regions get
