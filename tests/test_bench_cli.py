@@ -356,16 +356,27 @@ def test_cancelled_request_still_records_its_row(tmp_path, fake_server):
 def test_ctrl_c_stops_cleanly_and_keeps_what_was_recorded(tmp_path, fake_server):
     fake_server.delay_s = 0.5  # 200 tokens: every request is still streaming when Ctrl-C comes
     out = tmp_path / "run"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "servescope", "bench", "--workload", str(write_trace(tmp_path / "t.csv", rows=4, output=200)),
-         "--concurrency", "4", "--endpoint", fake_server.url, "--vocab-size", "100", "--progress",
-         "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # a suite started in the background by a non-interactive shell ignores SIGINT, and an ignored signal stays ignored
+    # in its children: a handler here (reset to the default across exec) gives the bench a terminal's Ctrl-C
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "servescope", "bench", "--workload",
+             str(write_trace(tmp_path / "t.csv", rows=4, output=200)), "--concurrency", "4", "--endpoint", fake_server.url,
+             "--vocab-size", "100", "--progress", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     deadline = time.monotonic() + 60
     while fake_server.received < 4 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.1)
     assert fake_server.received == 4
     proc.send_signal(signal.SIGINT)
-    output, _ = proc.communicate(timeout=60)
+    try:
+        output, _ = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("bench still running 60 s after Ctrl-C; its output:\n" + proc.communicate()[0][-4000:])
     assert proc.returncode == 130, output
     assert "interrupted" in output
     facts = read_json(out / "bench.json")
