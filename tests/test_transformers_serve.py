@@ -67,8 +67,9 @@ def served(tmp_path_factory):
                                env=env, capture_output=True, text=True, timeout=600)
     finally:
         if server.poll() is None:
-            # servescope run forwards it and writes the server run's manifest; SIGTERM, not SIGINT: transformers serve
-            # 5.19 stays alive after a SIGINT once it has served requests (seen: 13 minutes, ended by SIGTERM in 5 s)
+            # servescope run forwards it and writes the server run's manifest. SIGTERM, not SIGINT: a suite started in
+            # the background by a non-interactive shell ignores SIGINT and the server inherits that (one outlived the
+            # suite by 13 minutes; SIGTERM ended it in 5 s)
             server.send_signal(signal.SIGTERM)
             try:
                 server.wait(timeout=60)
