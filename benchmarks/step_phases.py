@@ -18,41 +18,40 @@ import sys
 
 import numpy as np
 
+from servescope.analysis.iterations import region_times_ms
+from servescope.run.columns import float_column
+from servescope.run.names import StepPhase
 from servescope.run.tables import read_table
 
-PHASES = ("schedule", "execute", "wait", "update")
-
-
-def _column(table, name) -> np.ndarray:
-    return np.array([np.nan if v is None else v for v in table.column(name).to_pylist()], dtype=np.float64)
+PHASES = StepPhase.ALL  # schedule, execute, wait, update
 
 
 def phases(run: str) -> dict:
     steps = read_table(run, "steps", warnings=[])
-    decode = _column(steps, "num_prefill_reqs") == 0
+    decode = float_column(steps, "num_prefill_reqs") == 0
     out: dict = {"run": run, "decode_steps": int(decode.sum())}
     for phase in PHASES:
-        us = (_column(steps, f"{phase}_end_ns") - _column(steps, f"{phase}_start_ns"))[decode] / 1e3
+        start, end = StepPhase.columns(phase)
+        us = (float_column(steps, end) - float_column(steps, start))[decode] / 1e3
         us = us[~np.isnan(us)]
         out[f"{phase}_us"] = {"p50": float(np.median(us)), "mean": float(us.mean())} if us.size else None
-    start = np.sort(_column(steps, "schedule_start_ns")[decode])
+    start = np.sort(float_column(steps, "schedule_start_ns")[decode])
     cycle = np.diff(start) / 1e3
     cycle = cycle[cycle < 10 * np.median(cycle)] if cycle.size else cycle  # batch boundaries left out
     out["cycle_us_p50"] = float(np.median(cycle)) if cycle.size else None
     if out["wait_us"] and out["cycle_us_p50"]:
         out["wait_share_of_cycle"] = out["wait_us"]["p50"] / out["cycle_us_p50"]
-    out["decode_requests_p50"] = float(np.median(_column(steps, "num_decode_reqs")[decode])) if decode.any() else None
+    out["decode_requests_p50"] = float(np.median(float_column(steps, "num_decode_reqs")[decode])) if decode.any() else None
     regions = read_table(run, "worker_regions", warnings=[])
-    by_region = {}
+    times = region_times_ms(regions)  # per region: P50 of its host and GPU times over the rows that have them
     names = regions.column("region").to_pylist()
-    host = _column(regions, "host_end_ns") - _column(regions, "host_start_ns")
-    gpu = _column(regions, "gpu_ns")
-    for name in sorted(set(names)):
-        mask = np.array([n == name for n in names])
-        h, g = host[mask], gpu[mask]
-        by_region[name] = {"count": int(mask.sum()), "host_us_p50": float(np.nanmedian(h)) / 1e3 if h.size else None,
-                           "gpu_us_p50": float(np.nanmedian(g)) / 1e3 if np.isfinite(g).any() else None}
-    out["regions"] = by_region
+
+    def p50_us(kind: str, name: str) -> float | None:
+        entry = times[kind].get(name)
+        return None if entry is None else entry["p50"] * 1e3
+
+    out["regions"] = {name: {"count": names.count(name), "host_us_p50": p50_us("host", name),
+                             "gpu_us_p50": p50_us("gpu", name)} for name in sorted(set(names))}
     return out
 
 
