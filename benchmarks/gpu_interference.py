@@ -118,12 +118,6 @@ class StepLoop:
         return steps, (time.perf_counter() - t0) / steps
 
 
-def bootstrap_interval(values: list[float], seed: int, n: int = 10000) -> tuple[float, float]:
-    rng = random.Random(seed)
-    means = sorted(statistics.fmean(rng.choices(values, k=len(values))) for _ in range(n))
-    return means[int(0.025 * n)], means[int(0.975 * n) - 1]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -134,6 +128,7 @@ def main() -> None:
 
     import torch
 
+    from servescope.analysis.distributions import bootstrap_ci
     from servescope.record.nvml_sampler import NvmlSampler
     from servescope.record.recorder import Recorder
     from servescope.record.timers import make_region_timer
@@ -170,7 +165,7 @@ def main() -> None:
         rows = {}
         for cond in CONDITIONS[1:]:
             changes = [by_round[r][cond] / by_round[r]["bare"] - 1 for r in by_round]
-            lo, hi = bootstrap_interval(changes, args.seed)
+            lo, hi = bootstrap_ci(changes, n_boot=10000, seed=args.seed)  # percentile bootstrap of the mean
             rows[cond] = {"mean_change": statistics.fmean(changes), "ci95": [lo, hi], "rounds": len(changes)}
         summary[regime] = {"gpu_ms": gpu_ms, "host_ms": host_ms, "matmuls_per_graph": loop.count,
                            "matmul_ms": loop.mm_ms,
