@@ -86,7 +86,8 @@ def test_a_window_is_asked_for_also_when_the_timer_was_built_before_the_first_st
     try:
         worker_hooks.WORKER.timer = make_region_timer(lambda row: None, gpu_events=False)  # as load_model leaves it
         assert worker_hooks._timer(rec) is worker_hooks.WORKER.timer
-        assert worker_hooks.WORKER.profile is not None and worker_hooks.WORKER.profile.first_step == 0
+        window = worker_hooks._profile_window(rec)  # what a step's start asks for
+        assert window is not None and window.first_step == 0 and worker_hooks.WORKER.profile is window
     finally:
         worker_hooks.WORKER.reset()
         rec.close()

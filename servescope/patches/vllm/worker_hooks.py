@@ -80,11 +80,16 @@ def _timer(rec):
         _harvest_when_idle_and_at_close(rec)
         if WORKER.rank == 0 and WORKER.timer.mode == "cuda":
             _start_nvml_sampler(rec)
-    if WORKER.profile is None and rec.config.profile_steps is not None:  # also when load_model built the timer
+    return WORKER.timer
+
+
+def _profile_window(rec):
+    """Return the profile window the run asks for (built at the first step, whoever built the timer), or None."""
+    if WORKER.profile is None and rec.config.profile_steps is not None:
         from servescope.record.profile_window import profile_window_for
 
         WORKER.profile = profile_window_for(rec.config, rank=WORKER.rank)
-    return WORKER.timer
+    return WORKER.profile
 
 
 def harvest_regions() -> None:
@@ -128,8 +133,9 @@ def region(name: str, starts_step: bool = False):
             timer = _timer(rec)
             if starts_step:
                 WORKER.step_id = step_id_of(arg(args, kwargs, 0, "scheduler_output"))
-                if WORKER.profile is not None:
-                    WORKER.profile.on_step(WORKER.step_id)
+                profile = _profile_window(rec)
+                if profile is not None:
+                    profile.on_step(WORKER.step_id)
                 timer.harvest()
                 if not WORKER.facts_written:
                     _write_facts(rec, runner)
