@@ -331,8 +331,17 @@ def test_stalls_and_fluidity_on_a_real_offline_run(offline_run):
 
     run = load_run(offline_run.run_dir)
     metrics = compute_request_metrics(run)
-    stalls = find_stalls(metrics, run, median_multiple=2.0)
-    assert len(stalls) > 0  # 24 requests x 16 tokens with prefills interleaved: some gaps are 2x the median
+    # The slowest tenth of the run's token gaps, taken as stalls. A fixed multiple of the median is no
+    # threshold for this check: the slowest gap was 1.9x its request's median here and under 2x on CI's
+    # machine, where 2x found nothing. What is checked is every stall's evidence, and that the run's known
+    # cause shows: 16 of its 24 requests are admitted while others decode (max_num_seqs 8), so the steps
+    # that carry their prefill chunks are among the slowest.
+    offsets = np.asarray(metrics.chunk_offsets)
+    times = np.asarray(metrics.chunk_times_ns)
+    gaps_s = np.concatenate([np.diff(times[a:b]) for a, b in zip(offsets[:-1], offsets[1:])]) / 1e9
+    stalls = find_stalls(metrics, run, threshold_s=float(np.quantile(gaps_s, 0.9)))
+    assert 0 < len(stalls) <= 0.1 * gaps_s.size + 1
+    assert "prefill_interference" in set(stalls.cause), sorted(set(stalls.cause))
     index = {rid: i for i, rid in enumerate(metrics.request_id)}
     for rid, token, gap, thr, cause, steps in zip(
         stalls.request_id, stalls.token_index, stalls.gap_s, stalls.threshold_s, stalls.cause, stalls.num_steps
