@@ -18,7 +18,8 @@ import time
 
 import pytest
 
-from servescope.studies.soak import descendants, server_processes, vllm_role
+from servescope.bench.load.process_tree import descendants
+from servescope.studies.soak import server_processes, vllm_role
 
 pytest.importorskip("setproctitle")
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from servescope.bench.load.process_tree import descendants
 from servescope.run.names import Table
 from servescope.run.spool import SpoolError, read_header, segments, spool_dir
 from servescope.run.tables import read_table
@@ -190,23 +191,6 @@ def saturation(run_dir: str | os.PathLike, start_ns: int, end_ns: int, minute_s:
 
 
 # --------------------------------------------------------------------------- an unrecorded server's processes (/proc)
-
-
-def descendants(pid: int) -> list[int]:
-    """Return the pids of a process's descendants, parents before children (/proc/PID/task/*/children)."""
-    found, todo = [], [pid]
-    while todo:
-        parent = todo.pop(0)
-        for task in Path(f"/proc/{parent}/task").glob("*"):
-            try:
-                children = [int(c) for c in (task / "children").read_text().split()]
-            except (OSError, ValueError):
-                continue
-            for child in children:
-                if child not in found and child != pid:
-                    found.append(child)
-                    todo.append(child)
-    return found
 
 
 def process_title(pid: int) -> str | None:
