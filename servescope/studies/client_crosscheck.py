@@ -25,6 +25,12 @@ measurement being judged (a jittery client must not widen its own tolerance):
 - Decode time P50 (a request's last token minus its first, as each client saw them): 10 ms, the
   same two waits as TTFT, one at each end. It does not depend on how a client splits what one
   socket read brings into events, which per-chunk gaps do.
+- On CI's 2 cores the test's server runs its EngineCore and worker at nice 10
+  (``RecordedServer.lower_engine_priority``): at nice 0 they kept both cores busy while serving,
+  and vLLM's client, starved, saw whole rounds in bursts (decode P50 16 ms apart in one CI run,
+  per-round differences up to 77 ms). Each round's garbage collection and heap freeze happen
+  before vLLM's client is told to start, not after: a full collection of the test process took
+  up to 1.6 s there, and servescope's client started that much later than vLLM's.
 - Both taken over the requests each client saw streamed (TTFT reported only since run 4: see
   TOLERANCE_MS). On a starved machine the API server (or a
   client's host) sometimes delivers a request's whole stream at once: its first event arrives with
@@ -204,6 +210,8 @@ def cross_check(url: str, model_dir: Path, load: CrossCheckLoad, work_dir: Path,
     """Run the rounds against the server at url; return the report (samples' counts, per-percentile comparison)."""
     from transformers import AutoTokenizer
 
+    from servescope.bench.load.driver_http import frozen_gc_heap
+
     work_dir.mkdir(parents=True, exist_ok=True)
     rounds = [(vllm_client_argv(url, model_dir, load, 1000 + r, work_dir / f"vllm-{r}.json"),
                str(work_dir / f"vllm-{r}.json")) for r in range(load.rounds)]
@@ -218,10 +226,11 @@ def cross_check(url: str, model_dir: Path, load: CrossCheckLoad, work_dir: Path,
     try:
         lines.next(lambda line: line == "ready")
         for r, (plan, texts) in enumerate(plans):
-            child.stdin.write("go\n")
-            child.stdin.flush()
-            lines.next(lambda line: line == "sending")
-            ttft, itl, decode = servescope_round(url, model_dir, plan, texts, work_dir / f"servescope-{r}")
+            with frozen_gc_heap():  # collected before vLLM's client starts, not after: the two start together
+                child.stdin.write("go\n")
+                child.stdin.flush()
+                lines.next(lambda line: line == "sending")
+                ttft, itl, decode = servescope_round(url, model_dir, plan, texts, work_dir / f"servescope-{r}")
             theirs = json.loads(lines.next(lambda line: line.startswith("{")))
             if any(theirs["errors"]):
                 raise CrossCheckError(f"vLLM's client: errors {[e for e in theirs['errors'] if e][:3]}")

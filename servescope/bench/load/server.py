@@ -32,6 +32,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from servescope.bench.load.process_tree import descendants, threads
 from servescope.record.launcher import child_environment
 from servescope.run.compact import compact_run
 from servescope.run.config import Config
@@ -145,6 +146,25 @@ class RecordedServer:
             self._log_file.close()
             self._log_file = None
         return proc.returncode
+
+    def lower_engine_priority(self, niceness: int) -> int:
+        """Give every thread of the server's engine processes (the API server's descendants: EngineCore,
+        workers) the nice value niceness; return how many threads got it.
+
+        For clients that share a small machine with the engine: vLLM's EngineCore and worker keep a core
+        each busy while serving (the worker polls its message queue), so on two cores a client and the
+        API server wait for a core and stamp tokens late, in bursts. At a higher nice value the engine
+        yields to them whenever they are runnable, as on a deployment where clients have their own cores.
+        Linux keeps a nice value per thread, and a thread starts with its creator's."""
+        count = 0
+        for pid in descendants(self.process.pid):
+            for tid in threads(pid):
+                try:
+                    os.setpriority(os.PRIO_PROCESS, tid, niceness)
+                    count += 1
+                except (ProcessLookupError, PermissionError):
+                    pass
+        return count
 
     def __enter__(self) -> RecordedServer:
         return self
