@@ -62,7 +62,7 @@ class UserPaysSpec:
     output_len: int = 128
     batches: int = 6  # offline
     warmup_batches: int = 1  # offline
-    prompts: str = "repeated"  # offline vLLM: repeated (every batch the same prompts) | fresh (new ones per batch)
+    prompts: str = "repeated"  # offline: repeated (every batch the same prompts) | fresh (new ones per batch)
     outputs: str = "final"  # offline vLLM: final (LLM.generate's way: e2e only) | delta (every step's tokens: TTFT, TBT)
     rate: float = 16.0  # served, requests/s
     warmup_requests: int = 64  # served
@@ -81,7 +81,7 @@ class UserPaysSpec:
                   "--seed", str(self.seed)]
         if self.load == "offline":
             script = "offline.py" if self.engine == "vllm" else "transformers_offline.py"
-            prompts = ["--prompts", self.prompts, "--outputs", self.outputs] if self.engine == "vllm" else []
+            prompts = ["--prompts", self.prompts] + (["--outputs", self.outputs] if self.engine == "vllm" else [])
             return [sys.executable, str(SCRIPTS / script), self.model, str(result_path), *common, *prompts,
                     "--batches", str(self.batches), "--warmup-batches", str(self.warmup_batches)]
         if self.engine != "vllm":

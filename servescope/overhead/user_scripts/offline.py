@@ -60,7 +60,7 @@ def main() -> None:
     def draw() -> list[list[int]]:
         return [[rng.randrange(10, vocab - 1) for _ in range(args.prompt_len)] for _ in range(args.num_requests)]
 
-    repeated = draw()
+    repeated = draw() if args.prompts == "repeated" else None  # fresh: batch k gets the (k+1)th draw
 
     def batch(index: int) -> dict:
         prompts = repeated if args.prompts == "repeated" else draw()

@@ -4,12 +4,13 @@
 (which reaches transformers through its sitecustomize), one fresh process per arm: the model built
 from MODEL's config (random weights, seed 0; its own weights when the directory has safetensors),
 warm-up batches, then measured batches of the same shape through ``model.generate_batch`` with a
-persistent manager. generate_batch returns when the whole batch is done, so only batch times are
+persistent manager, the same prompts every batch by default (``--prompts``: as offline.py, whose
+prompts these are for the same seed and lengths). generate_batch returns when the whole batch is done, so only batch times are
 seen by the caller (no per-token times: the harness reports throughput only). Writes one JSON
 document to OUT like offline.py's.
 
 usage: transformers_offline.py MODEL OUT [--batches 6] [--warmup-batches 1] [--num-requests 256]
-       [--prompt-len 512] [--output-len 128] [--engine-args JSON] [--seed 0]
+       [--prompt-len 512] [--output-len 128] [--engine-args JSON] [--seed 0] [--prompts repeated|fresh]
 --engine-args: attn_implementation (default sdpa), num_blocks, max_batch_tokens, max_requests_per_batch
 (ContinuousBatchingConfig; on the CPU num_blocks defaults to 512, as transformers would otherwise size
 the cache from the host's free memory).
@@ -33,6 +34,8 @@ def main() -> None:
     ap.add_argument("--output-len", type=int, default=128)
     ap.add_argument("--engine-args", default="{}")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--prompts", choices=("repeated", "fresh"), default="repeated",
+                    help="repeated: the same prompts every batch; fresh: new prompts per batch (as offline.py)")
     args = ap.parse_args()
     engine_args = json.loads(args.engine_args)
 
@@ -62,8 +65,13 @@ def main() -> None:
         max_batch_tokens=engine_args.get("max_batch_tokens"),
         max_requests_per_batch=engine_args.get("max_requests_per_batch"))
 
+    def draw() -> list[list[int]]:
+        return [[rng.randrange(10, vocab - 1) for _ in range(args.prompt_len)] for _ in range(args.num_requests)]
+
+    repeated = draw() if args.prompts == "repeated" else None  # fresh: batch k gets the (k+1)th draw
+
     def batch() -> dict:
-        prompts = [[rng.randrange(10, vocab - 1) for _ in range(args.prompt_len)] for _ in range(args.num_requests)]
+        prompts = repeated if args.prompts == "repeated" else draw()
         t0 = time.monotonic_ns()
         outs = model.generate_batch(prompts, generation_config=generation, continuous_batching_config=batching,
                                     persistent_manager=True)
@@ -80,7 +88,8 @@ def main() -> None:
     if bad:
         sys.exit(f"transformers_offline.py: batches {bad} did not produce {expected} output tokens")
     with open(args.out, "w") as f:
-        json.dump({"load": "offline", "engine": "transformers", "engine_start_s": start_s, "batches": measured,
+        json.dump({"load": "offline", "engine": "transformers", "prompts": args.prompts, "engine_start_s": start_s,
+                   "batches": measured,
                    "servescope_in_this_process": any(m.split(".")[0] == "servescope" for m in sys.modules)}, f)
 
 
