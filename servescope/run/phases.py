@@ -107,10 +107,7 @@ def split_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = No
 
 def slice_run(source: Path, tables: dict[str, pa.Table], phase: Phase, dest: Path) -> Path:
     """Write the rows of one phase of the source run's tables as a run directory at dest; return dest."""
-    if dest.exists():
-        shutil.rmtree(dest)
-    run_id = uuid.uuid4().hex
-    write_json(dest / "run.json", {"run_id": run_id, "parent_run_dir": str(source.absolute())})  # before its parts
+    run_id = begin_slice(source, dest)
     kept_steps = None
     for name in ("steps", *[t for t in PHASE_MEMBERSHIP if t != "steps"]):  # steps first: regions join them
         table = tables[name]
@@ -126,11 +123,34 @@ def slice_run(source: Path, tables: dict[str, pa.Table], phase: Phase, dest: Pat
         if name == "steps":
             kept_steps = selected["step_id"]
         write_table_part(dest, name, selected, f"phase-{phase.name}")
+    finish_slice(source, dest, run_id, workload=phase.workload,
+                 phase={**asdict(phase), "parent_run_dir": str(source.absolute())})
+    return dest
+
+
+def begin_slice(source: Path, dest: Path) -> str:
+    """Start dest afresh as a run cut from source: its own run.json (before any part is written); return its run id."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    run_id = uuid.uuid4().hex
+    write_json(dest / "run.json", {"run_id": run_id, "parent_run_dir": str(source.absolute())})
+    return run_id
+
+
+def finish_slice(source: Path, dest: Path, run_id: str, **facts: Any) -> dict[str, Any]:
+    """Copy source's process and engine records into the slice dest and write its manifest: source's, with the
+    slice's run id and parts, parent_run_id (which tells readers the process records count the whole parent run)
+    and facts (what the slice is: phase, window); return it."""
     for folder in ("processes", "engine"):
         if (source / folder).is_dir():
             shutil.copytree(source / folder, dest / folder)
-    write_json(dest / "manifest.json", _phase_manifest(source, phase, dest, run_id))
-    return dest
+    manifest = read_json(source / "manifest.json") if (source / "manifest.json").exists() else {}
+    manifest["parent_run_id"] = manifest.get("run_id")
+    manifest["run_id"] = run_id
+    manifest["parts"] = manifest_part_entries(dest)  # the slice's own parts, not the parent run's
+    manifest.update(facts)
+    write_json(dest / "manifest.json", manifest)
+    return manifest
 
 
 def window_mask(table: pa.Table, column: str, start_ns: int, end_ns: int) -> pa.ChunkedArray:
@@ -148,16 +168,6 @@ def write_table_part(run_dir: Path, name: str, table: pa.Table, part_name: str, 
         return 0
     write_part(run_dir, name, table, writer=writer or part_name, name=part_name)
     return len(table)
-
-
-def _phase_manifest(source: Path, phase: Phase, dest: Path, run_id: str) -> dict[str, Any]:
-    manifest = read_json(source / "manifest.json") if (source / "manifest.json").exists() else {}
-    manifest["parent_run_id"] = manifest.get("run_id")
-    manifest["run_id"] = run_id
-    manifest["parts"] = manifest_part_entries(dest)  # the slice's own parts, not the engine run's
-    manifest["workload"] = phase.workload
-    manifest["phase"] = {**asdict(phase), "parent_run_dir": str(source.absolute())}
-    return manifest
 
 
 assert set(PHASE_MEMBERSHIP) == set(TABLES), "every table needs a phase membership rule"
