@@ -2,10 +2,12 @@
 
 One command runs every arm, each a user's program recorded by servescope as a user would record it:
 
-* offline: ``servescope run -- python <engine>_offline.py MODEL BATCHES`` (servescope/overhead/
-  user_scripts/), the same prompts (AB_REQUESTS x AB_PROMPT random ids, AB_OUTPUT tokens, EOS off)
-  for both engines; the first batch warms up, the last one is measured (its requests and the
-  steps from its first arrival on are cut into a run directory of their own);
+* offline: ``servescope run -- python offline.py | transformers_offline.py MODEL OUT ...``, the
+  offline user scripts of ``servescope overhead`` (servescope/overhead/user_scripts/), with the same
+  prompts for both engines (--requests x --prompt random ids drawn afresh for each batch from one
+  seed, --output tokens, EOS off, sampling at temperature 1); the first batches warm up, the last one
+  is measured (its requests and the steps from its first arrival on are cut into a run directory of
+  their own);
 * served: each engine's OpenAI-compatible server recorded by ``servescope run``, then
   ``servescope bench --endpoint ... --server-run ...`` at each rate (Poisson arrivals, the same
   seed, prompts sent as text so both servers tokenize them alike, BOS included) after a short
@@ -39,12 +41,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from servescope.bench.load.server import answers_health
+from servescope.bench.load.process_tree import descendants
+from servescope.bench.load.server import answers_health, free_port
 from servescope.run.directory import write_json
 from servescope.run.tables import read_table
 from servescope.run.machine import machine_facts
 from servescope.run.names import RequestEvent, Table
-from servescope.run.phases import window_mask, write_table_part
+from servescope.run.phases import begin_slice, finish_slice, window_mask, write_table_part
 
 ENGINES = ("vllm", "transformers")
 USER_SCRIPTS = Path(__file__).resolve().parents[1] / "overhead" / "user_scripts"
@@ -84,21 +87,44 @@ def prepare_model(arch: str, model_dir: Path, device: str) -> Path:
 # --------------------------------------------------------------------------- offline
 
 
-def run_offline(engine: str, model_dir: Path, run_dir: Path, env: dict, batches: int, timeout_s: float) -> dict:
-    """Run the engine's offline user script under servescope run; return its batch times (s) and exit status."""
-    script = USER_SCRIPTS / f"{engine}_offline.py"
+OFFLINE_SCRIPTS = {"vllm": "offline.py", "transformers": "transformers_offline.py"}
+
+
+def offline_script_args(engine: str, args) -> list[str]:
+    """Return the arguments of the engine's offline user script for the study's workload: args.batches batches
+    of the same fresh-per-batch prompts on both engines (the same seed and lengths draw the same ids), every
+    batch reported (the first ones warm up; the last is measured), the study's token budget and batch size."""
+    if engine == "vllm":  # the study's weights (skip_tokenizer_init: prompts are ids), seed 0
+        engine_args = {"load_format": "auto", "max_model_len": args.max_model_len, "seed": 0,
+                       "max_num_batched_tokens": args.token_budget, "max_num_seqs": args.offline_max_seqs}
+    else:
+        engine_args = {"attn_implementation": args.attn, "max_batch_tokens": args.token_budget,
+                       "max_requests_per_batch": args.offline_max_seqs}
+        if args.num_blocks:
+            engine_args["num_blocks"] = args.num_blocks
+    return ["--batches", str(args.batches), "--warmup-batches", "0", "--num-requests", str(args.requests),
+            "--prompt-len", str(args.prompt), "--output-len", str(args.output), "--seed", "0", "--prompts", "fresh",
+            "--engine-args", json.dumps(engine_args)]
+
+
+def run_offline(engine: str, model_dir: Path, run_dir: Path, env: dict, args, timeout_s: float) -> dict:
+    """Run the engine's offline user script (servescope/overhead/user_scripts/) under servescope run; return its
+    batch times (s) and exit status."""
+    result_path = run_dir.parent / f"{run_dir.name}.json"
     command = [sys.executable, "-m", "servescope", "run", "--out", str(run_dir), "--no-export", "--",
-               sys.executable, str(script), str(model_dir), str(batches)]
+               sys.executable, str(USER_SCRIPTS / OFFLINE_SCRIPTS[engine]), str(model_dir), str(result_path),
+               *offline_script_args(engine, args)]
     started = time.monotonic()
     proc = _run(command, env, timeout_s)
     (run_dir.parent / f"{run_dir.name}.log").write_text(proc.stdout + proc.stderr)
-    found = re.findall(r"^BATCH_TIMES (\[.*\])$", proc.stdout, flags=re.M)
-    return {"returncode": proc.returncode, "batch_times_s": json.loads(found[-1]) if found else None,
+    batches = json.loads(result_path.read_text())["batches"] if proc.returncode == 0 and result_path.exists() else None
+    return {"returncode": proc.returncode, "batch_times_s": [b["wall_ns"] / 1e9 for b in batches] if batches else None,
             "wall_s": time.monotonic() - started, "command": command}
 
 
 def measured_window(run_dir: Path, dest: Path, num_requests: int) -> Path:
-    """Write the last num_requests requests (by arrival) and the steps from their first arrival on into dest."""
+    """Write the last num_requests requests (by arrival) and the steps from their first arrival on into dest, a
+    run of its own (run/phases.py's slices: its own run id and parts, the parent's process and engine records)."""
     events = read_table(run_dir, Table.REQUEST_EVENTS)
     arrivals = events.filter(pc.equal(events["event"], RequestEvent.ARRIVAL)).sort_by("time_ns")
     last = arrivals.slice(max(0, arrivals.num_rows - num_requests))
@@ -106,8 +132,7 @@ def measured_window(run_dir: Path, dest: Path, num_requests: int) -> Path:
         raise RuntimeError(f"{run_dir}: no arrivals recorded")
     start = int(last["time_ns"][0].as_py())
     ids = last["request_id"].combine_chunks()
-    if dest.exists():
-        shutil.rmtree(dest)
+    run_id = begin_slice(run_dir, dest)
     for name in (Table.REQUEST_EVENTS, Table.TOKEN_EMISSIONS):
         table = read_table(run_dir, name)
         write_table_part(dest, name, table.filter(pc.is_in(table["request_id"], value_set=ids)), "window")
@@ -120,24 +145,12 @@ def measured_window(run_dir: Path, dest: Path, num_requests: int) -> Path:
     samples = read_table(run_dir, Table.GPU_SAMPLES)
     write_table_part(dest, Table.GPU_SAMPLES,
                      samples.filter(pc.fill_null(window_mask(samples, "time_ns", start, 2**62), False)), "window")
-    for folder in ("processes", "engine"):
-        if (run_dir / folder).is_dir():
-            shutil.copytree(run_dir / folder, dest / folder)
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    manifest["window"] = {"parent_run_dir": str(run_dir), "last_requests": num_requests, "start_ns": start}
-    write_json(dest / "manifest.json", manifest)
+    finish_slice(run_dir, dest, run_id, window={"parent_run_dir": str(run_dir), "last_requests": num_requests,
+                                                "start_ns": start})
     return dest
 
 
 # --------------------------------------------------------------------------- served
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def server_command(engine: str, model_dir: Path, port: int, args) -> list[str]:
@@ -157,11 +170,11 @@ def server_command(engine: str, model_dir: Path, port: int, args) -> list[str]:
     return command + args.transformers_serve_args.split()
 
 
-class RecordedServer:
+class RecordedEngineServer:
     """An engine server under `servescope run --out run_dir`, in its own process group; stop() ends it cleanly."""
 
     def __init__(self, engine: str, model_dir: Path, run_dir: Path, env: dict, args) -> None:
-        self.port = _free_port()
+        self.port = free_port(HOST)
         self.url = f"http://{HOST}:{self.port}"
         self.run_dir = run_dir
         argv = server_command(engine, model_dir, self.port, args)
@@ -180,14 +193,26 @@ class RecordedServer:
             time.sleep(1)
         raise RuntimeError(f"server not healthy within {timeout_s:.0f} s; see {self.log.name}")
 
-    def stop(self, timeout_s: float = 60.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)  # servescope run forwards it, then writes the manifest
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop the server through servescope run, which forwards each SIGINT to it (the third as SIGKILL) and then
+        writes the run's manifest. One is not always enough: after serving, transformers serve's HTTP server ends
+        on the first SIGINT but its continuous-batching thread keeps the process alive until a second one (seen
+        with transformers 5.19 on the CPU). Only if servescope run itself does not end is everything killed."""
+        for _ in range(3):
+            if self.proc.poll() is not None:
+                break
+            self.proc.send_signal(signal.SIGINT)
             try:
                 self.proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+                continue
+        if self.proc.poll() is None:
+            for pid in [*descendants(self.proc.pid), self.proc.pid]:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            self.proc.wait()
         self.log.close()
 
 
@@ -279,14 +304,7 @@ class Study:
         env = dict(os.environ)
         env.pop("SERVESCOPE_RUN_DIR", None)
         a = self.args
-        env.update({"AB_REQUESTS": str(a.requests), "AB_PROMPT": str(a.prompt), "AB_OUTPUT": str(a.output),
-                    "AB_MAX_MODEL_LEN": str(a.max_model_len), "AB_ATTN": a.attn,
-                    "AB_MAX_BATCH_TOKENS": str(a.token_budget), "AB_MAX_SEQS": str(a.offline_max_seqs),
-                    "AB_ENGINE_ARGS": json.dumps({"max_num_batched_tokens": a.token_budget,
-                                                  "max_num_seqs": a.offline_max_seqs}),
-                    "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
-        if a.num_blocks:
-            env["AB_NUM_BLOCKS"] = str(a.num_blocks)
+        env.update({"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
         if a.device == "cpu":
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vLLM's CPU build would take far more
         hub = self.out.parent / f".{self.out.name}-hf-cache"  # transformers serve's /v1/models needs one
@@ -296,7 +314,7 @@ class Study:
 
     def offline(self, engine: str) -> dict:
         run_dir = self.runs / f"{engine}-offline"
-        facts = run_offline(engine, self.model, run_dir, self.env(), self.args.batches, self.left_s())
+        facts = run_offline(engine, self.model, run_dir, self.env(), self.args, self.left_s())
         if facts["returncode"] == 0:
             window = measured_window(run_dir, self.runs / f"{engine}-offline-measured", self.args.requests)
             facts["measured"] = run_summary(window)
@@ -306,7 +324,7 @@ class Study:
         args, env = self.args, self.env()
         trace = write_trace(self.out / "trace.csv", max(args.served_requests, args.warmup_requests),
                             args.served_prompt, args.output)
-        server = RecordedServer(engine, self.model, self.runs / f"{engine}-server", env, args)
+        server = RecordedEngineServer(engine, self.model, self.runs / f"{engine}-server", env, args)
         facts: dict = {"server": {"url": server.url}, "rates": {}}
         try:
             server.wait_healthy(min(args.server_start_s, self.left_s()))
