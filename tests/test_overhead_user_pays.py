@@ -110,3 +110,23 @@ def test_the_second_engine_has_the_same_arms(tmp_path, tiny_model_dir):
     for arm in (off, on):
         assert arm["output_tokens"] == 2 * 4 * 6 and arm["output_tokens_per_s"] > 0
         assert arm["ttft_p50_s"] is None  # generate_batch shows the caller whole batches only
+
+
+@pytest.mark.engine
+def test_served_arms_stream_every_request_and_the_traced_one_records_every_token(tmp_path, tiny_model_dir):
+    """--load served (AsyncLLM, Poisson arrivals, DELTA outputs): what `h200_overhead.sh served` runs, at a tiny
+    size. The caller sees TTFT, TBT and e2e of every request; the traced arm records every token generated."""
+    from engine_fixtures import engine_env
+
+    spec = UserPaysSpec(model=str(tiny_model_dir), load="served", arms=2, num_requests=8, rate=4.0, warmup_requests=2,
+                        prompt_len=32, output_len=8, engine_args={"max_model_len": 256})
+    env = engine_env()
+    off = run_arm(spec, "off", 0, tmp_path, env)
+    on = run_arm(spec, "on", 1, tmp_path, env)
+    assert off["processes_that_imported_servescope"] == 0 and on["processes_that_imported_servescope"] >= 3
+    assert on["recording"]["complete"] and on["recording"]["tokens_recorded"] == (2 + 8) * 8
+    for arm in (off, on):
+        assert arm["requests"] == 8 and arm["output_tokens"] == 8 * 8 and arm["offered_rate"] == 4.0
+        assert 0 < arm["busy_fraction"] <= 1 and arm["achieved_rate"] > 0
+        assert 0 < arm["ttft_p50_s"] <= arm["ttft_p99_s"] and 0 < arm["tbt_per_chunk_p50_s"] <= arm["tbt_per_chunk_p99_s"]
+        assert arm["ttft_p50_s"] < arm["e2e_p50_s"]
