@@ -785,6 +785,56 @@ def hook_cost() -> list[str]:
     return lines
 
 
+# --------------------------------------------------------------------------- case-studies/engine-vs-engine.md
+
+CPU_ENGINE_VS_ENGINE = "cpu-engine-vs-engine.json"
+
+
+def _difference(entry: dict, scale: float = 1e3) -> str:
+    """compare's difference (treatment - baseline) with its 95% interval, scaled (s to ms by default)."""
+    lo, hi = entry["ci"]
+    interval = "no interval" if lo != lo else f"[{lo * scale:+.2f}, {hi * scale:+.2f}]"  # nan: one run per side
+    return f"{entry['diff'] * scale:+.2f} {interval}"
+
+
+def _throughput(entry: dict) -> str:
+    lo, _ = entry["ci"]
+    return f"{entry['relative'] * 100:+.0f}%" + (" (one run per side: no interval)" if lo != lo else "")
+
+
+def engine_vs_engine_offline(name: str) -> list[str]:
+    """The measured offline batch of each engine, and compare's differences (transformers - vLLM) with intervals."""
+    result = load(name)
+    stages, versions = result["stages"], result["machine"]["versions"]
+    c = stages["compare-offline"]["compare"]
+    lines = header("", f"vLLM {versions['vllm']}", f"transformers {versions['transformers']}",
+                   "difference (95% interval)")
+    lines.append(row("measured batch (s)", f"{stages['offline-vllm']['batch_times_s'][-1]:.3f}",
+                     f"{stages['offline-transformers']['batch_times_s'][-1]:.3f}", ""))
+    tp = c["throughput"]["output_tokens_per_s"]
+    lines.append(row("output tokens/s", f"{tp['baseline']:.0f}", f"{tp['treatment']:.0f}", _throughput(tp)))
+    for title, entry in (("TTFT P50 (ms)", c["latency"]["ttft"]["p50"]), ("TBT P50 (ms)", c["latency"]["tbt"]["p50"]),
+                         ("step: model compute, mean (ms)", c["iteration"]["gpu"]["mean"]),
+                         ("step: host overhead, mean (ms)", c["iteration"]["cpu_overhead"]["mean"]),
+                         ("step: idle, mean (ms)", c["iteration"]["idle"]["mean"])):
+        lines.append(row(title, f"{entry['baseline'] * 1e3:.2f}", f"{entry['treatment'] * 1e3:.2f}", _difference(entry)))
+    return lines
+
+
+def engine_vs_engine_served(name: str) -> list[str]:
+    """Per offered rate: each engine's throughput and TTFT / TBT P50, compare's differences with intervals."""
+    stages = load(name)["stages"]
+    lines = header("offered rate (req/s)", "output tokens/s: vLLM / transformers", "TTFT P50 (ms): vLLM / transformers",
+                   "difference (95% interval)", "TBT P50 (ms): vLLM / transformers", "difference (95% interval)")
+    for key in sorted((k for k in stages if k.startswith("compare-rate")), key=lambda k: float(k[len("compare-rate"):])):
+        c = stages[key]["compare"]
+        tp, ttft, tbt = c["throughput"]["output_tokens_per_s"], c["latency"]["ttft"]["p50"], c["latency"]["tbt"]["p50"]
+        lines.append(row(key[len("compare-rate"):], f"{tp['baseline']:.1f} / {tp['treatment']:.1f}",
+                         f"{ttft['baseline'] * 1e3:.1f} / {ttft['treatment'] * 1e3:.1f}", _difference(ttft),
+                         f"{tbt['baseline'] * 1e3:.1f} / {tbt['treatment'] * 1e3:.1f}", _difference(tbt)))
+    return lines
+
+
 # --------------------------------------------------------------------------- the registry
 
 TABLES: dict[str, tuple[tuple[str, ...], Callable[[], list[str]]]] = {
@@ -822,6 +872,8 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[], list[str]]]] = {
     "h200-eagle3-acceptance": (EAGLE3_FILES, eagle3_acceptance),
     "h200-spec-counts": ((H200_ACCEPTANCE,), lambda: acceptance_counts(H200_ACCEPTANCE)),
     "h200-second-observer": ((H200_ACCEPTANCE,), lambda: second_observer(H200_ACCEPTANCE)),
+    "cpu-engine-vs-engine-offline": ((CPU_ENGINE_VS_ENGINE,), lambda: engine_vs_engine_offline(CPU_ENGINE_VS_ENGINE)),
+    "cpu-engine-vs-engine-served": ((CPU_ENGINE_VS_ENGINE,), lambda: engine_vs_engine_served(CPU_ENGINE_VS_ENGINE)),
 }
 
 
