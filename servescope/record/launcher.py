@@ -6,7 +6,8 @@ into RUN's spool. Engines without a plugin entry point (transformers' continuous
 reached through ``servescope/patches/autoload/sitecustomize.py``, which the command finds first on
 PYTHONPATH: every Python process it starts arms them, to be patched if and when it imports one. The command runs in a process group of its own: SIGINT / SIGTERM sent to
 `servescope run` are passed on to the whole group (as a terminal's Ctrl-C would be); a second
-signal is passed on again, a third kills the group. Whatever way the command ends, its processes'
+signal is passed on as SIGTERM (a command that ends its work on SIGINT but not its process, as
+transformers serve does after serving, ends there), a third kills the group. Whatever way the command ends, its processes'
 records are in their spools; when it has ended (and its engine processes too, or after a grace
 period), the spools are compacted into Parquet parts and the manifest is written, with the
 command's exit code.
@@ -61,7 +62,7 @@ def run_command(command: list[str], config: Config) -> int:
 
     def forward(signum, _frame):
         signals_seen.append(signum)
-        target = signal.SIGKILL if len(signals_seen) >= 3 else signum
+        target = (signum, signal.SIGTERM, signal.SIGKILL)[min(len(signals_seen), 3) - 1]
         try:
             os.killpg(proc.pid, target)
         except ProcessLookupError:

@@ -194,10 +194,10 @@ class RecordedEngineServer:
         raise RuntimeError(f"server not healthy within {timeout_s:.0f} s; see {self.log.name}")
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """Stop the server through servescope run, which forwards each SIGINT to it (the third as SIGKILL) and then
-        writes the run's manifest. One is not always enough: after serving, transformers serve's HTTP server ends
-        on the first SIGINT but its continuous-batching thread keeps the process alive until a second one (seen
-        with transformers 5.19 on the CPU). Only if servescope run itself does not end is everything killed."""
+        """Stop the server through servescope run, which passes each SIGINT on (the second as SIGTERM, the third as
+        SIGKILL) and then writes the run's manifest. One is not always enough: after serving, transformers serve
+        ends its HTTP server on SIGINT but not its process (transformers 5.19 on the CPU). Only if servescope run
+        itself does not end is everything killed."""
         for _ in range(3):
             if self.proc.poll() is not None:
                 break
