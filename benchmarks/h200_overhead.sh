@@ -12,11 +12,15 @@
 #
 # Each writes its raw JSON under $OUT (the device tool brings it back): commit it under benchmarks/results/.
 # SERVESCOPE_COMMIT names the commit in the results when the tree on the machine is no git checkout.
+# A comparison starts no arm that would end after BUDGET_S seconds (default 540: a device call is 10 minutes) and
+# then exits 3: call the same step again on the same machine, and it resumes (--resume) where it stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source benchmarks/h200_env.sh
 OFFLINE_SHAPE=(--num-requests 256 --prompt-len 512 --output-len 128)
 ENGINE_ARGS='{"max_model_len": 2048}'
+BUDGET_S=${BUDGET_S:-540}
+begun() { [ -f "$1/overhead.json" ] && echo --resume || true; }  # an earlier call's comparison: finish it
 
 case "${1:-}" in
   setup)
@@ -27,22 +31,23 @@ case "${1:-}" in
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
     ;;
   offline)
-    python3 -m servescope overhead --model "$MODEL" --out /tmp/oh-offline --summary-to "$OUT/h200-overhead-offline.json" \
+    dir=/tmp/oh-offline-${OUTPUTS:-final}
+    python3 -m servescope overhead --model "$MODEL" --out "$dir" --summary-to "$OUT/h200-overhead-offline-${OUTPUTS:-final}.json" \
       --load offline --arms "${ARMS:-4}" "${OFFLINE_SHAPE[@]}" --batches 6 --warmup-batches 1 --engine-args "$ENGINE_ARGS" \
-      --outputs "${OUTPUTS:-final}"
+      --outputs "${OUTPUTS:-final}" --budget-s "$BUDGET_S" $(begun "$dir")
     # host-bound or GPU-bound? the EngineCore's phases per decode step, from the traced arms' own records
-    python3 benchmarks/step_phases.py /tmp/oh-offline/arms/*-on/run --out "$OUT/h200-offline-step-phases.json"
+    python3 benchmarks/step_phases.py "$dir"/arms/*-on/run --out "$OUT/h200-offline-${OUTPUTS:-final}-step-phases.json"
     ;;
   offline16)
     python3 -m servescope overhead --model "$MODEL" --out /tmp/oh-offline16 --summary-to "$OUT/h200-overhead-offline16.json" \
       --load offline --arms "${ARMS:-4}" --num-requests 16 --prompt-len 512 --output-len 256 --batches 6 \
-      --warmup-batches 1 --engine-args "$ENGINE_ARGS" --outputs delta
+      --warmup-batches 1 --engine-args "$ENGINE_ARGS" --outputs delta --budget-s "$BUDGET_S" $(begun /tmp/oh-offline16)
     python3 benchmarks/step_phases.py /tmp/oh-offline16/arms/*-on/run --out "$OUT/h200-offline16-step-phases.json"
     ;;
   served)
     python3 -m servescope overhead --model "$MODEL" --out /tmp/oh-served --summary-to "$OUT/h200-overhead-served.json" \
       --load served --arms "${ARMS:-4}" --num-requests 500 --rate "${RATE:-40}" --warmup-requests 64 \
-      --prompt-len 512 --output-len 128 --engine-args "$ENGINE_ARGS"
+      --prompt-len 512 --output-len 128 --engine-args "$ENGINE_ARGS" --budget-s "$BUDGET_S" $(begun /tmp/oh-served)
     ;;
   breakdown)
     script=servescope/overhead/user_scripts/offline.py

@@ -130,3 +130,42 @@ def test_served_arms_stream_every_request_and_the_traced_one_records_every_token
         assert 0 < arm["busy_fraction"] <= 1 and arm["achieved_rate"] > 0
         assert 0 < arm["ttft_p50_s"] <= arm["ttft_p99_s"] and 0 < arm["tbt_per_chunk_p50_s"] <= arm["tbt_per_chunk_p99_s"]
         assert arm["ttft_p50_s"] < arm["e2e_p50_s"]
+
+
+def test_a_comparison_cut_by_its_budget_is_finished_by_resume_and_never_overwritten(tmp_path, tiny_model_dir):
+    """--budget-s stops before an arm that would not end in time (exit 3, overhead.json incomplete); --resume runs
+    the rest with the recorded arms kept as they were; an --out holding a comparison is refused without --resume,
+    or with other options; an arm begun and never recorded is moved aside, not deleted."""
+    pytest.importorskip("transformers")
+    from typer.testing import CliRunner
+
+    from engine_fixtures import engine_env
+    from servescope.cli.main import app
+
+    out = tmp_path / "oh"
+    command = ["overhead", "--engine", "transformers", "--model", str(tiny_model_dir), "--out", str(out),
+               "--arms", "2", "--num-requests", "4", "--prompt-len", "16", "--output-len", "6", "--batches", "2",
+               "--engine-args", '{"num_blocks": 64}']
+    runner = CliRunner()
+
+    def invoke(*extra):
+        return runner.invoke(app, [*command, *extra], env=engine_env(), catch_exceptions=False)
+
+    cut = invoke("--budget-s", "0.001")  # the first arm's duration alone exceeds it: one arm, then stop
+    assert cut.exit_code == 3, cut.output
+    first = json.loads((out / "overhead.json").read_text())
+    assert not first["complete"] and len(first["arms"]) == 1 and "--resume" in cut.output
+    refused = invoke()
+    assert refused.exit_code != 0 and "--resume" in refused.output and "holds an earlier comparison" in refused.output
+    other = invoke("--resume", "--output-len", "7")
+    assert other.exit_code != 0 and "output_len" in other.output
+    begun = out / "arms" / "01-on"  # as a call killed in its second arm leaves it
+    begun.mkdir()
+    (begun / "log.txt").write_text("cut")
+    done = invoke("--resume")
+    assert done.exit_code == 0, done.output
+    final = json.loads((out / "overhead.json").read_text())
+    assert final["complete"] and len(final["arms"]) == 4 and final["arms"][0] == first["arms"][0]
+    assert [a["arm"] for a in final["arms"]] == final["order"] and "output_tokens_per_s" in final["changes"]
+    (aside,) = (out / "unfinished-arms").iterdir()
+    assert aside.name.startswith("01-on-") and (aside / "log.txt").read_text() == "cut"

@@ -63,6 +63,12 @@ def overhead(
                                     help="JSON object of vLLM engine arguments, e.g. '{\"max_model_len\": 2048}'."),
     summary_to: Optional[Path] = typer.Option(None, "--summary-to", callback=output_file,
                                               help="Also write overhead.json here after every arm."),
+    resume: bool = typer.Option(False, "--resume",
+                                help="Finish the comparison an earlier call left in --out (the same options); its "
+                                     "arms are kept. Without it, an --out holding a comparison is refused."),
+    budget_s: Optional[float] = typer.Option(None, "--budget-s", callback=positive,
+                                             help="Start no arm that would end after this many seconds (judged by "
+                                                  "the slowest arm so far); --resume finishes the rest later."),
 ) -> None:
     """Measure what tracing costs: the same plain vLLM script untraced and under `servescope run`."""
     if not model.is_dir():
@@ -87,9 +93,13 @@ def overhead(
                    + (f", TBT P50 {1e3 * tbt:.3f} ms" if tbt else "") + f" ({arm['elapsed_s']:.0f} s)", err=True)
 
     try:
-        report = run_user_pays(spec, out, on_arm=progress, summary_to=summary_to)
+        report = run_user_pays(spec, out, on_arm=progress, summary_to=summary_to, resume=resume, budget_s=budget_s)
     except OverheadError as exc:
         raise CommandError(str(exc).splitlines()[0] + f" (see {out}/arms/)", exit_code=1) from exc
+    if not report["complete"]:
+        typer.echo(f"servescope: {len(report['arms'])} of {2 * arms} arms within --budget-s; wrote "
+                   f"{out / 'overhead.json'}; the same command with --resume runs the rest", err=True)
+        raise typer.Exit(3)
     print_report(report)
     typer.echo(f"servescope: wrote {out / 'overhead.json'}")
 

@@ -263,22 +263,66 @@ def compare_arms(arms: list[dict], goal: float) -> dict:
 
 
 def run_user_pays(spec: UserPaysSpec, out_dir: str | os.PathLike, *, env: dict[str, str] | None = None,
-                  on_arm: Callable[[dict], None] | None = None, summary_to: str | os.PathLike | None = None) -> dict:
+                  on_arm: Callable[[dict], None] | None = None, summary_to: str | os.PathLike | None = None,
+                  resume: bool = False, budget_s: float | None = None) -> dict:
     """Run every arm of the comparison; write and return out_dir/overhead.json (also to summary_to, after
-    every arm, so that a run cut short keeps the arms it finished)."""
+    every arm, so that a run cut short keeps the arms it finished).
+
+    An out_dir that holds an earlier comparison is never overwritten: resume=True finishes it (the same spec,
+    the arms it recorded kept as they are; an arm cut short is moved aside, not deleted), otherwise OverheadError.
+    budget_s: start no arm that the slowest arm so far says would end after budget_s seconds; the document is
+    then left incomplete, for a later call with resume=True (a lease of the GPU machine is 10 minutes a call)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     order = arm_order(spec.arms, spec.order, spec.seed)
     facts = machine_facts()
-    arms = []
-    for i, arm in enumerate(order):
-        record = run_arm(spec, arm, i, out_dir, env)
+    arms = _earlier_arms(spec, out_dir, order, resume)
+    started = time.monotonic()
+    slowest = 0.0
+    for i in range(len(arms), len(order)):
+        if budget_s is not None and time.monotonic() - started + slowest > budget_s:
+            break
+        arm_started = time.monotonic()
+        record = run_arm(spec, order[i], i, out_dir, env)
+        slowest = max(slowest, time.monotonic() - arm_started)
         arms.append(record)
         if on_arm is not None:
             on_arm(record)
         _write([out_dir / "overhead.json", summary_to], spec, facts, order, arms, None)
-    comparison = compare_arms(arms, spec.goal)
+    comparison = compare_arms(arms, spec.goal) if len(arms) == len(order) else None
     return _write([out_dir / "overhead.json", summary_to], spec, facts, order, arms, comparison)
+
+
+def _earlier_arms(spec: UserPaysSpec, out_dir: Path, order: list[str], resume: bool) -> list[dict]:
+    """Return the arms an earlier call recorded in out_dir (resume), after moving aside an arm it left unfinished;
+    raise OverheadError where out_dir holds a comparison that is not to be resumed or is not this one."""
+    path = out_dir / "overhead.json"
+    arms_dir = out_dir / "arms"
+    if not resume:
+        if path.exists() or (arms_dir.is_dir() and any(arms_dir.iterdir())):
+            raise OverheadError(f"{out_dir} holds an earlier comparison ({path.name}, arms/): give another --out, "
+                                "or --resume to finish it")
+        return []
+    if not path.exists():
+        raise OverheadError(f"--resume: {path} does not exist: nothing to resume")
+    try:
+        earlier = json.loads(path.read_text())
+    except ValueError as exc:
+        raise OverheadError(f"--resume: {path} is not readable JSON ({exc})") from None
+    if earlier.get("complete"):
+        raise OverheadError(f"--resume: {path} is complete: nothing to resume")
+    differ = sorted(k for k in set(spec.__dict__) | set(earlier.get("spec", {}))
+                    if spec.__dict__.get(k) != earlier.get("spec", {}).get(k))
+    if differ or earlier.get("order") != order:
+        raise OverheadError(f"--resume: {path} measured another comparison (differs in {', '.join(differ) or 'order'})")
+    arms = earlier.get("arms", [])
+    for leftover in sorted(arms_dir.glob("*")) if arms_dir.is_dir() else []:
+        index = leftover.name.split("-", 1)[0]
+        if index.isdigit() and int(index) >= len(arms):  # begun, never recorded: kept aside, not deleted
+            aside = out_dir / "unfinished-arms" / f"{leftover.name}-{time.strftime('%Y%m%dT%H%M%S')}"
+            aside.parent.mkdir(exist_ok=True)
+            leftover.rename(aside)
+    return arms
 
 
 def _write(paths: list, spec: UserPaysSpec, facts: dict, order: list, arms: list, comparison: dict | None) -> dict:
