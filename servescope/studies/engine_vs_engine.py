@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -38,7 +37,6 @@ import tarfile
 import time
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.compute as pc
 
 from servescope.bench.load.process_tree import descendants
