@@ -82,7 +82,9 @@ def load_run(run_dir: str | os.PathLike, *, strict: bool = False) -> RunData:
     parts = RunParts(path, manifest=manifest, problems=problems)
     reads = {name: parts.read(name, dictionary_column=DICTIONARY_ID_COLUMNS.get(name)) for name in LOADED_TABLES}
     processes = read_process_records(path, manifest, problems)
-    if "parent_run_id" not in manifest:  # a slice's (a phase's, a window's) process records count the parent run
+    # a slice's (a phase's, a window's) process records count its parent run; phases sliced before
+    # servescope wrote parent_run_id say "phase" only
+    if "parent_run_id" not in manifest and "phase" not in manifest:
         rows_written_check(path, {name: r.data.num_rows for name, r in reads.items()}, processes, problems)
     recording_problems(path, manifest, processes, steps_recorded=reads["steps"].data.num_rows, problems=problems)
     return RunData(path=path, manifest=manifest, **{name: r.data for name, r in reads.items()},
