@@ -117,14 +117,23 @@ def frozen_gc_heap() -> Iterator[None]:
     A collection of the oldest generation walks every object of the process: 320 ms on
     the 2-core test machine after importing transformers and vLLM's benchmark module
     (630,000 objects), a pause the client would measure as latency. vLLM's benchmark
-    client freezes its heap the same way.
+    client freezes its heap the same way. Blocks nest (the cross-check freezes a whole round, which
+    holds run_load's block): only the outermost collects, freezes and unfreezes.
     """
-    gc.collect()
-    gc.freeze()
+    global _frozen_depth
+    if _frozen_depth == 0:
+        gc.collect()
+        gc.freeze()
+    _frozen_depth += 1
     try:
         yield
     finally:
-        gc.unfreeze()
+        _frozen_depth -= 1
+        if _frozen_depth == 0:
+            gc.unfreeze()
+
+
+_frozen_depth = 0  # frozen_gc_heap blocks open now (this process)
 
 
 async def run_load(plan: LoadPlan, send: Send, stats: LiveStats | None = None,
