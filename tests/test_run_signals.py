@@ -10,50 +10,33 @@ import subprocess
 import sys
 import time
 
-COMMAND = ("import signal, sys, time\n"
-           "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
-           "print('ready', flush=True)\n"
-           "time.sleep(120)\n")
-
-
-def start(run_dir, command: str) -> subprocess.Popen:
+def signal_until_it_ends(run_dir, ignored: tuple[str, ...], sent: list[signal.Signals]) -> dict:
+    """Run under servescope run a command that ignores the signals named ignored; send it the signals of sent one
+    second apart (it must outlive all but the last); return the run's command.json once the run is finished."""
+    command = ("import signal, time\n" + "".join(f"signal.signal(signal.{name}, signal.SIG_IGN)\n" for name in ignored)
+               + "print('ready', flush=True)\ntime.sleep(120)\n")
     proc = subprocess.Popen([sys.executable, "-m", "servescope", "run", "--out", str(run_dir), "--no-export", "--",
                              sys.executable, "-c", command], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "ready"
-    return proc
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        for number, sig in enumerate(sent, start=1):
+            proc.send_signal(sig)
+            if number < len(sent):
+                time.sleep(1.0)
+                assert proc.poll() is None, f"the command ended at signal {number} of {len(sent)}"
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert (run_dir / "manifest.json").exists()
+    return json.loads((run_dir / "command.json").read_text())
 
 
 def test_a_second_signal_is_passed_on_as_sigterm(tmp_path):
-    run_dir = tmp_path / "run"
-    proc = start(run_dir, COMMAND)
-    try:
-        proc.send_signal(signal.SIGINT)
-        time.sleep(1.0)
-        assert proc.poll() is None  # the command ignored it
-        proc.send_signal(signal.SIGINT)
-        proc.wait(60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    command = json.loads((run_dir / "command.json").read_text())
+    command = signal_until_it_ends(tmp_path / "run", ("SIGINT",), [signal.SIGINT, signal.SIGINT])
     assert command["signals"] == ["SIGINT", "SIGINT"] and command["exit_code"] == -signal.SIGTERM
-    assert (run_dir / "manifest.json").exists()
 
 
 def test_a_third_signal_kills(tmp_path):
-    run_dir = tmp_path / "run"
-    proc = start(run_dir, COMMAND.replace("signal.SIGINT, signal.SIG_IGN", "signal.SIGINT, signal.SIG_IGN); "
-                                          "signal.signal(signal.SIGTERM, signal.SIG_IGN"))
-    try:
-        for _ in range(2):
-            proc.send_signal(signal.SIGTERM)
-            time.sleep(1.0)
-            assert proc.poll() is None
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    command = json.loads((run_dir / "command.json").read_text())
+    command = signal_until_it_ends(tmp_path / "run", ("SIGINT", "SIGTERM"), [signal.SIGTERM] * 3)
     assert command["signals"] == ["SIGTERM"] * 3 and command["exit_code"] == -signal.SIGKILL
-    assert (run_dir / "manifest.json").exists()
