@@ -194,7 +194,7 @@ class RecordedEngineServer:
     def stop(self, timeout_s: float = 30.0) -> None:
         """Stop the server through servescope run, which passes each SIGINT on (the second as SIGTERM, the third as
         SIGKILL) and then writes the run's manifest. One is not always enough: after serving, transformers serve
-        ends its HTTP server on SIGINT but not its process (transformers 5.19 on the CPU). Only if servescope run
+        ends its HTTP server on the first SIGINT but not its process (transformers 5.19 on the CPU). Only if servescope run
         itself does not end is everything killed."""
         for _ in range(3):
             if self.proc.poll() is not None:
