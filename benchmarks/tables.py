@@ -152,7 +152,7 @@ def crosscheck(*names: str) -> list[str]:
                  "tolerance (fixed)", "verdict", "per round, servescope / vLLM")
     for n, name in enumerate(names, 1):
         d = load(name)
-        load_avg = d.get("load_average_1min_at_end")
+        load_avg = d.get("load_average_1min", {}).get("end", d.get("load_average_1min_at_end"))  # the older key
         label = f"{n} (load {load_avg:.1f})" if load_avg is not None else f"{n} (load not recorded)"
         for key, c in d["comparison"].items():
             metric, q = key.split("_p")[0], int(key.split("_p")[1].split("_")[0])

@@ -6,8 +6,8 @@ tokenizer) is started for the module and shared:
 1. servescope's client sends concurrent streaming requests into the server's own run
    directory: every request is in both the client and the engine tables, with equal
    token counts, client TTFT >= engine TTFT, and consistent chunk counts.
-2. vLLM's benchmark client (``vllm.benchmarks.serve``, driven from Python in a child
-   process) and servescope's client run side by side against it; their TTFT and per-chunk
+2. vLLM's benchmark client (``vllm.benchmarks.serve``, driven from Python) and servescope's
+   client, each in a child process of its own, run side by side against it; their TTFT and per-chunk
    ITL percentiles must agree within tolerances fixed before the data (client_crosscheck.TOLERANCE_MS).
 3. `servescope capacity` runs end to end on a small range with tiny budgets.
 4. `servescope bench --in-process` drives an AsyncLLM without HTTP.

@@ -25,12 +25,16 @@ measurement being judged (a jittery client must not widen its own tolerance):
 - Decode time P50 (a request's last token minus its first, as each client saw them): 10 ms, the
   same two waits as TTFT, one at each end. It does not depend on how a client splits what one
   socket read brings into events, which per-chunk gaps do.
+- Each client runs in a fresh child process of its own, started the same way, told to start each
+  round by the driver: neither shares a process (its heap, its threads, its garbage collections)
+  with the driver. Until stop 21 servescope's client ran in the driver's process, which under
+  pytest is the test process of the whole suite: in one CI run its TTFT P50 in one round was
+  313 ms against vLLM's client's 23 ms, with 32 of its 48 requests delivered in bursts against
+  vLLM's 10, a stall of that process alone (the other rounds agreed within 6 ms).
 - On CI's 2 cores the test's server runs its EngineCore and worker at nice 10
   (``RecordedServer.lower_engine_priority``): at nice 0 they kept both cores busy while serving,
   and vLLM's client, starved, saw whole rounds in bursts (decode P50 16 ms apart in one CI run,
-  per-round differences up to 77 ms). Each round's garbage collection and heap freeze happen
-  before vLLM's client is told to start, not after: a full collection of the test process took
-  up to 1.6 s there, and servescope's client started that much later than vLLM's.
+  per-round differences up to 77 ms).
 - Both taken over the requests each client saw streamed (TTFT reported only since run 4: see
   TOLERANCE_MS). On a starved machine the API server (or a
   client's host) sometimes delivers a request's whole stream at once: its first event arrives with
@@ -116,6 +120,12 @@ for argv, result_file in rounds:
     report.flush()
 """
 
+SERVESCOPE_CLIENT = r"""
+import sys
+from servescope.studies.client_crosscheck import servescope_client_child
+servescope_client_child(sys.argv[1])
+"""
+
 
 class CrossCheckError(Exception):
     """vLLM's client or servescope's client did not complete a round."""
@@ -135,8 +145,8 @@ class CrossCheckLoad:
 class ChildLines:
     """Lines of a child's stdout, read by a thread, waited for with a time limit."""
 
-    def __init__(self, proc: subprocess.Popen, log: Path, timeout_s: float = CHILD_TIMEOUT_S):
-        self.proc, self.log, self.timeout_s, self.lines = proc, log, timeout_s, queue.Queue()
+    def __init__(self, name: str, proc: subprocess.Popen, log: Path, timeout_s: float = CHILD_TIMEOUT_S):
+        self.name, self.proc, self.log, self.timeout_s, self.lines = name, proc, log, timeout_s, queue.Queue()
         self.skipped: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -154,7 +164,7 @@ class ChildLines:
             except queue.Empty:
                 line = None
             if line is None:
-                raise CrossCheckError(f"vLLM's client stopped; its log:\n{self.log.read_text()[-4000:]}")
+                raise CrossCheckError(f"{self.name} stopped; its log ({self.log}):\n{self.log.read_text()[-4000:]}")
             if accept(line):
                 return line
             self.skipped.append(line)
@@ -206,46 +216,91 @@ def servescope_round(url: str, model_dir: Path, plan, texts: dict, run_dir: Path
         (metrics.decode_s * 1e3).tolist()
 
 
-def cross_check(url: str, model_dir: Path, load: CrossCheckLoad, work_dir: Path, env: dict | None = None) -> dict:
-    """Run the rounds against the server at url; return the report (samples' counts, per-percentile comparison)."""
+def servescope_client_child(spec_json: str) -> None:
+    """servescope's client as a child process (SERVESCOPE_CLIENT): prepare every round's plan, print "ready";
+    then per round wait for a line on stdin, print "sending", run the round and print its samples as JSON."""
     from transformers import AutoTokenizer
 
     from servescope.bench.load.driver_http import frozen_gc_heap
 
+    spec = json.loads(spec_json)
+    load, model_dir = CrossCheckLoad(**spec["load"]), Path(spec["model_dir"])
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    plans = [servescope_plan(tokenizer, load, seed) for seed in spec["seeds"]]  # nothing to prepare in a round
+    report = sys.stdout
+    report.write("ready\n")
+    report.flush()
+    for (plan, texts), run_dir in zip(plans, spec["run_dirs"]):
+        sys.stdin.readline()
+        with frozen_gc_heap():  # collected before the round's first send
+            report.write("sending\n")
+            report.flush()
+            ttft, itl, decode = servescope_round(spec["url"], model_dir, plan, texts, Path(run_dir))
+        report.write(json.dumps({"ttft": ttft, "itl": itl, "decode": decode}) + "\n")
+        report.flush()
+
+
+def start_client(name: str, code: str, argument: str, log: Path, env: dict | None) -> tuple[subprocess.Popen,
+                                                                                            ChildLines]:
+    """Start a client child (python -c code argument), its stderr to log; return it and its stdout's lines."""
+    with open(log, "w") as log_file:
+        child = subprocess.Popen([sys.executable, "-c", code, argument], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=log_file, text=True, env=env)
+    return child, ChildLines(name, child, log)
+
+
+def tell_to_start(child: subprocess.Popen, lines: ChildLines) -> None:
+    """Send the child its start line and wait until it says it is sending."""
+    child.stdin.write("go\n")
+    child.stdin.flush()
+    lines.next(lambda line: line == "sending")
+
+
+def cross_check(url: str, model_dir: Path, load: CrossCheckLoad, work_dir: Path, env: dict | None = None) -> dict:
+    """Run the rounds against the server at url; return the report (samples' counts, per-percentile comparison).
+
+    Both clients run in child processes of their own; each round, vLLM's client is told to start first (it
+    samples its dataset before sending) and servescope's as soon as vLLM's says it is sending."""
     work_dir.mkdir(parents=True, exist_ok=True)
     rounds = [(vllm_client_argv(url, model_dir, load, 1000 + r, work_dir / f"vllm-{r}.json"),
                str(work_dir / f"vllm-{r}.json")) for r in range(load.rounds)]
-    log = work_dir / "vllm-client.log"
-    with open(log, "w") as log_file:
-        child = subprocess.Popen([sys.executable, "-c", VLLM_CLIENT, json.dumps(rounds)], stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, stderr=log_file, text=True, env=env)
-    lines = ChildLines(child, log)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    plans = [servescope_plan(tokenizer, load, 2000 + r) for r in range(load.rounds)]  # nothing to prepare in a round
+    ours_spec = {"url": url, "model_dir": str(model_dir), "load": vars(load),
+                 "seeds": [2000 + r for r in range(load.rounds)],
+                 "run_dirs": [str((work_dir / f"servescope-{r}").absolute()) for r in range(load.rounds)]}
+    children = {}
     samples = {client: {"ttft": [], "itl": [], "decode": []} for client in ("servescope", "vllm")}
+    load_average = {"start": os.getloadavg()[0]}  # other work on the machine skews both clients
     try:
-        lines.next(lambda line: line == "ready")
-        for r, (plan, texts) in enumerate(plans):
-            with frozen_gc_heap():  # collected before vLLM's client starts, not after: the two start together
-                child.stdin.write("go\n")
-                child.stdin.flush()
-                lines.next(lambda line: line == "sending")
-                ttft, itl, decode = servescope_round(url, model_dir, plan, texts, work_dir / f"servescope-{r}")
-            theirs = json.loads(lines.next(lambda line: line.startswith("{")))
+        children["vllm"] = start_client("vLLM's client", VLLM_CLIENT, json.dumps(rounds),
+                                        work_dir / "vllm-client.log", env)
+        children["servescope"] = start_client("servescope's client", SERVESCOPE_CLIENT, json.dumps(ours_spec),
+                                              work_dir / "servescope-client.log", env)
+        for _, lines in children.values():
+            lines.next(lambda line: line == "ready")
+        for _ in range(load.rounds):
+            tell_to_start(*children["vllm"])
+            tell_to_start(*children["servescope"])
+            ours = json.loads(children["servescope"][1].next(lambda line: line.startswith("{")))
+            theirs = json.loads(children["vllm"][1].next(lambda line: line.startswith("{")))
             if any(theirs["errors"]):
                 raise CrossCheckError(f"vLLM's client: errors {[e for e in theirs['errors'] if e][:3]}")
-            samples["servescope"]["ttft"].append(ttft)
-            samples["servescope"]["itl"].append(itl)
-            samples["servescope"]["decode"].append(decode)
+            for metric in ("ttft", "itl", "decode"):
+                samples["servescope"][metric].append(ours[metric])
             samples["vllm"]["ttft"].append([t * 1e3 for t in theirs["ttfts"]])
             samples["vllm"]["itl"].append([g * 1e3 for gaps in theirs["itls"] for g in gaps])
             samples["vllm"]["decode"].append([sum(gaps) * 1e3 for gaps in theirs["itls"]])  # last - first token
-        child.wait(CHILD_TIMEOUT_S)
+        for child, _ in children.values():
+            child.stdin.close()
+            child.wait(CHILD_TIMEOUT_S)
     finally:
-        if child.poll() is None:
-            child.kill()
+        for child, _ in children.values():
+            if child.poll() is None:
+                child.kill()
+    load_average["end"] = os.getloadavg()[0]
     report = compare_samples(samples, load)
-    report["vllm_client_other_stdout"] = lines.skipped[:20]
+    report["load_average_1min"] = load_average
+    report["vllm_client_other_stdout"] = children["vllm"][1].skipped[:20]
+    report["servescope_client_other_stdout"] = children["servescope"][1].skipped[:20]
     return report
 
 
@@ -368,7 +423,6 @@ def main(argv=None) -> None:
     report["acceptance_seen_by_client"] = served_acceptance(work / "server",
                                                             [work / f"servescope-{r}" for r in range(load.rounds)])
     report["engine_args"] = args.engine_args
-    report["load_average_1min_at_end"] = os.getloadavg()[0]  # other work on the machine skews both clients
     report["machine"] = machine_facts(["python", "-m", "servescope.studies.client_crosscheck", *(argv or sys.argv[1:])])
     args.out.write_text(json.dumps(report, indent=2))
     print(comparison_text(report))
