@@ -87,6 +87,23 @@ def _load(path) -> dict:
         return json.load(f)
 
 
+def test_front_end_and_engine_steps_in_one_process_keep_their_own_threads(tmp_path):
+    # vLLM without multiprocessing (the in-process engine of `servescope bench --in-process`, offline LLM with
+    # VLLM_ENABLE_V1_MULTIPROCESSING=0) records the front end's output processing and the EngineCore's steps from
+    # one pid: both once went to thread 1, the output processor's slices under the name "engine steps", crossing
+    # the steps' slices there (found by tests/test_client_serve.py's in-process run)
+    one = (4101, "MainProcess")
+    run = build_engine_run(tmp_path, processes={"frontend": one, "engine": one, "worker": one})
+    write_perfetto_trace(run, tmp_path / "trace.json", include_request_ids=True)
+    events = validate_trace(_load(tmp_path / "trace.json"))
+    threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in events if e["name"] == "thread_name"}
+    expected = {"frontend": "output processor", "step": "engine steps", "step_phase": "engine steps"}
+    on_threads = Counter((e["cat"], threads[(e["pid"], e["tid"])].split(" (lane")[0])
+                         for e in events if e["ph"] == "X" and e["cat"] in expected)
+    assert {cat for cat, _ in on_threads} == set(expected)
+    assert all(expected[cat] == thread for cat, thread in on_threads), on_threads
+
+
 def test_trace_of_a_synthetic_engine_run(tmp_path):
     run = build_engine_run(tmp_path)
     requests, steps, regions, frontend = simulate_engine()

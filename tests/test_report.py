@@ -144,8 +144,10 @@ def manifest_for(name: str, **parameters) -> dict:
     }
 
 
-def build_engine_run(root: Path, name: str = "run", *, slow: float = 1.0, **parameters) -> Path:
-    """Write a run directory of simulate_engine(), its parts named by writer like the tracer's, with processes/."""
+def build_engine_run(root: Path, name: str = "run", *, slow: float = 1.0, processes: dict = PROCESSES,
+                     **parameters) -> Path:
+    """Write a run directory of simulate_engine(), its parts named by writer like the tracer's, with processes/
+    (processes: role -> (pid, process name), PROCESSES's layout unless given)."""
     requests, steps, regions, frontend = simulate_engine(slow=slow)
     builder = RunBuilder(root, name, manifest_for(name, **parameters))
     for req in requests.values():
@@ -161,8 +163,8 @@ def build_engine_run(root: Path, name: str = "run", *, slow: float = 1.0, **para
         builder.row("frontend_steps", **row)
     writers = {"frontend_steps": "frontend", "request_events": "engine", "token_emissions": "engine",
                "steps": "engine", "worker_regions": "worker"}
-    path = builder.write(writers={table: "{1}-{0}".format(*PROCESSES[w]) for table, w in writers.items()})
-    for pid, role in PROCESSES.values():
+    path = builder.write(writers={table: "{1}-{0}".format(*processes[w]) for table, w in writers.items()})
+    for pid, role in processes.values():
         write_json(path / "processes" / f"{pid}.json", {"pid": pid, "role": role, "closed": True})
     return path
 

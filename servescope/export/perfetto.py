@@ -55,8 +55,10 @@ STEP_PHASES = tuple((StepPhase.DISPLAY[p], *StepPhase.columns(p)) for p in StepP
 STEP_ARGS = ("total_scheduled_tokens", "num_prefill_reqs", "num_prefill_tokens", "num_decode_reqs",
              "num_decode_tokens", "num_spec_tokens", "num_running_reqs", "num_waiting_reqs", "kv_cache_usage",
              "num_preempted_reqs", "num_emitted_tokens", "num_finished_reqs")
+# thread ids per kind of slice, apart, since one process can hold several kinds (front end and EngineCore share a
+# pid when vLLM runs without multiprocessing)
 ENGINE_STEP_TID = 1  # lanes 1, 2, ... of engine steps
-FRONTEND_TID = 1
+FRONTEND_TID = 50  # lanes 50, 51, ... of the output processor
 WORKER_HOST_TID = 100  # + 10 * rank + lane
 WORKER_GPU_TID = 10_000  # + 10 * rank + lane
 SYNTHETIC_PID = 9_000_000  # processes known only by role (a part name without a pid)
