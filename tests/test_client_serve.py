@@ -191,7 +191,7 @@ def _group_of(pid: int) -> int | None:
 # servescope.studies.client_crosscheck runs the rounds: each runs vLLM's client and servescope's
 # client at the same time against the one server, and compares TTFT and per-chunk ITL
 # percentiles against tolerances fixed in advance (TOLERANCE_MS; its docstring gives the reasons).
-CROSS_CHECK_LOAD = CrossCheckLoad(rounds=4, requests=48, concurrency=4, prompt_len=64, output_len=32)
+CROSS_CHECK_LOAD = CrossCheckLoad(rounds=24, requests=48, concurrency=4, prompt_len=64, output_len=32)
 
 
 def test_vllm_benchmark_client_and_servescope_client_agree(server, tiny_model_dir, tmp_path):
