@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import sys
 from pathlib import Path
 from typing import Callable
@@ -159,8 +160,7 @@ def crosscheck(*names: str) -> list[str]:
             tolerance = TOLERANCE_MS.get((metric, q))
             diff, ci = c["difference"], c.get("difference_ci95")
             title = metric.split("_")[0].upper() + (", streamed requests" if metric.endswith("_streamed") else "")
-            rounds = ", ".join("-" if a is None or b is None else f"{a:.1f}/{b:.1f}"
-                               for a, b in zip(c["per_round"]["servescope"], c["per_round"]["vllm"]))
+            rounds = per_round_text(c)
             if diff is None:
                 out.append(row(label if len(names) > 1 else "", f"{title} P{q}", "-", "-", "-", "-",
                                "-" if tolerance is None else f"{tolerance:g}",
@@ -180,8 +180,22 @@ def crosscheck(*names: str) -> list[str]:
     return out
 
 
+def per_round_text(comparison: dict, listed: int = 6) -> str:
+    """Each round's servescope / vLLM values up to listed rounds; past that, the spread of the compared rounds'
+    differences (their number, standard deviation, least and greatest)."""
+    pairs = list(zip(comparison["per_round"]["servescope"], comparison["per_round"]["vllm"]))
+    if len(pairs) <= listed:
+        return ", ".join("-" if a is None or b is None else f"{a:.1f}/{b:.1f}" for a, b in pairs)
+    diffs = [pairs[i][0] - pairs[i][1] for i in comparison.get("rounds_compared", [])]
+    if len(diffs) < 2:
+        return f"{len(pairs)} rounds, fewer than 2 compared"
+    return (f"{len(pairs)} rounds, {len(diffs)} compared: differences' SD {statistics.stdev(diffs):.1f}, "
+            f"from {min(diffs):+.1f} to {max(diffs):+.1f}")
+
+
 CPU_CROSSCHECKS = ("cpu-client-crosscheck-1.json", "cpu-client-crosscheck-2.json", "cpu-client-crosscheck-3.json",
-                   "cpu-client-crosscheck-4.json", "cpu-client-crosscheck-5.json")
+                   "cpu-client-crosscheck-4.json", "cpu-client-crosscheck-5.json", "cpu-client-crosscheck-6.json",
+                   "cpu-client-crosscheck-7.json", "cpu-client-crosscheck-8.json")
 
 
 # --------------------------------------------------------------------------- analysis-scale.md

@@ -13,7 +13,7 @@ prompt of prompt-len tokens as text (servescope's client sends the tokenizer's d
 ids: sending ids instead skips the server's tokenizer, a difference of the requests, not of the
 clients), ignore_eos, output-len tokens.
 
-The report compares TTFT and per-chunk ITL percentiles pooled over the rounds against
+The report compares TTFT, decode time and per-chunk ITL percentiles, each round's difference averaged over the rounds, against
 tolerances fixed here, before any data (TOLERANCE_MS), never derived from the spread of the
 measurement being judged (a jittery client must not widen its own tolerance):
 
@@ -57,13 +57,14 @@ measurement being judged (a jittery client must not widen its own tolerance):
   hit the two clients unequally; a P99 of a few hundred TTFTs rests on two samples.
 
 ROUNDS: 24 by default. The judged value is the mean over rounds of each round's difference, and that
-difference moves from round to round far more than the tolerance: in a 24-round run on this 2-core
-machine (benchmarks/results/cpu-client-crosscheck-6.json) the decode time P50 differences of the rounds
-had a standard deviation of 12 ms, with rounds at -44 and +13 ms, while their mean was -3 ms. With 4
-rounds (until stop 21) the mean's standard error was about 6 ms, and a client within the tolerance
-failed it about one run in eight (on CI at stop 20, and 2 of 7 runs here): the check could not resolve
-its own tolerance. With 24 rounds the standard error is about 2.4 ms. The tolerance is unchanged:
-more samples make the check sharper, never looser.
+difference moves from round to round by about the tolerance: in two 24-round runs on a 2-core machine
+(benchmarks/results/cpu-client-crosscheck-6.json, -7.json) the rounds' decode time P50 differences had a
+standard deviation of 11.5 and 7.7 ms around means of -3.2 and -1.9 ms. With 4 rounds (until stop 21) the
+mean's standard error was 4-6 ms, and a client within the tolerance failed it in a fair share of runs (on
+CI at stop 20, and in 2 of 9 runs of the test here): the check could not resolve its own tolerance. With 24
+rounds the standard error is 1.6-2.4 ms. At 2 requests in flight per client instead of 4 (what the test
+runs on CI's 2 cores) the rounds' standard deviation was 3.8 ms (-8.json). The tolerance is unchanged: more
+samples and fewer streams per core make the check sharper, never looser.
 
 Each comparison also carries a 95% bootstrap interval of the difference (requests resampled
 within each round, both clients), and ``equivalent``: whether that whole interval lies inside
