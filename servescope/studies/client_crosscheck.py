@@ -13,9 +13,9 @@ prompt of prompt-len tokens as text (servescope's client sends the tokenizer's d
 ids: sending ids instead skips the server's tokenizer, a difference of the requests, not of the
 clients), ignore_eos, output-len tokens.
 
-The report compares TTFT, decode time and per-chunk ITL percentiles, each round's difference averaged over the rounds, against
-tolerances fixed here, before any data (TOLERANCE_MS), never derived from the spread of the
-measurement being judged (a jittery client must not widen its own tolerance):
+The report compares TTFT, decode time and per-chunk ITL percentiles (each round's difference, averaged
+over the rounds) against tolerances fixed here, before any data (TOLERANCE_MS), never derived from the
+spread of the measurement being judged (a jittery client must not widen its own tolerance):
 
 - TTFT P50: 10 ms. Both clients send to one server at the same moments; what may differ is each
   client's own path, from its send stamp to the request on the wire and from the first event on
@@ -30,7 +30,7 @@ measurement being judged (a jittery client must not widen its own tolerance):
   with the driver. Until stop 21 servescope's client ran in the driver's process, which under
   pytest is the test process of the whole suite: in one CI run its TTFT P50 in one round was
   313 ms against vLLM's client's 23 ms, with 32 of its 48 requests delivered in bursts against
-  vLLM's 10, a stall of that process alone (the other rounds agreed within 6 ms).
+  vLLM's 10, a stall of that process alone (its other rounds' TTFT P50 lay within 6.1 ms of vLLM's).
 - On CI's 2 cores the test's server runs its EngineCore and worker at nice 10
   (``RecordedServer.lower_engine_priority``): at nice 0 they kept both cores busy while serving,
   and vLLM's client, starved, saw whole rounds in bursts (decode P50 16 ms apart in one CI run,
