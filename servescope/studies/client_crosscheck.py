@@ -231,8 +231,6 @@ def servescope_client_child(spec_json: str) -> None:
     then per round wait for a line on stdin, print "sending", run the round and print its samples as JSON."""
     from transformers import AutoTokenizer
 
-    from servescope.bench.load.driver_http import frozen_gc_heap
-
     spec = json.loads(spec_json)
     load, model_dir = CrossCheckLoad(**spec["load"]), Path(spec["model_dir"])
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -242,10 +240,9 @@ def servescope_client_child(spec_json: str) -> None:
     report.flush()
     for (plan, texts), run_dir in zip(plans, spec["run_dirs"]):
         sys.stdin.readline()
-        with frozen_gc_heap():  # collected before the round's first send
-            report.write("sending\n")
-            report.flush()
-            ttft, itl, decode = servescope_round(spec["url"], model_dir, plan, texts, Path(run_dir))
+        report.write("sending\n")
+        report.flush()
+        ttft, itl, decode = servescope_round(spec["url"], model_dir, plan, texts, Path(run_dir))  # run_load freezes
         report.write(json.dumps({"ttft": ttft, "itl": itl, "decode": decode}) + "\n")
         report.flush()
 

@@ -117,8 +117,8 @@ def frozen_gc_heap() -> Iterator[None]:
     A collection of the oldest generation walks every object of the process: 320 ms on
     the 2-core test machine after importing transformers and vLLM's benchmark module
     (630,000 objects), a pause the client would measure as latency. vLLM's benchmark
-    client freezes its heap the same way. Blocks nest (the cross-check freezes a whole round, which
-    holds run_load's block): only the outermost collects, freezes and unfreezes.
+    client freezes its heap the same way. Blocks nest (a caller may freeze around run_load, which
+    freezes too): only the outermost collects, freezes and unfreezes.
     """
     global _frozen_depth
     if _frozen_depth == 0:
