@@ -77,6 +77,41 @@ ACTIVITY_KINDS = {
     "cuda_driver": ProfileEvent.LAUNCH,
     "cpu_op": ProfileEvent.CPU_OP,
 }
+# GPU activities of CUPTI that are no work of the GPU's (torch without activity_type, kind_from_device_and_name)
+GPU_SYNC_NAMES = frozenset({"Context Sync", "Stream Sync", "Event Sync", "Stream Wait Event", "Device Sync"})
+
+
+def activity_kind(event) -> str | None:
+    """Return the row kind (ACTIVITY_KINDS) of a Kineto event, or None for an event left out.
+
+    torch 2.13 names each event's Kineto activity (``activity_type()``); torch 2.11, the GPU machine's, has no such
+    method (a window there was lost to the AttributeError, 2026-12-02), and the kind is read as
+    kind_from_device_and_name does."""
+    activity_type = getattr(event, "activity_type", None)
+    if activity_type is None:
+        return kind_from_device_and_name(event)
+    return ACTIVITY_KINDS.get(str(activity_type()))
+
+
+def kind_from_device_and_name(event) -> str | None:
+    """The row kind of a Kineto event from what every torch version has: the device, the user-annotation flag and
+    the name Kineto gives each activity (CUPTI's "Memcpy HtoD (...)", "Memset (Device)", "cudaLaunchKernel",
+    "cuLaunchKernelEx", "INVALID" for a runtime call CUPTI cannot name; Kineto's own overhead events carry no
+    device index)."""
+    if event.is_user_annotation():
+        return None
+    name = event.name()
+    if str(event.device_type()) == "DeviceType.CUDA":
+        if name.startswith("Memcpy"):
+            return ProfileEvent.MEMCPY
+        if name.startswith("Memset"):
+            return ProfileEvent.MEMSET
+        return None if name in GPU_SYNC_NAMES else ProfileEvent.KERNEL
+    if event.device_index() < 0:
+        return None
+    if name.startswith("cuda") or (name.startswith("cu") and name[2:3].isupper()) or name == "INVALID":
+        return ProfileEvent.LAUNCH
+    return ProfileEvent.CPU_OP
 
 
 def profile_window_for(config, *, rank: int = 0) -> "ProfileWindow | None":
@@ -224,7 +259,7 @@ def split_marks(events: list) -> tuple[list[int], list[int], list[tuple[str, Any
     marks: list[list[int]] = [[] for _ in groups]
     rows = []
     for e in events:
-        kind = ACTIVITY_KINDS.get(str(e.activity_type()))
+        kind = activity_kind(e)
         if e.name() == MARK_OPERATOR:
             t = e.start_ns()
             inside = [i for i, (a, b, tid) in enumerate(groups) if a <= t <= b and tid == e.start_thread_id()]
