@@ -73,12 +73,21 @@ def _run(command: list[str], env: dict, timeout_s: float) -> subprocess.Complete
 
 
 def prepare_model(arch: str, model_dir: Path, device: str) -> Path:
-    """Return a model directory with config, synthetic tokenizer and random weights both engines load (no EOS stop)."""
-    from servescope.bench.model_kit import init_model_dir, stop_only_at_max_tokens, write_random_weights
+    """Return a model directory with config, synthetic tokenizer and random weights both engines load (no EOS stop).
+
+    The weights are built in a child process: memory the model took goes back to the device when the child
+    exits. Built in the study's own process on the H200, 16 GB of llama3-8b stayed in torch's cache, and vLLM
+    refused to start (free 123.6 of 139.8 GiB, less than its 0.92 share; 2026-12-02)."""
+    from servescope.bench.model_kit import init_model_dir, stop_only_at_max_tokens
 
     if not any(model_dir.glob("*.safetensors")):
         init_model_dir(model_dir, arch)
-        write_random_weights(model_dir, seed=0, device=device)
+        build = ("import sys; from servescope.bench.model_kit import write_random_weights; "
+                 "write_random_weights(sys.argv[1], seed=0, device=sys.argv[2])")
+        done = subprocess.run([sys.executable, "-c", build, str(model_dir), device], capture_output=True, text=True)
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise RuntimeError(f"building random weights in {model_dir} failed (exit {done.returncode}): {last}")
     return stop_only_at_max_tokens(model_dir)
 
 
