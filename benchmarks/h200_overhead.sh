@@ -7,7 +7,8 @@
 #   bash benchmarks/h200_overhead.sh offline     # 4 + 4 fresh-process arms, 256 x (512, 128), 6 batches after 1 warm-up
 #   OUTPUTS=delta bash benchmarks/h200_overhead.sh offline   # the same with every step's tokens delivered: TTFT, TBT
 #   bash benchmarks/h200_overhead.sh offline16   # the small batch: 16 x (512, 256), delta outputs
-#   bash benchmarks/h200_overhead.sh served      # 4 + 4 arms, 500 requests at 40/s (Poisson) after 64 warm-up requests
+#   bash benchmarks/h200_overhead.sh served      # 4 + 4 arms, 500 requests at 30/s (Poisson) after 64 warm-up requests
+#                                                # (40/s saturated the H200 at 38/s: benchmarks/results/h200-overhead-served-1.json)
 #   bash benchmarks/h200_overhead.sh breakdown   # self-timing of every hook at batch 256 and 16 (one traced run each)
 #
 # Each writes its raw JSON under $OUT (the device tool brings it back): commit it under benchmarks/results/.
@@ -46,7 +47,7 @@ case "${1:-}" in
     ;;
   served)
     python3 -m servescope overhead --model "$MODEL" --out /tmp/oh-served --summary-to "$OUT/h200-overhead-served.json" \
-      --load served --arms "${ARMS:-4}" --num-requests 500 --rate "${RATE:-40}" --warmup-requests 64 \
+      --load served --arms "${ARMS:-4}" --num-requests 500 --rate "${RATE:-30}" --warmup-requests 64 \
       --prompt-len 512 --output-len 128 --engine-args "$ENGINE_ARGS" --budget-s "$BUDGET_S" $(begun /tmp/oh-served)
     ;;
   breakdown)

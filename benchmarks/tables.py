@@ -706,16 +706,20 @@ METRIC_NAMES = {"output_tokens_per_s": "output tokens/s", "ttft_p50_s": "TTFT P5
                 "e2e_p50_s": "end-to-end P50 (s)", "e2e_p99_s": "end-to-end P99 (s)"}
 
 
-def user_pays(name: str) -> list[str]:
+def user_pays(*names: str) -> list[str]:
     """Each metric's untraced and traced arm values, the change, its 95% interval over arms and the verdict.
 
     The comparison is recomputed from the arms with servescope's own statistics (the run may have been cut
-    short before it wrote one)."""
+    short before it wrote one). Several files are pooled, arm by arm, only when their specs are the same but
+    for the number of arms (comparisons of one lease split over device calls)."""
     sys.path.insert(0, str(ROOT))
     from servescope.overhead.user_pays import compare_arms
 
-    doc = load(name)
-    changes = compare_arms(doc["arms"], doc["spec"]["goal"])["changes"]
+    docs = [load(name) for name in names]
+    specs = [{k: v for k, v in doc["spec"].items() if k != "arms"} for doc in docs]
+    if any(spec != specs[0] for spec in specs):
+        raise ValueError(f"{', '.join(names)}: specs differ, the arms cannot be pooled")
+    changes = compare_arms([arm for doc in docs for arm in doc["arms"]], docs[0]["spec"]["goal"])["changes"]
     lines = header("metric", "untraced arms", "traced arms", "change", "95% CI", "verdict")
     for metric, title in METRIC_NAMES.items():
         if metric not in changes:
@@ -744,9 +748,24 @@ def hook_breakdown() -> list[str]:
 
 
 USER_PAYS_DECODE = "h200-overhead-offline-decode.json"
+USER_PAYS_SERVED = ("h200-overhead-served-1.json", "h200-overhead-served-2.json")
 STEP_PHASES = "h200-offline-step-phases.json"
 INTERFERENCE = ("h200-gpu-interference.json", "h200-gpu-interference-after.json")
 HOOK_COST = ("h200-hook-cost-b256.json", "h200-hook-cost-b256-after.json")
+
+
+def served_arms(*names: str) -> list[str]:
+    """Each served arm in the order it ran: offered and achieved request rate, the engine's busy share, engine
+    start (a cold compile cache shows there) and the latencies, so that a saturated or cold arm is seen."""
+    lines = header("call", "arm", "engine start (s)", "achieved req/s (offered)", "busy", "output tokens/s",
+                   "TTFT P50 (ms)", "TBT per chunk P50 (ms)", "end-to-end P50 (s)")
+    for call, name in enumerate(names, 1):
+        for a in load(name)["arms"]:
+            lines.append(row(call, f"{a['index'] + 1} ({a['arm']})", f"{a['engine_start_s']:.0f}",
+                             f"{a['achieved_rate']:.2f} ({a['offered_rate']:g})", f"{a['busy_fraction']:.3f}",
+                             f"{a['output_tokens_per_s']:.1f}", f"{1e3 * a['ttft_p50_s']:.1f}",
+                             f"{1e3 * a['tbt_per_chunk_p50_s']:.2f}", f"{a['e2e_p50_s']:.3f}"))
+    return lines
 
 
 def step_phases() -> list[str]:
@@ -874,6 +893,8 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[], list[str]]]] = {
     "h200-user-pays-offline-delta": ((USER_PAYS_DELTA,), lambda: user_pays(USER_PAYS_DELTA)),
     "h200-hook-breakdown": ((HOOK_BREAKDOWN,), hook_breakdown),
     "h200-user-pays-offline-decode": ((USER_PAYS_DECODE,), lambda: user_pays(USER_PAYS_DECODE)),
+    "h200-user-pays-served": (USER_PAYS_SERVED, lambda: user_pays(*USER_PAYS_SERVED)),
+    "h200-served-arms": (USER_PAYS_SERVED, lambda: served_arms(*USER_PAYS_SERVED)),
     "h200-step-phases": ((STEP_PHASES,), step_phases),
     "h200-interference": (INTERFERENCE, interference),
     "h200-hook-cost": (HOOK_COST, hook_cost),
