@@ -103,7 +103,11 @@ def other_vllm_plugins() -> list[str]:
 
 
 def arm_environment(arm: str, sentinel_dir: Path, base: dict[str, str] | None = None) -> dict[str, str]:
-    """Return the environment of one arm: servescope unloadable when off; the import sentinel in both."""
+    """Return the environment of one arm: servescope unloadable when off; the import sentinel in both.
+
+    VLLM_PLUGINS is part of vLLM's compile-cache key (vllm.envs.compile_factors): the untraced arms, which set it,
+    and the traced ones, which do not (as a user's plain run and `servescope run` do not), keep separate compile
+    caches, and the first arm of each kind compiles (engine start only; docs/overhead.md)."""
     env = {k: v for k, v in (os.environ if base is None else base).items() if not k.startswith("SERVESCOPE_")}
     env["PYTHONPATH"] = os.pathsep.join([str(SENTINEL)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     env["SERVESCOPE_SENTINEL_DIR"] = str(sentinel_dir)
