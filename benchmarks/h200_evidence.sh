@@ -4,7 +4,7 @@
 #   kernel time by region and step (a torch.profiler window joined to globaltimer-stamped regions) under
 #   CUDA graphs (FULL decode steps, PIECEWISE prefill steps) and eager; then acceptance observed twice
 #   (servescope's records vs the caller's deliveries) with draft_model speculation.
-# Raw JSON under $OUT; commit it under benchmarks/results/.
+# Raw JSON under $OUT; commit it under benchmarks/results/. STEPS="graphs eager" runs only those steps.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=/tmp/site:$PWD VLLM_USE_FLASHINFER_SAMPLER=0 HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
@@ -20,8 +20,10 @@ kernel_time() {  # NAME ENGINE_ARGS
     > "/tmp/kt-$1.log" 2>&1 || { tail -40 "/tmp/kt-$1.log"; status=1; return; }
   python3 -m servescope.studies.kernel_time "/tmp/kt-$1" --out "$OUT/h200-kernel-time-$1.json" || status=1
 }
-kernel_time graphs '{"max_model_len": 2048}'
-kernel_time eager '{"max_model_len": 2048, "enforce_eager": true}'
+STEPS=${STEPS:-graphs eager spec}  # a subset saves device time (spec repeated its counts exactly: h200-spec-acceptance-2.json)
+case " $STEPS " in *" graphs "*) kernel_time graphs '{"max_model_len": 2048}' ;; esac
+case " $STEPS " in *" eager "*) kernel_time eager '{"max_model_len": 2048, "enforce_eager": true}' ;; esac
+case " $STEPS " in *" spec "*) ;; *) exit $status ;; esac
 python3 -m servescope.studies.spec_check --target "$MODELS/llama3-8b" --draft "$MODELS/llama3-1b" --method draft_model \
   --k 4 --acceptance-length 2.5 --num-requests 64 --prompt-len 512 --output-len 128 --run-dir /tmp/spec-run \
   --out "$OUT/h200-spec-acceptance.json" > /tmp/spec.log 2>&1 || { tail -40 /tmp/spec.log; status=1; }
