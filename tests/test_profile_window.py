@@ -112,3 +112,30 @@ def test_without_activity_type_every_host_event_gets_the_kind_torch_names():
     for e in events:
         torch_names = {"cpu_op": "cpu_op", "user_annotation": None}[str(e.activity_type())]
         assert kind_from_device_and_name(e) == torch_names, e.name()
+
+
+class GpuEvent:
+    """A CUDA-device Kineto event as torch 2.11 gives it (no activity_type()), for the kinds only a GPU makes."""
+
+    def __init__(self, name: str, annotation: bool = False):
+        self._name, self._annotation = name, annotation
+
+    def name(self):
+        return self._name
+
+    def is_user_annotation(self):
+        return self._annotation
+
+    def device_type(self):
+        return "DeviceType.CUDA"
+
+
+def test_gpu_events_without_activity_type_by_name():
+    host_annotations = frozenset({"execute_model"})
+    kinds = {name: kind_from_device_and_name(GpuEvent(name), host_annotations)
+             for name in ("ampere_bf16_gemm", "Memcpy HtoD (Pageable -> Device)", "Memset (Device)", "Stream Sync",
+                          "execute_model")}
+    assert kinds == {"ampere_bf16_gemm": "kernel", "Memcpy HtoD (Pageable -> Device)": "memcpy",
+                     "Memset (Device)": "memset", "Stream Sync": None,
+                     "execute_model": None}  # a host annotation's projection onto the GPU is no kernel
+    assert kind_from_device_and_name(GpuEvent("execute_model", annotation=True)) is None

@@ -81,27 +81,30 @@ ACTIVITY_KINDS = {
 GPU_SYNC_NAMES = frozenset({"Context Sync", "Stream Sync", "Event Sync", "Stream Wait Event", "Device Sync"})
 
 
-def activity_kind(event) -> str | None:
+def activity_kind(event, annotations: frozenset = frozenset()) -> str | None:
     """Return the row kind (ACTIVITY_KINDS) of a Kineto event, or None for an event left out.
 
     torch 2.13 names each event's Kineto activity (``activity_type()``); torch 2.11, the GPU machine's, has no such
     method (a window there was lost to the AttributeError, 2026-12-02), and the kind is read as
-    kind_from_device_and_name does."""
+    kind_from_device_and_name does (annotations: the names of the window's host annotations)."""
     activity_type = getattr(event, "activity_type", None)
     if activity_type is None:
-        return kind_from_device_and_name(event)
+        return kind_from_device_and_name(event, annotations)
     return ACTIVITY_KINDS.get(str(activity_type()))
 
 
-def kind_from_device_and_name(event) -> str | None:
+def kind_from_device_and_name(event, annotations: frozenset = frozenset()) -> str | None:
     """The row kind of a Kineto event from what every torch version has: the device, the user-annotation flag and
     the name Kineto gives each activity (CUPTI's "Memcpy HtoD (...)", "Memset (Device)", "cudaLaunchKernel",
     "cuLaunchKernelEx", "INVALID" for a runtime call CUPTI cannot name; Kineto's own overhead events carry no
-    device index)."""
+    device index). A GPU event named as one of the host's annotations is that annotation's projection onto the
+    GPU, never a kernel, whatever its flag says: counted as a kernel it would double the busy time under it."""
     if event.is_user_annotation():
         return None
     name = event.name()
     if str(event.device_type()) == "DeviceType.CUDA":
+        if name in annotations:
+            return None
         if name.startswith("Memcpy"):
             return ProfileEvent.MEMCPY
         if name.startswith("Memset"):
@@ -255,11 +258,13 @@ def split_marks(events: list) -> tuple[list[int], list[int], list[tuple[str, Any
     """Return (profiler start ns of the first group's marker ops, of the last group's, the other events with
     their kind): marker ops are the MARK_OPERATOR events inside a MARKS_ANNOTATION on the same thread."""
     groups = sorted(((e.start_ns(), e.end_ns(), e.start_thread_id()) for e in events
-                     if e.name() == MARKS_ANNOTATION), key=lambda g: g[0])
+                     if e.name() == MARKS_ANNOTATION and str(e.device_type()) != "DeviceType.CUDA"), key=lambda g: g[0])
     marks: list[list[int]] = [[] for _ in groups]
     rows = []
+    annotations = frozenset(e.name() for e in events
+                            if e.is_user_annotation() and str(e.device_type()) != "DeviceType.CUDA")
     for e in events:
-        kind = activity_kind(e)
+        kind = activity_kind(e, annotations)
         if e.name() == MARK_OPERATOR:
             t = e.start_ns()
             inside = [i for i, (a, b, tid) in enumerate(groups) if a <= t <= b and tid == e.start_thread_id()]
