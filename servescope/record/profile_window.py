@@ -81,6 +81,11 @@ ACTIVITY_KINDS = {
 GPU_SYNC_NAMES = frozenset({"Context Sync", "Stream Sync", "Event Sync", "Stream Wait Event", "Device Sync"})
 
 
+def on_gpu(event) -> bool:
+    """Whether a Kineto event happened on a CUDA device (a kernel, copy, memset, sync or annotation projection)."""
+    return str(event.device_type()) == "DeviceType.CUDA"
+
+
 def activity_kind(event, annotations: frozenset = frozenset()) -> str | None:
     """Return the row kind (ACTIVITY_KINDS) of a Kineto event, or None for an event left out.
 
@@ -102,7 +107,7 @@ def kind_from_device_and_name(event, annotations: frozenset = frozenset()) -> st
     if event.is_user_annotation():
         return None
     name = event.name()
-    if str(event.device_type()) == "DeviceType.CUDA":
+    if on_gpu(event):
         if name in annotations:
             return None
         if name.startswith("Memcpy"):
@@ -258,11 +263,10 @@ def split_marks(events: list) -> tuple[list[int], list[int], list[tuple[str, Any
     """Return (profiler start ns of the first group's marker ops, of the last group's, the other events with
     their kind): marker ops are the MARK_OPERATOR events inside a MARKS_ANNOTATION on the same thread."""
     groups = sorted(((e.start_ns(), e.end_ns(), e.start_thread_id()) for e in events
-                     if e.name() == MARKS_ANNOTATION and str(e.device_type()) != "DeviceType.CUDA"), key=lambda g: g[0])
+                     if e.name() == MARKS_ANNOTATION and not on_gpu(e)), key=lambda g: g[0])
     marks: list[list[int]] = [[] for _ in groups]
     rows = []
-    annotations = frozenset(e.name() for e in events
-                            if e.is_user_annotation() and str(e.device_type()) != "DeviceType.CUDA")
+    annotations = frozenset(e.name() for e in events if e.is_user_annotation() and not on_gpu(e))
     for e in events:
         kind = activity_kind(e, annotations)
         if e.name() == MARK_OPERATOR:
