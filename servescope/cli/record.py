@@ -36,7 +36,9 @@ PARTS_HELP = ("Recording parts, a comma list: default, all, none, or frontend, s
 
 def run(
     out: Path = typer.Option(..., "--out", "-o", callback=output_dir, help="Run directory to record into (created)."),
-    parts: str = typer.Option("default", "--parts", callback=recording_parts, help=PARTS_HELP),
+    parts: Optional[str] = typer.Option(None, "--parts", callback=recording_parts,
+                                        help=PARTS_HELP + " Not given: default, plus what SERVESCOPE_THREAD_USAGE=1 / "
+                                                          "SERVESCOPE_GPU_STAMPS=1 / SERVESCOPE_NVML_INTERVAL_S=0 say."),
     self_timing: bool = typer.Option(False, "--self-timing",
                                      help="Diagnostic: charge each hook's own host time to it (hook_cost per process "
                                           "in the manifest); adds two clock reads per hook call."),
@@ -52,7 +54,8 @@ def run(
     from servescope.record.launcher import run_command
     from servescope.run.config import Config
 
-    config = Config.from_options(str(out.absolute()), parts=parts, self_timing=self_timing)
+    # options not given (None, False) leave the single SERVESCOPE_* variables to the configuration (docs/cli.md)
+    config = Config.from_options(str(out.absolute()), parts=parts, **({"self_timing": True} if self_timing else {}))
     code = run_command(list(command), config)
     if export_spans:
         _export_spans_of(out)
