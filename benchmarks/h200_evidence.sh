@@ -16,7 +16,7 @@ mkdir -p "$OUT"
 status=0
 kernel_time() {  # NAME ENGINE_ARGS [FIRST:COUNT]
   rm -rf "/tmp/kt-$1"
-  SERVESCOPE_GPU_STAMPS=1 SERVESCOPE_PROFILE_STEPS=${3:-${PROFILE_STEPS:-66:12}} python3 -m servescope run --out "/tmp/kt-$1" \
+  SERVESCOPE_PROFILE_STEPS=${3:-${PROFILE_STEPS:-66:12}} python3 -m servescope run --parts default,gpu_stamps --out "/tmp/kt-$1" \
     --no-export -- python3 servescope/overhead/user_scripts/offline.py "$MODELS/llama3-8b" "/tmp/kt-$1.json" \
     --num-requests 64 --prompt-len 512 --output-len 64 --batches 1 --warmup-batches 1 --engine-args "$2" \
     > "/tmp/kt-$1.log" 2>&1 || { tail -40 "/tmp/kt-$1.log"; status=1; return; }

@@ -94,6 +94,31 @@ def test_a_window_is_asked_for_also_when_the_timer_was_built_before_the_first_st
         rec.close()
 
 
+def test_a_timer_built_at_the_first_step_stamps_when_the_part_asks(tmp_path, monkeypatch):
+    """Model Runner V1 has no load_model hook: its timer is built at the first step, and must stamp too (on the H200
+    a draft_model run with gpu_stamps had no region with a GPU interval, so its kernels could not be placed)."""
+    from servescope.patches.switch import PARTS
+    from servescope.patches.vllm import worker_hooks
+    from servescope.record import timers
+    from servescope.record.recorder import Recorder
+    from servescope.run.config import DEFAULT_PARTS
+
+    asked = []
+    real = timers.make_region_timer
+    monkeypatch.setattr(timers, "make_region_timer", lambda *a, **kw: asked.append(kw) or real(*a, **kw))
+    rec = Recorder(Config.from_options(str(tmp_path)))
+    try:
+        for parts, stamps in ((DEFAULT_PARTS | {"gpu_stamps"}, True), (DEFAULT_PARTS, False)):
+            PARTS.set(parts)
+            worker_hooks._timer(rec)
+            assert asked.pop()["gpu_stamps"] is stamps
+            worker_hooks.WORKER.reset()
+    finally:
+        PARTS.set(DEFAULT_PARTS)
+        worker_hooks.WORKER.reset()
+        rec.close()
+
+
 def test_without_activity_type_every_host_event_gets_the_kind_torch_names():
     """torch 2.11 (the GPU machine's) has no activity_type(); the kind read from device, name and annotation flag
     must agree with the one torch 2.13 names, on every event of a real profile (annotations, clock marks,

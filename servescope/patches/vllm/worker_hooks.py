@@ -73,9 +73,12 @@ def _timer(rec):
     if WORKER.timer is None:
         from servescope.record.timers import make_region_timer
 
+        # built at the first step (Model Runner V1, or V2 without stamps): stamps, if asked, give every region its
+        # GPU start / end; only V2's load_model hook builds the timer early enough to stamp inside CUDA graphs
         WORKER.timer = make_region_timer(
             lambda row: rec.append(Table.WORKER_REGIONS, row), WORKER.rank, gpu_events=PARTS.gpu_events,
-            read_thread_usage=PARTS.thread, append_pending=rec.append_region, resolve=rec.resolve_region)
+            read_thread_usage=PARTS.thread, gpu_stamps=PARTS.gpu_stamps, append_pending=rec.append_region,
+            resolve=rec.resolve_region)
         WORKER.timer.set_placement(*WORKER.placement)
         _harvest_when_idle_and_at_close(rec)
         if WORKER.rank == 0 and WORKER.timer.mode == "cuda":
