@@ -126,19 +126,39 @@ def kernel_time(name: str) -> list[str]:
     d = load(name)
     (w,) = d["windows"][:1]
     s, clock = w["summary"], w["facts"]["clock"]
-    out = header(f"region ({s['source']} intervals)", "instances", "event time P50 (ms)", "operator busy P50 (ms)",
-                 "gap P50 (ms)", "operators (innermost)")
+    work = "kernel" if s["source"] == "gpu" else "operator"
+    out = header(f"region ({s['source']} intervals)", "instances", "event time P50 (ms)", f"{work} busy P50 (ms)",
+                 "gap P50 (ms)", "gap P99 (ms)", f"{work}s (innermost)")
     for name, r in s["regions"].items():
         out.append(row(f"`{name}`", r["instances"], f"{r['event_ms']['p50']:.3f}", f"{r['busy_ms']['p50']:.3f}",
-                       f"{r['gap_ms']['p50']:.3f}", r["kernels"]))
+                       f"{r['gap_ms']['p50']:.3f}", f"{r['gap_ms']['p99']:.3f}", r["kernels"]))
     d_ms = s["per_step"]["difference_ms"]
     out.append(row(f"per step (steps {s['steps'][0]}-{s['steps'][-1]})", len(s["steps"]),
                    f"{s['per_step']['event_ms']['p50']:.3f}", f"{s['per_step']['busy_ms']['p50']:.3f}",
-                   f"{d_ms['p50']:.3f} (P99 {d_ms['p99']:.3f})",
+                   f"{d_ms['p50']:.3f}", f"{d_ms['p99']:.3f}",
                    f"outside every region: {s['outside']['kernels']}, straddling: {s['straddling']}"))
     out.append(row("clock map (profiler - monotonic)", "", f"start ±{clock['start']['uncertainty_ns'] / 1e3:.1f} us",
-                   f"end ±{clock['end']['uncertainty_ns'] / 1e3:.1f} us", f"drift {clock['drift_ppm']:.2f} ppm",
+                   f"end ±{clock['end']['uncertainty_ns'] / 1e3:.1f} us", f"drift {clock['drift_ppm']:.2f} ppm", "",
                    f"offset - (realtime - monotonic): {clock['offset_minus_realtime_offset_ns'] / 1e3:.1f} us"))
+    causality = s.get("launch_to_start")
+    if causality:
+        out.append(row("launch to kernel start (causality)", causality["count"], "", "", "", "",
+                       f"negative: {causality['negative']}, min {causality['min_ns'] / 1e3:.1f} us"))
+    return out
+
+
+def kernel_time_steps(**runs: str) -> list[str]:
+    """Step by step, side by side: each run's step event time, kernel busy time inside it and their difference."""
+    steps = {label: {v["step_id"]: v for v in load(f)["windows"][0]["summary"]["per_step"]["values"]}
+             for label, f in runs.items()}
+    out = header("step", *(f"{label}: event / kernel busy / difference (ms)" for label in runs))
+    for step in sorted(set().union(*steps.values())):
+        cells = []
+        for label in runs:
+            v = steps[label].get(step)
+            cells.append("" if v is None else
+                         f"{v['event_ms']:.3f} / {v['busy_ms']:.3f} / {v['event_ms'] - v['busy_ms']:.3f}")
+        out.append(row(step, *cells))
     return out
 
 
@@ -877,6 +897,11 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[], list[str]]]] = {
     "moe-off-on": (("h100-moe.json",), lambda: off_on_change("h100-moe.json")),
     "cpu-second-observer": (("cpu-spec-second-observer.json",), lambda: second_observer("cpu-spec-second-observer.json")),
     "cpu-kernel-time": (("cpu-kernel-time.json",), lambda: kernel_time("cpu-kernel-time.json")),
+    **{f"h200-kernel-time-{run}": ((f"h200-kernel-time-{run}.json",), lambda run=run: kernel_time(f"h200-kernel-time-{run}.json"))
+       for run in ("graphs", "eager", "eagle3")},
+    "h200-kernel-time-steps": (("h200-kernel-time-graphs.json", "h200-kernel-time-eager.json"),
+                               lambda: kernel_time_steps(**{"CUDA graphs": "h200-kernel-time-graphs.json",
+                                                            "eager": "h200-kernel-time-eager.json"})),
     "cpu-client-crosscheck": (CPU_CROSSCHECKS, lambda: crosscheck(*CPU_CROSSCHECKS)),
     "h100-client-crosscheck": (("h100-crosscheck-spec.json",), lambda: crosscheck("h100-crosscheck-spec.json")),
     "analysis-scale": (tuple(name for _, name in SCALE_RUNS), analysis_scale),
