@@ -855,8 +855,11 @@ def _throughput(entry: dict) -> str:
     return f"{entry['relative'] * 100:+.0f}%" + (" (one run per side: no interval)" if lo != lo else "")
 
 
-def engine_vs_engine_offline(name: str) -> list[str]:
-    """The measured offline batch of each engine, and compare's differences (transformers - vLLM) with intervals."""
+def engine_vs_engine_offline(name: str, latency=("ttft", "tbt"), quantiles=("p50",), steps=("mean",),
+                             compute="model compute") -> list[str]:
+    """The measured offline batch of each engine, and compare's differences (transformers - vLLM) with intervals:
+    the latency metrics at the quantiles, the per-step split (compute, host overhead, idle) at the statistics
+    steps; compute names the first part (on the CPU the model's compute, on a GPU its CUDA-event time)."""
     result = load(name)
     stages, versions = result["stages"], result["machine"]["versions"]
     c = stages["compare-offline"]["compare"]
@@ -866,10 +869,11 @@ def engine_vs_engine_offline(name: str) -> list[str]:
                      f"{stages['offline-transformers']['batch_times_s'][-1]:.3f}", ""))
     tp = c["throughput"]["output_tokens_per_s"]
     lines.append(row("output tokens/s", f"{tp['baseline']:.0f}", f"{tp['treatment']:.0f}", _throughput(tp)))
-    for title, entry in (("TTFT P50 (ms)", c["latency"]["ttft"]["p50"]), ("TBT P50 (ms)", c["latency"]["tbt"]["p50"]),
-                         ("step: model compute, mean (ms)", c["iteration"]["gpu"]["mean"]),
-                         ("step: host overhead, mean (ms)", c["iteration"]["cpu_overhead"]["mean"]),
-                         ("step: idle, mean (ms)", c["iteration"]["idle"]["mean"])):
+    titles = {"ttft": "TTFT", "tbt": "TBT", "e2e": "end-to-end", "scheduling_delay": "scheduling delay"}
+    rows = [(f"{titles[m]} {q.upper()} (ms)", c["latency"][m][q]) for m in latency for q in quantiles]
+    rows += [(f"step: {part}, {'mean' if stat == 'mean' else stat.upper()} (ms)", c["iteration"][key][stat])
+             for key, part in (("gpu", compute), ("cpu_overhead", "host overhead"), ("idle", "idle")) for stat in steps]
+    for title, entry in rows:
         lines.append(row(title, f"{entry['baseline'] * 1e3:.2f}", f"{entry['treatment'] * 1e3:.2f}", _difference(entry)))
     return lines
 
@@ -885,6 +889,97 @@ def engine_vs_engine_served(name: str) -> list[str]:
         lines.append(row(key[len("compare-rate"):], f"{tp['baseline']:.1f} / {tp['treatment']:.1f}",
                          f"{ttft['baseline'] * 1e3:.1f} / {ttft['treatment'] * 1e3:.1f}", _difference(ttft),
                          f"{tbt['baseline'] * 1e3:.1f} / {tbt['treatment'] * 1e3:.1f}", _difference(tbt)))
+    return lines
+
+
+H200_ENGINE_VS_ENGINE = "h200-engine-vs-engine-1.json"
+H200_ENGINE_VS_ENGINE_RUNS = "h200-engine-vs-engine-1/runs.tar.gz"
+STEP_PHASE_TITLES = (("iteration_s", "step"), ("gpu_s", "GPU time"), ("cpu_overhead_s", "host overhead"),
+                     ("idle_s", "idle"), ("schedule_s", "schedule"), ("execute_s", "execute (launch)"),
+                     ("wait_s", "wait for the GPU"), ("update_s", "update"))
+
+
+def engine_vs_engine_stages(name: str) -> list[str]:
+    """Each stage of the study in the order it ran: its time and what came of it (ran, skipped and why, failed)."""
+    stages = load(name)["stages"]  # written with sorted keys: put them back in the order the study runs them
+    order = ("model", "offline-vllm", "offline-transformers", "compare-offline", "served-vllm", "served-transformers")
+
+    def ran_at(stage: str) -> tuple[int, float]:
+        if stage.startswith("compare-rate"):
+            return len(order), float(stage[len("compare-rate"):])
+        return order.index(stage), 0.0
+
+    lines = header("stage", "time (s)", "outcome")
+    for stage, facts in sorted(stages.items(), key=lambda item: ran_at(item[0])):
+        if "skipped" in facts:
+            outcome = f"skipped: {facts['skipped']}"
+        elif "error" in facts:
+            outcome = f"failed: {facts['error']}"
+        elif "batch_times_s" in facts:
+            outcome = f"batches {', '.join(f'{t:.2f} s' for t in facts['batch_times_s'])} (the last measured)"
+        elif "rates" in facts:
+            outcome = "; ".join(f"{rate} req/s: {b['status']}, {b['results']['ok']} of {b['results']['sent']} ok"
+                                for rate, b in sorted(facts["rates"].items(), key=lambda item: float(item[0])))
+        else:
+            outcome = "ran"
+        time_s = facts.get("stage_s")
+        lines.append(row(stage, "-" if time_s is None else f"{time_s:.1f}", outcome))
+    return lines
+
+
+def engine_vs_engine_steps(name: str) -> list[str]:
+    """Per engine and kind of step of the measured offline batch: medians of the step, its split (GPU time, host
+    overhead, idle) and the engine loop's phases on the host (ms)."""
+    stages = load(name)["stages"]
+    lines = header("engine", "steps (kind)", *(f"{title} P50 (ms)" for _, title in STEP_PHASE_TITLES))
+    for engine in ("vllm", "transformers"):
+        iterations = stages[f"offline-{engine}"]["measured"]["iterations"]
+        for kind, s in [("all", iterations["all"]), *sorted(iterations["by_kind"].items())]:
+            count = s["iteration_s"]["count"]
+            lines.append(row(engine, f"{count} ({kind})", *(f"{s[key]['p50'] * 1e3:.2f}" for key, _ in STEP_PHASE_TITLES)))
+    return lines
+
+
+def engine_vs_engine_regions(name: str, runs: tuple[str, ...]) -> list[str]:
+    """The model runner's regions of each measured run in the runs tarball: CUDA-event time and host time (P50 /
+    P99, ms), and whether compare counts the region as host-paced (host median >= GPU median)."""
+    import tarfile
+    import tempfile
+
+    from servescope.analysis.iterations import host_paced_regions, region_times_ms
+    from servescope.run.names import Table
+    from servescope.run.tables import read_table
+
+    lines = header("run", "region", "instances", "GPU (CUDA events) P50 / P99 (ms)", "host P50 / P99 (ms)",
+                   "host-paced (compare's rule)")
+    with tempfile.TemporaryDirectory() as tmp:
+        with tarfile.open(RESULTS / name) as tar:
+            members = [m for m in tar.getmembers() if any(m.name.startswith(f"runs/{r}/") for r in runs)]
+            tar.extractall(tmp, members=members, filter="data")
+        for run in runs:
+            times = region_times_ms(read_table(Path(tmp) / "runs" / run, Table.WORKER_REGIONS))
+            paced = host_paced_regions(times)
+            for region in sorted(set(times["gpu"]) | set(times["host"])):
+                gpu, host = times["gpu"].get(region), times["host"].get(region)
+                count = (gpu or host)["n"]
+                lines.append(row(run, f"`{region}`", count,
+                                 "-" if gpu is None else f"{gpu['p50']:.2f} / {gpu['p99']:.2f}",
+                                 "-" if host is None else f"{host['p50']:.2f} / {host['p99']:.2f}",
+                                 "yes" if region in paced else "no" if gpu else "-"))
+    return lines
+
+
+def compare_statement(name: str, stage: str) -> list[str]:
+    """compare's statement of a pair, verbatim, as a quotation."""
+    return ["> " + load(name)["stages"][stage]["compare"]["statement"]]
+
+
+def audit_evidence(name: str, stage: str) -> list[str]:
+    """The audit of a pair: each item's verdict and its evidence lines, verbatim."""
+    lines = []
+    for item in load(name)["stages"][stage]["audit"]:
+        lines.append(f"- item {item['item']}, {item['title']}: **{item['status']}**")
+        lines += [f"  - {evidence}" for evidence in item["evidence"]]
     return lines
 
 
@@ -934,6 +1029,17 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[], list[str]]]] = {
     "h200-second-observer": ((H200_ACCEPTANCE,), lambda: second_observer(H200_ACCEPTANCE)),
     "cpu-engine-vs-engine-offline": ((CPU_ENGINE_VS_ENGINE,), lambda: engine_vs_engine_offline(CPU_ENGINE_VS_ENGINE)),
     "cpu-engine-vs-engine-served": ((CPU_ENGINE_VS_ENGINE,), lambda: engine_vs_engine_served(CPU_ENGINE_VS_ENGINE)),
+    "h200-engine-vs-engine-stages": ((H200_ENGINE_VS_ENGINE,), lambda: engine_vs_engine_stages(H200_ENGINE_VS_ENGINE)),
+    "h200-engine-vs-engine-offline": ((H200_ENGINE_VS_ENGINE,), lambda: engine_vs_engine_offline(
+        H200_ENGINE_VS_ENGINE, latency=("ttft", "tbt", "e2e", "scheduling_delay"), quantiles=("p50", "p99"),
+        steps=("mean", "p50"), compute="GPU time (CUDA events)")),
+    "h200-engine-vs-engine-offline-statement": ((H200_ENGINE_VS_ENGINE,),
+                                                lambda: compare_statement(H200_ENGINE_VS_ENGINE, "compare-offline")),
+    "h200-engine-vs-engine-steps": ((H200_ENGINE_VS_ENGINE,), lambda: engine_vs_engine_steps(H200_ENGINE_VS_ENGINE)),
+    "h200-engine-vs-engine-regions": ((H200_ENGINE_VS_ENGINE_RUNS,), lambda: engine_vs_engine_regions(
+        H200_ENGINE_VS_ENGINE_RUNS, ("vllm-offline-measured", "transformers-offline-measured"))),
+    "h200-engine-vs-engine-offline-audit": ((H200_ENGINE_VS_ENGINE,),
+                                            lambda: audit_evidence(H200_ENGINE_VS_ENGINE, "compare-offline")),
 }
 
 

@@ -67,3 +67,71 @@ def command_lines() -> dict[int, str]:
             except OSError:
                 pass
     return lines
+
+
+# --------------------------------------------------------------------------- the stages, without engines
+
+
+@pytest.fixture
+def stubbed_study(monkeypatch):
+    """The study with every engine call replaced: returns the list of what ran (stage work, bench calls)."""
+    from servescope.studies import engine_vs_engine as study
+
+    ran = []
+
+    class Server:
+        def __init__(self, engine, model_dir, run_dir, env, args):
+            self.url, self.run_dir = "http://127.0.0.1:1", run_dir
+
+        def wait_healthy(self, timeout_s):
+            pass
+
+        def stop(self):
+            pass
+
+    def bench(engine, url, model_dir, server_run, out, trace, *, rate, count, seed, env, timeout_s):
+        ran.append(("bench", out.name, seed))
+        return {"returncode": 1}  # no run to summarize
+
+    monkeypatch.setattr(study, "prepare_model", lambda arch, model_dir, device: model_dir)
+    monkeypatch.setattr(study, "RecordedEngineServer", Server)
+    monkeypatch.setattr(study, "run_bench", bench)
+    monkeypatch.setattr(study.Study, "offline", lambda self, engine: ran.append(f"offline-{engine}") or {})
+    monkeypatch.setattr(study.Study, "compare", lambda self, name, *runs: ran.append(f"compare-{name}") or {})
+    return study, ran
+
+
+def test_skip_offline_runs_the_served_half_only(stubbed_study, tmp_path):
+    """The next lease after a run whose served half was cut by its time budget runs only that half."""
+    study, ran = stubbed_study
+    out = tmp_path / "study"
+    result = study.Study(study.parse_args(["--out", str(out), "--skip-offline", "--rates", "4,16"])).run()
+    assert [r for r in ran if isinstance(r, str)] == ["compare-rate4", "compare-rate16"]
+    assert [r[1] for r in ran if isinstance(r, tuple)] == ["vllm-warmup", "vllm-rate4", "vllm-rate16",
+                                                           "transformers-warmup", "transformers-rate4",
+                                                           "transformers-rate16"]
+    stages = json.loads((out / "engine-vs-engine.json").read_text())["stages"]
+    assert stages == result["stages"]
+    assert set(stages) == {"model", "compare-offline", "served-vllm", "served-transformers", "compare-rate4",
+                           "compare-rate16"}
+    assert stages["compare-offline"] == {"skipped": "--skip-offline: no offline runs"}
+    assert result["settings"]["skip_offline"] is True
+
+
+def test_skip_served_runs_the_offline_half_only(stubbed_study, tmp_path):
+    study, ran = stubbed_study
+    result = study.Study(study.parse_args(["--out", str(tmp_path / "study"), "--skip-served"])).run()
+    assert ran == ["offline-vllm", "offline-transformers", "compare-offline"]
+    assert set(result["stages"]) == {"model", "offline-vllm", "offline-transformers", "compare-offline"}
+
+
+def test_each_bench_call_of_a_server_draws_its_own_prompts_and_both_engines_the_same(stubbed_study, tmp_path):
+    """One seed for the warm-up and every rate sent the same prompts again: vLLM's prefix cache served them
+    (H200, 2026-12-02: benchmarks/results/h200-engine-vs-engine-1/runs.tar.gz, runs/vllm-server.log)."""
+    study, ran = stubbed_study
+    study.Study(study.parse_args(["--out", str(tmp_path / "study"), "--skip-offline", "--rates", "4,16"])).run()
+    seeds = {name: seed for _, name, seed in (r for r in ran if isinstance(r, tuple))}
+    for engine in ("vllm", "transformers"):
+        calls = [seeds[f"{engine}-{call}"] for call in ("warmup", "rate4", "rate16")]
+        assert len(set(calls)) == 3, calls
+        assert calls == [seeds[f"vllm-{call}"] for call in ("warmup", "rate4", "rate16")]

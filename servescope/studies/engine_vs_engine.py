@@ -9,9 +9,13 @@ One command runs every arm, each a user's program recorded by servescope as a us
   is measured (its requests and the steps from its first arrival on are cut into a run directory of
   their own);
 * served: each engine's OpenAI-compatible server recorded by ``servescope run``, then
-  ``servescope bench --endpoint ... --server-run ...`` at each rate (Poisson arrivals, the same
-  seed, prompts sent as text so both servers tokenize them alike, BOS included) after a short
-  warm-up load.
+  ``servescope bench --endpoint ... --server-run ...`` at each rate (Poisson arrivals, prompts sent
+  as text so both servers tokenize them alike, BOS included) after a short warm-up load; each bench
+  call draws its own prompts (bench_seed: one seed per call, the same call on both engines the same
+  seed), so no call repeats another's prompts, which an engine's prefix cache could serve.
+
+--skip-offline or --skip-served leaves one half out (a later lease runs the other: each half's
+comparison needs both engines' runs of that half in one OUT).
 
 Both engines load the same weights (random, from a fixed seed, written once by model_kit) with the
 same token budget; what else differs is recorded in each run's manifest and named by the audit.
@@ -223,16 +227,26 @@ class RecordedEngineServer:
         self.log.close()
 
 
+def bench_seed(call: int) -> int:
+    """The seed of a server's call-th bench call (0: the warm-up, k: the k-th rate): bench draws a request's prompt
+    from (seed, request index), so calls with one seed send the same prompts, and an engine with a prefix cache
+    (vLLM's is on by default) would serve a later call's prompts from it. With one seed for every call (the H200
+    run of 2026-12-02, whose vLLM server log shows the prefix cache's hits: runs/vllm-server.log in
+    benchmarks/results/h200-engine-vs-engine-1/runs.tar.gz) every prompt of the second rate and the warm-up's
+    prompts at the start of the first had been sent before."""
+    return call
+
+
 def run_bench(engine: str, url: str, model_dir: Path, server_run: Path, out: Path, trace: Path, *, rate: float,
-              count: int, env: dict, timeout_s: float) -> dict:
+              count: int, seed: int, env: dict, timeout_s: float) -> dict:
     """Run servescope bench against a recorded server at rate (req/s); return its exit status and bench.json.
 
     Both servers get the prompts as text; vLLM with its ignore_eos, transformers serve (standard OpenAI
     fields only) with no EOS in the model's generation config."""
     command = [sys.executable, "-m", "servescope", "bench", "--workload", str(trace), "--rate", str(rate),
-               "--count", str(count), "--seed", "0", "--endpoint", url, "--server-run", str(server_run), "--model",
-               str(model_dir), "--text-prompts", "--api", "vllm" if engine == "vllm" else "openai", "--no-progress",
-               "--out", str(out)]
+               "--count", str(count), "--seed", str(seed), "--endpoint", url, "--server-run", str(server_run),
+               "--model", str(model_dir), "--text-prompts", "--api", "vllm" if engine == "vllm" else "openai",
+               "--no-progress", "--out", str(out)]
     proc = _run(command, env, timeout_s)
     (out.parent / f"{out.name}.log").write_text(proc.stdout + proc.stderr)
     facts = json.loads((out / "bench.json").read_text()) if (out / "bench.json").exists() else {}
@@ -337,12 +351,13 @@ class Study:
             server.wait_healthy(min(args.server_start_s, self.left_s()))
             facts["warmup"] = run_bench(engine, server.url, self.model, server.run_dir,
                                         self.runs / f"{engine}-warmup", trace, rate=min(args.rates),
-                                        count=args.warmup_requests, env=env, timeout_s=self.left_s())
-            for rate in args.rates:
+                                        count=args.warmup_requests, seed=bench_seed(0), env=env,
+                                        timeout_s=self.left_s())
+            for call, rate in enumerate(args.rates, 1):
                 out = self.runs / f"{engine}-rate{rate:g}"
                 facts["rates"][f"{rate:g}"] = bench = run_bench(
                     engine, server.url, self.model, server.run_dir, out, trace, rate=rate, count=args.served_requests,
-                    env=env, timeout_s=self.left_s())
+                    seed=bench_seed(call), env=env, timeout_s=self.left_s())
                 if bench["returncode"] == 0:
                     bench["summary"] = run_summary(out)
         finally:
@@ -363,10 +378,13 @@ class Study:
         a = self.args
         self.stage("model", 0, lambda: {"model_dir": str(prepare_model(a.arch, Path(a.model_dir), a.device))})
         self.model = Path(a.model_dir)
-        for engine in a.engines:
-            self.stage(f"offline-{engine}", a.offline_needs_s, lambda e=engine: self.offline(e))
-        self.stage("compare-offline", 30, lambda: self.compare(
-            "offline", self.runs / "vllm-offline-measured", self.runs / "transformers-offline-measured"))
+        if a.skip_offline:
+            self.result["stages"]["compare-offline"] = {"skipped": "--skip-offline: no offline runs"}
+        else:
+            for engine in a.engines:
+                self.stage(f"offline-{engine}", a.offline_needs_s, lambda e=engine: self.offline(e))
+            self.stage("compare-offline", 30, lambda: self.compare(
+                "offline", self.runs / "vllm-offline-measured", self.runs / "transformers-offline-measured"))
         if not a.skip_served:
             for engine in a.engines:
                 self.stage(f"served-{engine}", a.served_needs_s, lambda e=engine: self.served(e))
@@ -403,7 +421,8 @@ def parse_args(argv=None):
     p.add_argument("--served-requests", type=int, default=48, help="served: requests per rate")
     p.add_argument("--served-prompt", type=int, default=63, help="served: prompt tokens (+1 BOS the server adds)")
     p.add_argument("--warmup-requests", type=int, default=8)
-    p.add_argument("--skip-served", action="store_true")
+    p.add_argument("--skip-offline", action="store_true", help="run no offline arm (compare-offline is skipped)")
+    p.add_argument("--skip-served", action="store_true", help="run no served arm")
     p.add_argument("--vllm-serve-args", default="", help="extra vLLM server flags")
     p.add_argument("--transformers-serve-args", default="", help="extra transformers serve flags")
     p.add_argument("--server-start-s", type=float, default=300.0)
