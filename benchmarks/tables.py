@@ -536,13 +536,21 @@ def spec_fluidity() -> list[str]:
     return out
 
 
-# --------------------------------------------------------------------------- EAGLE-3 on the H200 (one run each)
+# --------------------------------------------------------------------------- EAGLE-3 on the H200 (per lease)
 
-EAGLE3_CONFIGS = ("ar", "eagle3-k4-a2.5", "eagle3-k2-a2.5")
-EAGLE3_FILES = tuple(f"h200-eagle3/{c}.json" for c in EAGLE3_CONFIGS)
-EAGLE3_GRID = "h200-eagle3/grid.json"
-EAGLE3_SPEC_FILES = EAGLE3_FILES[1:]
+# Each lease's folder of raw files and its configurations, its own baseline `ar` first: a lease's tables set each
+# configuration against that lease's `ar` only.
+EAGLE3_LEASES = {"h200-eagle3": ("ar", "eagle3-k4-a2.5", "eagle3-k2-a2.5")}
 H200_ACCEPTANCE = "h200-spec-acceptance.json"
+
+
+def eagle3_files(lease: str) -> tuple[str, ...]:
+    """The lease's configuration files, its `ar` first."""
+    return tuple(f"{lease}/{c}.json" for c in EAGLE3_LEASES[lease])
+
+
+def eagle3_grid(lease: str) -> str:
+    return f"{lease}/grid.json"
 
 
 def ms_pair(s: dict | None, *qs: str, scale: float = 1.0, digits: int = 2) -> str:
@@ -552,13 +560,14 @@ def ms_pair(s: dict | None, *qs: str, scale: float = 1.0, digits: int = 2) -> st
     return " / ".join(f"{s[q] * scale:.{digits}f}" for q in qs)
 
 
-def eagle3_latency() -> list[str]:
-    """grid.json's five compared values per configuration with their ratio to ar, and TBT per chunk P50."""
-    grid = load(EAGLE3_GRID)["configs"]
+def eagle3_latency(lease: str) -> list[str]:
+    """grid.json's five compared values per configuration with their ratio to the lease's ar, and TBT per chunk
+    P50."""
+    grid = load(eagle3_grid(lease))["configs"]
     out = header("configuration", "batch wall, mean of 3", "the three batches (s)", "TPOT P50", "TPOT P99",
                  "TTFT P50", "TBT per chunk P99", "TBT per chunk P50 (chunks)", "TBT deadlines missed (50 ms)",
                  "output tokens/s (measured phase)")
-    for config, name in zip(EAGLE3_CONFIGS, EAGLE3_FILES):
+    for config, name in zip(EAGLE3_LEASES[lease], eagle3_files(lease)):
         g, d = grid[config], load(name)
         v, ratio = g["values"], g.get("ratio_to_ar")
 
@@ -578,10 +587,10 @@ def eagle3_latency() -> list[str]:
     return out
 
 
-def eagle3_checks() -> list[str]:
+def eagle3_checks(lease: str) -> list[str]:
     """Each configuration's checks: how many passed, and every failed one with the reason its JSON gives."""
     out = header("configuration", "checks passed", "failed (reason)")
-    for config, name in zip(EAGLE3_CONFIGS, EAGLE3_FILES):
+    for config, name in zip(EAGLE3_LEASES[lease], eagle3_files(lease)):
         checks = load(name)["checks"]
         failed = {k: v for k, v in checks.items() if v}
         out.append(row(f"`{config}`", f"{len(checks) - len(failed)} of {len(checks)}",
@@ -592,11 +601,11 @@ def eagle3_checks() -> list[str]:
 EAGLE3_REGIONS = ("execute_model", "forward", "sample_tokens", "sample", "rejection_sample", "draft", "draft_decode")
 
 
-def eagle3_regions() -> list[str]:
+def eagle3_regions(lease: str) -> list[str]:
     """regions_ms: each worker region's GPU (CUDA events) and host time, P50 / P99 over its rows (every step)."""
-    docs = [load(name)["regions_ms"] for name in EAGLE3_FILES]
+    docs = [load(name)["regions_ms"] for name in eagle3_files(lease)]
     out = header("region (ms, P50 / P99 (rows))",
-                 *(f"`{c}` {kind}" for c in EAGLE3_CONFIGS for kind in ("GPU", "host")))
+                 *(f"`{c}` {kind}" for c in EAGLE3_LEASES[lease] for kind in ("GPU", "host")))
     for region in EAGLE3_REGIONS:
         cells = []
         for d in docs:
@@ -613,11 +622,11 @@ EAGLE3_PARTS = (("verify_forward", "verify forward (target, k + 1 tokens per req
                 ("draft_decode", "draft's k - 1 later passes (`draft_decode`)"))
 
 
-def eagle3_steps() -> list[str]:
+def eagle3_steps(lease: str) -> list[str]:
     """Decode-only steps: step time, GPU time and CPU overhead (analysis.iterations), and for EAGLE-3 the split
     of the decode steps that verified drafts (analysis.speculative.steps.verify_steps_only), P50 / P99 in ms."""
-    docs = [load(name)["analysis"] for name in EAGLE3_FILES]
-    out = header("decode-only steps (ms, P50 / P99)", *(f"`{c}`" for c in EAGLE3_CONFIGS))
+    docs = [load(name)["analysis"] for name in eagle3_files(lease)]
+    out = header("decode-only steps (ms, P50 / P99)", *(f"`{c}`" for c in EAGLE3_LEASES[lease]))
     decode = [a["iterations"]["by_kind"]["decode"] for a in docs]
     out.append(row("decode steps", *(k["steps"] for k in decode)))
     out.append(row("step time (P50 / P99 / max)", *(ms_pair(k["iteration_s"], "p50", "p99", "max", scale=1e3)
@@ -638,11 +647,11 @@ def eagle3_steps() -> list[str]:
     return out
 
 
-def eagle3_acceptance_length() -> list[str]:
+def eagle3_acceptance_length(lease: str) -> list[str]:
     """Mean acceptance length observed against the synthetic target, per position, and the second observer."""
     out = header("configuration", "k", "synthetic target L", "drafts", "mean acceptance length (bonus included)",
                  "acceptance per position", "caller's view agrees (requests)")
-    for name in EAGLE3_SPEC_FILES:
+    for name in eagle3_files(lease)[1:]:
         d = load(name)
         a, s, spec = d["acceptance"]["servescope"], d["acceptance"]["second_observer"], d["speculative_config"]
         out.append(row(f"`{d['config']}`", spec["num_speculative_tokens"], spec["synthetic_acceptance_length"],
@@ -652,12 +661,12 @@ def eagle3_acceptance_length() -> list[str]:
     return out
 
 
-def eagle3_acceptance() -> list[str]:
+def eagle3_acceptance(lease: str) -> list[str]:
     """Acceptance three ways per configuration: servescope's records, vLLM's counters, the caller's deliveries."""
     out = header("configuration (k, L)", "drafts: servescope / vLLM", "draft tokens: servescope / vLLM",
                  "accepted: servescope / vLLM / caller + cut at max_tokens", "accepted per position: servescope / vLLM",
                  "requests agreeing", "steps compared: equal + cut at max_tokens", "per-step totals in step order equal")
-    for name in EAGLE3_FILES:
+    for name in eagle3_files(lease):
         d = load(name)
         a, s, c, spec = (d["acceptance"]["servescope"], d["acceptance"]["second_observer"],
                          d["acceptance"]["vllm_counters"] or {}, d["speculative_config"])
@@ -870,6 +879,18 @@ def engine_vs_engine_served(name: str) -> list[str]:
 
 # --------------------------------------------------------------------------- the registry
 
+
+def eagle3_tables(lease: str) -> dict[str, tuple[tuple[str, ...], Callable[[], list[str]]]]:
+    """One lease's EAGLE-3 tables, each named after the lease's folder (h200-eagle3-checks, h200-eagle3-2-checks)."""
+    files = eagle3_files(lease)
+    return {f"{lease}-latency": ((eagle3_grid(lease), *files), lambda: eagle3_latency(lease)),
+            f"{lease}-checks": (files, lambda: eagle3_checks(lease)),
+            f"{lease}-regions": (files, lambda: eagle3_regions(lease)),
+            f"{lease}-steps": (files, lambda: eagle3_steps(lease)),
+            f"{lease}-acceptance-length": (files[1:], lambda: eagle3_acceptance_length(lease)),
+            f"{lease}-acceptance": (files, lambda: eagle3_acceptance(lease))}
+
+
 TABLES: dict[str, tuple[tuple[str, ...], Callable[[], list[str]]]] = {
     "gpu-vs-profiler": (("h100-graphs.json", "h100-eager.json"), gpu_vs_profiler),
     "spec-profile": (("h100-spec-profile.json",), spec_profile),
@@ -899,12 +920,7 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[], list[str]]]] = {
     "h200-interference": (INTERFERENCE, interference),
     "h200-hook-cost": (HOOK_COST, hook_cost),
     "cpu-user-pays-offline": (("cpu-overhead-offline-2.json",), lambda: user_pays("cpu-overhead-offline-2.json")),
-    "h200-eagle3-latency": ((EAGLE3_GRID, *EAGLE3_FILES), eagle3_latency),
-    "h200-eagle3-checks": (EAGLE3_FILES, eagle3_checks),
-    "h200-eagle3-regions": (EAGLE3_FILES, eagle3_regions),
-    "h200-eagle3-steps": (EAGLE3_FILES, eagle3_steps),
-    "h200-eagle3-acceptance-length": (EAGLE3_SPEC_FILES, eagle3_acceptance_length),
-    "h200-eagle3-acceptance": (EAGLE3_FILES, eagle3_acceptance),
+    **{name: table for lease in EAGLE3_LEASES for name, table in eagle3_tables(lease).items()},
     "h200-spec-counts": ((H200_ACCEPTANCE,), lambda: acceptance_counts(H200_ACCEPTANCE)),
     "h200-second-observer": ((H200_ACCEPTANCE,), lambda: second_observer(H200_ACCEPTANCE)),
     "cpu-engine-vs-engine-offline": ((CPU_ENGINE_VS_ENGINE,), lambda: engine_vs_engine_offline(CPU_ENGINE_VS_ENGINE)),
