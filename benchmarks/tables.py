@@ -556,13 +556,22 @@ def spec_fluidity() -> list[str]:
     return out
 
 
-# --------------------------------------------------------------------------- EAGLE-3 on the H200 (one run each)
+# --------------------------------------------------------------------------- EAGLE-3 on the H200 (two leases)
 
-EAGLE3_CONFIGS = ("ar", "eagle3-k4-a2.5", "eagle3-k2-a2.5")
-EAGLE3_FILES = tuple(f"h200-eagle3/{c}.json" for c in EAGLE3_CONFIGS)
-EAGLE3_GRID = "h200-eagle3/grid.json"
-EAGLE3_SPEC_FILES = EAGLE3_FILES[1:]
+# Each lease's folder of raw files and its configurations, its own baseline `ar` first: a lease's tables set each
+# configuration against that lease's `ar` only.
+EAGLE3_LEASES = {"h200-eagle3": ("ar", "eagle3-k4-a2.5", "eagle3-k2-a2.5"),
+                 "h200-eagle3-2": ("ar", "eagle3-k4-a1.5", "eagle3-k4-a3.5")}
 H200_ACCEPTANCE = "h200-spec-acceptance.json"
+
+
+def eagle3_files(lease: str) -> tuple[str, ...]:
+    """The lease's configuration files, its `ar` first."""
+    return tuple(f"{lease}/{c}.json" for c in EAGLE3_LEASES[lease])
+
+
+def eagle3_grid(lease: str) -> str:
+    return f"{lease}/grid.json"
 
 
 def ms_pair(s: dict | None, *qs: str, scale: float = 1.0, digits: int = 2) -> str:
@@ -572,13 +581,14 @@ def ms_pair(s: dict | None, *qs: str, scale: float = 1.0, digits: int = 2) -> st
     return " / ".join(f"{s[q] * scale:.{digits}f}" for q in qs)
 
 
-def eagle3_latency() -> list[str]:
-    """grid.json's five compared values per configuration with their ratio to ar, and TBT per chunk P50."""
-    grid = load(EAGLE3_GRID)["configs"]
+def eagle3_latency(lease: str) -> list[str]:
+    """grid.json's five compared values per configuration with their ratio to the lease's ar, and TBT per chunk
+    P50."""
+    grid = load(eagle3_grid(lease))["configs"]
     out = header("configuration", "batch wall, mean of 3", "the three batches (s)", "TPOT P50", "TPOT P99",
                  "TTFT P50", "TBT per chunk P99", "TBT per chunk P50 (chunks)", "TBT deadlines missed (50 ms)",
                  "output tokens/s (measured phase)")
-    for config, name in zip(EAGLE3_CONFIGS, EAGLE3_FILES):
+    for config, name in zip(EAGLE3_LEASES[lease], eagle3_files(lease)):
         g, d = grid[config], load(name)
         v, ratio = g["values"], g.get("ratio_to_ar")
 
@@ -598,10 +608,10 @@ def eagle3_latency() -> list[str]:
     return out
 
 
-def eagle3_checks() -> list[str]:
+def eagle3_checks(lease: str) -> list[str]:
     """Each configuration's checks: how many passed, and every failed one with the reason its JSON gives."""
     out = header("configuration", "checks passed", "failed (reason)")
-    for config, name in zip(EAGLE3_CONFIGS, EAGLE3_FILES):
+    for config, name in zip(EAGLE3_LEASES[lease], eagle3_files(lease)):
         checks = load(name)["checks"]
         failed = {k: v for k, v in checks.items() if v}
         out.append(row(f"`{config}`", f"{len(checks) - len(failed)} of {len(checks)}",
@@ -612,11 +622,11 @@ def eagle3_checks() -> list[str]:
 EAGLE3_REGIONS = ("execute_model", "forward", "sample_tokens", "sample", "rejection_sample", "draft", "draft_decode")
 
 
-def eagle3_regions() -> list[str]:
+def eagle3_regions(lease: str) -> list[str]:
     """regions_ms: each worker region's GPU (CUDA events) and host time, P50 / P99 over its rows (every step)."""
-    docs = [load(name)["regions_ms"] for name in EAGLE3_FILES]
+    docs = [load(name)["regions_ms"] for name in eagle3_files(lease)]
     out = header("region (ms, P50 / P99 (rows))",
-                 *(f"`{c}` {kind}" for c in EAGLE3_CONFIGS for kind in ("GPU", "host")))
+                 *(f"`{c}` {kind}" for c in EAGLE3_LEASES[lease] for kind in ("GPU", "host")))
     for region in EAGLE3_REGIONS:
         cells = []
         for d in docs:
@@ -633,11 +643,11 @@ EAGLE3_PARTS = (("verify_forward", "verify forward (target, k + 1 tokens per req
                 ("draft_decode", "draft's k - 1 later passes (`draft_decode`)"))
 
 
-def eagle3_steps() -> list[str]:
+def eagle3_steps(lease: str) -> list[str]:
     """Decode-only steps: step time, GPU time and CPU overhead (analysis.iterations), and for EAGLE-3 the split
     of the decode steps that verified drafts (analysis.speculative.steps.verify_steps_only), P50 / P99 in ms."""
-    docs = [load(name)["analysis"] for name in EAGLE3_FILES]
-    out = header("decode-only steps (ms, P50 / P99)", *(f"`{c}`" for c in EAGLE3_CONFIGS))
+    docs = [load(name)["analysis"] for name in eagle3_files(lease)]
+    out = header("decode-only steps (ms, P50 / P99)", *(f"`{c}`" for c in EAGLE3_LEASES[lease]))
     decode = [a["iterations"]["by_kind"]["decode"] for a in docs]
     out.append(row("decode steps", *(k["steps"] for k in decode)))
     out.append(row("step time (P50 / P99 / max)", *(ms_pair(k["iteration_s"], "p50", "p99", "max", scale=1e3)
@@ -658,11 +668,11 @@ def eagle3_steps() -> list[str]:
     return out
 
 
-def eagle3_acceptance_length() -> list[str]:
+def eagle3_acceptance_length(lease: str) -> list[str]:
     """Mean acceptance length observed against the synthetic target, per position, and the second observer."""
     out = header("configuration", "k", "synthetic target L", "drafts", "mean acceptance length (bonus included)",
                  "acceptance per position", "caller's view agrees (requests)")
-    for name in EAGLE3_SPEC_FILES:
+    for name in eagle3_files(lease)[1:]:
         d = load(name)
         a, s, spec = d["acceptance"]["servescope"], d["acceptance"]["second_observer"], d["speculative_config"]
         out.append(row(f"`{d['config']}`", spec["num_speculative_tokens"], spec["synthetic_acceptance_length"],
@@ -672,12 +682,12 @@ def eagle3_acceptance_length() -> list[str]:
     return out
 
 
-def eagle3_acceptance() -> list[str]:
+def eagle3_acceptance(lease: str) -> list[str]:
     """Acceptance three ways per configuration: servescope's records, vLLM's counters, the caller's deliveries."""
     out = header("configuration (k, L)", "drafts: servescope / vLLM", "draft tokens: servescope / vLLM",
                  "accepted: servescope / vLLM / caller + cut at max_tokens", "accepted per position: servescope / vLLM",
                  "requests agreeing", "steps compared: equal + cut at max_tokens", "per-step totals in step order equal")
-    for name in EAGLE3_FILES:
+    for name in eagle3_files(lease):
         d = load(name)
         a, s, c, spec = (d["acceptance"]["servescope"], d["acceptance"]["second_observer"],
                          d["acceptance"]["vllm_counters"] or {}, d["speculative_config"])
@@ -696,6 +706,88 @@ def eagle3_acceptance() -> list[str]:
                        per_pos, f"{s['requests_agreeing']} of {s['requests']}",
                        f"{s['steps_compared']}: {s['steps_exact']} + {s['steps_cut_at_max_tokens']}",
                        "yes" if s["step_totals_equal"] else "NO"))
+    return out
+
+
+# Across leases only as ratios to each lease's own ar; the two leases' ar against each other is the repeat.
+EAGLE3_K4 = (("h200-eagle3-2", "eagle3-k4-a1.5"), ("h200-eagle3", "eagle3-k4-a2.5"), ("h200-eagle3-2", "eagle3-k4-a3.5"))
+EAGLE3_LEASE_NAMES = {"h200-eagle3": "lease 1", "h200-eagle3-2": "lease 2"}
+EAGLE3_RATIOS = (("batch_wall_s", "batch wall, mean of 3"), ("tpot_p50_s", "TPOT P50"), ("tpot_p99_s", "TPOT P99"),
+                 ("ttft_p50_s", "TTFT P50"), ("tbt_chunk_p99_s", "TBT per chunk P99"))
+
+
+def eagle3_baseline(lease: str) -> str:
+    """The lease's ar file (EAGLE3_LEASES names it first)."""
+    return eagle3_files(lease)[0]
+
+
+def eagle3_k4_files() -> tuple[str, ...]:
+    return tuple(dict.fromkeys(f for lease, config in EAGLE3_K4
+                               for f in (eagle3_grid(lease), eagle3_baseline(lease), f"{lease}/{config}.json")))
+
+
+def decode_step_p50_ms(d: dict) -> float:
+    return d["analysis"]["iterations"]["by_kind"]["decode"]["iteration_s"]["p50"] * 1e3
+
+
+def eagle3_k4_by_acceptance() -> list[str]:
+    """k = 4 at acceptance length 1.5, 2.5 and 3.5, each set against its own lease's ar (grid.json's ratio_to_ar;
+    the other rows: the configuration's value / its ar's)."""
+    grids = {lease: load(eagle3_grid(lease)) for lease, _ in EAGLE3_K4}
+    for lease, grid in grids.items():
+        if grid["baseline"] != EAGLE3_LEASES[lease][0]:
+            raise ValueError(f"{eagle3_grid(lease)}: baseline {grid['baseline']}, not {EAGLE3_LEASES[lease][0]}")
+    cols = [(lease, grids[lease]["configs"][config]["ratio_to_ar"], load(f"{lease}/{config}.json"),
+             load(eagle3_baseline(lease))) for lease, config in EAGLE3_K4]
+    out = header("k = 4, each against its own lease's `ar`", *(f"`{config}`" for _, config in EAGLE3_K4))
+    out.append(row("lease (its own `ar`)", *(EAGLE3_LEASE_NAMES[lease] for lease, *_ in cols)))
+    length = [d["acceptance"]["servescope"]["mean_acceptance_length"] for _, _, d, _ in cols]
+    out.append(row("mean acceptance length observed", *(f"{x:.3f}" for x in length)))
+    out.append(row("decode steps / its `ar`'s", *(f"{d['analysis']['iterations']['by_kind']['decode']['steps']} / "
+                                                   f"{ar['analysis']['iterations']['by_kind']['decode']['steps']}"
+                                                   for _, _, d, ar in cols)))
+    for key, label in EAGLE3_RATIOS:
+        out.append(row(f"{label}, ratio to its `ar`", *(f"{ratio[key]:.2f}x" for _, ratio, _, _ in cols)))
+    out.append(row("TBT deadlines missed (50 ms) / its `ar`'s",
+                   *(f"{d['analysis']['fluidity']['service_miss_rate'] * 100:.2f}% / "
+                     f"{ar['analysis']['fluidity']['service_miss_rate'] * 100:.2f}%" for _, _, d, ar in cols)))
+    out.append(row("mean fluidity index (50 ms) / its `ar`'s",
+                   *(f"{d['analysis']['summary']['fluidity_index']['mean']:.4f} / "
+                     f"{ar['analysis']['summary']['fluidity_index']['mean']:.4f}" for _, _, d, ar in cols)))
+    out.append(row("decode step P50 (ms) / its `ar`'s",
+                   *(f"{decode_step_p50_ms(d):.2f} / {decode_step_p50_ms(ar):.2f}" for _, _, d, ar in cols)))
+    out.append(row("decode step P50 per delivered token (step P50 / mean acceptance length, ms), ratio to `ar`'s step "
+                   "P50", *(f"{decode_step_p50_ms(d) / x:.2f} ({decode_step_p50_ms(d) / x / decode_step_p50_ms(ar):.2f}x)"
+                            for (_, _, d, ar), x in zip(cols, length))))
+    return out
+
+
+def eagle3_ar_repeat() -> list[str]:
+    """The two leases' ar, the same configuration on another machine lease and commit: the lease-to-lease noise of
+    the ratios to ar."""
+    leases = tuple(EAGLE3_LEASES)
+    grids = [load(eagle3_grid(lease))["configs"]["ar"]["values"] for lease in leases]
+    docs = [load(eagle3_baseline(lease)) for lease in leases]
+    decode = [d["analysis"]["iterations"]["by_kind"]["decode"] for d in docs]
+    values = [(label, [get(g, d, k) for g, d, k in zip(grids, docs, decode)], fmt) for label, get, fmt in (
+        ("batch wall, mean of 3 (s)", lambda g, d, k: g["batch_wall_s"], "{:.3f}"),
+        ("TPOT P50 (ms)", lambda g, d, k: g["tpot_p50_s"] * 1e3, "{:.2f}"),
+        ("TPOT P99 (ms)", lambda g, d, k: g["tpot_p99_s"] * 1e3, "{:.2f}"),
+        ("TTFT P50 (ms)", lambda g, d, k: g["ttft_p50_s"] * 1e3, "{:.1f}"),
+        ("TBT per chunk P99 (ms)", lambda g, d, k: g["tbt_chunk_p99_s"] * 1e3, "{:.2f}"),
+        ("decode step P50 (ms)", lambda g, d, k: k["iteration_s"]["p50"] * 1e3, "{:.2f}"),
+        ("decode step P99 (ms)", lambda g, d, k: k["iteration_s"]["p99"] * 1e3, "{:.2f}"),
+        ("decode step GPU time P50 (ms)", lambda g, d, k: k["gpu_s"]["p50"] * 1e3, "{:.2f}"),
+        ("`execute_model` host time P50, every step (ms)", lambda g, d, k: d["regions_ms"]["host"]["execute_model"]["p50"],
+         "{:.2f}"),
+        ("TBT deadlines missed (50 ms, %)", lambda g, d, k: d["analysis"]["fluidity"]["service_miss_rate"] * 100,
+         "{:.2f}"),
+        ("output tokens/s (measured phase)", lambda g, d, k: d["analysis"]["run"]["output_tokens_per_s"], "{:.0f}"))]
+    out = header("`ar`", *(f"{EAGLE3_LEASE_NAMES[lease]} ({d['machine']['versions']['servescope_commit'][:7]})"
+                           for lease, d in zip(leases, docs)), "lease 2 / lease 1")
+    out.append(row("the three batches (s)", *(", ".join(f"{w:.3f}" for w in d["batches"]["wall_s"]) for d in docs), "-"))
+    for label, (first, second), fmt in values:
+        out.append(row(label, fmt.format(first), fmt.format(second), f"{second / first:.3f}"))
     return out
 
 
@@ -985,6 +1077,18 @@ def audit_evidence(name: str, stage: str) -> list[str]:
 
 # --------------------------------------------------------------------------- the registry
 
+
+def eagle3_tables(lease: str) -> dict[str, tuple[tuple[str, ...], Callable[[], list[str]]]]:
+    """One lease's EAGLE-3 tables, each named after the lease's folder (h200-eagle3-checks, h200-eagle3-2-checks)."""
+    files = eagle3_files(lease)
+    return {f"{lease}-latency": ((eagle3_grid(lease), *files), lambda: eagle3_latency(lease)),
+            f"{lease}-checks": (files, lambda: eagle3_checks(lease)),
+            f"{lease}-regions": (files, lambda: eagle3_regions(lease)),
+            f"{lease}-steps": (files, lambda: eagle3_steps(lease)),
+            f"{lease}-acceptance-length": (files[1:], lambda: eagle3_acceptance_length(lease)),
+            f"{lease}-acceptance": (files, lambda: eagle3_acceptance(lease))}
+
+
 TABLES: dict[str, tuple[tuple[str, ...], Callable[[], list[str]]]] = {
     "gpu-vs-profiler": (("h100-graphs.json", "h100-eager.json"), gpu_vs_profiler),
     "spec-profile": (("h100-spec-profile.json",), spec_profile),
@@ -1019,12 +1123,10 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[], list[str]]]] = {
     "h200-interference": (INTERFERENCE, interference),
     "h200-hook-cost": (HOOK_COST, hook_cost),
     "cpu-user-pays-offline": (("cpu-overhead-offline-2.json",), lambda: user_pays("cpu-overhead-offline-2.json")),
-    "h200-eagle3-latency": ((EAGLE3_GRID, *EAGLE3_FILES), eagle3_latency),
-    "h200-eagle3-checks": (EAGLE3_FILES, eagle3_checks),
-    "h200-eagle3-regions": (EAGLE3_FILES, eagle3_regions),
-    "h200-eagle3-steps": (EAGLE3_FILES, eagle3_steps),
-    "h200-eagle3-acceptance-length": (EAGLE3_SPEC_FILES, eagle3_acceptance_length),
-    "h200-eagle3-acceptance": (EAGLE3_FILES, eagle3_acceptance),
+    **{name: table for lease in EAGLE3_LEASES for name, table in eagle3_tables(lease).items()},
+    "h200-eagle3-k4-by-acceptance": (eagle3_k4_files(), eagle3_k4_by_acceptance),
+    "h200-eagle3-ar-repeat": (tuple(eagle3_baseline(lease) for lease in EAGLE3_LEASES)
+                              + tuple(eagle3_grid(lease) for lease in EAGLE3_LEASES), eagle3_ar_repeat),
     "h200-spec-counts": ((H200_ACCEPTANCE,), lambda: acceptance_counts(H200_ACCEPTANCE)),
     "h200-second-observer": ((H200_ACCEPTANCE,), lambda: second_observer(H200_ACCEPTANCE)),
     "cpu-engine-vs-engine-offline": ((CPU_ENGINE_VS_ENGINE,), lambda: engine_vs_engine_offline(CPU_ENGINE_VS_ENGINE)),
