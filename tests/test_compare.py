@@ -146,6 +146,15 @@ def test_gpu_gain_and_scheduling_split():
     assert "GPU work (algorithm, kernels)" in res["statement"]
 
 
+def test_between_two_engines_the_gpu_share_is_not_called_algorithm():
+    base = synthetic("A", gpu=0.020, cpu=0.002, seed=3)
+    treat = synthetic("B", engine=("transformers", "5.19.0"), gpu=0.010, cpu=0.001, seed=4)
+    res = compare(base, treat, n_boot=50)
+    assert res["attribution"]["gpu_share_of_step_change"] > 0.8  # the share sentence is there
+    assert "is GPU work (kernels) and" in res["statement"]
+    assert "algorithm, kernels" not in res["statement"]  # kernels, graphs and compilation differ too
+
+
 def test_configuration_differences_and_engine_mismatch_in_statement():
     base = synthetic("A", params={"max_num_seqs": 256, "max_num_batched_tokens": 2048}, seed=5)
     treat = synthetic(
@@ -159,6 +168,7 @@ def test_configuration_differences_and_engine_mismatch_in_statement():
     ]
     assert not res["configuration"]["same_engine"]
     assert "different engines (vllm 0.26.0 vs sglang 0.4.1)" in res["statement"]
+    assert "credit no part of the change to an algorithm" in res["statement"]
     assert "Engine parameters differ: enable_chunked_prefill, max_num_batched_tokens, max_num_seqs." in res["statement"]
     assert res["throughput"]["output_tokens_per_s"]["note"].startswith("one run per side")
 

@@ -420,9 +420,11 @@ def _statement(result: dict[str, Any]) -> str:
         f"[GPU time from: {source}]."
     )
     if math.isfinite(att["gpu_share_of_step_change"]):
+        # between two engines the GPU time differs by kernels, graphs and compilation too: no algorithm label
+        gpu_label = "kernels" if result["configuration"]["same_engine"] is False else "algorithm, kernels"
         step += (
             f" So {att['gpu_share_of_step_change'] * 100:.0f}% of the change in busy step time is GPU work "
-            f"(algorithm, kernels) and {att['host_share_of_step_change'] * 100:.0f}% host overhead (implementation)."
+            f"({gpu_label}) and {att['host_share_of_step_change'] * 100:.0f}% host overhead (implementation)."
         )
     elif g["diff"] * c["diff"] < 0:
         step += " GPU work and host overhead moved in opposite directions: neither explains the change alone."
@@ -460,7 +462,8 @@ def _configuration_lines(cfg: dict[str, Any]) -> list[str]:
         b, t = cfg["baseline_engine"], cfg["treatment_engine"]
         lines.append(
             f"The sides ran different engines ({b.get('name', '?')} {b.get('version', '?')} vs "
-            f"{t.get('name', '?')} {t.get('version', '?')}): credit an algorithm only with the GPU-time part."
+            f"{t.get('name', '?')} {t.get('version', '?')}): their GPU time differs by kernels, CUDA graphs and "
+            "compilation too, so these runs credit no part of the change to an algorithm."
         )
     elif cfg["same_engine"] is None:
         lines.append("The engine (name and version) is not recorded for a side: whether both ran the same "
