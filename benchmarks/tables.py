@@ -1123,6 +1123,8 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[], list[str]]]] = {
     "h200-interference": (INTERFERENCE, interference),
     "h200-hook-cost": (HOOK_COST, hook_cost),
     "cpu-user-pays-offline": (("cpu-overhead-offline-2.json",), lambda: user_pays("cpu-overhead-offline-2.json")),
+    "cpu-user-pays-transformers-offline": (("cpu-overhead-transformers-offline.json",),
+                                           lambda: user_pays("cpu-overhead-transformers-offline.json")),
     **{name: table for lease in EAGLE3_LEASES for name, table in eagle3_tables(lease).items()},
     "h200-eagle3-k4-by-acceptance": (eagle3_k4_files(), eagle3_k4_by_acceptance),
     "h200-eagle3-ar-repeat": (tuple(eagle3_baseline(lease) for lease in EAGLE3_LEASES)
