@@ -254,8 +254,11 @@ def test_compare_and_audit_of_vllm_against_transformers_split_the_gap_and_name_w
     verdicts = {item["item"]: item for item in json.loads(proc.stdout)["items"]}
     fairness = " ".join(verdicts[1]["evidence"])
     assert "implementation differences" in fairness
-    for name in ("model_runner", "scheduling_policy", "enforce_eager"):
+    for name in ("model_runner", "scheduler_class", "scheduling_policy", "enforce_eager"):
         assert name in fairness
+    assert "scheduler_class: 'not recorded'" not in fairness  # vLLM's is recorded beside its parameters
     tuning = " ".join(verdicts[2]["evidence"])
-    assert "only transformers has attention_implementation" in tuning
+    # both engines name their attention: vLLM's workers the backend their layers use (the CPU build's CPU_ATTN)
+    assert "attention_implementation: 'CPU_ATTN' vs" in fairness
+    assert "attention_implementation: baseline 'CPU_ATTN'" in tuning
     assert "ran with default" not in tuning  # a setting one engine lacks is not a default the other kept

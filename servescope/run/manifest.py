@@ -63,6 +63,12 @@ def build_manifest(run_dir: str | os.PathLike) -> dict[str, Any]:
     }
     if manifest["model_runners"]:
         manifest["engine"].setdefault("parameters", {})["model_runner"] = manifest["model_runners"][0]
+    attention = sorted({w["attention_implementation"] for w in workers if w.get("attention_implementation")})
+    if attention:  # vLLM's workers name the backend their layers use
+        manifest["engine"].setdefault("parameters", {}).setdefault("attention_implementation", "|".join(attention))
+    if "scheduler_class" in manifest["engine"]:  # vLLM's EngineCore writes it beside its parameters
+        manifest["engine"].setdefault("parameters", {}).setdefault("scheduler_class",
+                                                                   manifest["engine"]["scheduler_class"])
     for extra in ("workload", "command", "bench"):
         path = run_dir / f"{extra}.json"
         if path.exists():

@@ -168,7 +168,21 @@ def _write_facts(rec, runner) -> None:
     facts = {"engine_index": engine_index, "tp_rank": tp_rank, "pp_rank": pp_rank}
     if WORKER.collectives is not None:
         facts["collectives"] = WORKER.collectives
+    backends = attention_backends(runner)
+    if backends:
+        facts["attention_implementation"] = backends
     write_worker_facts(rec.run_dir, runner, WORKER.rank, facts)
+
+
+def attention_backends(runner) -> str | None:
+    """Return the attention backends the runner's layers use ('FLASH_ATTN', or 'A|B' for several), or None
+    (read at the first step, when the KV cache and its attention groups exist; the same name the audit reads
+    from transformers' attention implementation)."""
+    try:
+        names = {group.backend.get_name() for groups in runner.attn_groups for group in groups}
+    except Exception:
+        return None
+    return "|".join(sorted(names)) or None
 
 
 def _place(runner) -> None:
