@@ -215,3 +215,27 @@ def test_audit_run_dirs_reads_manifests_and_metrics(tmp_path):
     assert "baseline ran with default max_num_batched_tokens while treatment set it (4096)" in res[2].evidence
     assert res[6].status == "pass"
     assert any("only 3 requests" in e for e in res[7].evidence)
+
+
+def test_one_switch_under_two_engines_names_is_set_side_by_side():
+    """vLLM's cudagraph_mode / compilation_mode and transformers' cuda_graphs / torch_compile name the same switches:
+    items 1 and 2 set their values side by side instead of listing each as a setting only one engine has."""
+    vllm = dict(PARAMS, cudagraph_mode="FULL_AND_PIECEWISE", compilation_mode=3, enforce_eager=False)
+    hf = dict(PARAMS, cuda_graphs="off", torch_compile={"decode": False, "varlen": False}, enforce_eager=True,
+              safety_margin=0.15)
+    runs = [AuditedRun("V", manifest("vllm", "0.26.0", vllm), "baseline"),
+            AuditedRun("T", manifest("transformers", "5.17.0", hf), "treatment")]
+    res = by_item(audit(runs, split_reported=True))
+    fairness, tuning = " ".join(res[1].evidence), res[2].evidence
+    assert "cudagraph_mode / cuda_graphs (one switch): 'FULL_AND_PIECEWISE' vs 'off'" in fairness
+    assert "compilation_mode / torch_compile (one switch): 3 vs {'decode': False, 'varlen': False}" in fairness
+    assert "'not recorded'" not in fairness
+    assert "cudagraph_mode / cuda_graphs (one switch): baseline 'FULL_AND_PIECEWISE', treatment 'off'" in tuning
+    assert not any(line.startswith(("only vllm has cudagraph_mode", "only transformers has cuda_graphs",
+                                    "only transformers has torch_compile")) for line in tuning)
+    assert "only transformers has safety_margin (0.15)" in tuning  # a setting with no counterpart stays as it was
+    assert "enforce_eager: baseline False, treatment True" in tuning
+    reverse = by_item(audit([AuditedRun("T", manifest("transformers", "5.17.0", hf), "baseline"),
+                             AuditedRun("V", manifest("vllm", "0.26.0", vllm), "treatment")], split_reported=True))
+    assert "cuda_graphs / cudagraph_mode (one switch): 'off' vs 'FULL_AND_PIECEWISE'" in " ".join(reverse[1].evidence)
+    assert "cuda_graphs / cudagraph_mode (one switch): baseline 'off', treatment 'FULL_AND_PIECEWISE'" in reverse[2].evidence

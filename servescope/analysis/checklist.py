@@ -81,6 +81,10 @@ IMPLEMENTATION_PARAMETERS = (
     "kv_cache_dtype",
 )
 
+# One switch under two engines' names (vLLM's, transformers'): set side by side, not as settings "only" one has.
+SAME_SWITCH = {"cudagraph_mode": "cuda_graphs", "compilation_mode": "torch_compile"}
+SAME_SWITCH.update({b: a for a, b in list(SAME_SWITCH.items())})
+
 MIN_REQUESTS_FOR_P99 = 100
 
 
@@ -253,6 +257,12 @@ def _implementation_differences(groups: list[list[AuditedRun]]) -> list[str]:
     for name in IMPLEMENTATION_PARAMETERS:
         if name not in pa and name not in pb:
             continue
+        other = SAME_SWITCH.get(name)
+        if other is not None and name in pa and name not in pb and other in pb and other not in pa:
+            differ.append(f"{name} / {other} (one switch): {pa[name]!r} vs {pb[other]!r}")
+            continue
+        if other is not None and name in pb and name not in pa and other in pa and other not in pb:
+            continue  # listed with its counterpart
         va, vb = pa.get(name, "not recorded"), pb.get(name, "not recorded")
         if va != vb:
             differ.append(f"{name}: {va!r} vs {vb!r}")
@@ -310,6 +320,12 @@ def check_parameter_tuning(runs: Sequence[AuditedRun], *, studied: Sequence[str]
                 differing += 1
                 if engines[0] != engines[1] and (name not in pb or name not in pt):
                     # a setting one engine does not have: not a default the other side kept
+                    other = SAME_SWITCH.get(name)
+                    if other is not None and name in pb and other in pt and other not in pb:
+                        differences[f"{name} / {other} (one switch): baseline {vb!r}, treatment {pt[other]!r}"] = "warn"
+                        continue
+                    if other is not None and name in pt and other in pb and other not in pt:
+                        continue  # listed with its counterpart
                     engine = engines[0] if name in pb else engines[1]
                     value = vb if name in pb else vt
                     differences[f"only {engine} has {name} ({value!r})"] = "warn"
