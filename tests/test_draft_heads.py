@@ -3,6 +3,7 @@ target) parse with transformers, pass vLLM's engine configuration and construct 
 shapes vLLM builds are checked against the ones the target's config implies (recomputed here)."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,8 +25,12 @@ def built(tmp_path_factory) -> dict:
     from servescope.bench.model_kit import init_model_dir
 
     llama3_8b = init_model_dir(tmp_path_factory.mktemp("llama3-8b"), "llama3-8b", with_tokenizer=False)
+    # vLLM takes a draft model whose path contains "eagle3" or "eagle-" for an EAGLE head (config/speculative.py,
+    # method detection): the MTP target comes from a path of our own, so a checkout under such a folder does not
+    # change the model vLLM builds
+    mtp = shutil.copytree(MODELS / "mimo-7b-mtp", tmp_path_factory.mktemp("draft") / "mimo-7b-mtp")
     proc = subprocess.run([sys.executable, str(TESTS / "engine_scripts" / "draft_heads.py"),
-                           f"eagle3:{llama3_8b}:{MODELS / 'llama3-8b-eagle3'}", f"mtp:{MODELS / 'mimo-7b-mtp'}"],
+                           f"eagle3:{llama3_8b}:{MODELS / 'llama3-8b-eagle3'}", f"mtp:{mtp}"],
                           env=engine_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     heads = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
