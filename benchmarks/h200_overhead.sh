@@ -10,6 +10,8 @@
 #   bash benchmarks/h200_overhead.sh served      # 4 + 4 arms, 500 requests at 30/s (Poisson) after 64 warm-up requests
 #                                                # (40/s saturated the H200 at 38/s: benchmarks/results/h200-overhead-served-1.json)
 #   bash benchmarks/h200_overhead.sh breakdown   # self-timing of every hook at batch 256 and 16 (one traced run each)
+#   bash benchmarks/h200_overhead.sh eagle3      # 4 + 4 arms with EAGLE-3 (k 4, synthetic acceptance 2.5, Model Runner V2):
+#                                                # 64 x (512, 256) per batch, delta outputs (TTFT, TBT), 3 batches after 1
 #
 # Each writes its raw JSON under $OUT (the device tool brings it back): commit it under benchmarks/results/.
 # SERVESCOPE_COMMIT names the commit in the results when the tree on the machine is no git checkout.
@@ -50,6 +52,14 @@ case "${1:-}" in
       --load served --arms "${ARMS:-4}" --num-requests 500 --rate "${RATE:-30}" --warmup-requests 64 \
       --prompt-len 512 --output-len 128 --engine-args "$ENGINE_ARGS" --budget-s "$BUDGET_S" $(begun /tmp/oh-served)
     ;;
+  eagle3)
+    head=$PWD/benchmarks/models/llama3-8b-eagle3
+    spec='{"method": "eagle3", "model": "'"$head"'", "num_speculative_tokens": 4, "rejection_sample_method": "synthetic", "synthetic_acceptance_length": 2.5}'
+    python3 -m servescope overhead --model "$MODEL" --out /tmp/oh-eagle3 --summary-to "$OUT/h200-overhead-eagle3.json" \
+      --load offline --arms "${ARMS:-4}" --num-requests 64 --prompt-len 512 --output-len 256 --batches 3 \
+      --warmup-batches 1 --outputs delta --engine-args '{"max_model_len": 2048, "speculative_config": '"$spec"'}' \
+      --budget-s "$BUDGET_S" $(begun /tmp/oh-eagle3)
+    ;;
   breakdown)
     script=servescope/overhead/user_scripts/offline.py
     for n in 256 16; do
@@ -62,7 +72,7 @@ case "${1:-}" in
       --command "bash benchmarks/h200_overhead.sh breakdown"
     ;;
   *)
-    echo "usage: bash benchmarks/h200_overhead.sh setup|offline|offline16|served|breakdown" >&2
+    echo "usage: bash benchmarks/h200_overhead.sh setup|offline|offline16|served|eagle3|breakdown" >&2
     exit 2
     ;;
 esac
