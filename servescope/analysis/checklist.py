@@ -85,6 +85,18 @@ IMPLEMENTATION_PARAMETERS = (
 SAME_SWITCH = {"cudagraph_mode": "cuda_graphs", "compilation_mode": "torch_compile"}
 SAME_SWITCH.update({b: a for a, b in list(SAME_SWITCH.items())})
 
+
+def _one_key_per_switch(pa: dict, pb: dict) -> tuple[dict, dict, dict[str, str]]:
+    """Return copies of two engines' parameters in which a switch each side names its own way (SAME_SWITCH) has
+    one key on both, 'A_NAME / B_NAME (one switch)', and the renames made (each engine's name -> that key)."""
+    pa, pb, renamed = dict(pa), dict(pb), {}
+    for a_name, b_name in SAME_SWITCH.items():
+        if a_name in pa and a_name not in pb and b_name in pb and b_name not in pa:
+            key = f"{a_name} / {b_name} (one switch)"
+            pa[key], pb[key] = pa.pop(a_name), pb.pop(b_name)
+            renamed[a_name] = renamed[b_name] = key
+    return pa, pb, renamed
+
 MIN_REQUESTS_FOR_P99 = 100
 
 
@@ -253,16 +265,11 @@ def _implementation_differences(groups: list[list[AuditedRun]]) -> list[str]:
     a, b = groups[0][0], groups[1][0]
     pa = nested_get(a.manifest, "engine", "parameters") or {}
     pb = nested_get(b.manifest, "engine", "parameters") or {}
+    pa, pb, renamed = _one_key_per_switch(pa, pb)
     differ = []
-    for name in IMPLEMENTATION_PARAMETERS:
+    for name in dict.fromkeys(renamed.get(n, n) for n in IMPLEMENTATION_PARAMETERS):
         if name not in pa and name not in pb:
             continue
-        other = SAME_SWITCH.get(name)
-        if other is not None and name in pa and name not in pb and other in pb and other not in pa:
-            differ.append(f"{name} / {other} (one switch): {pa[name]!r} vs {pb[other]!r}")
-            continue
-        if other is not None and name in pb and name not in pa and other in pa and other not in pb:
-            continue  # listed with its counterpart
         va, vb = pa.get(name, "not recorded"), pb.get(name, "not recorded")
         if va != vb:
             differ.append(f"{name}: {va!r} vs {vb!r}")
@@ -313,6 +320,8 @@ def check_parameter_tuning(runs: Sequence[AuditedRun], *, studied: Sequence[str]
                 continue
             compared += 1
             engines = (nested_get(b.manifest, "engine", "name"), nested_get(t.manifest, "engine", "name"))
+            if engines[0] != engines[1]:
+                pb, pt, _ = _one_key_per_switch(pb, pt)
             for name in sorted(set(pb) | set(pt)):
                 vb, vt = pb.get(name), pt.get(name)
                 if vb == vt:
@@ -320,12 +329,6 @@ def check_parameter_tuning(runs: Sequence[AuditedRun], *, studied: Sequence[str]
                 differing += 1
                 if engines[0] != engines[1] and (name not in pb or name not in pt):
                     # a setting one engine does not have: not a default the other side kept
-                    other = SAME_SWITCH.get(name)
-                    if other is not None and name in pb and other in pt and other not in pb:
-                        differences[f"{name} / {other} (one switch): baseline {vb!r}, treatment {pt[other]!r}"] = "warn"
-                        continue
-                    if other is not None and name in pt and other in pb and other not in pt:
-                        continue  # listed with its counterpart
                     engine = engines[0] if name in pb else engines[1]
                     value = vb if name in pb else vt
                     differences[f"only {engine} has {name} ({value!r})"] = "warn"
