@@ -1097,7 +1097,7 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[], list[str]]]] = {
     "cpu-second-observer": (("cpu-spec-second-observer.json",), lambda: second_observer("cpu-spec-second-observer.json")),
     "cpu-kernel-time": (("cpu-kernel-time.json",), lambda: kernel_time("cpu-kernel-time.json")),
     **{f"h200-kernel-time-{run}": ((f"h200-kernel-time-{run}.json",), lambda run=run: kernel_time(f"h200-kernel-time-{run}.json"))
-       for run in ("graphs", "eager", "eagle3")},
+       for run in ("graphs", "eager", "eagle3", "draft-model")},
     "h200-kernel-time-steps": (("h200-kernel-time-graphs.json", "h200-kernel-time-eager.json"),
                                lambda: kernel_time_steps(**{"CUDA graphs": "h200-kernel-time-graphs.json",
                                                             "eager": "h200-kernel-time-eager.json"})),
