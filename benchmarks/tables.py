@@ -860,10 +860,24 @@ def hook_breakdown() -> list[str]:
 
 
 USER_PAYS_DECODE = "h200-overhead-offline-decode.json"
+USER_PAYS_SERVED_30 = "h200-overhead-served-30.json"
+HOOK_BREAKDOWN_SERVED = "h200-hook-breakdown-served.json"
 USER_PAYS_SERVED = ("h200-overhead-served-1.json", "h200-overhead-served-2.json")
 STEP_PHASES = "h200-offline-step-phases.json"
 INTERFERENCE = ("h200-gpu-interference.json", "h200-gpu-interference-after.json")
 HOOK_COST = ("h200-hook-cost-b256.json", "h200-hook-cost-b256-after.json")
+
+
+def hook_breakdown_served() -> list[str]:
+    """Host time each hook charged (self-timing) in one served run, per call and per engine step, by process."""
+    (r,) = load(HOOK_BREAKDOWN_SERVED)["results"].values()
+    lines = header("hook", "process", "calls", "us per call", "us per step")
+    for h in sorted(r["hooks"], key=lambda h: -h["us_per_step"]):
+        if h["us_per_step"] >= 0.05:  # one-time hooks (charged to their first call) left out
+            lines.append(row(f"`{h['hook']}`", h["role"], h["calls"], f"{h['us_per_call']:.1f}", f"{h['us_per_step']:.1f}"))
+    lines.append(row(f"**all hooks** ({r['steps']} steps, {r['emitted_tokens']} tokens)", "", "", "",
+                     f"{r['engine_and_front_end_us_per_step']:.1f} (budget {r['budget_us_for_this_run_per_step']:.1f})"))
+    return lines
 
 
 def served_arms(*names: str) -> list[str]:
@@ -1119,6 +1133,9 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[], list[str]]]] = {
     "h200-user-pays-offline-decode": ((USER_PAYS_DECODE,), lambda: user_pays(USER_PAYS_DECODE)),
     "h200-user-pays-served": (USER_PAYS_SERVED, lambda: user_pays(*USER_PAYS_SERVED)),
     "h200-served-arms": (USER_PAYS_SERVED, lambda: served_arms(*USER_PAYS_SERVED)),
+    "h200-user-pays-served-30": ((USER_PAYS_SERVED_30,), lambda: user_pays(USER_PAYS_SERVED_30)),
+    "h200-served-30-arms": ((USER_PAYS_SERVED_30,), lambda: served_arms(USER_PAYS_SERVED_30)),
+    "h200-hook-breakdown-served": ((HOOK_BREAKDOWN_SERVED,), hook_breakdown_served),
     "h200-step-phases": ((STEP_PHASES,), step_phases),
     "h200-interference": (INTERFERENCE, interference),
     "h200-hook-cost": (HOOK_COST, hook_cost),
