@@ -762,32 +762,37 @@ def eagle3_k4_by_acceptance() -> list[str]:
     return out
 
 
+EAGLE3_AR_REPEATS = {"lease 1": "h200-eagle3/ar.json", "lease 2": "h200-eagle3-2/ar.json", "lease 3": "h200-eagle3-3/ar.json"}
+
+
 def eagle3_ar_repeat() -> list[str]:
-    """The two leases' ar, the same configuration on another machine lease and commit: the lease-to-lease noise of
-    the ratios to ar."""
-    leases = tuple(EAGLE3_LEASES)
-    grids = [load(eagle3_grid(lease))["configs"]["ar"]["values"] for lease in leases]
-    docs = [load(eagle3_baseline(lease)) for lease in leases]
-    decode = [d["analysis"]["iterations"]["by_kind"]["decode"] for d in docs]
-    values = [(label, [get(g, d, k) for g, d, k in zip(grids, docs, decode)], fmt) for label, get, fmt in (
-        ("batch wall, mean of 3 (s)", lambda g, d, k: g["batch_wall_s"], "{:.3f}"),
-        ("TPOT P50 (ms)", lambda g, d, k: g["tpot_p50_s"] * 1e3, "{:.2f}"),
-        ("TPOT P99 (ms)", lambda g, d, k: g["tpot_p99_s"] * 1e3, "{:.2f}"),
-        ("TTFT P50 (ms)", lambda g, d, k: g["ttft_p50_s"] * 1e3, "{:.1f}"),
-        ("TBT per chunk P99 (ms)", lambda g, d, k: g["tbt_chunk_p99_s"] * 1e3, "{:.2f}"),
-        ("decode step P50 (ms)", lambda g, d, k: k["iteration_s"]["p50"] * 1e3, "{:.2f}"),
-        ("decode step P99 (ms)", lambda g, d, k: k["iteration_s"]["p99"] * 1e3, "{:.2f}"),
-        ("decode step GPU time P50 (ms)", lambda g, d, k: k["gpu_s"]["p50"] * 1e3, "{:.2f}"),
-        ("`execute_model` host time P50, every step (ms)", lambda g, d, k: d["regions_ms"]["host"]["execute_model"]["p50"],
+    """Every lease's ar, the same configuration on another machine lease and commit: the lease-to-lease noise of
+    the ratios to ar (values read from each ar file the way eagle3_study.grid reads them)."""
+    sys.path.insert(0, str(ROOT))
+    from servescope.studies.eagle3_study import COMPARED, value_at
+
+    docs = {lease: load(name) for lease, name in EAGLE3_AR_REPEATS.items()}
+    decode = {lease: d["analysis"]["iterations"]["by_kind"]["decode"] for lease, d in docs.items()}
+    values = [(label, [get(d, decode[lease]) for lease, d in docs.items()], fmt) for label, get, fmt in (
+        ("batch wall, mean of 3 (s)", lambda d, k: value_at(d, COMPARED["batch_wall_s"]), "{:.3f}"),
+        ("TPOT P50 (ms)", lambda d, k: value_at(d, COMPARED["tpot_p50_s"]) * 1e3, "{:.2f}"),
+        ("TPOT P99 (ms)", lambda d, k: value_at(d, COMPARED["tpot_p99_s"]) * 1e3, "{:.2f}"),
+        ("TTFT P50 (ms)", lambda d, k: value_at(d, COMPARED["ttft_p50_s"]) * 1e3, "{:.1f}"),
+        ("TBT per chunk P99 (ms)", lambda d, k: value_at(d, COMPARED["tbt_chunk_p99_s"]) * 1e3, "{:.2f}"),
+        ("decode step P50 (ms)", lambda d, k: k["iteration_s"]["p50"] * 1e3, "{:.2f}"),
+        ("decode step P99 (ms)", lambda d, k: k["iteration_s"]["p99"] * 1e3, "{:.2f}"),
+        ("decode step GPU time P50 (ms)", lambda d, k: k["gpu_s"]["p50"] * 1e3, "{:.2f}"),
+        ("`execute_model` host time P50, every step (ms)", lambda d, k: d["regions_ms"]["host"]["execute_model"]["p50"],
          "{:.2f}"),
-        ("TBT deadlines missed (50 ms, %)", lambda g, d, k: d["analysis"]["fluidity"]["service_miss_rate"] * 100,
+        ("TBT deadlines missed (50 ms, %)", lambda d, k: d["analysis"]["fluidity"]["service_miss_rate"] * 100,
          "{:.2f}"),
-        ("output tokens/s (measured phase)", lambda g, d, k: d["analysis"]["run"]["output_tokens_per_s"], "{:.0f}"))]
-    out = header("`ar`", *(f"{EAGLE3_LEASE_NAMES[lease]} ({d['machine']['versions']['servescope_commit'][:7]})"
-                           for lease, d in zip(leases, docs)), "lease 2 / lease 1")
-    out.append(row("the three batches (s)", *(", ".join(f"{w:.3f}" for w in d["batches"]["wall_s"]) for d in docs), "-"))
-    for label, (first, second), fmt in values:
-        out.append(row(label, fmt.format(first), fmt.format(second), f"{second / first:.3f}"))
+        ("output tokens/s (measured phase)", lambda d, k: d["analysis"]["run"]["output_tokens_per_s"], "{:.0f}"))]
+    out = header("`ar`", *(f"{lease} ({d['machine']['versions']['servescope_commit'][:7]})" for lease, d in docs.items()),
+                 "largest / smallest")
+    out.append(row("the three batches (s)", *(", ".join(f"{w:.3f}" for w in d["batches"]["wall_s"])
+                                             for d in docs.values()), "-"))
+    for label, series, fmt in values:
+        out.append(row(label, *(fmt.format(v) for v in series), f"{max(series) / min(series):.3f}"))
     return out
 
 
@@ -1144,8 +1149,7 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[], list[str]]]] = {
                                            lambda: user_pays("cpu-overhead-transformers-offline.json")),
     **{name: table for lease in EAGLE3_LEASES for name, table in eagle3_tables(lease).items()},
     "h200-eagle3-k4-by-acceptance": (eagle3_k4_files(), eagle3_k4_by_acceptance),
-    "h200-eagle3-ar-repeat": (tuple(eagle3_baseline(lease) for lease in EAGLE3_LEASES)
-                              + tuple(eagle3_grid(lease) for lease in EAGLE3_LEASES), eagle3_ar_repeat),
+    "h200-eagle3-ar-repeat": (tuple(EAGLE3_AR_REPEATS.values()), eagle3_ar_repeat),
     "h200-spec-counts": ((H200_ACCEPTANCE,), lambda: acceptance_counts(H200_ACCEPTANCE)),
     "h200-second-observer": ((H200_ACCEPTANCE,), lambda: second_observer(H200_ACCEPTANCE)),
     "cpu-engine-vs-engine-offline": ((CPU_ENGINE_VS_ENGINE,), lambda: engine_vs_engine_offline(CPU_ENGINE_VS_ENGINE)),

@@ -282,14 +282,17 @@ COMPARED = {"batch_wall_s": ("batches", "mean_wall_s"), "tpot_p50_s": ("summary"
             "tbt_chunk_p99_s": ("summary", "tbt_per_chunk_s", "p99")}
 
 
+def value_at(r: dict, path: tuple) -> float | None:
+    """Return the value of a configuration's result at a COMPARED path (None where it is missing)."""
+    node = r if path[0] == "batches" else r["analysis"]
+    for key in path:
+        node = node.get(key) if isinstance(node, dict) else None
+    return node
+
+
 def grid(results: list[dict]) -> dict:
     """Return per configuration its compared values and their ratio to the autoregressive baseline ``ar``."""
-    def value(r: dict, path: tuple) -> float | None:
-        node = r if path[0] == "batches" else r["analysis"]
-        for key in path:
-            node = node.get(key) if isinstance(node, dict) else None
-        return node
-
+    value = value_at
     by_name = {r["config"]: r for r in results}
     base = by_name.get("ar")
     rows = {}
