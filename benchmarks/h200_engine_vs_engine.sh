@@ -9,18 +9,14 @@
 # Writes $OUT/engine-vs-engine/: engine-vs-engine.json (machine, settings, every stage's results, compare
 # and audit per pair; rewritten after each stage), runs.tar.gz (every run directory) and report-*/ (HTML + PNG).
 #
-# Next lease: the served half only. The run of 2026-12-02 (benchmarks/results/h200-engine-vs-engine-1.json)
-# finished the offline half; its served-transformers stage was skipped by the budget (97 s left, needs ~120 s),
-# so no served pair was compared. Run
-#     bash benchmarks/h200_engine_vs_engine.sh --skip-offline
-# (model, served-vllm, served-transformers, compare-rate4, compare-rate16). Time, from the recorded stages:
-# model 38 s and served-vllm 177 s (h200-engine-vs-engine-1.json, stage_s; that vLLM server loaded its
-# torch.compile artifacts from the offline run's cache: "torch.compile took 5.84 s" in runs/vllm-server.log
-# against 23.39 s in runs/vllm-offline.log of h200-engine-vs-engine-1/runs.tar.gz, so count ~20 s more on a
-# fresh machine), served-transformers 195 s (h200-engine-vs-engine-attempt-1.json, same settings) and
-# compare-offline's 18.5 s as a guide for each compare: ~470 s of the 545 s budget. The served
-# prompts of that run repeated across its bench calls (one seed); each call now has its own seed
-# (engine_vs_engine.bench_seed), so its vLLM served runs are not comparable with the next lease's.
+# The two halves ran on separate leases of 2026-12-02: the offline half with the plain command
+# (benchmarks/results/h200-engine-vs-engine-1.json; its served-transformers stage was skipped by the budget), the
+# served half with
+#     SERVESCOPE_COMMIT=afb8f0c bash benchmarks/h200_engine_vs_engine.sh --skip-offline
+# (benchmarks/results/h200-engine-vs-engine-2.json: model 47 s, served-vllm 234 s on a fresh machine that compiled the
+# model, served-transformers 194 s, compare-rate4 18 s, compare-rate16 14 s; 536 s in the device call). The first
+# run's served prompts repeated across its bench calls (one seed); each call now has its own seed
+# (engine_vs_engine.bench_seed), so its vLLM served runs are not comparable with the second's.
 set -u
 bash .gpu-stage/p3/setup-on-gpu.sh || exit 3
 export PYTHONPATH=/tmp/site:$PWD VLLM_USE_FLASHINFER_SAMPLER=0 HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1

@@ -966,20 +966,27 @@ def _throughput(entry: dict) -> str:
     return f"{entry['relative'] * 100:+.0f}%" + (" (one run per side: no interval)" if lo != lo else "")
 
 
-def engine_vs_engine_offline(name: str, latency=("ttft", "tbt"), quantiles=("p50",), steps=("mean",),
-                             compute="model compute") -> list[str]:
-    """The measured offline batch of each engine, and compare's differences (transformers - vLLM) with intervals:
-    the latency metrics at the quantiles, the per-step split (compute, host overhead, idle) at the statistics
-    steps; compute names the first part (on the CPU the model's compute, on a GPU its CUDA-event time)."""
+def engine_vs_engine_pair(name: str, stage: str = "compare-offline", latency=("ttft", "tbt"), quantiles=("p50",),
+                          steps=("mean",), compute="model compute") -> list[str]:
+    """A compared pair of runs (stage: compare-offline, compare-rate4, ...) of each engine, and compare's differences
+    (transformers - vLLM) with intervals: the offline measured batch's time or the served runs' finished requests per
+    second, output tokens per second, the latency metrics at the quantiles, the per-step split (compute, host
+    overhead, idle) at the statistics steps; compute names the first part (on the CPU the model's compute, on a GPU
+    its CUDA-event time)."""
     result = load(name)
     stages, versions = result["stages"], result["machine"]["versions"]
-    c = stages["compare-offline"]["compare"]
+    c = stages[stage]["compare"]
     lines = header("", f"vLLM {versions['vllm']}", f"transformers {versions['transformers']}",
                    "difference (95% interval)")
-    lines.append(row("measured batch (s)", f"{stages['offline-vllm']['batch_times_s'][-1]:.3f}",
-                     f"{stages['offline-transformers']['batch_times_s'][-1]:.3f}", ""))
-    tp = c["throughput"]["output_tokens_per_s"]
-    lines.append(row("output tokens/s", f"{tp['baseline']:.0f}", f"{tp['treatment']:.0f}", _throughput(tp)))
+    throughput = [("output tokens/s", "output_tokens_per_s", "{:.0f}")]
+    if stage == "compare-offline":
+        lines.append(row("measured batch (s)", f"{stages['offline-vllm']['batch_times_s'][-1]:.3f}",
+                         f"{stages['offline-transformers']['batch_times_s'][-1]:.3f}", ""))
+    else:
+        throughput.insert(0, ("finished requests/s (first arrival to last token)", "requests_per_s", "{:.2f}"))
+    for title, key, fmt in throughput:
+        tp = c["throughput"][key]
+        lines.append(row(title, fmt.format(tp["baseline"]), fmt.format(tp["treatment"]), _throughput(tp)))
     titles = {"ttft": "TTFT", "tbt": "TBT", "e2e": "end-to-end", "scheduling_delay": "scheduling delay"}
     rows = [(f"{titles[m]} {q.upper()} (ms)", c["latency"][m][q]) for m in latency for q in quantiles]
     rows += [(f"step: {part}, {'mean' if stat == 'mean' else stat.upper()} (ms)", c["iteration"][key][stat])
@@ -1005,6 +1012,8 @@ def engine_vs_engine_served(name: str) -> list[str]:
 
 H200_ENGINE_VS_ENGINE = "h200-engine-vs-engine-1.json"
 H200_ENGINE_VS_ENGINE_RUNS = "h200-engine-vs-engine-1/runs.tar.gz"
+H200_SERVED = "h200-engine-vs-engine-2.json"  # the served half, a later lease (--skip-offline)
+H200_SERVED_RUNS = "h200-engine-vs-engine-2/runs.tar.gz"
 STEP_PHASE_TITLES = (("iteration_s", "step"), ("gpu_s", "GPU time"), ("cpu_overhead_s", "host overhead"),
                      ("idle_s", "idle"), ("schedule_s", "schedule"), ("execute_s", "execute (launch)"),
                      ("wait_s", "wait for the GPU"), ("update_s", "update"))
@@ -1038,16 +1047,71 @@ def engine_vs_engine_stages(name: str) -> list[str]:
     return lines
 
 
-def engine_vs_engine_steps(name: str) -> list[str]:
-    """Per engine and kind of step of the measured offline batch: medians of the step, its split (GPU time, host
-    overhead, idle) and the engine loop's phases on the host (ms)."""
+def engine_vs_engine_steps(name: str, half: str = "offline") -> list[str]:
+    """Per engine and kind of step of the measured offline batch (half "offline") or of each served rate's run
+    (half "served"): medians of the step, its split (GPU time, host overhead, idle) and the engine loop's phases on
+    the host (ms)."""
     stages = load(name)["stages"]
-    lines = header("engine", "steps (kind)", *(f"{title} P50 (ms)" for _, title in STEP_PHASE_TITLES))
-    for engine in ("vllm", "transformers"):
-        iterations = stages[f"offline-{engine}"]["measured"]["iterations"]
+    if half == "offline":
+        first, runs = "engine", [(e, stages[f"offline-{e}"]["measured"]["iterations"]) for e in ("vllm", "transformers")]
+    else:
+        first, runs = "engine, offered rate", [(f"{e}, {rate} req/s", bench["summary"]["iterations"])
+                                               for e in ("vllm", "transformers")
+                                               for rate, bench in _by_rate(stages[f"served-{e}"]["rates"])]
+    lines = header(first, "steps (kind)", *(f"{title} P50 (ms)" for _, title in STEP_PHASE_TITLES))
+    for label, iterations in runs:
         for kind, s in [("all", iterations["all"]), *sorted(iterations["by_kind"].items())]:
             count = s["iteration_s"]["count"]
-            lines.append(row(engine, f"{count} ({kind})", *(f"{s[key]['p50'] * 1e3:.2f}" for key, _ in STEP_PHASE_TITLES)))
+            lines.append(row(label, f"{count} ({kind})", *(f"{s[key]['p50'] * 1e3:.2f}" for key, _ in STEP_PHASE_TITLES)))
+    return lines
+
+
+def _by_rate(rates: dict) -> list[tuple[str, dict]]:
+    """A served stage's bench calls, lowest offered rate first."""
+    return sorted(rates.items(), key=lambda item: float(item[0]))
+
+
+def _bench_files(tarball: str) -> dict[str, dict]:
+    """Each run's bench.json in a runs tarball, by run name."""
+    import tarfile
+
+    with tarfile.open(RESULTS / tarball) as tar:
+        return {m.name.split("/")[1]: json.load(tar.extractfile(m)) for m in tar.getmembers()
+                if m.isfile() and m.name.count("/") == 2 and m.name.endswith("/bench.json")}
+
+
+def engine_vs_engine_served_runs(name: str, tarball: str) -> list[str]:
+    """Per engine and offered rate: the rate the arrivals were sent at (bench.json in the runs tarball), finished
+    requests and output tokens per second (first arrival to last token), TTFT, TBT per chunk and end-to-end P50 /
+    P99 (ms), from the study's summary of each run."""
+    stages, benches = load(name)["stages"], _bench_files(tarball)
+    lines = header("engine", "offered rate (req/s)", "arrivals sent at (req/s)", "requests ok / sent",
+                   "finished requests/s", "output tokens/s", "TTFT P50 / P99 (ms)", "TBT per chunk P50 / P99 (ms)",
+                   "end-to-end P50 / P99 (ms)")
+    for engine in ("vllm", "transformers"):
+        for rate, bench in _by_rate(stages[f"served-{engine}"]["rates"]):
+            run, latency = bench["summary"]["run"], bench["summary"]["latency_s"]
+            sent = benches[f"{engine}-rate{rate}"]["load"]["offered_rate_per_s"]
+            lines.append(row(engine, rate, f"{sent:.2f}", f"{bench['results']['ok']} / {bench['results']['sent']}",
+                             f"{run['requests_per_s']:.2f}", f"{run['output_tokens_per_s']:.0f}",
+                             *(f"{latency[m]['p50'] * 1e3:.1f} / {latency[m]['p99'] * 1e3:.1f}"
+                               for m in ("ttft_s", "tbt_per_chunk_s", "e2e_s"))))
+    return lines
+
+
+def engine_vs_engine_split(name: str) -> list[str]:
+    """Per compared rate: compare's split of the change, the share of the busy step time's change that is GPU time and
+    host overhead, and of the mean end-to-end change that is scheduling delay and execution."""
+    stages = load(name)["stages"]
+    lines = header("pair", "GPU time share of the step change", "host overhead share", "scheduling delay share of "
+                   "the e2e change", "execution share", "GPU time from")
+    for stage in sorted((k for k in stages if k.startswith("compare-rate")), key=lambda k: float(k[len("compare-rate"):])):
+        c = stages[stage]["compare"]
+        a = c["attribution"]
+        lines.append(row(stage, *(f"{a[k] * 100:.0f}%" for k in ("gpu_share_of_step_change", "host_share_of_step_change",
+                                                                 "scheduling_share_of_e2e_change",
+                                                                 "execution_share_of_e2e_change")),
+                         " / ".join(c["iteration_gpu_time_source"])))
     return lines
 
 
@@ -1085,12 +1149,21 @@ def compare_statement(name: str, stage: str) -> list[str]:
     return ["> " + load(name)["stages"][stage]["compare"]["statement"]]
 
 
-def audit_evidence(name: str, stage: str) -> list[str]:
-    """The audit of a pair: each item's verdict and its evidence lines, verbatim."""
+def audit_evidence(name: str, stage: str, *same: str) -> list[str]:
+    """The audit of a pair: each item's verdict and its evidence lines, verbatim; then, for each stage in same, a
+    line saying its audit gives the same verdicts and evidence apart from its runs' names, or that audit in full."""
+    stages = load(name)["stages"]
     lines = []
-    for item in load(name)["stages"][stage]["audit"]:
+    for item in stages[stage]["audit"]:
         lines.append(f"- item {item['item']}, {item['title']}: **{item['status']}**")
         lines += [f"  - {evidence}" for evidence in item["evidence"]]
+    for other in same:
+        ours, theirs = (json.dumps(stages[s]["audit"]).replace(s.removeprefix("compare-"), "PAIR") for s in (stage, other))
+        if ours == theirs:
+            lines.append(f"- {other}: the same verdicts and evidence, with its own runs' names")
+        else:
+            lines.append(f"- {other}:")
+            lines += ["  " + line for line in audit_evidence(name, other)]
     return lines
 
 
@@ -1152,11 +1225,11 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[], list[str]]]] = {
     "h200-eagle3-ar-repeat": (tuple(EAGLE3_AR_REPEATS.values()), eagle3_ar_repeat),
     "h200-spec-counts": ((H200_ACCEPTANCE,), lambda: acceptance_counts(H200_ACCEPTANCE)),
     "h200-second-observer": ((H200_ACCEPTANCE,), lambda: second_observer(H200_ACCEPTANCE)),
-    "cpu-engine-vs-engine-offline": ((CPU_ENGINE_VS_ENGINE,), lambda: engine_vs_engine_offline(CPU_ENGINE_VS_ENGINE)),
+    "cpu-engine-vs-engine-offline": ((CPU_ENGINE_VS_ENGINE,), lambda: engine_vs_engine_pair(CPU_ENGINE_VS_ENGINE)),
     "cpu-engine-vs-engine-served": ((CPU_ENGINE_VS_ENGINE,), lambda: engine_vs_engine_served(CPU_ENGINE_VS_ENGINE)),
     "h200-engine-vs-engine-stages": ((H200_ENGINE_VS_ENGINE,), lambda: engine_vs_engine_stages(H200_ENGINE_VS_ENGINE)),
-    "h200-engine-vs-engine-offline": ((H200_ENGINE_VS_ENGINE,), lambda: engine_vs_engine_offline(
-        H200_ENGINE_VS_ENGINE, latency=("ttft", "tbt", "e2e", "scheduling_delay"), quantiles=("p50", "p99"),
+    "h200-engine-vs-engine-offline": ((H200_ENGINE_VS_ENGINE,), lambda: engine_vs_engine_pair(
+        H200_ENGINE_VS_ENGINE, "compare-offline", latency=("ttft", "tbt", "e2e", "scheduling_delay"), quantiles=("p50", "p99"),
         steps=("mean", "p50"), compute="GPU time (CUDA events)")),
     "h200-engine-vs-engine-offline-statement": ((H200_ENGINE_VS_ENGINE,),
                                                 lambda: compare_statement(H200_ENGINE_VS_ENGINE, "compare-offline")),
@@ -1165,6 +1238,20 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[], list[str]]]] = {
         H200_ENGINE_VS_ENGINE_RUNS, ("vllm-offline-measured", "transformers-offline-measured"))),
     "h200-engine-vs-engine-offline-audit": ((H200_ENGINE_VS_ENGINE,),
                                             lambda: audit_evidence(H200_ENGINE_VS_ENGINE, "compare-offline")),
+    "h200-engine-vs-engine-served-stages": ((H200_SERVED,), lambda: engine_vs_engine_stages(H200_SERVED)),
+    "h200-engine-vs-engine-served-runs": ((H200_SERVED, H200_SERVED_RUNS),
+                                          lambda: engine_vs_engine_served_runs(H200_SERVED, H200_SERVED_RUNS)),
+    **{f"h200-engine-vs-engine-rate{rate}": ((H200_SERVED,), lambda rate=rate: engine_vs_engine_pair(
+        H200_SERVED, f"compare-rate{rate}", latency=("ttft", "tbt", "e2e", "scheduling_delay"), quantiles=("p50", "p99"),
+        steps=("mean", "p50"), compute="GPU time (CUDA events)")) for rate in (4, 16)},
+    **{f"h200-engine-vs-engine-rate{rate}-statement": ((H200_SERVED,), lambda rate=rate: compare_statement(
+        H200_SERVED, f"compare-rate{rate}")) for rate in (4, 16)},
+    "h200-engine-vs-engine-served-split": ((H200_SERVED,), lambda: engine_vs_engine_split(H200_SERVED)),
+    "h200-engine-vs-engine-served-steps": ((H200_SERVED,), lambda: engine_vs_engine_steps(H200_SERVED, "served")),
+    "h200-engine-vs-engine-served-regions": ((H200_SERVED_RUNS,), lambda: engine_vs_engine_regions(
+        H200_SERVED_RUNS, tuple(f"{engine}-rate{rate}" for engine in ("vllm", "transformers") for rate in (4, 16)))),
+    "h200-engine-vs-engine-served-audit": ((H200_SERVED,),
+                                           lambda: audit_evidence(H200_SERVED, "compare-rate4", "compare-rate16")),
 }
 
 
