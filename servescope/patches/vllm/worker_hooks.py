@@ -140,7 +140,7 @@ def region(name: str, starts_step: bool = False):
                 if profile is not None:
                     profile.on_step(WORKER.step_id)
                 timer.harvest()
-                if not WORKER.facts_written:
+                if not WORKER.facts_written and not kwargs.get("dummy_run"):  # a real step: the KV cache is built
                     _write_facts(rec, runner)
             token = timer.start(WORKER.step_id, name)
         except Exception as exc:
