@@ -9,7 +9,10 @@
 #   bash benchmarks/h200_overhead.sh offline16   # the issue's small batch: 16 x (512, 256), delta outputs
 #   bash benchmarks/h200_overhead.sh served      # 4 + 4 arms, 500 requests at 30/s (Poisson) after 64 warm-up requests
 #                                                # (40/s saturated the H200 at 38/s: benchmarks/results/h200-overhead-served-1.json)
+#   PARTS=frontend,scheduler,tokens bash benchmarks/h200_overhead.sh served   # the traced arms record only these
+#                                                # parts (here: no worker regions): one part's share, by leaving it out
 #   bash benchmarks/h200_overhead.sh breakdown   # self-timing of every hook at batch 256 and 16 (one traced run each)
+#   bash benchmarks/h200_overhead.sh served-breakdown   # the same for the served load at 30/s (one traced run)
 #   bash benchmarks/h200_overhead.sh eagle3      # 4 + 4 arms with EAGLE-3 (k 4, synthetic acceptance 2.5, Model Runner V2):
 #                                                # 64 x (512, 256) per batch, delta outputs (TTFT, TBT), 3 batches after 1
 #
@@ -48,9 +51,21 @@ case "${1:-}" in
     python3 benchmarks/step_phases.py /tmp/oh-offline16/arms/*-on/run --out "$OUT/h200-offline16-step-phases.json"
     ;;
   served)
-    python3 -m servescope overhead --model "$MODEL" --out /tmp/oh-served --summary-to "$OUT/h200-overhead-served.json" \
+    parts=${PARTS:-default}
+    dir=/tmp/oh-served-${parts//,/-}
+    python3 -m servescope overhead --model "$MODEL" --out "$dir" --summary-to "$OUT/h200-overhead-served-${parts//,/-}.json" \
       --load served --arms "${ARMS:-4}" --num-requests 500 --rate "${RATE:-30}" --warmup-requests 64 \
-      --prompt-len 512 --output-len 128 --engine-args "$ENGINE_ARGS" --budget-s "$BUDGET_S" $(begun /tmp/oh-served)
+      --prompt-len 512 --output-len 128 --engine-args "$ENGINE_ARGS" --parts "$parts" --budget-s "$BUDGET_S" $(begun "$dir")
+    # every request's chunk times as the client saw them, both kinds of arm (no servescope record in them)
+    tar czf "$OUT/h200-overhead-served-${parts//,/-}-client.tar.gz" -C "$dir" $(cd "$dir" && ls arms/*/result.json)
+    ;;
+  served-breakdown)
+    rm -rf /tmp/sts
+    python3 -m servescope run --out /tmp/sts --no-export --self-timing -- python3 servescope/overhead/user_scripts/served.py \
+      "$MODEL" /tmp/sts.json --num-requests 500 --rate "${RATE:-30}" --warmup-requests 64 --engine-args "$ENGINE_ARGS" \
+      > /tmp/sts.log 2>&1 || { tail -50 /tmp/sts.log; exit 1; }
+    python3 benchmarks/hook_breakdown.py /tmp/sts --labels "served${RATE:-30}" --out "$OUT/h200-hook-breakdown-served.json" \
+      --command "bash benchmarks/h200_overhead.sh served-breakdown"
     ;;
   eagle3)
     head=$PWD/benchmarks/models/llama3-8b-eagle3
@@ -72,7 +87,7 @@ case "${1:-}" in
       --command "bash benchmarks/h200_overhead.sh breakdown"
     ;;
   *)
-    echo "usage: bash benchmarks/h200_overhead.sh setup|offline|offline16|served|eagle3|breakdown" >&2
+    echo "usage: bash benchmarks/h200_overhead.sh setup|offline|offline16|served|eagle3|breakdown|served-breakdown" >&2
     exit 2
     ;;
 esac

@@ -91,3 +91,23 @@ def test_arm_orders():
     assert sorted(rnd) == ["off"] * 5 + ["on"] * 5 and rnd == arm_order(5, "random", seed=3)
     with pytest.raises(ValueError):
         arm_order(2, "alternating")
+
+
+def test_a_served_arm_keeps_its_latency_distribution_with_known_quantiles():
+    """One request whose 100 gaps between chunks are 1, 2, ..., 100 ms: by linear interpolation (the rule of
+    numpy's default, Hyndman & Fan type 7) quantile q of 1..100 is 1 + 99 q ms, worked by hand, not by numpy."""
+    from servescope.overhead.user_pays import DISTRIBUTION_QUANTILES, served_metrics
+
+    ms = 1_000_000
+    chunks, t = [], 5 * ms  # the first token 5 ms after the send
+    for gap in [0] + list(range(1, 101)):
+        t += gap * ms
+        chunks.append(t)
+    result = {"rate": 1.0, "wall_ns": 2_000 * ms,
+              "requests": [{"sent_ns": 0, "chunks": chunks, "tokens_per_chunk": [1] * len(chunks)}]}
+    tbt = served_metrics(result)["distributions"]["tbt_per_chunk"]
+    assert tbt["count"] == 100 and tbt["quantiles"] == list(DISTRIBUTION_QUANTILES)
+    for q, value in zip(tbt["quantiles"], tbt["values_s"]):
+        assert value == pytest.approx((1 + 99 * q) / 1e3)
+    ttft = served_metrics(result)["distributions"]["ttft"]
+    assert ttft["count"] == 1 and ttft["values_s"] == pytest.approx([0.005] * len(DISTRIBUTION_QUANTILES))

@@ -204,6 +204,21 @@ def _summary(samples: dict) -> dict:
     return out
 
 
+DISTRIBUTION_QUANTILES = (0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999)
+
+
+def latency_distributions(samples: dict) -> dict:
+    """Return each latency's sample count and quantiles (s): where in the distribution two arms differ (a shift of
+    every step, or a tail only) is read from these, the verdicts only from the P50 / P99 over arms."""
+    out = {}
+    for name in LATENCY_METRICS:
+        arr = np.asarray(samples[name], dtype=float)
+        if arr.size:
+            out[name] = {"count": int(arr.size), "quantiles": list(DISTRIBUTION_QUANTILES),
+                         "values_s": [float(v) for v in np.quantile(arr, DISTRIBUTION_QUANTILES)]}
+    return out
+
+
 def offline_metrics(result: dict) -> dict:
     """Return an offline arm's throughput and latency percentiles, pooled over its measured batches, and per batch.
 
@@ -223,7 +238,7 @@ def offline_metrics(result: dict) -> dict:
                           "output_tokens_per_s": b["output_tokens"] / (b["wall_ns"] / 1e9), **_summary(samples)})
     return {"output_tokens": tokens, "output_tokens_per_s": tokens / (wall / 1e9),
             "batch_s_median": float(np.median([b["wall_s"] for b in per_batch])), **_summary(pooled),
-            "batches": per_batch}
+            "batches": per_batch, "distributions": latency_distributions(pooled)}
 
 
 def served_metrics(result: dict) -> dict:
@@ -243,7 +258,7 @@ def served_metrics(result: dict) -> dict:
             end = e
     return {"output_tokens": tokens, "output_tokens_per_s": tokens / wall, "requests": len(reqs),
             "offered_rate": result["rate"], "achieved_rate": len(reqs) / wall,
-            "busy_fraction": busy / 1e9 / wall, **_summary(samples)}
+            "busy_fraction": busy / 1e9 / wall, **_summary(samples), "distributions": latency_distributions(samples)}
 
 
 CHANGE_METRICS = ("output_tokens_per_s", *(f"{m}_{q}_s" for m in LATENCY_METRICS for q in ("p50", "p99")))
