@@ -19,7 +19,9 @@ Configurations:
                        falls back to for draft_model, so the fair baseline for it;
   ``draft-k{K}-a{L}``  draft_model with K speculative tokens, vLLM's synthetic rejection sampler
                        at mean acceptance length L;
-  ``ngram-k{K}``       prompt lookup; ``ngram-k{K}-a{L}`` with the synthetic sampler.
+  ``ngram-k{K}``       prompt lookup; ``ngram-k{K}-a{L}`` with the synthetic sampler;
+  ``eagle3-k{K}[-a{L}]`` the EAGLE-3 head given by ``--head`` (Model Runner V2 with async scheduling on a GPU);
+  ``mtp-k{K}[-a{L}]``  the target's own MTP layers (a target that has them, ``--target``).
 
 OUT/study.json holds, per phase: TTFT, TPOT, TBT per token and per chunk, e2e, scheduling
 delay, fluidity at a 50 ms TBT deadline, throughput, acceptance from servescope's records next
@@ -55,8 +57,9 @@ COMPARED = {"e2e_p50_s": ("e2e_s", "p50"), "tpot_p50_s": ("tpot_s", "p50"), "tpo
             "tbt_chunk_p99_s": ("tbt_per_chunk_s", "p99")}
 
 
-def engine_setup(name: str, models_dir: Path) -> tuple[list[str], dict[str, str]]:
-    """Return (extra vLLM engine arguments, extra environment) for a configuration name."""
+def engine_setup(name: str, models_dir: Path, head: str | None = None) -> tuple[list[str], dict[str, str]]:
+    """Return (extra vLLM engine arguments, extra environment) for a configuration name (``head``: the EAGLE-3
+    head's directory, for eagle3-k<K>[-a<L>])."""
     if name == "ar":
         return [], {}
     if name == "ar-sync-v1":
@@ -73,7 +76,12 @@ def engine_setup(name: str, models_dir: Path) -> tuple[list[str], dict[str, str]
         if m[2]:
             spec.update(rejection_sample_method="synthetic", synthetic_acceptance_length=float(m[2]))
         return ["--speculative-config", json.dumps(spec)], {}
-    raise ValueError(f"unknown configuration {name!r} (ar, ar-sync-v1, draft-k<K>-a<L>, ngram-k<K>[-a<L>])")
+    if re.fullmatch(r"(eagle3|mtp)-k\d+(-a[\d.]+)?", name):
+        from servescope.studies.eagle3_study import speculative_config  # the one spelling of these configurations
+
+        return ["--speculative-config", json.dumps(speculative_config(name, head))], {}
+    raise ValueError(f"unknown configuration {name!r} (ar, ar-sync-v1, draft-k<K>-a<L>, ngram-k<K>[-a<L>], "
+                     "eagle3-k<K>[-a<L>] with --head, mtp-k<K>[-a<L>])")
 
 
 def load_names(rates: list[float], concurrency: int | None) -> list[str]:
@@ -127,7 +135,7 @@ def run_engine(config: str, args: argparse.Namespace, run_dir: Path) -> None:
     from servescope.run.compact import close_run
     from servescope.run.directory import write_json
 
-    extra_args, _ = engine_setup(config, args.models_dir)
+    extra_args, _ = engine_setup(config, args.models_dir, args.head)
     engine_args = ["--model", str(args.models_dir / args.target), "--load-format", "dummy",
                    "--skip-tokenizer-init", "--max-model-len", str(args.max_model_len), *extra_args]
     vocab = json.loads((args.models_dir / args.target / "config.json").read_text())["vocab_size"]
@@ -285,7 +293,7 @@ def study_one_config(config: str, args: argparse.Namespace, points: dict) -> Non
     from servescope.run.phases import read_phases, split_run
 
     run_dir = args.out / "engines" / config
-    _, env = engine_setup(config, args.models_dir)
+    _, env = engine_setup(config, args.models_dir, args.head)
     child = [sys.executable, "-m", "servescope.studies.spec_study", *args.passthrough, "--engine", config, str(run_dir)]
     try:
         # the worker thread's CPU time per region (thread_usage.py): where the drafter's host time goes
@@ -329,6 +337,7 @@ def parse_args(argv) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--target", default=TARGET, help="target model's directory name in --models-dir")
     ap.add_argument("--draft", default=DRAFT, help="draft model's directory name in --models-dir")
+    ap.add_argument("--head", default=None, help="the EAGLE-3 head's directory (eagle3-k<K>[-a<L>] configurations)")
     ap.add_argument("--max-model-len", type=int, default=MAX_MODEL_LEN)
     ap.add_argument("--engine-timeout", type=float, default=None,
                     help="stop a configuration's engine after this many seconds, keeping its finished phases")
@@ -338,7 +347,10 @@ def parse_args(argv) -> argparse.Namespace:
     args.rates = sorted(float(r) for r in args.rates.split(",") if r)
     args.configs = [c for c in args.configs.split(",") if c]
     for config in args.configs:
-        engine_setup(config, args.models_dir)  # an unknown name fails before any engine starts
+        try:
+            engine_setup(config, args.models_dir, args.head)  # an unknown name fails before any engine starts
+        except ValueError as exc:
+            ap.error(str(exc))
     return args
 
 

@@ -1,0 +1,38 @@
+"""The speculative-decoding study's configuration names map to the engine arguments written out here by hand."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from servescope.studies.spec_study import engine_setup, parse_args
+
+
+def spec_of(args: list[str]) -> dict:
+    assert args[0] == "--speculative-config"
+    return json.loads(args[1])
+
+
+def test_eagle3_and_mtp_configurations_name_their_head_and_the_synthetic_sampler():
+    args, env = engine_setup("eagle3-k4-a2.5", Path("/m"), "/heads/llama3-8b-eagle3")
+    assert env == {}
+    assert spec_of(args) == {"method": "eagle3", "model": "/heads/llama3-8b-eagle3", "num_speculative_tokens": 4,
+                             "rejection_sample_method": "synthetic", "synthetic_acceptance_length": 2.5}
+    assert spec_of(engine_setup("mtp-k1-a1.5", Path("/m"))[0]) == {
+        "method": "mtp", "num_speculative_tokens": 1, "rejection_sample_method": "synthetic",
+        "synthetic_acceptance_length": 1.5}
+    assert spec_of(engine_setup("eagle3-k3", Path("/m"), "/h")[0]) == {  # the CPU build: vLLM's own sampler
+        "method": "eagle3", "model": "/h", "num_speculative_tokens": 3}
+
+
+def test_an_eagle3_configuration_without_a_head_is_refused_before_any_engine_starts(tmp_path, capsys):
+    with pytest.raises(ValueError, match="needs --head"):
+        engine_setup("eagle3-k4-a2.5", tmp_path)
+    with pytest.raises(SystemExit):
+        parse_args(["--models-dir", str(tmp_path), "--out", str(tmp_path / "o"), "--configs", "ar,eagle3-k4-a2.5"])
+    assert "needs --head" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["--models-dir", str(tmp_path), "--out", str(tmp_path / "o"), "--configs", "eagle3-k4-b2"])
+    assert "unknown configuration 'eagle3-k4-b2'" in capsys.readouterr().err
