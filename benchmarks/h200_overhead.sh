@@ -58,6 +58,8 @@ case "${1:-}" in
       --prompt-len 512 --output-len 128 --engine-args "$ENGINE_ARGS" --parts "$parts" --budget-s "$BUDGET_S" $(begun "$dir")
     # every request's chunk times as the client saw them, both kinds of arm (no servescope record in them)
     tar czf "$OUT/h200-overhead-served-${parts//,/-}-client.tar.gz" -C "$dir" $(cd "$dir" && ls arms/*/result.json)
+    # the EngineCore's phases per decode step in the traced arms: is the host's work hidden behind the GPU's?
+    python3 benchmarks/step_phases.py "$dir"/arms/*-on/run --out "$OUT/h200-served-${parts//,/-}-step-phases.json" || true
     ;;
   served-breakdown)
     rm -rf /tmp/sts
