@@ -36,3 +36,19 @@ def test_an_eagle3_configuration_without_a_head_is_refused_before_any_engine_sta
     with pytest.raises(SystemExit):
         parse_args(["--models-dir", str(tmp_path), "--out", str(tmp_path / "o"), "--configs", "eagle3-k4-b2"])
     assert "unknown configuration 'eagle3-k4-b2'" in capsys.readouterr().err
+
+
+def test_a_configuration_whose_engine_measured_nothing_fails_the_study_in_one_line(tmp_path):
+    """The engine of each configuration runs in a child process; one that dies (here: no target model in
+    --models-dir) must turn the study's exit code non-zero and name the configuration, with study.json kept."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "servescope.studies.spec_study", "--models-dir", str(tmp_path),
+                           "--target", "missing-model", "--out", str(out), "--configs", "ar", "--rates", "2",
+                           "--repeats", "1", "--warmup", "0"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("spec_study: ") and "not measured: ar/engine (engine process: exit 1 after 0 phases)" in last
+    assert json.loads((out / "study.json").read_text())["points"]["ar/engine"]["error"]

@@ -369,6 +369,9 @@ def main(argv=None) -> None:
                  "points": points, "aggregate": agg, "speedup": speedups(agg, args.rates)}
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "study.json").write_text(json.dumps(study, indent=1, default=str))
+    failed = [f"{key} ({p['error']})" for key, p in points.items() if "error" in p]
+    if failed:  # a configuration or phase that measured nothing is never a silent success
+        sys.exit(f"spec_study: {args.out / 'study.json'} written, but not measured: {'; '.join(failed)}")
 
 
 if __name__ == "__main__":
