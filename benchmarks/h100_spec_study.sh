@@ -13,6 +13,6 @@ out=${OUT:-/tmp/out}/study-${configs//,/_}
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 python3 -m servescope.studies.spec_study --models-dir "$PWD/.gpu-stage/p3/models" --out "$out" --configs "$configs" \
     --rates 0.25,1,4,16 --concurrency 8 --repeats 3 --num-requests 48 --phase-seconds 30 --warmup 16 "$@" \
-    2>&1 | grep -E '^\{|Traceback|Error|error' | tail -60
+    2>&1 | grep -E '^\{|Traceback|Error|error|not measured' | tail -60
 rm -rf "$out"/engines/*/tables  # the phase runs hold every row; keep the engine's manifest and phases.json
 tar -C "$out" -czf "$out.tar.gz" . && rm -rf "$out"/runs "$out"/engines  # the device tool brings back flat files

@@ -22,6 +22,6 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 python3 -m servescope.studies.spec_study --models-dir "$PWD/.gpu-stage/p3/models" --out "$out" --configs "$configs" \
     --head "$PWD/benchmarks/models/llama3-8b-eagle3" --rates 2,8,32 --concurrency 8 --repeats 2 --num-requests 160 \
     --phase-seconds 15 --warmup 16 --max-model-len 4096 --engine-timeout "${ENGINE_TIMEOUT_S:-270}" "$@" \
-    2>&1 | grep -E '^\{|Traceback|Error|error' | tail -60
+    2>&1 | grep -E '^\{|Traceback|Error|error|not measured' | tail -60
 rm -rf "$out"/engines/*/tables  # the phase runs hold every row; keep the engine's manifest and phases.json
 tar -C "$out" -czf "$out.tar.gz" . && rm -rf "$out"/runs "$out"/engines  # the device tool brings back flat files
