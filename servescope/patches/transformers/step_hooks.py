@@ -30,6 +30,7 @@ from typing import Any
 
 from servescope.patches.transformers.state import MAX_PENDING_STEPS, STATE, PendingStep, UpdateInProgress, active_recorder
 from servescope.patches.transformers.request_hooks import tokens_generated
+from servescope.patches.transformers.runner_hooks import harvest_regions
 from servescope.run.clock import now_ns
 from servescope.run.names import FinishReason, RequestEvent, Table
 from servescope.run.rows import RequestEventRow, StepRow, TokenEmissionRow
@@ -199,6 +200,7 @@ def wrap_update_batch(wrapped, self, args, kwargs):
         _on_update(rec, step_id, update, t0, t1)
     except Exception as exc:
         rec.error("ContinuousBatchProcessor.update_batch", exc)
+    harvest_regions()  # the step's tokens are in: its regions' events have completed
     return out
 
 
