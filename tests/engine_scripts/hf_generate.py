@@ -3,12 +3,14 @@
 usage: hf_generate.py MODEL_DIR OUT_JSON NUM_REQUESTS MAX_TOKENS TOKEN_BUDGET NUM_BLOCKS PAGE_SIZE MODE [SHARING]
 MODE: 'batch' (model.generate_batch) or 'manager' (ContinuousBatchingManager: add_request, streamed results).
 SHARING: 'share' (default: transformers' prefix sharing of complete KV blocks) or 'noshare'.
+HF_DEVICE (environment): where the model runs, 'cpu' (default) or 'cuda' (then in bfloat16).
 The model is the directory's config with random weights from a fixed seed; greedy decoding, EOS off; the
 prompts are those of offline_generate.py (vLLM), so the two engines' runs share their workload.
 """
 
 import inspect
 import json
+import os
 import sys
 
 import torch
@@ -20,8 +22,9 @@ mode = sys.argv[8]
 sharing = (sys.argv[9] if len(sys.argv) > 9 else "share") == "share"
 
 torch.manual_seed(0)
+device = os.environ.get("HF_DEVICE", "cpu")
 model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir), attn_implementation="sdpa",
-                                         dtype=torch.float32)
+                                         dtype=torch.float32 if device == "cpu" else torch.bfloat16).to(device)
 prompts = [[(7 * i + j) % 1000 + 10 for j in range(20 + 9 * i)] for i in range(num_requests)]  # offline_generate.py's
 generation = GenerationConfig(max_new_tokens=max_tokens, do_sample=False, eos_token_id=-1)
 page = "page_size" if "page_size" in inspect.signature(ContinuousBatchingConfig).parameters else "block_size"  # < 5.18
