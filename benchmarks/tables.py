@@ -1013,6 +1013,9 @@ def engine_vs_engine_served(name: str) -> list[str]:
 H200_ENGINE_VS_ENGINE = "h200-engine-vs-engine-1.json"
 H200_ENGINE_VS_ENGINE_RUNS = "h200-engine-vs-engine-1/runs.tar.gz"
 H200_SERVED = "h200-engine-vs-engine-2.json"  # the served half, a later lease (--skip-offline)
+# what each H200 pair's table shows, offline and served alike
+H200_PAIR_VIEW = dict(latency=("ttft", "tbt", "e2e", "scheduling_delay"), quantiles=("p50", "p99"),
+                      steps=("mean", "p50"), compute="GPU time (CUDA events)")
 H200_SERVED_RUNS = "h200-engine-vs-engine-2/runs.tar.gz"
 STEP_PHASE_TITLES = (("iteration_s", "step"), ("gpu_s", "GPU time"), ("cpu_overhead_s", "host overhead"),
                      ("idle_s", "idle"), ("schedule_s", "schedule"), ("execute_s", "execute (launch)"),
@@ -1229,8 +1232,7 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[], list[str]]]] = {
     "cpu-engine-vs-engine-served": ((CPU_ENGINE_VS_ENGINE,), lambda: engine_vs_engine_served(CPU_ENGINE_VS_ENGINE)),
     "h200-engine-vs-engine-stages": ((H200_ENGINE_VS_ENGINE,), lambda: engine_vs_engine_stages(H200_ENGINE_VS_ENGINE)),
     "h200-engine-vs-engine-offline": ((H200_ENGINE_VS_ENGINE,), lambda: engine_vs_engine_pair(
-        H200_ENGINE_VS_ENGINE, "compare-offline", latency=("ttft", "tbt", "e2e", "scheduling_delay"), quantiles=("p50", "p99"),
-        steps=("mean", "p50"), compute="GPU time (CUDA events)")),
+        H200_ENGINE_VS_ENGINE, "compare-offline", **H200_PAIR_VIEW)),
     "h200-engine-vs-engine-offline-statement": ((H200_ENGINE_VS_ENGINE,),
                                                 lambda: compare_statement(H200_ENGINE_VS_ENGINE, "compare-offline")),
     "h200-engine-vs-engine-steps": ((H200_ENGINE_VS_ENGINE,), lambda: engine_vs_engine_steps(H200_ENGINE_VS_ENGINE)),
@@ -1242,8 +1244,7 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[], list[str]]]] = {
     "h200-engine-vs-engine-served-runs": ((H200_SERVED, H200_SERVED_RUNS),
                                           lambda: engine_vs_engine_served_runs(H200_SERVED, H200_SERVED_RUNS)),
     **{f"h200-engine-vs-engine-rate{rate}": ((H200_SERVED,), lambda rate=rate: engine_vs_engine_pair(
-        H200_SERVED, f"compare-rate{rate}", latency=("ttft", "tbt", "e2e", "scheduling_delay"), quantiles=("p50", "p99"),
-        steps=("mean", "p50"), compute="GPU time (CUDA events)")) for rate in (4, 16)},
+        H200_SERVED, f"compare-rate{rate}", **H200_PAIR_VIEW)) for rate in (4, 16)},
     **{f"h200-engine-vs-engine-rate{rate}-statement": ((H200_SERVED,), lambda rate=rate: compare_statement(
         H200_SERVED, f"compare-rate{rate}")) for rate in (4, 16)},
     "h200-engine-vs-engine-served-split": ((H200_SERVED,), lambda: engine_vs_engine_split(H200_SERVED)),
