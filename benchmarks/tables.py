@@ -866,6 +866,8 @@ def hook_breakdown() -> list[str]:
 
 USER_PAYS_DECODE = "h200-overhead-offline-decode.json"
 USER_PAYS_SERVED_30 = "h200-overhead-served-30.json"
+USER_PAYS_SERVED_30_NO_WORKER = "h200-overhead-served-30-no-worker-regions.json"
+STEP_PHASES_SERVED_30_NO_WORKER = "h200-served-30-no-worker-regions-step-phases.json"
 HOOK_BREAKDOWN_SERVED = "h200-hook-breakdown-served.json"
 USER_PAYS_SERVED = ("h200-overhead-served-1.json", "h200-overhead-served-2.json")
 STEP_PHASES = "h200-offline-step-phases.json"
@@ -886,24 +888,25 @@ def hook_breakdown_served() -> list[str]:
 
 
 def served_arms(*names: str) -> list[str]:
-    """Each served arm in the order it ran: offered and achieved request rate, the engine's busy share, engine
+    """Each served arm in the order it ran (numbered per raw file: a resumed comparison's arms share one): offered and achieved request rate, the engine's busy share, engine
     start (a cold compile cache shows there) and the latencies, so that a saturated or cold arm is seen."""
-    lines = header("call", "arm", "engine start (s)", "achieved req/s (offered)", "busy", "output tokens/s",
-                   "TTFT P50 (ms)", "TBT per chunk P50 (ms)", "end-to-end P50 (s)")
+    lines = header("raw file", "arm", "engine start (s)", "achieved req/s (offered)", "busy", "output tokens/s",
+                   "TTFT P50 (ms)", "TBT per chunk P50 (ms)", "TBT per chunk P99 (ms)", "end-to-end P50 (s)")
     for call, name in enumerate(names, 1):
         for a in load(name)["arms"]:
             lines.append(row(call, f"{a['index'] + 1} ({a['arm']})", f"{a['engine_start_s']:.0f}",
                              f"{a['achieved_rate']:.2f} ({a['offered_rate']:g})", f"{a['busy_fraction']:.3f}",
                              f"{a['output_tokens_per_s']:.1f}", f"{1e3 * a['ttft_p50_s']:.1f}",
-                             f"{1e3 * a['tbt_per_chunk_p50_s']:.2f}", f"{a['e2e_p50_s']:.3f}"))
+                             f"{1e3 * a['tbt_per_chunk_p50_s']:.2f}", f"{1e3 * a['tbt_per_chunk_p99_s']:.1f}",
+                             f"{a['e2e_p50_s']:.3f}"))
     return lines
 
 
-def step_phases() -> list[str]:
+def step_phases(name: str) -> list[str]:
     """The EngineCore thread's phases per decode step (medians) of each traced arm, and the share spent waiting."""
     lines = header("traced arm", "decode steps", "schedule (us)", "execute (us)", "wait (us)", "update (us)",
                    "step cycle (us)", "wait / cycle")
-    for r in load(STEP_PHASES)["results"]:
+    for r in load(name)["results"]:
         arm = Path(r["run"]).parent.name
         lines.append(row(arm, r["decode_steps"], *(f"{r[f'{p}_us']['p50']:.0f}" for p in ("schedule", "execute", "wait", "update")),
                          f"{r['cycle_us_p50']:.0f}", f"{r['wait_share_of_cycle']:.2f}"))
@@ -1216,8 +1219,14 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[], list[str]]]] = {
     "h200-served-arms": (USER_PAYS_SERVED, lambda: served_arms(*USER_PAYS_SERVED)),
     "h200-user-pays-served-30": ((USER_PAYS_SERVED_30,), lambda: user_pays(USER_PAYS_SERVED_30)),
     "h200-served-30-arms": ((USER_PAYS_SERVED_30,), lambda: served_arms(USER_PAYS_SERVED_30)),
+    "h200-user-pays-served-30-no-worker-regions": ((USER_PAYS_SERVED_30_NO_WORKER,),
+                                                   lambda: user_pays(USER_PAYS_SERVED_30_NO_WORKER)),
+    "h200-served-30-no-worker-regions-arms": ((USER_PAYS_SERVED_30_NO_WORKER,),
+                                              lambda: served_arms(USER_PAYS_SERVED_30_NO_WORKER)),
     "h200-hook-breakdown-served": ((HOOK_BREAKDOWN_SERVED,), hook_breakdown_served),
-    "h200-step-phases": ((STEP_PHASES,), step_phases),
+    "h200-step-phases": ((STEP_PHASES,), lambda: step_phases(STEP_PHASES)),
+    "h200-served-30-no-worker-regions-step-phases": ((STEP_PHASES_SERVED_30_NO_WORKER,),
+                                                     lambda: step_phases(STEP_PHASES_SERVED_30_NO_WORKER)),
     "h200-interference": (INTERFERENCE, interference),
     "h200-hook-cost": (HOOK_COST, hook_cost),
     "cpu-user-pays-offline": (("cpu-overhead-offline-2.json",), lambda: user_pays("cpu-overhead-offline-2.json")),
