@@ -11,6 +11,9 @@
 #                                                # (40/s saturated the H200 at 38/s: benchmarks/results/h200-overhead-served-1.json)
 #   PARTS=frontend,scheduler,tokens bash benchmarks/h200_overhead.sh served   # the traced arms record only these
 #                                                # parts (here: no worker regions): one part's share, by leaving it out
+#   SUBSET_PARTS=frontend,scheduler,tokens ARMS=4 bash benchmarks/h200_overhead.sh served   # three kinds of arm in
+#                                                # one comparison: untraced, traced (PARTS), traced with only SUBSET_PARTS;
+#                                                # the left-out parts' share against the same untraced arms
 #   bash benchmarks/h200_overhead.sh breakdown   # self-timing of every hook at batch 256 and 16 (one traced run each)
 #   bash benchmarks/h200_overhead.sh served-breakdown   # the same for the served load at 30/s (one traced run)
 #   bash benchmarks/h200_overhead.sh eagle3      # 4 + 4 arms with EAGLE-3 (k 4, synthetic acceptance 2.5, Model Runner V2):
@@ -51,15 +54,17 @@ case "${1:-}" in
     python3 benchmarks/step_phases.py /tmp/oh-offline16/arms/*-on/run --out "$OUT/h200-offline16-step-phases.json"
     ;;
   served)
-    parts=${PARTS:-default}
+    parts=${PARTS:-default}${SUBSET_PARTS:+-vs-$SUBSET_PARTS}
     dir=/tmp/oh-served-${parts//,/-}
     python3 -m servescope overhead --model "$MODEL" --out "$dir" --summary-to "$OUT/h200-overhead-served-${parts//,/-}.json" \
       --load served --arms "${ARMS:-4}" --num-requests 500 --rate "${RATE:-30}" --warmup-requests 64 \
-      --prompt-len 512 --output-len 128 --engine-args "$ENGINE_ARGS" --parts "$parts" --budget-s "$BUDGET_S" $(begun "$dir")
+      --prompt-len 512 --output-len 128 --engine-args "$ENGINE_ARGS" --parts "${PARTS:-default}" \
+      ${SUBSET_PARTS:+--subset-parts "$SUBSET_PARTS"} --budget-s "$BUDGET_S" $(begun "$dir")
     # every request's chunk times as the client saw them, both kinds of arm (no servescope record in them)
     tar czf "$OUT/h200-overhead-served-${parts//,/-}-client.tar.gz" -C "$dir" $(cd "$dir" && ls arms/*/result.json)
     # the EngineCore's phases per decode step in the traced arms: is the host's work hidden behind the GPU's?
-    python3 benchmarks/step_phases.py "$dir"/arms/*-on/run --out "$OUT/h200-served-${parts//,/-}-step-phases.json" || true
+    python3 benchmarks/step_phases.py $(ls -d "$dir"/arms/*-on/run "$dir"/arms/*-subset/run 2>/dev/null) \
+      --out "$OUT/h200-served-${parts//,/-}-step-phases.json" || true
     ;;
   served-breakdown)
     rm -rf /tmp/sts

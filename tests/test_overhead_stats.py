@@ -93,6 +93,38 @@ def test_arm_orders():
         arm_order(2, "alternating")
 
 
+def test_three_kinds_of_arm_take_every_position_equally_often_over_six_blocks():
+    """off / on / subset: blocks worked out by hand from the rule (rotate by i // 2, reverse odd blocks)."""
+    kinds = ("off", "on", "subset")
+    order = arm_order(6, "balanced", kinds=kinds)
+    blocks = [order[i:i + 3] for i in range(0, 18, 3)]
+    assert blocks == [["off", "on", "subset"], ["subset", "on", "off"], ["on", "subset", "off"],
+                      ["off", "subset", "on"], ["subset", "off", "on"], ["on", "off", "subset"]]
+    for position in range(3):
+        assert sorted(block[position] for block in blocks) == ["off", "off", "on", "on", "subset", "subset"]
+    rnd = arm_order(4, "random", seed=1, kinds=kinds)
+    assert sorted(rnd) == ["off"] * 4 + ["on"] * 4 + ["subset"] * 4 and rnd == arm_order(4, "random", seed=1, kinds=kinds)
+    with pytest.raises(ValueError, match="distinct"):
+        arm_order(2, "balanced", kinds=("off", "off"))
+
+
+def test_subset_arms_give_the_left_out_parts_their_own_share_against_the_same_untraced_arms():
+    """Throughput 1000 untraced, 980 with the subset of parts, 950 with all: the subset costs 2% (980 / 1000), the
+    parts it leaves out 3.06% more (950 / 980), the whole 5%; the whole trace's change ignores the subset arms."""
+    from servescope.overhead.user_pays import compare_arms
+
+    def arms(kind, value):
+        return [{"arm": kind, "output_tokens_per_s": value}, {"arm": kind, "output_tokens_per_s": value * 1.0001}]
+
+    result = compare_arms(arms("off", 1000.0) + arms("subset", 980.0) + arms("on", 950.0), goal=0.01)
+    assert result["changes"]["output_tokens_per_s"]["change"] == pytest.approx(-0.05, abs=1e-9)
+    subset = result["subset_changes"]
+    assert subset["subset_vs_off"]["output_tokens_per_s"]["change"] == pytest.approx(-0.02, abs=1e-9)
+    assert subset["on_vs_subset"]["output_tokens_per_s"]["change"] == pytest.approx(950 / 980 - 1, abs=1e-9)
+    assert subset["on_vs_subset"]["output_tokens_per_s"]["off"] == (980.0, 980.0 * 1.0001)  # the subset is the base
+    assert "subset_changes" not in compare_arms(arms("off", 1000.0) + arms("on", 950.0), goal=0.01)
+
+
 def test_a_served_arm_keeps_its_latency_distribution_with_known_quantiles():
     """One request whose 100 gaps between chunks are 1, 2, ..., 100 ms: by linear interpolation (the rule of
     numpy's default, Hyndman & Fan type 7) quantile q of 1..100 is 1 + 99 q ms, worked by hand, not by numpy."""

@@ -112,6 +112,23 @@ def test_the_second_engine_has_the_same_arms(tmp_path, tiny_model_dir):
         assert arm["ttft_p50_s"] is None  # generate_batch shows the caller whole batches only
 
 
+def test_a_subset_arm_is_traced_with_only_its_parts(tmp_path, tiny_model_dir):
+    """--subset-parts: the third kind of arm runs under servescope run recording only those parts (every process
+    says so in the manifest), and still records every token its script generated."""
+    pytest.importorskip("transformers")
+    from engine_fixtures import engine_env
+    from servescope.run.manifest import load_manifest
+
+    spec = UserPaysSpec(model=str(tiny_model_dir), engine="transformers", arms=2, num_requests=4, prompt_len=16,
+                        output_len=6, batches=2, warmup_batches=1, engine_args={"num_blocks": 64}, subset_parts="tokens")
+    assert spec.arm_kinds() == ("off", "on", "subset")
+    subset = run_arm(spec, "subset", 2, tmp_path, engine_env())
+    assert subset["processes_that_imported_servescope"] >= 1
+    assert subset["recording"]["complete"] and subset["recording"]["tokens_recorded"] == 3 * 4 * 6
+    processes = load_manifest(tmp_path / "arms" / "02-subset" / "run")["processes"]
+    assert processes and all(p["recording_parts"] == ["tokens"] for p in processes)
+
+
 @pytest.mark.engine
 def test_served_arms_stream_every_request_and_the_traced_one_records_every_token(tmp_path, tiny_model_dir):
     """--load served (AsyncLLM, Poisson arrivals, DELTA outputs): what `h200_overhead.sh served` runs, at a tiny
@@ -143,9 +160,7 @@ def test_a_comparison_cut_by_its_budget_is_finished_by_resume_and_never_overwrit
     from servescope.cli.main import app
 
     out = tmp_path / "oh"
-    command = ["overhead", "--engine", "transformers", "--model", str(tiny_model_dir), "--out", str(out),
-               "--arms", "2", "--num-requests", "4", "--prompt-len", "16", "--output-len", "6", "--batches", "2",
-               "--engine-args", '{"num_blocks": 64}']
+    command = transformers_overhead_command(tiny_model_dir, out)
     runner = CliRunner()
 
     def invoke(*extra):
@@ -169,3 +184,34 @@ def test_a_comparison_cut_by_its_budget_is_finished_by_resume_and_never_overwrit
     assert [a["arm"] for a in final["arms"]] == final["order"] and "output_tokens_per_s" in final["changes"]
     (aside,) = (out / "unfinished-arms").iterdir()
     assert aside.name.startswith("01-on-") and (aside / "log.txt").read_text() == "cut"
+
+
+def test_a_comparison_with_a_subset_kind_reports_the_left_out_parts_share(tmp_path, tiny_model_dir):
+    """--subset-parts on the command line: 2 arms of each of three kinds in the balanced order, the usual table
+    and the two subset tables printed, both pairs' changes in overhead.json; a subset equal to --parts refused."""
+    pytest.importorskip("transformers")
+    from typer.testing import CliRunner
+
+    from engine_fixtures import engine_env
+    from servescope.cli.main import app
+
+    out = tmp_path / "oh"
+    command = transformers_overhead_command(tiny_model_dir, out)
+    runner = CliRunner()
+    same = runner.invoke(app, [*command, "--subset-parts", "default"], env=engine_env(), catch_exceptions=False)
+    assert same.exit_code != 0 and "--subset-parts default" in same.output and not out.exists()
+    done = runner.invoke(app, [*command, "--subset-parts", "tokens"], env=engine_env(), catch_exceptions=False)
+    assert done.exit_code == 0, done.output
+    report = json.loads((out / "overhead.json").read_text())
+    assert report["order"] == ["off", "on", "subset", "subset", "on", "off"]
+    assert [a["arm"] for a in report["arms"]] == report["order"] and report["complete"]
+    assert set(report["subset_changes"]) == {"subset_vs_off", "on_vs_subset"}
+    assert "output_tokens_per_s" in report["subset_changes"]["on_vs_subset"]
+    assert "Tracing only tokens" in done.output and "The parts tokens leaves out" in done.output
+
+
+def transformers_overhead_command(model_dir, out) -> list[str]:
+    """`servescope overhead` on the second engine at a size that runs in seconds: 2 arms of each kind."""
+    return ["overhead", "--engine", "transformers", "--model", str(model_dir), "--out", str(out), "--arms", "2",
+            "--num-requests", "4", "--prompt-len", "16", "--output-len", "6", "--batches", "2",
+            "--engine-args", '{"num_blocks": 64}']

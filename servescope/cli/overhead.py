@@ -40,6 +40,10 @@ def overhead(
     parts: str = typer.Option("default", "--parts", callback=recording_parts,
                               help="The traced arms' recording parts; measure one part's cost by leaving it out. "
                                    + PARTS_HELP),
+    subset_parts: Optional[str] = typer.Option(None, "--subset-parts", callback=recording_parts,
+                                               help="Add a third kind of arm, traced with only these parts, interleaved "
+                                                    "with the other two: the parts it leaves out get their own share "
+                                                    "(traced against subset) beside the whole cost, in one comparison."),
     num_requests: int = typer.Option(256, "--num-requests", callback=positive,
                                      help="offline: requests per batch; served: requests per arm."),
     prompt_len: int = typer.Option(512, "--prompt-len", callback=positive, help="Prompt tokens per request."),
@@ -78,17 +82,21 @@ def overhead(
         return
     from servescope.overhead.user_pays import OverheadError, UserPaysSpec, run_user_pays
 
+    if subset_parts is not None and subset_parts == parts:
+        raise CommandError(f"--subset-parts {subset_parts}: the same as --parts; a subset leaves some part out")
     if engine == "transformers" and (load != "offline" or method != "user"):
         raise CommandError("--engine transformers measures the offline load with --method user only")
     spec = UserPaysSpec(model=str(model.absolute()), engine=engine, load=load, arms=arms, order=order, seed=seed, parts=parts,
-                        engine_args=engine_args, num_requests=num_requests, prompt_len=prompt_len,
+                        subset_parts=subset_parts, engine_args=engine_args, num_requests=num_requests, prompt_len=prompt_len,
                         output_len=output_len, batches=batches, warmup_batches=warmup_batches, prompts=prompts, outputs=outputs,
                         rate=rate,
                         warmup_requests=warmup_requests, goal=goal / 100.0)
 
+    total_arms = arms * len(spec.arm_kinds())
+
     def progress(arm: dict) -> None:
         tbt = arm.get("tbt_per_chunk_p50_s")
-        typer.echo(f"servescope: arm {arm['index'] + 1}/{2 * arms} ({arm['arm']}): "
+        typer.echo(f"servescope: arm {arm['index'] + 1}/{total_arms} ({arm['arm']}): "
                    f"{arm['output_tokens_per_s']:.1f} output tokens/s"
                    + (f", TBT P50 {1e3 * tbt:.3f} ms" if tbt else "") + f" ({arm['elapsed_s']:.0f} s)", err=True)
 
@@ -97,7 +105,7 @@ def overhead(
     except OverheadError as exc:
         raise CommandError(str(exc).splitlines()[0] + f" (see {out}/arms/)", exit_code=1) from exc
     if not report["complete"]:
-        typer.echo(f"servescope: {len(report['arms'])} of {2 * arms} arms within --budget-s; wrote "
+        typer.echo(f"servescope: {len(report['arms'])} of {total_arms} arms within --budget-s; wrote "
                    f"{out / 'overhead.json'}; the same command with --resume runs the rest", err=True)
         raise typer.Exit(3)
     print_report(report)
@@ -105,21 +113,33 @@ def overhead(
 
 
 def print_report(report: dict) -> None:
-    """Print the change of every metric with its interval and verdict."""
+    """Print the change of every metric with its interval and verdict (and each subset pair's, if any)."""
+    spec = report["spec"]
+    arms = f"{spec['arms']} fresh-process arms of each kind"
+    _print_changes(report["changes"], f"What tracing costs ({spec['load']}, {arms}, parts {spec['parts']}; 95% "
+                                      "intervals over arms)", "untraced (geo. mean)", "traced")
+    subset = report.get("subset_changes", {})
+    if "subset_vs_off" in subset:
+        _print_changes(subset["subset_vs_off"], f"Tracing only {spec['subset_parts']} ({arms})",
+                       "untraced (geo. mean)", "subset")
+    if "on_vs_subset" in subset:
+        _print_changes(subset["on_vs_subset"], f"The parts {spec['subset_parts']} leaves out: parts {spec['parts']} "
+                                               f"against {spec['subset_parts']} ({arms})", "subset (geo. mean)", "traced")
+    goal = report["goal"]
+    typer.echo(f"goal ({goal['statement']}): {'met' if goal['met'] else 'not met'}")
+
+
+def _print_changes(changes: dict, title: str, base: str, new: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    spec = report["spec"]
-    table = Table(title=f"What tracing costs ({spec['load']}, {spec['arms']} + {spec['arms']} fresh-process arms, "
-                        f"parts {spec['parts']}; 95% intervals over arms)")
-    for col in ("metric", "untraced (geo. mean)", "traced", "change", "95% interval", "verdict"):
+    table = Table(title=title)
+    for col in ("metric", base, new, "change", "95% interval", "verdict"):
         table.add_column(col)
-    for name, c in report["changes"].items():
+    for name, c in changes.items():
         table.add_row(name, f"{_geomean(c['off']):.5g}", f"{_geomean(c['on']):.5g}", f"{100 * c['change']:+.2f}%",
                       f"{100 * c['ci_low']:+.2f}% .. {100 * c['ci_high']:+.2f}%", c["verdict"])
     Console(width=200).print(table)
-    goal = report["goal"]
-    typer.echo(f"goal ({goal['statement']}): {'met' if goal['met'] else 'not met'}")
 
 
 def _geomean(values) -> float:

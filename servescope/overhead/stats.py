@@ -162,19 +162,32 @@ def _round_up(percent: float) -> float:
     return math.ceil(percent * 100.0 - 1e-9) / 100.0
 
 
-def arm_order(n_arms: int, order: str, seed: int = 0) -> list[str]:
-    """Return the order of n_arms untraced and n_arms traced arms: 'balanced' (ABBA: off on on off ...) or 'random'."""
+def arm_order(n_arms: int, order: str, seed: int = 0, kinds: tuple[str, ...] = ("off", "on")) -> list[str]:
+    """Return the order of n_arms arms of each kind: 'balanced' or 'random' (seeded).
+
+    Two kinds, balanced: ABBA (off on on off ...). More kinds, balanced: block i is the kinds rotated by i // 2,
+    reversed in odd blocks (three kinds: off on subset, subset on off, on subset off, off subset on, ...), so that
+    over 2 x len(kinds) blocks every kind runs in every position equally often and a drift in time favours none."""
     if n_arms < 1:
         raise ValueError(f"arms must be at least 1, got {n_arms}")
+    if len(kinds) < 2 or len(set(kinds)) != len(kinds):
+        raise ValueError(f"kinds must be at least two distinct names, got {kinds}")
     if order == "balanced":
         pattern = []
         for i in range(n_arms):
-            pattern += ["off", "on"] if i % 2 == 0 else ["on", "off"]
+            if len(kinds) == 2:
+                block = list(kinds) if i % 2 == 0 else list(reversed(kinds))
+            else:
+                shift = (i // 2) % len(kinds)
+                block = list(kinds[shift:] + kinds[:shift])
+                if i % 2:
+                    block.reverse()
+            pattern += block
         return pattern
     if order == "random":
         import random
 
-        arms = ["off"] * n_arms + ["on"] * n_arms
+        arms = [kind for kind in kinds for _ in range(n_arms)]
         random.Random(seed).shuffle(arms)
         return arms
     raise ValueError(f"order is 'balanced' or 'random', not {order!r}")

@@ -9,6 +9,9 @@ Each arm is one fresh process tree running a plain vLLM script (``user_scripts/o
 - **on**: the same command under ``servescope run`` with the recording parts asked for (by default
   what a user gets by default). The run directory is checked afterwards: its recorded output tokens
   must equal the tokens the script received, so the arm is known to have traced what it measured.
+- **subset** (only with ``subset_parts``): traced as "on" but recording only those parts. Interleaved with the
+  other two kinds in one lease, it measures the share of the parts it leaves out (on against subset) beside the
+  whole cost (on against off), against the same untraced arms.
 
 Arms run in a balanced (off on on off ...) or seeded random order; warm-up is excluded inside each
 arm; every arm's per-batch and per-arm values are kept. The change of each metric and its 95%
@@ -56,6 +59,7 @@ class UserPaysSpec:
     order: str = "balanced"
     seed: int = 0
     parts: str = "default"
+    subset_parts: str | None = None  # a third kind of arm, traced with only these parts (None: two kinds)
     engine_args: dict = field(default_factory=dict)
     num_requests: int = 256  # offline: per batch; served: per arm
     prompt_len: int = 512
@@ -67,6 +71,14 @@ class UserPaysSpec:
     rate: float = 16.0  # served, requests/s
     warmup_requests: int = 64  # served
     goal: float = GOAL_BOUND
+
+    def arm_kinds(self) -> tuple[str, ...]:
+        """Return the kinds of arm this comparison runs: off and on, and subset when subset_parts is given."""
+        return ("off", "on", "subset") if self.subset_parts else ("off", "on")
+
+    def traced_parts(self, arm: str) -> str | None:
+        """Return the recording parts of a kind of arm (None: untraced)."""
+        return {"on": self.parts, "subset": self.subset_parts}.get(arm)
 
     def expected_tokens_all(self) -> int:
         """Return the output tokens one arm generates, warm-up included (each request runs to output_len)."""
@@ -138,9 +150,10 @@ def run_arm(spec: UserPaysSpec, arm: str, index: int, out_dir: Path, env: dict[s
     result_path = arm_dir / "result.json"
     command = spec.script_args(result_path)
     run_dir = arm_dir / "run"
-    if arm == "on":
+    parts = spec.traced_parts(arm)
+    if parts is not None:
         command = [sys.executable, "-m", "servescope", "run", "--out", str(run_dir), "--no-export",
-                   "--parts", spec.parts, "--"] + command
+                   "--parts", parts, "--"] + command
     started = time.monotonic()
     with open(arm_dir / "log.txt", "wb") as log:
         proc = subprocess.run(command, env=arm_environment(arm, sentinel_dir, env), stdout=log,
@@ -156,10 +169,10 @@ def run_arm(spec: UserPaysSpec, arm: str, index: int, out_dir: Path, env: dict[s
     metrics = offline_metrics(result) if result["load"] == "offline" else served_metrics(result)
     arm_record = {"arm": arm, "index": index, "elapsed_s": round(elapsed, 3), "engine_start_s": result.get("engine_start_s"),
                   "processes_that_imported_servescope": len(imports), **metrics}
-    if arm == "on":
+    if parts is not None:
         arm_record["recording"] = recording_check(run_dir, spec.expected_tokens_all())
         if not arm_record["recording"]["complete"]:
-            raise OverheadError(f"arm {index} (on) did not record what it measured: {arm_record['recording']}")
+            raise OverheadError(f"arm {index} ({arm}) did not record what it measured: {arm_record['recording']}")
     return arm_record
 
 
@@ -264,18 +277,34 @@ def served_metrics(result: dict) -> dict:
 CHANGE_METRICS = ("output_tokens_per_s", *(f"{m}_{q}_s" for m in LATENCY_METRICS for q in ("p50", "p99")))
 
 
-def compare_arms(arms: list[dict], goal: float) -> dict:
-    """Return the change of every metric (over arms) with interval and verdict, and whether the goal is met."""
+# with a subset kind: the subset's own cost, and the share of the parts it leaves out (the full trace against it)
+SUBSET_PAIRS = {"subset_vs_off": ("off", "subset"), "on_vs_subset": ("subset", "on")}
+
+
+def changes_between(arms: list[dict], base: str, new: str, goal: float) -> dict:
+    """Return the change of every metric from the base kind's arms to the new kind's (over arms), with interval and
+    verdict ("off" / "on" in each change name the base and the new arms)."""
     changes = {}
     for metric in CHANGE_METRICS:
-        off = [a[metric] for a in arms if a["arm"] == "off" and a.get(metric)]
-        on = [a[metric] for a in arms if a["arm"] == "on" and a.get(metric)]
-        if len(off) >= 2 and len(on) >= 2:
-            changes[metric] = relative_change(metric, off, on, higher_is_better=metric.endswith("per_s"),
+        base_values = [a[metric] for a in arms if a["arm"] == base and a.get(metric)]
+        new_values = [a[metric] for a in arms if a["arm"] == new and a.get(metric)]
+        if len(base_values) >= 2 and len(new_values) >= 2:
+            changes[metric] = relative_change(metric, base_values, new_values, higher_is_better=metric.endswith("per_s"),
                                               goal=goal).as_dict()
+    return changes
+
+
+def compare_arms(arms: list[dict], goal: float) -> dict:
+    """Return the change of every metric (over arms) with interval and verdict, and whether the goal is met; with
+    subset arms, also the changes of SUBSET_PAIRS."""
+    changes = changes_between(arms, "off", "on", goal)
     met = {m: (abs(changes[m]["change"]) <= GOAL_POINT and changes[m]["cost_ci"][1] <= GOAL_BOUND)
            for m in GOAL_METRICS if m in changes}
-    return {"changes": changes,
+    subset = {}
+    if any(a["arm"] == "subset" for a in arms):
+        subset = {"subset_changes": {name: changes_between(arms, base, new, goal)
+                                     for name, (base, new) in SUBSET_PAIRS.items()}}
+    return {"changes": changes, **subset,
             "goal": {"statement": f"throughput and P50/P99 TBT change within {100 * GOAL_POINT:g}%, the 95% "
                                   f"interval's worse end within {100 * GOAL_BOUND:g}%",
                      "met": bool(met) and all(met.values()), "per_metric": met}}
@@ -293,7 +322,7 @@ def run_user_pays(spec: UserPaysSpec, out_dir: str | os.PathLike, *, env: dict[s
     then left incomplete, for a later call with resume=True (a lease of the GPU machine is 10 minutes a call)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    order = arm_order(spec.arms, spec.order, spec.seed)
+    order = arm_order(spec.arms, spec.order, spec.seed, spec.arm_kinds())
     facts = machine_facts()
     arms = _earlier_arms(spec, out_dir, order, resume)
     started = time.monotonic()
