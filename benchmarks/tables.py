@@ -826,6 +826,36 @@ def eagle3_ar_repeat() -> list[str]:
     return out
 
 
+# EAGLE-3 under served load: one spec_study call (both configurations on one lease), 2 repeats per load
+EAGLE3_SERVED = "h200-eagle3-served-1/study.json"
+# (title, the aggregate's metric, format, scale)
+EAGLE3_SERVED_COLUMNS = (("TTFT P50 (ms)", "ttft_p50_s", ".1f", 1e3), ("TTFT P99 (ms)", "ttft_p99_s", ".1f", 1e3),
+                         ("TPOT P50 (ms)", "tpot_p50_s", ".2f", 1e3), ("TPOT P99 (ms)", "tpot_p99_s", ".2f", 1e3),
+                         ("TBT per chunk P99 (ms)", "tbt_chunk_p99_s", ".1f", 1e3),
+                         ("e2e P50 (ms)", "e2e_p50_s", ".0f", 1e3), ("output tokens/s", "output_tokens_per_s", ".0f", 1))
+
+
+def study_loads(setup: dict) -> list[tuple[str, str]]:
+    """A spec_study's loads as (the aggregate's key, label): each replay rate, then the closed loop."""
+    sys.path.insert(0, str(ROOT))
+    from servescope.studies.spec_study import load_names
+
+    rates, concurrency = setup["rates"], setup["concurrency"]
+    labels = [f"{r:g} (trace replay)" for r in rates] + ([f"closed loop of {concurrency}"] if concurrency else [])
+    return list(zip(load_names(rates, concurrency), labels))
+
+
+def eagle3_served_latency() -> list[str]:
+    setup = load(EAGLE3_SERVED)["setup"]
+    return study_latency(EAGLE3_SERVED, setup["configs"], study_loads(setup), EAGLE3_SERVED_COLUMNS)
+
+
+def eagle3_served_speedup() -> list[str]:
+    speedup = load(EAGLE3_SERVED)["speedup"]
+    pairs = [(config, base) for config, bases in speedup.items() for base in bases]
+    return study_speedup(EAGLE3_SERVED, pairs, tuple(SPEEDUP_METRICS))
+
+
 def acceptance_counts(name: str, target: str = "—") -> list[str]:
     """servescope's acceptance records against vLLM's counters (per position: counts, or rates times drafts)."""
     d = load(name)
@@ -1256,6 +1286,8 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[], list[str]]]] = {
     **{name: table for lease in EAGLE3_LEASES for name, table in eagle3_tables(lease).items()},
     "h200-eagle3-k4-by-acceptance": (eagle3_k4_files(), eagle3_k4_by_acceptance),
     "h200-eagle3-ar-repeat": (tuple(EAGLE3_AR_REPEATS.values()), eagle3_ar_repeat),
+    "h200-eagle3-served-latency": ((EAGLE3_SERVED,), eagle3_served_latency),
+    "h200-eagle3-served-speedup": ((EAGLE3_SERVED,), eagle3_served_speedup),
     "h200-spec-counts": ((H200_ACCEPTANCE,), lambda: acceptance_counts(H200_ACCEPTANCE)),
     "h200-second-observer": ((H200_ACCEPTANCE,), lambda: second_observer(H200_ACCEPTANCE)),
     "cpu-engine-vs-engine-offline": ((CPU_ENGINE_VS_ENGINE,), lambda: engine_vs_engine_pair(CPU_ENGINE_VS_ENGINE)),
