@@ -421,29 +421,41 @@ SPEEDUP_PAIRS = (("draft-k4-a3.5@lease3", "ar@lease3"), ("draft-k4-a3.5@lease3",
                  ("ngram-k4-a2.5", "ar"), ("ngram-k4-a2.5", "ar-sync-v1"))
 
 
-def spread_ms(s: dict | None, fmt: str) -> str:
+# (title, the aggregate's metric, format, scale): the H100 study's latency table, ms
+SPEC_LATENCY_COLUMNS = (("e2e P50", "e2e_p50_s", ".0f", 1e3), ("TPOT P50", "tpot_p50_s", ".1f", 1e3),
+                        ("TPOT P99", "tpot_p99_s", ".1f", 1e3), ("TTFT P50", "ttft_p50_s", ".1f", 1e3),
+                        ("TTFT P99", "ttft_p99_s", ".1f", 1e3))
+SPEC_LATENCY_LOADS = (("r0.25", "0.25"), ("r1", "1"), ("r16", "16"))  # (the aggregate's load, its label)
+
+
+def spread(s: dict | None, fmt: str, scale: float = 1e3) -> str:
+    """A metric's median over the repeats with their [min, max], times scale (1e3: seconds to ms)."""
     if not s or s.get("median") is None:
         return "-"
-    return f"{s['median'] * 1e3:{fmt}} [{s['min'] * 1e3:{fmt}}, {s['max'] * 1e3:{fmt}}]"
+    return f"{s['median'] * scale:{fmt}} [{s['min'] * scale:{fmt}}, {s['max'] * scale:{fmt}}]"
 
 
-def spec_latency() -> list[str]:
-    agg = load(STUDY)["aggregate"]
-    out = header("configuration", "load (req/s)", "e2e P50", "TPOT P50", "TPOT P99", "TTFT P50", "TTFT P99")
-    for rate in ("0.25", "1", "16"):
-        for c in LATENCY_CONFIGS:
-            a = agg[c][f"r{rate}"]
-            out.append(row(c, rate, spread_ms(a["e2e_p50_s"], ".0f"), *(spread_ms(a[m], ".1f") for m in
-                                                                         ("tpot_p50_s", "tpot_p99_s", "ttft_p50_s",
-                                                                          "ttft_p99_s"))))
+def study_latency(name: str, configs, loads, columns) -> list[str]:
+    """A spec_study's aggregate: per load (key, label) and configuration, each column's median [min, max] over
+    the repeats."""
+    agg = load(name)["aggregate"]
+    out = header("configuration", "load (req/s)", *(title for title, *_ in columns))
+    for key, label in loads:
+        for c in configs:
+            a = agg[c][key]
+            out.append(row(c, label, *(spread(a[metric], fmt, scale) for _, metric, fmt, scale in columns)))
     return out
 
 
-def crossing(value) -> str:
+def spec_latency() -> list[str]:
+    return study_latency(STUDY, LATENCY_CONFIGS, SPEC_LATENCY_LOADS, SPEC_LATENCY_COLUMNS)
+
+
+def crossing(value, highest_rate: float) -> str:
     if isinstance(value, float):
         return f"{value:.2g} req/s"
     text = str(value)
-    return {"beyond the highest rate": "beyond 16 req/s", "no resolved difference": "not resolved"}.get(
+    return {"beyond the highest rate": f"beyond {highest_rate:g} req/s", "no resolved difference": "not resolved"}.get(
         text, text.replace(" (not resolved)", " req/s (not resolved)"))
 
 
@@ -451,14 +463,32 @@ def ratio_cells(values, resolved) -> list[str]:
     return ["-" if v is None else f"{v:.2f}" + ("" if ok else "~") for v, ok in zip(values, resolved)]
 
 
-def spec_speedup() -> list[str]:
-    study = load(STUDY)
-    out = header("configuration", "baseline", *(f"{r:g}" for r in study["rates"][:-1]),
-                 f"{study['rates'][-1]:g} req/s", "crossover")
-    for config, base in SPEEDUP_PAIRS:
-        s = study["speedup"][config][base]["e2e_p50_s"]
-        out.append(row(config, base, *ratio_cells(s["speedup"], s["resolved"]), crossing(s["crossover_rate"])))
+SPEEDUP_METRICS = {"e2e_p50_s": "e2e P50", "tpot_p50_s": "TPOT P50"}
+
+
+def study_rates(study: dict) -> list[float]:
+    """The replay rates of a spec_study: a merged study lists them, a single one has them in its setup."""
+    return study["rates"] if "rates" in study else study["setup"]["rates"]
+
+
+def study_speedup(name: str, pairs, metrics=("e2e_p50_s",)) -> list[str]:
+    """Speedup per rate of each (configuration, baseline) pair, unresolved ratios marked ~, and the crossover;
+    a column names the metric when the table shows more than one."""
+    study = load(name)
+    rates = study_rates(study)
+    named = len(metrics) > 1
+    out = header("configuration", "baseline", *(("speedup of",) if named else ()), *(f"{r:g}" for r in rates[:-1]),
+                 f"{rates[-1]:g} req/s", "crossover")
+    for config, base in pairs:
+        for metric in metrics:
+            s = study["speedup"][config][base][metric]
+            out.append(row(config, base, *((SPEEDUP_METRICS[metric],) if named else ()),
+                           *ratio_cells(s["speedup"], s["resolved"]), crossing(s["crossover_rate"], s["rates"][-1])))
     return out
+
+
+def spec_speedup() -> list[str]:
+    return study_speedup(STUDY, SPEEDUP_PAIRS)
 
 
 def spec_lease_to_lease() -> list[str]:
@@ -794,6 +824,36 @@ def eagle3_ar_repeat() -> list[str]:
     for label, series, fmt in values:
         out.append(row(label, *(fmt.format(v) for v in series), f"{max(series) / min(series):.3f}"))
     return out
+
+
+# EAGLE-3 under served load: one spec_study call (both configurations on one lease), 2 repeats per load
+EAGLE3_SERVED = "h200-eagle3-served-1/study.json"
+# (title, the aggregate's metric, format, scale)
+EAGLE3_SERVED_COLUMNS = (("TTFT P50 (ms)", "ttft_p50_s", ".1f", 1e3), ("TTFT P99 (ms)", "ttft_p99_s", ".1f", 1e3),
+                         ("TPOT P50 (ms)", "tpot_p50_s", ".2f", 1e3), ("TPOT P99 (ms)", "tpot_p99_s", ".2f", 1e3),
+                         ("TBT per chunk P99 (ms)", "tbt_chunk_p99_s", ".1f", 1e3),
+                         ("e2e P50 (ms)", "e2e_p50_s", ".0f", 1e3), ("output tokens/s", "output_tokens_per_s", ".0f", 1))
+
+
+def study_loads(setup: dict) -> list[tuple[str, str]]:
+    """A spec_study's loads as (the aggregate's key, label): each replay rate, then the closed loop."""
+    sys.path.insert(0, str(ROOT))
+    from servescope.studies.spec_study import load_names
+
+    rates, concurrency = setup["rates"], setup["concurrency"]
+    labels = [f"{r:g} (trace replay)" for r in rates] + ([f"closed loop of {concurrency}"] if concurrency else [])
+    return list(zip(load_names(rates, concurrency), labels))
+
+
+def eagle3_served_latency() -> list[str]:
+    setup = load(EAGLE3_SERVED)["setup"]
+    return study_latency(EAGLE3_SERVED, setup["configs"], study_loads(setup), EAGLE3_SERVED_COLUMNS)
+
+
+def eagle3_served_speedup() -> list[str]:
+    speedup = load(EAGLE3_SERVED)["speedup"]
+    pairs = [(config, base) for config, bases in speedup.items() for base in bases]
+    return study_speedup(EAGLE3_SERVED, pairs, tuple(SPEEDUP_METRICS))
 
 
 def acceptance_counts(name: str, target: str = "—") -> list[str]:
@@ -1235,6 +1295,8 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[], list[str]]]] = {
     **{name: table for lease in EAGLE3_LEASES for name, table in eagle3_tables(lease).items()},
     "h200-eagle3-k4-by-acceptance": (eagle3_k4_files(), eagle3_k4_by_acceptance),
     "h200-eagle3-ar-repeat": (tuple(EAGLE3_AR_REPEATS.values()), eagle3_ar_repeat),
+    "h200-eagle3-served-latency": ((EAGLE3_SERVED,), eagle3_served_latency),
+    "h200-eagle3-served-speedup": ((EAGLE3_SERVED,), eagle3_served_speedup),
     "h200-spec-counts": ((H200_ACCEPTANCE,), lambda: acceptance_counts(H200_ACCEPTANCE)),
     "h200-second-observer": ((H200_ACCEPTANCE,), lambda: second_observer(H200_ACCEPTANCE)),
     "cpu-engine-vs-engine-offline": ((CPU_ENGINE_VS_ENGINE,), lambda: engine_vs_engine_pair(CPU_ENGINE_VS_ENGINE)),
