@@ -139,6 +139,27 @@ def test_compaction_is_complete_and_never_counts_twice(tmp_path):
     assert record["spools"][rec.spool_name]["rows_recorded"] == {"request_events": 100}
 
 
+def test_self_timing_totals_reach_the_process_record_with_cpu_time_and_older_ones_without(tmp_path):
+    """A self-timing ledger's last snapshot (wall and thread-CPU ns) lands in the process record by name; a
+    snapshot of the older kind (no CPU time) leaves the CPU fields None rather than 0."""
+    from servescope.record.self_timing import HookLedger
+    from servescope.run.spool import SELF_TIMING
+
+    rec = Recorder(Config.from_options(str(tmp_path)))
+    ledger = HookLedger(rec.append_record)
+    ledger.charge("Scheduler.schedule", 5_000, 2_000)
+    ledger.charge("Scheduler.schedule", 3_000, 1_000)
+    ledger.snapshot()
+    rec.append_record((SELF_TIMING, {**{k: tuple(v) for k, v in ledger.totals.items()}, "Old.hook": (4, 900, 300)}))
+    rec.close()
+    compact_run(tmp_path)
+    record = json.loads((tmp_path / "processes" / f"{os.getpid()}.json").read_text())
+    assert record["hook_cost"]["Scheduler.schedule"] == {"calls": 2, "ns": 8_000, "first_ns": 5_000, "cpu_ns": 3_000,
+                                                         "first_cpu_ns": 2_000}
+    assert record["hook_cost"]["Old.hook"] == {"calls": 4, "ns": 900, "first_ns": 300, "cpu_ns": None,
+                                               "first_cpu_ns": None}
+
+
 def test_a_running_process_spool_is_left_alone(tmp_path):
     rec = Recorder(Config.from_options(str(tmp_path)))
     rec.append(Table.REQUEST_EVENTS, _event(1))

@@ -123,12 +123,17 @@ def update_process_record(run_dir: Path, spool: ProcessSpool, *, ended: bool) ->
         "internal_errors": spool.internal_errors,
         "unreadable_records": spool.unreadable_records,
         "regions_without_gpu_time": spool.regions_without_gpu_time,
-        **({"hook_cost": {name: {"calls": v[0], "ns": v[1], "first_ns": v[2] if len(v) > 2 else None}
-                          for name, v in spool.hook_cost.items()}} if spool.hook_cost else {}),
+        **({"hook_cost": {name: _hook_cost(v) for name, v in spool.hook_cost.items()}} if spool.hook_cost else {}),
     }
     record["spools"] = spools
     record.update(_process_totals(spools))
     write_json(path, record)
+
+
+def _hook_cost(totals) -> dict:
+    """Return one hook's self-timing totals by name (records before the thread CPU time was kept lack it: None)."""
+    keys = ("calls", "ns", "first_ns", "cpu_ns", "first_cpu_ns")
+    return {key: totals[i] if len(totals) > i else None for i, key in enumerate(keys)}
 
 
 def _process_totals(spools: dict) -> dict:
@@ -142,10 +147,10 @@ def _process_totals(spools: dict) -> dict:
     hook_cost: dict[str, dict] = {}
     for e in entries:
         for name, cost in (e.get("hook_cost") or {}).items():
-            mine = hook_cost.setdefault(name, {"calls": 0, "ns": 0, "first_ns": 0})
-            mine["calls"] += cost["calls"]
-            mine["ns"] += cost["ns"]
-            mine["first_ns"] += cost.get("first_ns") or 0
+            mine = hook_cost.setdefault(name, {"calls": 0, "ns": 0, "first_ns": 0, "cpu_ns": 0, "first_cpu_ns": 0})
+            for key in ("calls", "ns", "first_ns", "cpu_ns", "first_cpu_ns"):
+                if mine[key] is not None:  # a total missing from one spool (an older record) is missing from the sum
+                    mine[key] = None if cost.get(key) is None else mine[key] + cost[key]
     return {
         "ended": next((x for x in ends if x != "closed"), "closed"),
         "closed": all(e.get("closed") for e in entries),

@@ -31,7 +31,8 @@ EMISSIONS_SAME_IDS  (EMISSIONS_SAME_IDS, step_id, time_ns, [num tokens], [drafte
                     batch keeps its requests from step to step: their ids are written once, not per step)
 REGION              (REGION, seq, worker_regions row): a region whose GPU time comes later
 REGION_GPU          (REGION_GPU, seq, gpu_ns, gpu_start_ns, gpu_end_ns): that GPU time
-SELF_TIMING         (SELF_TIMING, {hook: (calls, ns, first call's ns)}): the self-timing diagnostic's totals
+SELF_TIMING         (SELF_TIMING, {hook: (calls, ns, first call's ns, cpu ns, first call's cpu ns)}): the
+                    self-timing diagnostic's totals, wall and thread-CPU time
 ==================  ==========================================================================
 
 An EMISSIONS_SAME_IDS record read without the EMISSIONS record it refers to (a segment before it is missing)
@@ -175,7 +176,7 @@ class ProcessSpool:
     internal_errors: int = 0
     unreadable_records: int = 0
     regions_without_gpu_time: int = 0  # REGION records never resolved: GPU time lost at the process's end
-    hook_cost: dict | None = None  # the last SELF_TIMING totals: {hook: (calls, ns, first call's ns)}
+    hook_cost: dict | None = None  # the last SELF_TIMING totals: {hook: (calls, ns, first ns, cpu ns, first cpu ns)}
 
     @property
     def name(self) -> str:
