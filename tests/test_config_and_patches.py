@@ -2,6 +2,7 @@
 wrappers never copy the target's parameters, post-call faults stay inside, everything is undone."""
 
 import logging
+import time
 
 import pytest
 
@@ -85,71 +86,51 @@ def test_a_missing_target_is_refused_with_the_reason():
     assert "not found" in patches.refused[f"{__name__}.Target.gone"]
 
 
+def _self_timed(hook_work, engine_work, calls: int) -> list:
+    """Patch an engine method whose body is engine_work() with a hook that runs hook_work() first, call it `calls`
+    times under self-timing, and return the ledger's totals for it: calls, ns, first ns, cpu ns, first cpu ns."""
+    ledger = HookLedger(lambda record: None)
+
+    def hook(wrapped, instance, args, kwargs):
+        hook_work()
+        return wrapped(*args, **kwargs)
+
+    class Engine:
+        def run(self):
+            engine_work()
+            return 1
+
+    patches = PatchSet(ledger=ledger)
+    try:
+        globals()["Engine"] = Engine
+        assert patches.apply(Patch(__name__, "Engine.run", hook))
+        for _ in range(calls):
+            assert Engine().run() == 1
+        return ledger.totals["Engine.run"]
+    finally:
+        patches.remove_all()
+        globals().pop("Engine", None)
+
+
+def _spin(seconds: float) -> None:
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+def test_self_timing_charges_the_hook_but_not_the_engine(recording):
+    calls, ns, first_ns, cpu_ns, first_cpu_ns = _self_timed(lambda: time.sleep(0.002), lambda: time.sleep(0.02), 5)
+    assert calls == 5
+    assert 0.002 * 5 <= ns / 1e9 < 0.02 * 5  # the hook's 2 ms a call, not the engine's 20 ms
+    assert 0.002 <= first_ns / 1e9 < 0.02  # the first call kept apart, charged the same way
+    assert cpu_ns < ns / 4 and first_cpu_ns <= cpu_ns  # a sleep is waiting, not the hook's code running
+
+
 def test_self_timing_tells_the_hooks_cpu_time_from_its_waiting(recording):
     """A hook that computes for 3 ms and sleeps for 3 ms around an engine call that computes for 10 ms: the wall
     time charged is about 6 ms a call, the thread CPU time about 3 ms (the sleep is waiting), and neither holds
     the engine's 10 ms."""
-    import time
-
-    ledger = HookLedger(lambda record: None)
-
-    def spin(seconds):
-        end = time.thread_time() + seconds
-        while time.thread_time() < end:
-            pass
-
-    def busy_then_idle_hook(wrapped, instance, args, kwargs):
-        spin(0.003)
-        time.sleep(0.003)
-        return wrapped(*args, **kwargs)
-
-    class Busy:
-        def run(self):
-            spin(0.010)
-            return 1
-
-    patches = PatchSet(ledger=ledger)
-    try:
-        globals()["Busy"] = Busy
-        patches.apply(Patch(__name__, "Busy.run", busy_then_idle_hook))
-        for _ in range(4):
-            assert Busy().run() == 1
-        calls, ns, _, cpu_ns, _ = ledger.totals["Busy.run"]
-        assert calls == 4
-        assert 0.006 * 4 <= ns / 1e9 < 0.010 * 4
-        assert 0.003 * 4 <= cpu_ns / 1e9 < 0.0055 * 4
-    finally:
-        patches.remove_all()
-        globals().pop("Busy", None)
-
-
-def test_self_timing_charges_the_hook_but_not_the_engine(recording):
-    import time
-
-    snapshots = []
-    ledger = HookLedger(snapshots.append)
-
-    def slow_hook(wrapped, instance, args, kwargs):
-        time.sleep(0.002)  # the hook's own work
-        return wrapped(*args, **kwargs)
-
-    class Slow:
-        def run(self):
-            time.sleep(0.02)  # the engine's work
-            return 1
-
-    patches = PatchSet(ledger=ledger)
-    patches.apply(Patch(__name__, "Target.step", slow_hook))
-    try:
-        globals()["Slow"] = Slow
-        patches.apply(Patch(__name__, "Slow.run", slow_hook))
-        for _ in range(5):
-            assert Slow().run() == 1
-        calls, ns, first_ns, cpu_ns, first_cpu_ns = ledger.totals["Slow.run"]
-        assert calls == 5
-        assert 0.002 * 5 <= ns / 1e9 < 0.02 * 5  # the hook's 2 ms a call, not the engine's 20 ms
-        assert 0.002 <= first_ns / 1e9 < 0.02  # the first call kept apart, charged the same way
-        assert cpu_ns < ns / 4 and first_cpu_ns <= cpu_ns  # a sleep is waiting, not the hook's code running
-    finally:
-        patches.remove_all()
-        globals().pop("Slow", None)
+    calls, ns, _, cpu_ns, _ = _self_timed(lambda: (_spin(0.003), time.sleep(0.003)), lambda: _spin(0.010), 4)
+    assert calls == 4
+    assert 0.006 * 4 <= ns / 1e9 < 0.010 * 4
+    assert 0.003 * 4 <= cpu_ns / 1e9 < 0.0055 * 4
