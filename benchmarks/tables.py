@@ -947,6 +947,29 @@ def hook_breakdown_served() -> list[str]:
     return lines
 
 
+HOOK_BREAKDOWN_CPU_TIME = "cpu-hook-breakdown-cpu-time.json"
+
+
+def hook_breakdown_cpu_time() -> list[str]:
+    """Each hook's self-timed wall and thread-CPU time per engine step, per run of the file (the CPU build)."""
+    results = load(HOOK_BREAKDOWN_CPU_TIME)["results"]
+    per_step = {label: {(h["role"], h["hook"]): h for h in r["hooks"]} for label, r in results.items()}
+    first = next(iter(results))
+    keys = sorted(set().union(*per_step.values()), key=lambda k: -per_step[first].get(k, {}).get("us_per_step", 0))
+    lines = header("hook", "process", *(f"{label}: wall (CPU) us/step" for label in results))
+    for role, hook in keys:
+        cells = [per_step[label].get((role, hook)) for label in results]
+        if all(c is None or c["us_per_step"] < 1 for c in cells):
+            continue  # one-time hooks and those under 1 us per step
+        lines.append(row(f"`{hook}`", role, *("-" if c is None else f"{c['us_per_step']:.1f} ({c['cpu_us_per_step']:.1f})"
+                                               for c in cells)))
+    lines.append(row("**EngineCore + front end**", "", *(f"{r['engine_and_front_end_us_per_step']:.1f} "
+                                                        f"({r['engine_and_front_end_cpu_us_per_step']:.1f}), budget "
+                                                        f"{r['budget_us_for_this_run_per_step']:.1f}"
+                                                        for r in results.values())))
+    return lines
+
+
 def served_arms(*names: str) -> list[str]:
     """Each served arm in the order it ran (numbered per raw file: a resumed comparison's arms share one): offered and achieved request rate, the engine's busy share, engine
     start (a cold compile cache shows there) and the latencies, so that a saturated or cold arm is seen."""
@@ -1279,6 +1302,7 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[], list[str]]]] = {
     "h200-served-arms": (USER_PAYS_SERVED, lambda: served_arms(*USER_PAYS_SERVED)),
     "h200-user-pays-served-30": ((USER_PAYS_SERVED_30,), lambda: user_pays(USER_PAYS_SERVED_30)),
     "h200-served-30-arms": ((USER_PAYS_SERVED_30,), lambda: served_arms(USER_PAYS_SERVED_30)),
+    "cpu-hook-breakdown-cpu-time": ((HOOK_BREAKDOWN_CPU_TIME,), hook_breakdown_cpu_time),
     "h200-user-pays-served-30-no-worker-regions": ((USER_PAYS_SERVED_30_NO_WORKER,),
                                                    lambda: user_pays(USER_PAYS_SERVED_30_NO_WORKER)),
     "h200-served-30-no-worker-regions-arms": ((USER_PAYS_SERVED_30_NO_WORKER,),
