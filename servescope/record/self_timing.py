@@ -3,8 +3,8 @@
 With ``Config.self_timing`` (``servescope run --self-timing``) every patched method is bound through
 ``timed_binding``: it reads the clock on entry and exit of the replacement and around the engine's
 own call, and charges the difference — the hook's work, wrapper and clock reads included — to the
-hook's name, twice: on the wall clock and on the thread's CPU clock (``time.thread_time_ns``). The two part
-where the wall time goes: CPU time is the hook's code running; the rest is the thread waiting inside the hook
+hook's name, twice: on the wall clock and on the thread's CPU clock (``time.thread_time_ns``). Together they
+split the wall time: CPU time is the hook's code running; the rest is the thread waiting inside the hook
 (for the GIL another thread holds, or for a CPU the OS gave to another thread), which the hook's presence
 exposes but its code does not spend. Nested hooks (the EngineCore's execute_model wrapper around the worker's, in one thread)
 are not counted twice: an outer hook's charge excludes the inner call. The ledger is written to the
@@ -37,7 +37,7 @@ class HookLedger:
         self.totals: dict[str, list[int]] = {}
         self._last = _clock()
 
-    def charge(self, name: str, ns: int, cpu_ns: int = 0) -> None:
+    def charge(self, name: str, ns: int, cpu_ns: int) -> None:
         """Add one call of ns wall and cpu_ns thread-CPU nanoseconds to name; write a snapshot when a second has passed.
 
         The first call of a hook is kept apart too: it pays one-time work (the engine facts, building a timer)
