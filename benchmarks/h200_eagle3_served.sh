@@ -6,6 +6,10 @@
 # after the three staging commands of ../shared/gpu/README.md (carry .gpu-stage/p3 with this one). CONFIGS defaults
 # to ar,eagle3-k4-a2.5; a configuration's engine is stopped after ENGINE_TIMEOUT_S (default 270 s), keeping its
 # finished phases, so two configurations fit one device call.
+# Options after CONFIGS override the defaults below (argparse keeps the last). To place the crossover above 32 req/s
+# (h200-eagle3-served-1 found EAGLE-3 ahead at every rate up to 32, where 160 requests made a 5 s burst):
+#   bash benchmarks/h200_eagle3_served.sh ar,eagle3-k4-a2.5 --rates 8,32,64 --num-requests 960 --closed-requests 160
+# (15 s of arrivals at every rate, the closed loop kept at 160 requests; about 225 s per configuration.)
 # Writes $OUT/eagle3-served-<CONFIGS>/study.json and $OUT/eagle3-served-<CONFIGS>.tar.gz (runs per phase).
 # Checked on the CPU build (tiny model, benchmarks/models/tiny-eagle3, vLLM's own rejection sampler: acceptance 0
 # with a random head), 110 s on 2026-12-02:

@@ -52,3 +52,17 @@ def test_a_configuration_whose_engine_measured_nothing_fails_the_study_in_one_li
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("spec_study: ") and "not measured: ar/engine (engine process: exit 1 after 0 phases)" in last
     assert json.loads((out / "study.json").read_text())["points"]["ar/engine"]["error"]
+
+
+def test_a_high_replay_rate_gets_many_requests_while_the_closed_loop_keeps_its_own_count(tmp_path):
+    """--rates 64 --phase-seconds 15 --num-requests 960: the replay gets 64 x 15 = 960 requests; --closed-requests
+    160 gives the closed loop 160 (without it the closed loop would take --num-requests, 960, as before)."""
+    from servescope.studies.spec_study import phase_plans
+
+    common = ["--models-dir", str(tmp_path), "--out", str(tmp_path / "o"), "--configs", "ar", "--rates", "64",
+              "--phase-seconds", "15", "--num-requests", "960", "--repeats", "1", "--warmup", "0"]
+    plans = {p.name: p for p in phase_plans(parse_args(common + ["--closed-requests", "160"]), vocab_size=1000)}
+    assert plans["r64-rep0"].workload["requests"] == 960 and plans["c8-rep0"].workload["requests"] == 160
+    assert "warmup" not in plans  # --warmup 0: none (it used to fail building a workload of 0 requests)
+    plans = {p.name: p for p in phase_plans(parse_args(common), vocab_size=1000)}
+    assert plans["c8-rep0"].workload["requests"] == 960

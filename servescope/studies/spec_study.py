@@ -106,10 +106,12 @@ def phase_plans(args: argparse.Namespace, vocab_size: int) -> list:
                 "temperature": args.temperature, **load}
 
     seed = iter(range(1000 * args.seed + 1, 1000 * args.seed + 1000))  # fresh prompts per phase
-    w = workload(args.warmup)
-    phases = [PhasePlan("warmup", plan_load(w, SyntheticPrompts(vocab_size, seed=next(seed)), concurrency=8,
-                                            id_prefix="warmup"), facts(w, concurrency=8), measured=False,
-                        temperature=args.temperature)] if args.warmup else []
+    phases = []
+    if args.warmup:  # 0: no warm-up phase (a workload of 0 requests does not exist)
+        w = workload(args.warmup)
+        phases.append(PhasePlan("warmup", plan_load(w, SyntheticPrompts(vocab_size, seed=next(seed)), concurrency=8,
+                                                    id_prefix="warmup"), facts(w, concurrency=8), measured=False,
+                                temperature=args.temperature))
     for rep in range(args.repeats):
         for rate in args.rates:
             w = workload(min(args.num_requests, max(4, math.ceil(rate * args.phase_seconds))))
@@ -120,7 +122,7 @@ def phase_plans(args: argparse.Namespace, vocab_size: int) -> list:
             phases.append(PhasePlan(name, plan, facts(w, target_rate_per_s=rate, time_scale=time_scale, repeat=rep),
                                     temperature=args.temperature))
         if args.concurrency:
-            w = workload(args.num_requests)
+            w = workload(args.closed_requests or args.num_requests)
             name = f"c{args.concurrency}-rep{rep}"
             plan = plan_load(w, SyntheticPrompts(vocab_size, seed=next(seed)), concurrency=args.concurrency,
                              id_prefix=name)
@@ -330,6 +332,9 @@ def parse_args(argv) -> argparse.Namespace:
     ap.add_argument("--concurrency", type=int, default=8, help="closed-loop load's concurrency (0: none)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--num-requests", type=int, default=48, help="requests per phase at most")
+    ap.add_argument("--closed-requests", type=int, default=None,
+                    help="requests of the closed-loop phase (default: --num-requests); a replay at a high rate needs "
+                         "many requests for --phase-seconds of arrivals, the closed loop does not")
     ap.add_argument("--phase-seconds", type=float, default=40.0,
                     help="a replay sends at most this many seconds of arrivals")
     ap.add_argument("--warmup", type=int, default=16, help="warm-up requests before the measured phases (0: none)")
