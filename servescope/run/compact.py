@@ -130,10 +130,13 @@ def update_process_record(run_dir: Path, spool: ProcessSpool, *, ended: bool) ->
     write_json(path, record)
 
 
+# the self-timing totals of one hook, in the order of the spool's SELF_TIMING record
+HOOK_COST_KEYS = ("calls", "ns", "first_ns", "cpu_ns", "first_cpu_ns")
+
+
 def _hook_cost(totals) -> dict:
     """Return one hook's self-timing totals by name (records before the thread CPU time was kept lack it: None)."""
-    keys = ("calls", "ns", "first_ns", "cpu_ns", "first_cpu_ns")
-    return {key: totals[i] if len(totals) > i else None for i, key in enumerate(keys)}
+    return {key: totals[i] if len(totals) > i else None for i, key in enumerate(HOOK_COST_KEYS)}
 
 
 def _process_totals(spools: dict) -> dict:
@@ -147,8 +150,8 @@ def _process_totals(spools: dict) -> dict:
     hook_cost: dict[str, dict] = {}
     for e in entries:
         for name, cost in (e.get("hook_cost") or {}).items():
-            mine = hook_cost.setdefault(name, {"calls": 0, "ns": 0, "first_ns": 0, "cpu_ns": 0, "first_cpu_ns": 0})
-            for key in ("calls", "ns", "first_ns", "cpu_ns", "first_cpu_ns"):
+            mine = hook_cost.setdefault(name, dict.fromkeys(HOOK_COST_KEYS, 0))
+            for key in HOOK_COST_KEYS:
                 if mine[key] is not None:  # a total missing from one spool (an older record) is missing from the sum
                     mine[key] = None if cost.get(key) is None else mine[key] + cost[key]
     return {
