@@ -294,13 +294,13 @@ def grid(results: list[dict]) -> dict:
     """Return per configuration its compared values and their ratio to the autoregressive baseline ``ar``."""
     by_name = {r["config"]: r for r in results}
     base = by_name.get("ar")
+    base_values = {k: value_at(base, path) for k, path in COMPARED.items()} if base is not None else {}
     rows = {}
     for name, r in by_name.items():
         values = {k: value_at(r, path) for k, path in COMPARED.items()}
         row = {"values": values, "failed_checks": sorted(k for k, v in r["checks"].items() if v)}
         if base is not None and name != "ar":
-            row["ratio_to_ar"] = {k: (v / value_at(base, COMPARED[k]) if v and value_at(base, COMPARED[k]) else None)
-                                  for k, v in values.items()}
+            row["ratio_to_ar"] = {k: (v / base_values[k] if v and base_values[k] else None) for k, v in values.items()}
         rows[name] = row
     return {"baseline": "ar" if base else None, "configs": rows}
 
