@@ -971,13 +971,14 @@ def hook_breakdown_cpu_time() -> list[str]:
 
 
 def served_arms(*names: str) -> list[str]:
-    """Each served arm in the order it ran (numbered per raw file: a resumed comparison's arms share one): offered and achieved request rate, the engine's busy share, engine
-    start (a cold compile cache shows there) and the latencies, so that a saturated or cold arm is seen."""
+    """Each served arm in the order it ran, numbered per raw file (a resumed comparison's arms share one): offered
+    and achieved request rate, the engine's busy share, engine start (a cold compile cache shows there) and the
+    latencies, so that a saturated or cold arm is seen."""
     lines = header("raw file", "arm", "engine start (s)", "achieved req/s (offered)", "busy", "output tokens/s",
                    "TTFT P50 (ms)", "TBT per chunk P50 (ms)", "TBT per chunk P99 (ms)", "end-to-end P50 (s)")
-    for call, name in enumerate(names, 1):
+    for file_number, name in enumerate(names, 1):
         for a in load(name)["arms"]:
-            lines.append(row(call, f"{a['index'] + 1} ({a['arm']})", f"{a['engine_start_s']:.0f}",
+            lines.append(row(file_number, f"{a['index'] + 1} ({a['arm']})", f"{a['engine_start_s']:.0f}",
                              f"{a['achieved_rate']:.2f} ({a['offered_rate']:g})", f"{a['busy_fraction']:.3f}",
                              f"{a['output_tokens_per_s']:.1f}", f"{1e3 * a['ttft_p50_s']:.1f}",
                              f"{1e3 * a['tbt_per_chunk_p50_s']:.2f}", f"{1e3 * a['tbt_per_chunk_p99_s']:.1f}",
