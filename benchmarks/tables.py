@@ -928,6 +928,8 @@ USER_PAYS_DECODE = "h200-overhead-offline-decode.json"
 USER_PAYS_SERVED_30 = "h200-overhead-served-30.json"
 USER_PAYS_SERVED_30_NO_WORKER = "h200-overhead-served-30-no-worker-regions.json"
 STEP_PHASES_SERVED_30_NO_WORKER = "h200-served-30-no-worker-regions-step-phases.json"
+USER_PAYS_SERVED_30_THREE_KINDS = "h200-overhead-served-30-three-kinds.json"
+STEP_PHASES_SERVED_30_THREE_KINDS = "h200-served-30-three-kinds-step-phases.json"
 HOOK_BREAKDOWN_SERVED = "h200-hook-breakdown-served.json"
 USER_PAYS_SERVED = ("h200-overhead-served-1.json", "h200-overhead-served-2.json")
 STEP_PHASES = "h200-offline-step-phases.json"
@@ -948,11 +950,12 @@ def hook_breakdown_served() -> list[str]:
 
 
 HOOK_BREAKDOWN_CPU_TIME = "cpu-hook-breakdown-cpu-time.json"
+HOOK_BREAKDOWN_SERVED_CPU_TIME = "h200-hook-breakdown-served-cpu-time.json"
 
 
-def hook_breakdown_cpu_time() -> list[str]:
-    """Each hook's self-timed wall and thread-CPU time per engine step, per run of the file (the CPU build)."""
-    results = load(HOOK_BREAKDOWN_CPU_TIME)["results"]
+def hook_breakdown_cpu_time(name: str) -> list[str]:
+    """Each hook's self-timed wall and thread-CPU time per engine step, per run of the file."""
+    results = load(name)["results"]
     per_step = {label: {(h["role"], h["hook"]): h for h in r["hooks"]} for label, r in results.items()}
     first = next(iter(results))
     keys = sorted(set().union(*per_step.values()), key=lambda k: -per_step[first].get(k, {}).get("us_per_step", 0))
@@ -967,6 +970,31 @@ def hook_breakdown_cpu_time() -> list[str]:
                                                         f"({r['engine_and_front_end_cpu_us_per_step']:.1f}), budget "
                                                         f"{r['budget_us_for_this_run_per_step']:.1f}"
                                                         for r in results.values())))
+    return lines
+
+
+PAIR_TITLES = {"subset_vs_off": "only the subset's parts, against untraced",
+               "on_vs_subset": "the parts the subset leaves out (traced against subset)"}
+
+
+def user_pays_parts(name: str) -> list[str]:
+    """With a third kind of arm (traced with a subset of the parts): per metric, the subset arms' values and both
+    pairs' changes, intervals and verdicts, recomputed from the arms with servescope's own statistics."""
+    sys.path.insert(0, str(ROOT))
+    from servescope.overhead.user_pays import compare_arms
+
+    doc = load(name)
+    pairs = compare_arms(doc["arms"], doc["spec"]["goal"])["subset_changes"]
+    lines = header("metric", f"subset arms ({doc['spec']['subset_parts']})", "pair", "change", "95% CI", "verdict")
+    for metric, title in METRIC_NAMES.items():
+        for pair, pair_title in PAIR_TITLES.items():
+            c = pairs[pair].get(metric)
+            if c is None:
+                continue
+            digits = 1 if metric.endswith("per_s") else 4
+            values = ", ".join(f"{v:.{digits}f}" for v in c["on" if pair == "subset_vs_off" else "off"])
+            lines.append(row(title, values, pair_title, pct(c["change"]), f"{pct(c['ci_low'])} .. {pct(c['ci_high'])}",
+                             c["verdict"]))
     return lines
 
 
@@ -1303,7 +1331,17 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[], list[str]]]] = {
     "h200-served-arms": (USER_PAYS_SERVED, lambda: served_arms(*USER_PAYS_SERVED)),
     "h200-user-pays-served-30": ((USER_PAYS_SERVED_30,), lambda: user_pays(USER_PAYS_SERVED_30)),
     "h200-served-30-arms": ((USER_PAYS_SERVED_30,), lambda: served_arms(USER_PAYS_SERVED_30)),
-    "cpu-hook-breakdown-cpu-time": ((HOOK_BREAKDOWN_CPU_TIME,), hook_breakdown_cpu_time),
+    "cpu-hook-breakdown-cpu-time": ((HOOK_BREAKDOWN_CPU_TIME,), lambda: hook_breakdown_cpu_time(HOOK_BREAKDOWN_CPU_TIME)),
+    "h200-hook-breakdown-served-cpu-time": ((HOOK_BREAKDOWN_SERVED_CPU_TIME,),
+                                            lambda: hook_breakdown_cpu_time(HOOK_BREAKDOWN_SERVED_CPU_TIME)),
+    "h200-user-pays-served-30-three-kinds": ((USER_PAYS_SERVED_30_THREE_KINDS,),
+                                             lambda: user_pays(USER_PAYS_SERVED_30_THREE_KINDS)),
+    "h200-user-pays-served-30-parts": ((USER_PAYS_SERVED_30_THREE_KINDS,),
+                                       lambda: user_pays_parts(USER_PAYS_SERVED_30_THREE_KINDS)),
+    "h200-served-30-three-kinds-arms": ((USER_PAYS_SERVED_30_THREE_KINDS,),
+                                        lambda: served_arms(USER_PAYS_SERVED_30_THREE_KINDS)),
+    "h200-served-30-three-kinds-step-phases": ((STEP_PHASES_SERVED_30_THREE_KINDS,),
+                                               lambda: step_phases(STEP_PHASES_SERVED_30_THREE_KINDS)),
     "h200-user-pays-served-30-no-worker-regions": ((USER_PAYS_SERVED_30_NO_WORKER,),
                                                    lambda: user_pays(USER_PAYS_SERVED_30_NO_WORKER)),
     "h200-served-30-no-worker-regions-arms": ((USER_PAYS_SERVED_30_NO_WORKER,),
