@@ -653,7 +653,8 @@ EAGLE3_REGIONS = ("execute_model", "forward", "sample_tokens", "sample", "reject
 
 
 def eagle3_regions(lease: str) -> list[str]:
-    """regions_ms: each worker region's GPU (CUDA events) and host time, P50 / P99 over its rows (every step)."""
+    """regions_ms: each worker region's GPU (CUDA events) and host time, P50 / P99 over its rows (every step); a
+    region no configuration of the lease recorded (`draft_decode` at k = 1) is left out."""
     docs = [load(name)["regions_ms"] for name in eagle3_files(lease)]
     out = header("region (ms, P50 / P99 (rows))",
                  *(f"`{c}` {kind}" for c in EAGLE3_LEASES[lease] for kind in ("GPU", "host")))
@@ -663,7 +664,8 @@ def eagle3_regions(lease: str) -> list[str]:
             for kind in ("gpu", "host"):
                 s = d[kind].get(region)
                 cells.append("-" if not s else f"{ms_pair(s, 'p50', 'p99')} ({s['n']})")
-        out.append(row(f"`{region}`", *cells))
+        if any(c != "-" for c in cells):
+            out.append(row(f"`{region}`", *cells))
     return out
 
 
@@ -675,7 +677,8 @@ EAGLE3_PARTS = (("verify_forward", "verify forward (target, k + 1 tokens per req
 
 def eagle3_steps(lease: str) -> list[str]:
     """Decode-only steps: step time, GPU time and CPU overhead (analysis.iterations), and for EAGLE-3 the split
-    of the decode steps that verified drafts (analysis.speculative.steps.verify_steps_only), P50 / P99 in ms."""
+    of the decode steps that verified drafts (analysis.speculative.steps.verify_steps_only), P50 / P99 in ms. A part
+    no configuration of the lease has (the draft's first and later passes at k = 1, one pass in all) is left out."""
     docs = [load(name)["analysis"] for name in eagle3_files(lease)]
     out = header("decode-only steps (ms, P50 / P99)", *(f"`{c}`" for c in EAGLE3_LEASES[lease]))
     decode = [a["iterations"]["by_kind"]["decode"] for a in docs]
@@ -689,9 +692,9 @@ def eagle3_steps(lease: str) -> list[str]:
     out.append(row("decode steps that verified drafts", *("-" if s is None else s["steps"]["verify"] for s in split)))
     for part, label in EAGLE3_PARTS:
         for kind, title in (("gpu_ms", "GPU"), ("host_ms", "host")):
-            out.append(row(f"{label}, {title}", *("-" if s is None else
-                                                  ms_pair(s["verify_steps_only"][kind][part], "p50", "p99")
-                                                  for s in split)))
+            cells = ["-" if s is None else ms_pair(s["verify_steps_only"][kind][part], "p50", "p99") for s in split]
+            if any(c != "-" for c in cells):
+                out.append(row(f"{label}, {title}", *cells))
     out.append(row("draft's share of the step's GPU time (verify forward + `sample` + draft)",
                    *("-" if s is None else " / ".join(f"{s['draft_share_of_step_gpu'][q] * 100:.1f}%"
                                                       for q in ("p50", "p99")) for s in split)))
