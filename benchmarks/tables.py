@@ -586,12 +586,14 @@ def spec_fluidity() -> list[str]:
     return out
 
 
-# --------------------------------------------------------------------------- EAGLE-3 on the H200 (two leases)
+# --------------------------------------------------------------------------- EAGLE-3 and MTP on the H200 (h200_eagle3.sh)
 
 # Each lease's folder of raw files and its configurations, its own baseline `ar` first: a lease's tables set each
-# configuration against that lease's `ar` only.
+# configuration against that lease's `ar` only. h200-mtp-2 is the MiMo-7B-shaped target (EAGLE3_TARGET=mimo) drafting
+# with its own MTP layer; its `ar` is that target without drafts, not llama3-8b.
 EAGLE3_LEASES = {"h200-eagle3": ("ar", "eagle3-k4-a2.5", "eagle3-k2-a2.5"),
-                 "h200-eagle3-2": ("ar", "eagle3-k4-a1.5", "eagle3-k4-a3.5")}
+                 "h200-eagle3-2": ("ar", "eagle3-k4-a1.5", "eagle3-k4-a3.5"),
+                 "h200-mtp-2": ("ar", "mtp-k1-a1.5")}
 H200_ACCEPTANCE = "h200-spec-acceptance.json"
 
 
@@ -1264,7 +1266,8 @@ def audit_evidence(name: str, stage: str, *same: str) -> list[str]:
 
 
 def eagle3_tables(lease: str) -> dict[str, tuple[tuple[str, ...], Callable[[], list[str]]]]:
-    """One lease's EAGLE-3 tables, each named after the lease's folder (h200-eagle3-checks, h200-eagle3-2-checks)."""
+    """One lease's EAGLE-3 or MTP tables, each named after the lease's folder (h200-eagle3-checks,
+    h200-mtp-2-checks)."""
     files = eagle3_files(lease)
     return {f"{lease}-latency": ((eagle3_grid(lease), *files), lambda: eagle3_latency(lease)),
             f"{lease}-checks": (files, lambda: eagle3_checks(lease)),
