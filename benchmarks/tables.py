@@ -930,6 +930,7 @@ def hook_breakdown() -> list[str]:
 
 
 USER_PAYS_DECODE = "h200-overhead-offline-decode.json"
+USER_PAYS_EAGLE3 = "h200-overhead-eagle3.json"  # EAGLE-3 (k 4, synthetic L 2.5), 2 + 2 arms
 USER_PAYS_SERVED_30 = "h200-overhead-served-30.json"
 USER_PAYS_SERVED_30_NO_WORKER = "h200-overhead-served-30-no-worker-regions.json"
 STEP_PHASES_SERVED_30_NO_WORKER = "h200-served-30-no-worker-regions-step-phases.json"
@@ -1305,6 +1306,7 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[], list[str]]]] = {
     "h200-user-pays-offline-delta": ((USER_PAYS_DELTA,), lambda: user_pays(USER_PAYS_DELTA)),
     "h200-hook-breakdown": ((HOOK_BREAKDOWN,), hook_breakdown),
     "h200-user-pays-offline-decode": ((USER_PAYS_DECODE,), lambda: user_pays(USER_PAYS_DECODE)),
+    "h200-user-pays-eagle3": ((USER_PAYS_EAGLE3,), lambda: user_pays(USER_PAYS_EAGLE3)),
     "h200-user-pays-served": (USER_PAYS_SERVED, lambda: user_pays(*USER_PAYS_SERVED)),
     "h200-served-arms": (USER_PAYS_SERVED, lambda: served_arms(*USER_PAYS_SERVED)),
     "h200-user-pays-served-30": ((USER_PAYS_SERVED_30,), lambda: user_pays(USER_PAYS_SERVED_30)),
