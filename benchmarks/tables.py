@@ -586,12 +586,14 @@ def spec_fluidity() -> list[str]:
     return out
 
 
-# --------------------------------------------------------------------------- EAGLE-3 on the H200 (two leases)
+# --------------------------------------------------------------------------- EAGLE-3 and MTP on the H200 (h200_eagle3.sh)
 
 # Each lease's folder of raw files and its configurations, its own baseline `ar` first: a lease's tables set each
-# configuration against that lease's `ar` only.
+# configuration against that lease's `ar` only. h200-mtp-2 is the MiMo-7B-shaped target (EAGLE3_TARGET=mimo) drafting
+# with its own MTP layer; its `ar` is that target without drafts, not llama3-8b.
 EAGLE3_LEASES = {"h200-eagle3": ("ar", "eagle3-k4-a2.5", "eagle3-k2-a2.5"),
-                 "h200-eagle3-2": ("ar", "eagle3-k4-a1.5", "eagle3-k4-a3.5")}
+                 "h200-eagle3-2": ("ar", "eagle3-k4-a1.5", "eagle3-k4-a3.5"),
+                 "h200-mtp-2": ("ar", "mtp-k1-a1.5")}
 H200_ACCEPTANCE = "h200-spec-acceptance.json"
 
 
@@ -653,7 +655,8 @@ EAGLE3_REGIONS = ("execute_model", "forward", "sample_tokens", "sample", "reject
 
 
 def eagle3_regions(lease: str) -> list[str]:
-    """regions_ms: each worker region's GPU (CUDA events) and host time, P50 / P99 over its rows (every step)."""
+    """regions_ms: each worker region's GPU (CUDA events) and host time, P50 / P99 over its rows (every step); a
+    region no configuration of the lease recorded (`draft_decode` at k = 1) is left out."""
     docs = [load(name)["regions_ms"] for name in eagle3_files(lease)]
     out = header("region (ms, P50 / P99 (rows))",
                  *(f"`{c}` {kind}" for c in EAGLE3_LEASES[lease] for kind in ("GPU", "host")))
@@ -663,7 +666,8 @@ def eagle3_regions(lease: str) -> list[str]:
             for kind in ("gpu", "host"):
                 s = d[kind].get(region)
                 cells.append("-" if not s else f"{ms_pair(s, 'p50', 'p99')} ({s['n']})")
-        out.append(row(f"`{region}`", *cells))
+        if any(c != "-" for c in cells):
+            out.append(row(f"`{region}`", *cells))
     return out
 
 
@@ -675,7 +679,8 @@ EAGLE3_PARTS = (("verify_forward", "verify forward (target, k + 1 tokens per req
 
 def eagle3_steps(lease: str) -> list[str]:
     """Decode-only steps: step time, GPU time and CPU overhead (analysis.iterations), and for EAGLE-3 the split
-    of the decode steps that verified drafts (analysis.speculative.steps.verify_steps_only), P50 / P99 in ms."""
+    of the decode steps that verified drafts (analysis.speculative.steps.verify_steps_only), P50 / P99 in ms. A part
+    no configuration of the lease has (the draft's first and later passes at k = 1, one pass in all) is left out."""
     docs = [load(name)["analysis"] for name in eagle3_files(lease)]
     out = header("decode-only steps (ms, P50 / P99)", *(f"`{c}`" for c in EAGLE3_LEASES[lease]))
     decode = [a["iterations"]["by_kind"]["decode"] for a in docs]
@@ -689,9 +694,9 @@ def eagle3_steps(lease: str) -> list[str]:
     out.append(row("decode steps that verified drafts", *("-" if s is None else s["steps"]["verify"] for s in split)))
     for part, label in EAGLE3_PARTS:
         for kind, title in (("gpu_ms", "GPU"), ("host_ms", "host")):
-            out.append(row(f"{label}, {title}", *("-" if s is None else
-                                                  ms_pair(s["verify_steps_only"][kind][part], "p50", "p99")
-                                                  for s in split)))
+            cells = ["-" if s is None else ms_pair(s["verify_steps_only"][kind][part], "p50", "p99") for s in split]
+            if any(c != "-" for c in cells):
+                out.append(row(f"{label}, {title}", *cells))
     out.append(row("draft's share of the step's GPU time (verify forward + `sample` + draft)",
                    *("-" if s is None else " / ".join(f"{s['draft_share_of_step_gpu'][q] * 100:.1f}%"
                                                       for q in ("p50", "p99")) for s in split)))
@@ -925,6 +930,7 @@ def hook_breakdown() -> list[str]:
 
 
 USER_PAYS_DECODE = "h200-overhead-offline-decode.json"
+USER_PAYS_EAGLE3 = "h200-overhead-eagle3.json"  # EAGLE-3 (k 4, synthetic L 2.5), 2 + 2 arms
 USER_PAYS_SERVED_30 = "h200-overhead-served-30.json"
 USER_PAYS_SERVED_30_NO_WORKER = "h200-overhead-served-30-no-worker-regions.json"
 STEP_PHASES_SERVED_30_NO_WORKER = "h200-served-30-no-worker-regions-step-phases.json"
@@ -1289,7 +1295,8 @@ def audit_evidence(name: str, stage: str, *same: str) -> list[str]:
 
 
 def eagle3_tables(lease: str) -> dict[str, tuple[tuple[str, ...], Callable[[], list[str]]]]:
-    """One lease's EAGLE-3 tables, each named after the lease's folder (h200-eagle3-checks, h200-eagle3-2-checks)."""
+    """One lease's EAGLE-3 or MTP tables, each named after the lease's folder (h200-eagle3-checks,
+    h200-mtp-2-checks)."""
     files = eagle3_files(lease)
     return {f"{lease}-latency": ((eagle3_grid(lease), *files), lambda: eagle3_latency(lease)),
             f"{lease}-checks": (files, lambda: eagle3_checks(lease)),
@@ -1327,6 +1334,7 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[], list[str]]]] = {
     "h200-user-pays-offline-delta": ((USER_PAYS_DELTA,), lambda: user_pays(USER_PAYS_DELTA)),
     "h200-hook-breakdown": ((HOOK_BREAKDOWN,), hook_breakdown),
     "h200-user-pays-offline-decode": ((USER_PAYS_DECODE,), lambda: user_pays(USER_PAYS_DECODE)),
+    "h200-user-pays-eagle3": ((USER_PAYS_EAGLE3,), lambda: user_pays(USER_PAYS_EAGLE3)),
     "h200-user-pays-served": (USER_PAYS_SERVED, lambda: user_pays(*USER_PAYS_SERVED)),
     "h200-served-arms": (USER_PAYS_SERVED, lambda: served_arms(*USER_PAYS_SERVED)),
     "h200-user-pays-served-30": ((USER_PAYS_SERVED_30,), lambda: user_pays(USER_PAYS_SERVED_30)),
