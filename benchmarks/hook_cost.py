@@ -58,7 +58,7 @@ def main() -> None:
 
     def schedule_then_update():
         ech._on_schedule(rec, scheduler, out, 1, 2)
-        ech._on_update(rec, out, outputs, 3, 4)
+        ech._on_update(rec, ech.step_id_of(out), outputs, {}, 3, 4)
 
     def five_regions(timer):
         for name in ("execute_model", "forward", "sample_tokens", "sample", "bookkeep"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from servescope.record import recorder as _recorder_module
 
 _enabled = False
+BEFORE_STOP: list = []  # callables run as recording stops in this process (engine_core_hooks writes its held steps)
 
 
 def active_recorder():
@@ -18,8 +19,14 @@ def active_recorder():
 
 
 def set_enabled(enabled: bool) -> None:
-    """Turn every hook of this process on or off."""
+    """Turn every hook of this process on or off (turning off runs BEFORE_STOP first; never raises)."""
     global _enabled
+    if _enabled and not enabled:
+        for hook in BEFORE_STOP:
+            try:
+                hook()
+            except Exception:
+                pass
     _enabled = enabled
 
 

@@ -92,6 +92,12 @@ class Recorder:
         """Record one spool record as it is (run/spool.py's kinds; the self-timing ledger uses it)."""
         self._write(_dumps(record), 0)
 
+    def set_steps_held(self, steps: int) -> None:
+        """Say in the spool's header how many engine steps are held, not written yet (a kill loses them)."""
+        spool = self._spool
+        if spool is not None:
+            spool.set_steps_held(steps)
+
     def idle(self) -> None:
         """The engine has no work left (an engine's hook says so): run the when_idle callbacks (never raises)."""
         for hook in self.when_idle:

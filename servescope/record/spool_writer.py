@@ -34,6 +34,7 @@ class SpoolWriter:
         self.segment_bytes = segment_bytes
         self.rows_dropped = 0
         self.internal_errors = 0
+        self.steps_held = 0
         self.segment = -1
         self.paths: list[Path] = []
         self._mm: mmap.mmap | None = None
@@ -75,6 +76,16 @@ class SpoolWriter:
         self.rows_dropped += rows
         self._publish_counters()
 
+    def set_steps_held(self, steps: int) -> None:
+        """Keep in the header how many engine steps are held, not written yet (one field: survives a kill)."""
+        self.steps_held = steps
+        mm = self._mm
+        if mm is not None:
+            try:
+                pack_header(mm, "steps_held", steps)
+            except (ValueError, TypeError):  # the segment was just unmapped by another thread
+                pass
+
     def close(self) -> None:
         """Mark the spool closed cleanly (how the manifest tells a clean end from a kill) and unmap it."""
         with self._lock:
@@ -107,6 +118,7 @@ class SpoolWriter:
         try:
             pack_header(mm, "rows_dropped", self.rows_dropped)
             pack_header(mm, "internal_errors", self.internal_errors)
+            pack_header(mm, "steps_held", self.steps_held)
         except (ValueError, TypeError):
             pass
 

@@ -458,6 +458,7 @@ def _config_section(runs: Sequence[PreparedRun]) -> h.Markup:
 def _health_table(runs: Sequence[PreparedRun], header: list) -> h.Markup:
     fields = (("rows_dropped", "rows not recorded (counted when dropped)"),
               ("regions_without_gpu_time", "regions whose GPU time was lost (still on the GPU at a process's end)"),
+              ("held_steps_lost", "engine steps held, not written, when their process was killed (held updates)"),
               ("internal_errors", "internal errors inside servescope"),
               ("processes_killed", "processes that ended without closing their recorder"),
               ("processes_running", "processes still running when the run was compacted"))

@@ -123,6 +123,7 @@ def update_process_record(run_dir: Path, spool: ProcessSpool, *, ended: bool) ->
         "internal_errors": spool.internal_errors,
         "unreadable_records": spool.unreadable_records,
         "regions_without_gpu_time": spool.regions_without_gpu_time,
+        "held_steps_lost": spool.steps_held if ended and not spool.closed_cleanly else 0,
         **({"hook_cost": {name: _hook_cost(v) for name, v in spool.hook_cost.items()}} if spool.hook_cost else {}),
     }
     record["spools"] = spools
@@ -162,6 +163,7 @@ def _process_totals(spools: dict) -> dict:
         "internal_errors": sum(e.get("internal_errors", 0) for e in entries),
         "unreadable_records": sum(e.get("unreadable_records", 0) for e in entries),
         "regions_without_gpu_time": sum(e.get("regions_without_gpu_time", 0) for e in entries),
+        "held_steps_lost": sum(e.get("held_steps_lost", 0) for e in entries),
         "compacted": all("rows_recorded" in e for e in entries),
         **({"hook_cost": hook_cost} if hook_cost else {}),
     }

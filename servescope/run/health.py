@@ -50,6 +50,10 @@ def recording_problems(run_dir: str | os.PathLike, manifest: dict, processes: li
         elif _count(dropped):
             problems.add(f"{run_dir}: the recorder of {who} could not store {_count(dropped)} rows (no disk space "
                          "for its spool, or a record larger than a spool segment): its tables are incomplete")
+        held_lost = _count(p.get("held_steps_lost"))
+        if held_lost:
+            problems.add(f"{run_dir}: {who} was killed with {held_lost} engine steps held, not written "
+                         "(SERVESCOPE_HELD_UPDATES=1): their token_emissions, FINISHED events and steps rows are lost")
     command = manifest.get("command") if isinstance(manifest.get("command"), dict) else _command_file(run_dir)
     code = command.get("exit_code") if command else None
     if isinstance(code, int) and not isinstance(code, bool) and code != 0 and steps_recorded == 0:

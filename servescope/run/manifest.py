@@ -25,10 +25,12 @@ def health(processes: list[dict]) -> dict[str, Any]:
     Rows a process appended are in its spool and survive its end however it ended; the only rows
     lost are those never appended, each counted when it was dropped (rows_dropped), and the GPU
     times of regions still on the GPU when their process ended (regions_without_gpu_time: their
-    host rows are kept, with null GPU times)."""
+    host rows are kept, with null GPU times), and the engine steps held, not written yet, by a process
+    recording with SERVESCOPE_HELD_UPDATES=1 that did not close (held_steps_lost)."""
     return {
         "rows_dropped": sum(_count(p.get("rows_dropped")) for p in processes),
         "regions_without_gpu_time": sum(_count(p.get("regions_without_gpu_time")) for p in processes),
+        "held_steps_lost": sum(_count(p.get("held_steps_lost")) for p in processes),
         "internal_errors": sum(_count(p.get("internal_errors")) for p in processes),
         "processes_killed": [p["pid"] for p in processes if p.get("ended", "").startswith("killed")],
         "processes_running": [p["pid"] for p in processes if p.get("ended") == "running"],
@@ -52,7 +54,8 @@ def build_manifest(run_dir: str | os.PathLike) -> dict[str, Any]:
         "processes": [
             {k: p.get(k) for k in ("pid", "ppid", "role", "wall_ns", "monotonic_ns", "anchor_uncertainty_ns",
                                     "recording_parts", "ended", "closed", "rows_recorded", "rows_dropped",
-                                    "regions_without_gpu_time", "internal_errors", "hook_cost")}
+                                    "regions_without_gpu_time", "held_steps_lost", "internal_errors",
+                                    "hook_cost")}
             for p in processes
         ],
         "health": health(processes),

@@ -78,6 +78,7 @@ HEADER_FIELDS = {
     "internal_errors": (56, "<Q"),  # exceptions caught inside servescope in this process so far
     "records": (64, "<Q"),  # records in this segment (written when it is closed)
     "instance": (72, "8s"),  # which recorder of the process (two recorders never share a spool)
+    "steps_held": (80, "<Q"),  # engine steps held, not written yet (SERVESCOPE_HELD_UPDATES): a kill loses them
     "role": (128, "64s"),
 }
 CLOSED_CLEANLY = 1
@@ -122,6 +123,7 @@ class SegmentHeader:
     closed: int
     rows_dropped: int
     internal_errors: int
+    steps_held: int
 
 
 def read_header(path: Path) -> SegmentHeader:
@@ -138,7 +140,8 @@ def read_header(path: Path) -> SegmentHeader:
                          instance=unpack_header(head, "instance").rstrip(b"\0").decode(errors="replace"),
                          segment=unpack_header(head, "segment"), closed=unpack_header(head, "closed"),
                          rows_dropped=unpack_header(head, "rows_dropped"),
-                         internal_errors=unpack_header(head, "internal_errors"))
+                         internal_errors=unpack_header(head, "internal_errors"),
+                         steps_held=unpack_header(head, "steps_held"))
 
 
 def read_records(path: Path) -> Iterator[bytes]:
@@ -176,6 +179,7 @@ class ProcessSpool:
     internal_errors: int = 0
     unreadable_records: int = 0
     regions_without_gpu_time: int = 0  # REGION records never resolved: GPU time lost at the process's end
+    steps_held: int = 0  # engine steps held, not written, as the last segment's header says (0 after a clean close)
     hook_cost: dict | None = None  # the last SELF_TIMING totals: {hook: (calls, ns, first ns, cpu ns, first cpu ns)}
 
     @property
@@ -207,6 +211,7 @@ def decode_process(role: str, pid: int, instance: str, paths: list[Path]) -> Pro
         spool.closed_cleanly = spool.closed_cleanly or header.closed == CLOSED_CLEANLY
         spool.rows_dropped = max(spool.rows_dropped, header.rows_dropped)
         spool.internal_errors = max(spool.internal_errors, header.internal_errors)
+        spool.steps_held = header.steps_held  # the current count, not a total: the last segment's
         for payload in read_records(path):
             try:
                 record = marshal.loads(payload)

@@ -10,17 +10,33 @@ request's emitted tokens (``append_emissions``), one of the requests scheduled f
 (request ids, token counts, finish reasons: ``map`` over ``attrgetter``s), and the request ids are written only
 when the batch's requests changed since the last step (``Recorder.append_emissions``) — no Python loop that builds
 a row per request.
+
+Held updates (opt-in, ``SERVESCOPE_HELD_UPDATES=1`` in the engine process, read when the hooks are installed):
+``update_from_output``'s hook only reads its two clocks and holds the step (step id, the outputs dict, the step's
+speculative counts, the times); the held steps are written, oldest first and by the same ``_on_update``, just
+before vLLM's wait for the next step's output (``_timed_wait``: the GPU is computing then), when the engine goes
+idle, before an abort's FINISHED rows, when recording stops (pause, reset, recorder closed), and at once beyond
+``MAX_HELD_STEPS``. The spool header's ``steps_held`` counts the steps held, so a kill's loss is reported
+(manifest ``held_steps_lost``). Holding the outputs dict is safe: after ``Scheduler.update_from_output`` returns,
+vLLM (``v1/engine/core.py``: ``EngineCore.step`` / ``step_with_batch_queue``) only sets ``weight_version``
+(``_attach_weight_version``) and ``scheduler_stats`` (``_attach_iteration_details``, which also adds an empty
+``EngineCoreOutputs`` to an empty dict when iteration details are logged: no request, only its timestamp could
+become the step's ``engine_timestamp_ns``), and ``EngineCoreProc.process_output_sockets`` sets ``engine_index``
+while encoding; ``new_token_ids`` (a fresh list per request and step, trimmed before the output is built,
+``Scheduler.update_from_output`` / ``_update_request_with_output``), ``finish_reason``, ``request_id`` and
+``timestamp`` are not touched again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from operator import attrgetter
 from typing import Any
 
 from servescope.patches.observe import observe_after, observe_before
 from servescope.patches.patch import Patch, arg
-from servescope.patches.switch import PARTS, active_recorder
+from servescope.patches.switch import BEFORE_STOP, PARTS, active_recorder
 from servescope.run.clock import now_ns
 from servescope.run.names import RequestEvent, Table
 from servescope.run.rows import RequestEventRow, StepRow
@@ -30,22 +46,28 @@ _request_id = attrgetter("request_id")  # per-request fields read by C-level map
 _new_token_ids = attrgetter("new_token_ids")
 _finish_reason = attrgetter("finish_reason")
 MAX_PENDING_STEPS = 64
+HELD_UPDATES_ENV = "SERVESCOPE_HELD_UPDATES"
+MAX_HELD_STEPS = 4  # beyond this many held steps the oldest is written at once
 
 
 class EngineCoreState:
     """Per-process bookkeeping between the hooks of one step."""
 
     def __init__(self) -> None:
+        self.hold_updates = False  # SERVESCOPE_HELD_UPDATES, read by hold_updates_if_asked when hooks are installed
+        self.held: list[tuple] = []  # (recorder, step id, outputs, spec counts, t0, t1) of steps not written yet
         self.reset()
 
     def reset(self) -> None:
-        """Forget every step (a new recording starts from step 0)."""
+        """Write the held steps, then forget every step (a new recording starts from step 0)."""
+        if self.held:
+            write_held_steps()
         self.next_step_id = 0
         self.scheduling_step_id: int | None = None
         self.preempted_while_scheduling = 0
         self.pending: dict[int, dict[str, Any]] = {}
         self.last_launched_step_id: int | None = None
-        self.spec_by_request: dict[str, tuple[int, int]] = {}
+        self.spec_by_request: dict[str, tuple[int, int]] = {}  # a fresh dict per step: a held step keeps its own
         self.engine_index = 0
         self.dropped_pending = 0
         self.facts_written = False
@@ -144,6 +166,8 @@ def _record_preempted(rec, scheduler, args, kwargs) -> None:
 def _record_aborted(rec, scheduler, finished, args, kwargs) -> None:
     """Aborts (client gone, LLM.abort) end a request outside update_from_output."""
     t = now_ns()
+    if STATE.held:  # the held steps' rows (tokens, FINISHED) come before this request's end
+        write_held_steps()
     status = arg(args, kwargs, 1, "finished_status")
     reason = getattr(status, "name", str(status)).lower()
     for request in finished or ():
@@ -174,12 +198,16 @@ def wrap_update_from_output(wrapped, scheduler, args, kwargs):
     rec = active_recorder()
     if rec is None or not (PARTS.scheduler or PARTS.tokens):
         return wrapped(*args, **kwargs)
-    STATE.spec_by_request.clear()
+    STATE.spec_by_request = {}
     t0 = now_ns()
     outputs = wrapped(*args, **kwargs)
     t1 = now_ns()
     try:
-        _on_update(rec, arg(args, kwargs, 0, "scheduler_output"), outputs, t0, t1)
+        step_id = step_id_of(arg(args, kwargs, 0, "scheduler_output"))
+        if STATE.hold_updates:
+            _hold_step(rec, step_id, outputs, t0, t1)
+        else:
+            _on_update(rec, step_id, outputs, STATE.spec_by_request, t0, t1)
         if rec.when_idle and not scheduler.has_requests():
             rec.idle()
     except Exception as exc:
@@ -187,9 +215,7 @@ def wrap_update_from_output(wrapped, scheduler, args, kwargs):
     return outputs
 
 
-def _on_update(rec, scheduler_output, outputs, t0: int, t1: int) -> None:
-    step_id = step_id_of(scheduler_output)
-    spec = STATE.spec_by_request
+def _on_update(rec, step_id: int | None, outputs, spec: dict, t0: int, t1: int) -> None:
     emitted = 0
     finished = 0
     engine_ts = None
@@ -237,6 +263,42 @@ def _on_update(rec, scheduler_output, outputs, t0: int, t1: int) -> None:
         num_emitted_tokens=emitted, num_finished_reqs=finished))
 
 
+# ---- held updates (SERVESCOPE_HELD_UPDATES=1) -----------------------------------------------
+def hold_updates_if_asked(rec) -> None:
+    """Read SERVESCOPE_HELD_UPDATES once, as the hooks are installed; when it is 1, the held steps are also written
+    as the engine goes idle, as the recorder closes and as recording stops in this process."""
+    STATE.hold_updates = os.environ.get(HELD_UPDATES_ENV) == "1"
+    if not STATE.hold_updates:
+        return
+    for hooks in (rec.when_idle, rec.before_close, BEFORE_STOP):
+        if write_held_steps not in hooks:
+            hooks.insert(0, write_held_steps)
+
+
+def _hold_step(rec, step_id: int | None, outputs, t0: int, t1: int) -> None:
+    held = STATE.held
+    held.append((rec, step_id, outputs, STATE.spec_by_request, t0, t1))
+    if len(held) > MAX_HELD_STEPS:
+        _write_held_step(held.pop(0))
+    rec.set_steps_held(len(held))
+
+
+def write_held_steps() -> None:
+    """Write every held step, oldest first, as _on_update writes a step at once (never raises)."""
+    held = STATE.held
+    while held:
+        _write_held_step(held.pop(0))
+
+
+def _write_held_step(step: tuple) -> None:
+    rec = step[0]
+    try:
+        _on_update(*step)
+    except Exception as exc:
+        rec.error("Scheduler.update_from_output (held step)", exc)
+    rec.set_steps_held(len(STATE.held))
+
+
 # ---- executor launch and EngineCore wait ------------------------------------------------------
 def wrap_execute_model(wrapped, executor, args, kwargs):
     if active_recorder() is None or not PARTS.scheduler:
@@ -272,6 +334,8 @@ def wrap_capture_iteration_details(wrapped, engine_core, args, kwargs):
 
 @contextlib.contextmanager
 def _timed_wait(inner, scheduler_output):
+    if STATE.held:  # written while the GPU computes the step waited for
+        write_held_steps()
     with inner as details:
         t0 = now_ns()
         yield details
@@ -288,7 +352,8 @@ def _write_facts_once(rec, scheduler) -> None:
 
     config = scheduler.vllm_config
     STATE.engine_index = config.parallel_config.data_parallel_rank or 0
-    write_engine_facts(rec.run_dir, config, extra={"scheduler_class": type(scheduler).__name__})
+    held = {"held_updates": True} if STATE.hold_updates else {}  # the manifest says which way an A/B arm ran
+    write_engine_facts(rec.run_dir, config, extra={"scheduler_class": type(scheduler).__name__, **held})
 
 
 SCHED = "vllm.v1.core.sched.scheduler"

@@ -70,6 +70,7 @@ def instrument(config: Config) -> PatchSet | None:
     recorder = open_recorder(config)
     _config = config
     PARTS.set(config.parts)
+    engine_core_hooks.hold_updates_if_asked(recorder)
     if _patch_set is None:
         _patch_set = PatchSet(ledger=_ledger(recorder) if config.self_timing else None)
     for patch in (*engine_core_hooks.PATCHES, *frontend_hooks.PATCHES, *worker_hooks.PATCHES):
