@@ -14,6 +14,8 @@
 #   SUBSET_PARTS=frontend,scheduler,tokens ARMS=4 bash benchmarks/h200_overhead.sh served   # three kinds of arm in
 #                                                # one comparison: untraced, traced (PARTS), traced with only SUBSET_PARTS;
 #                                                # the left-out parts' share against the same untraced arms
+#   SUBSET_ENV=SERVESCOPE_HELD_UPDATES=1 ARMS=4 bash benchmarks/h200_overhead.sh served   # the third kind traced as the
+#                                                # second but with held updates (docs/overhead.md): does holding help?
 #   bash benchmarks/h200_overhead.sh breakdown   # self-timing of every hook at batch 256 and 16 (one traced run each)
 #   bash benchmarks/h200_overhead.sh served-breakdown   # the same for the served load at 30/s (one traced run)
 #   bash benchmarks/h200_overhead.sh eagle3      # 4 + 4 arms with EAGLE-3 (k 4, synthetic acceptance 2.5, Model Runner V2):
@@ -54,12 +56,12 @@ case "${1:-}" in
     python3 benchmarks/step_phases.py /tmp/oh-offline16/arms/*-on/run --out "$OUT/h200-offline16-step-phases.json"
     ;;
   served)
-    parts=${PARTS:-default}${SUBSET_PARTS:+-vs-$SUBSET_PARTS}
+    parts=${PARTS:-default}${SUBSET_PARTS:+-vs-$SUBSET_PARTS}${SUBSET_ENV:+-vs-${SUBSET_ENV%%=*}}
     dir=/tmp/oh-served-${parts//,/-}
     python3 -m servescope overhead --model "$MODEL" --out "$dir" --summary-to "$OUT/h200-overhead-served-${parts//,/-}.json" \
       --load served --arms "${ARMS:-4}" --num-requests 500 --rate "${RATE:-30}" --warmup-requests 64 \
       --prompt-len 512 --output-len 128 --engine-args "$ENGINE_ARGS" --parts "${PARTS:-default}" \
-      ${SUBSET_PARTS:+--subset-parts "$SUBSET_PARTS"} --budget-s "$BUDGET_S" $(begun "$dir")
+      ${SUBSET_PARTS:+--subset-parts "$SUBSET_PARTS"} ${SUBSET_ENV:+--subset-env "$SUBSET_ENV"} --budget-s "$BUDGET_S" $(begun "$dir")
     # every request's chunk times as the client saw them, both kinds of arm (no servescope record in them)
     tar czf "$OUT/h200-overhead-served-${parts//,/-}-client.tar.gz" -C "$dir" $(cd "$dir" && ls arms/*/result.json)
     # the EngineCore's phases per decode step in the traced arms: is the host's work hidden behind the GPU's?

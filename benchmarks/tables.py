@@ -987,11 +987,11 @@ def user_pays_parts(name: str) -> list[str]:
     """With a third kind of arm (traced with a subset of the parts): per metric, the subset arms' values and both
     pairs' changes, intervals and verdicts, recomputed from the arms with servescope's own statistics."""
     sys.path.insert(0, str(ROOT))
-    from servescope.overhead.user_pays import compare_arms
+    from servescope.overhead.user_pays import compare_arms, subset_label
 
     doc = load(name)
     pairs = compare_arms(doc["arms"], doc["spec"]["goal"])["subset_changes"]
-    lines = header("metric", f"subset arms ({doc['spec']['subset_parts']})", "pair", "change", "95% CI", "verdict")
+    lines = header("metric", f"subset arms ({subset_label(doc['spec'])})", "pair", "change", "95% CI", "verdict")
     for metric, title in METRIC_NAMES.items():
         for pair, pair_title in PAIR_TITLES.items():
             c = pairs[pair].get(metric)

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from servescope.overhead.user_pays import (UserPaysSpec, arm_environment, compare_arms, run_arm,
+from servescope.overhead.user_pays import (OverheadError, UserPaysSpec, arm_environment, compare_arms, run_arm,
                                            servescope_imports)
 
 
@@ -129,6 +129,28 @@ def test_a_subset_arm_is_traced_with_only_its_parts(tmp_path, tiny_model_dir):
     assert processes and all(p["recording_parts"] == ["tokens"] for p in processes)
 
 
+def test_a_subset_arm_runs_with_its_environment_variables_and_no_other_arm_does(tmp_path, tiny_model_dir):
+    """--subset-env: the third kind of arm is traced with the default parts and these variables set; the caller's
+    own SERVESCOPE_ variables reach no arm. SERVESCOPE_INJECT_FAULTS=1 shows where it was set: every record of that
+    arm raises inside servescope (counted, the engine unaffected), so the arm records no token and is refused, while
+    the traced arm beside it, whose caller set the same variable, records every token."""
+    pytest.importorskip("transformers")
+    from engine_fixtures import engine_env
+    from servescope.run.manifest import load_manifest
+
+    spec = UserPaysSpec(model=str(tiny_model_dir), engine="transformers", arms=2, num_requests=4, prompt_len=16,
+                        output_len=6, batches=2, warmup_batches=1, engine_args={"num_blocks": 64},
+                        subset_env={"SERVESCOPE_INJECT_FAULTS": "1"})
+    assert spec.arm_kinds() == ("off", "on", "subset") and spec.traced_parts("subset") == "default"
+    caller = {**engine_env(), "SERVESCOPE_INJECT_FAULTS": "1"}
+    on = run_arm(spec, "on", 1, tmp_path, caller)
+    assert on["recording"]["complete"] and on["recording"]["health"]["internal_errors"] == 0
+    with pytest.raises(OverheadError, match="did not record what it measured"):
+        run_arm(spec, "subset", 2, tmp_path, caller)
+    health = load_manifest(tmp_path / "arms" / "02-subset" / "run")["health"]
+    assert health["internal_errors"] > 0, health
+
+
 @pytest.mark.engine
 def test_served_arms_stream_every_request_and_the_traced_one_records_every_token(tmp_path, tiny_model_dir):
     """--load served (AsyncLLM, Poisson arrivals, DELTA outputs): what `h200_overhead.sh served` runs, at a tiny
@@ -207,7 +229,10 @@ def test_a_comparison_with_a_subset_kind_reports_the_left_out_parts_share(tmp_pa
     assert [a["arm"] for a in report["arms"]] == report["order"] and report["complete"]
     assert set(report["subset_changes"]) == {"subset_vs_off", "on_vs_subset"}
     assert "output_tokens_per_s" in report["subset_changes"]["on_vs_subset"]
-    assert "Tracing only tokens" in done.output and "The parts tokens leaves out" in done.output
+    assert "Tracing parts tokens" in done.output and "What the subset changes: parts default against parts tokens" in done.output
+    for bad in ("SERVESCOPE_HELD_UPDATES", "1X=2", "=1"):  # no '=', or a name no shell could set: refused, nothing run
+        refused = runner.invoke(app, [*command, "--out", str(tmp_path / "bad"), "--subset-env", bad], env=engine_env())
+        assert refused.exit_code != 0 and "--subset-env" in refused.output and not (tmp_path / "bad").exists()
 
 
 def transformers_overhead_command(model_dir, out) -> list[str]:

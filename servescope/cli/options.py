@@ -61,6 +61,17 @@ def json_object(ctx: typer.Context, param: typer.CallbackParam, value: str | Non
     return parsed
 
 
+def environment_variables(ctx: typer.Context, param: typer.CallbackParam, value: list[str] | None) -> dict[str, str]:
+    """Return NAME=VALUE items as {NAME: VALUE}; refuse an item without '=' or with a name a shell could not set."""
+    variables = {}
+    for item in value or ():
+        name, sep, text = item.partition("=")
+        if not sep or not name or not (name[0].isalpha() or name[0] == "_") or not all(c.isalnum() or c == "_" for c in name):
+            raise typer.BadParameter(f"{item!r} is not NAME=VALUE (NAME: letters, digits, _)", ctx=ctx, param=param)
+        variables[name] = text
+    return variables
+
+
 def _writable_place(path: Path) -> str | None:
     """Return why nothing can be created at path (a parent is a file, or unwritable), or None."""
     parent = path.absolute().parent

@@ -9,8 +9,8 @@ from typing import Optional
 import typer
 
 from servescope.cli.errors import CommandError
-from servescope.cli.options import (any_finite, at_least_two, json_object, non_negative, one_of, output_dir, output_file,
-                                    positive)
+from servescope.cli.options import (any_finite, at_least_two, environment_variables, json_object, non_negative, one_of,
+                                    output_dir, output_file, positive)
 from servescope.cli.record import PARTS_HELP, recording_parts
 
 
@@ -44,6 +44,10 @@ def overhead(
                                                help="Add a third kind of arm, traced with only these parts, interleaved "
                                                     "with the other two: the parts it leaves out get their own share "
                                                     "(traced against subset) beside the whole cost, in one comparison."),
+    subset_env: Optional[list[str]] = typer.Option(None, "--subset-env", callback=environment_variables,
+                                                   help="NAME=VALUE (repeatable): the third kind of arm is traced with "
+                                                        "these environment variables set (with --parts, or with "
+                                                        "--subset-parts if given), e.g. SERVESCOPE_HELD_UPDATES=1."),
     num_requests: int = typer.Option(256, "--num-requests", callback=positive,
                                      help="offline: requests per batch; served: requests per arm."),
     prompt_len: int = typer.Option(512, "--prompt-len", callback=positive, help="Prompt tokens per request."),
@@ -82,12 +86,12 @@ def overhead(
         return
     from servescope.overhead.user_pays import OverheadError, UserPaysSpec, run_user_pays
 
-    if subset_parts is not None and subset_parts == parts:
+    if subset_parts is not None and subset_parts == parts and not subset_env:
         raise CommandError(f"--subset-parts {subset_parts}: the same as --parts; a subset leaves some part out")
     if engine == "transformers" and (load != "offline" or method != "user"):
         raise CommandError("--engine transformers measures the offline load with --method user only")
     spec = UserPaysSpec(model=str(model.absolute()), engine=engine, load=load, arms=arms, order=order, seed=seed, parts=parts,
-                        subset_parts=subset_parts, engine_args=engine_args, num_requests=num_requests, prompt_len=prompt_len,
+                        subset_parts=subset_parts, subset_env=subset_env or {}, engine_args=engine_args, num_requests=num_requests, prompt_len=prompt_len,
                         output_len=output_len, batches=batches, warmup_batches=warmup_batches, prompts=prompts, outputs=outputs,
                         rate=rate,
                         warmup_requests=warmup_requests, goal=goal / 100.0)
@@ -118,13 +122,15 @@ def print_report(report: dict) -> None:
     arms = f"{spec['arms']} fresh-process arms of each kind"
     _print_changes(report["changes"], f"What tracing costs ({spec['load']}, {arms}, parts {spec['parts']}; 95% "
                                       "intervals over arms)", "untraced (geo. mean)", "traced")
+    from servescope.overhead.user_pays import subset_label
+
     subset = report.get("subset_changes", {})
+    label = subset_label(spec)
     if "subset_vs_off" in subset:
-        _print_changes(subset["subset_vs_off"], f"Tracing only {spec['subset_parts']} ({arms})",
-                       "untraced (geo. mean)", "subset")
+        _print_changes(subset["subset_vs_off"], f"Tracing {label} ({arms})", "untraced (geo. mean)", "subset")
     if "on_vs_subset" in subset:
-        _print_changes(subset["on_vs_subset"], f"The parts {spec['subset_parts']} leaves out: parts {spec['parts']} "
-                                               f"against {spec['subset_parts']} ({arms})", "subset (geo. mean)", "traced")
+        _print_changes(subset["on_vs_subset"], f"What the subset changes: parts {spec['parts']} against {label} "
+                                               f"({arms})", "subset (geo. mean)", "traced")
     goal = report["goal"]
     typer.echo(f"goal ({goal['statement']}): {'met' if goal['met'] else 'not met'}")
 

@@ -9,9 +9,10 @@ Each arm is one fresh process tree running a plain vLLM script (``user_scripts/o
 - **on**: the same command under ``servescope run`` with the recording parts asked for (by default
   what a user gets by default). The run directory is checked afterwards: its recorded output tokens
   must equal the tokens the script received, so the arm is known to have traced what it measured.
-- **subset** (only with ``subset_parts``): traced as "on" but recording only those parts. Interleaved with the
-  other two kinds in one lease, it measures the share of the parts it leaves out (on against subset) beside the
-  whole cost (on against off), against the same untraced arms.
+- **subset** (only with ``subset_parts`` or ``subset_env``): traced as "on" but recording only those parts, or with
+  those environment variables set (e.g. ``SERVESCOPE_HELD_UPDATES=1``: a way of recording against the default).
+  Interleaved with the other two kinds in one lease, it measures the share of what it changes (on against subset)
+  beside the whole cost (on against off), against the same untraced arms.
 
 Arms run in a balanced (off on on off ...) or seeded random order; warm-up is excluded inside each
 arm; every arm's per-batch and per-arm values are kept. The change of each metric and its 95%
@@ -60,6 +61,7 @@ class UserPaysSpec:
     seed: int = 0
     parts: str = "default"
     subset_parts: str | None = None  # a third kind of arm, traced with only these parts (None: two kinds)
+    subset_env: dict = field(default_factory=dict)  # ... or traced with these environment variables set
     engine_args: dict = field(default_factory=dict)
     num_requests: int = 256  # offline: per batch; served: per arm
     prompt_len: int = 512
@@ -73,12 +75,16 @@ class UserPaysSpec:
     goal: float = GOAL_BOUND
 
     def arm_kinds(self) -> tuple[str, ...]:
-        """Return the kinds of arm this comparison runs: off and on, and subset when subset_parts is given."""
-        return ("off", "on", "subset") if self.subset_parts else ("off", "on")
+        """Return the kinds of arm this comparison runs: off and on, and subset when subset_parts or subset_env is given."""
+        return ("off", "on", "subset") if self.subset_parts or self.subset_env else ("off", "on")
 
     def traced_parts(self, arm: str) -> str | None:
         """Return the recording parts of a kind of arm (None: untraced)."""
-        return {"on": self.parts, "subset": self.subset_parts}.get(arm)
+        return {"on": self.parts, "subset": self.subset_parts or self.parts}.get(arm)
+
+    def arm_variables(self, arm: str) -> dict[str, str]:
+        """Return the environment variables a kind of arm sets beyond the common ones (subset_env for subset)."""
+        return self.subset_env if arm == "subset" else {}
 
     def expected_tokens_all(self) -> int:
         """Return the output tokens one arm generates, warm-up included (each request runs to output_len)."""
@@ -114,8 +120,10 @@ def other_vllm_plugins() -> list[str]:
     return sorted(names)
 
 
-def arm_environment(arm: str, sentinel_dir: Path, base: dict[str, str] | None = None) -> dict[str, str]:
-    """Return the environment of one arm: servescope unloadable when off; the import sentinel in both.
+def arm_environment(arm: str, sentinel_dir: Path, base: dict[str, str] | None = None,
+                    variables: dict[str, str] | None = None) -> dict[str, str]:
+    """Return the environment of one arm: servescope unloadable when off; the import sentinel in both; the arm's own
+    variables (a subset arm's) set after every SERVESCOPE_ variable of the caller's environment is left out.
 
     VLLM_PLUGINS is part of vLLM's compile-cache key (vllm.envs.compile_factors): the untraced arms, which set it,
     and the traced ones, which do not (as a user's plain run and `servescope run` do not), keep separate compile
@@ -127,6 +135,7 @@ def arm_environment(arm: str, sentinel_dir: Path, base: dict[str, str] | None = 
         env["VLLM_PLUGINS"] = ",".join(other_vllm_plugins())
     else:
         env.pop("VLLM_PLUGINS", None)
+    env.update(variables or {})
     return env
 
 
@@ -156,7 +165,7 @@ def run_arm(spec: UserPaysSpec, arm: str, index: int, out_dir: Path, env: dict[s
                    "--parts", parts, "--"] + command
     started = time.monotonic()
     with open(arm_dir / "log.txt", "wb") as log:
-        proc = subprocess.run(command, env=arm_environment(arm, sentinel_dir, env), stdout=log,
+        proc = subprocess.run(command, env=arm_environment(arm, sentinel_dir, env, spec.arm_variables(arm)), stdout=log,
                               stderr=subprocess.STDOUT, timeout=ARM_TIMEOUT_S)
     elapsed = time.monotonic() - started
     if proc.returncode != 0 or not result_path.exists():
@@ -279,6 +288,12 @@ CHANGE_METRICS = ("output_tokens_per_s", *(f"{m}_{q}_s" for m in LATENCY_METRICS
 
 # with a subset kind: the subset's own cost, and the share of the parts it leaves out (the full trace against it)
 SUBSET_PAIRS = {"subset_vs_off": ("off", "subset"), "on_vs_subset": ("subset", "on")}
+
+
+def subset_label(spec: dict) -> str:
+    """The third kind of arm of a comparison's spec in words: its parts, and the environment variables it sets."""
+    variables = " ".join(f"{k}={v}" for k, v in (spec.get("subset_env") or {}).items())
+    return f"parts {spec['subset_parts'] or spec['parts']}" + (f" with {variables}" if variables else "")
 
 
 def changes_between(arms: list[dict], base: str, new: str, goal: float) -> dict:
