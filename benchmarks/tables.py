@@ -907,10 +907,15 @@ def user_pays(*names: str) -> list[str]:
         if metric not in changes:
             continue
         c = changes[metric]
-        digits = 1 if metric.endswith("per_s") else 4
-        lines.append(row(title, ", ".join(f"{v:.{digits}f}" for v in c["off"]), ", ".join(f"{v:.{digits}f}" for v in c["on"]),
-                         pct(c["change"]), f"{pct(c['ci_low'])} .. {pct(c['ci_high'])}", c["verdict"]))
+        lines.append(row(title, arm_values(metric, c["off"]), arm_values(metric, c["on"]), pct(c["change"]),
+                         f"{pct(c['ci_low'])} .. {pct(c['ci_high'])}", c["verdict"]))
     return lines
+
+
+def arm_values(metric: str, values) -> str:
+    """The arms' values of a metric, comma-joined: tokens/s to 0.1, latencies (s) to 0.1 ms."""
+    digits = 1 if metric.endswith("per_s") else 4
+    return ", ".join(f"{v:.{digits}f}" for v in values)
 
 
 def hook_breakdown() -> list[str]:
@@ -997,8 +1002,7 @@ def user_pays_parts(name: str) -> list[str]:
             c = pairs[pair].get(metric)
             if c is None:
                 continue
-            digits = 1 if metric.endswith("per_s") else 4
-            values = ", ".join(f"{v:.{digits}f}" for v in c["on" if pair == "subset_vs_off" else "off"])
+            values = arm_values(metric, c["on" if pair == "subset_vs_off" else "off"])  # the subset arms' side
             lines.append(row(title, values, pair_title, pct(c["change"]), f"{pct(c['ci_low'])} .. {pct(c['ci_high'])}",
                              c["verdict"]))
     return lines
